@@ -1,0 +1,1 @@
+//! Policy engines (OPA Wasm and Rego) evaluated per connection and per request.
