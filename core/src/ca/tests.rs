@@ -1,0 +1,382 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{CertificateParams, KeyPair};
+use signet_identity::x509_svid::verify_x509_svid;
+use signet_identity::{JwtSvid, X509SvidError};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::key_manager::memory::MemoryKeyManager;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn td() -> TrustDomain {
+    TrustDomain::parse("example.org").unwrap()
+}
+
+fn start() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn ca_with(config: CaConfig, clock: &ManualClock) -> Ca {
+    Ca::new(config, Arc::new(clock.clone()), Arc::new(MemoryKeyManager::default()), None).unwrap()
+}
+
+fn ca(clock: &ManualClock) -> Ca {
+    ca_with(CaConfig::new(td()), clock)
+}
+
+fn workload() -> SpiffeId {
+    SpiffeId::parse("spiffe://example.org/web").unwrap()
+}
+
+fn spki() -> Vec<u8> {
+    KeyPair::generate().unwrap().subject_public_key_info()
+}
+
+fn parse(der: &[u8]) -> X509Certificate<'_> {
+    X509Certificate::from_der(der).unwrap().1
+}
+
+#[test]
+fn x509_svid_has_every_field_design_section_3_requires() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let opts = SvidOptions { ttl: None, dns_names: vec!["web.example.org".into(), "web".into()] };
+    let chain = ca.sign_x509_svid(&spki(), &workload(), &opts).unwrap();
+    assert_eq!(chain.len(), 1, "a self-signed CA adds no intermediates");
+    let leaf = parse(&chain[0]);
+
+    let uris: Vec<_> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris, ["spiffe://example.org/web"]);
+    assert!(!leaf.is_ca());
+    let ku = leaf.key_usage().unwrap().unwrap();
+    assert!(ku.critical, "keyUsage is critical");
+    assert!(ku.value.digital_signature() && ku.value.key_encipherment() && ku.value.key_agreement());
+    assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign());
+    let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    let serial = leaf.tbs_certificate.raw_serial();
+    let significant = serial.iter().skip_while(|b| **b == 0).count();
+    assert!(significant <= 16 && significant >= 8, "128-bit random serial, got {serial:?}");
+    let ski = leaf
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .expect("SKI");
+    assert!(!ski.is_empty());
+    let aki = leaf
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(k) => k.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            _ => None,
+        })
+        .expect("AKI");
+    let authority = ca.x509_authority();
+    let ca_cert = parse(authority.cert());
+    let ca_ski = ca_cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(aki, ca_ski);
+    let now = unix_secs(start());
+    assert_eq!(leaf.validity().not_before.timestamp(), now - 10);
+    assert_eq!(leaf.validity().not_after.timestamp(), now + 3600);
+    let cn = leaf.subject().iter_common_name().next().unwrap().as_str().unwrap();
+    assert_eq!(cn, "web.example.org");
+
+    // The signing certificate: cA=true, keyCertSign, URI SAN spiffe://td.
+    assert!(ca_cert.is_ca());
+    assert!(ca_cert.key_usage().unwrap().unwrap().value.key_cert_sign());
+    let ca_uri = ca_cert.subject_alternative_name().unwrap().unwrap().value.general_names[0].clone();
+    assert_eq!(ca_uri, GeneralName::URI("spiffe://example.org"));
+
+    let v = verify_x509_svid(&chain, &ca.bundle(), start()).unwrap();
+    assert_eq!(v.spiffe_id, workload());
+}
+
+#[test]
+fn serials_differ_and_no_dns_means_no_cn() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let a = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    let b = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    assert_ne!(parse(&a[0]).raw_serial(), parse(&b[0]).raw_serial());
+    assert!(parse(&a[0]).subject().iter_common_name().next().is_none());
+}
+
+#[test]
+fn not_after_is_capped_at_the_ca() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let opts = SvidOptions { ttl: Some(48 * HOUR), ..Default::default() };
+    let chain = ca.sign_x509_svid(&spki(), &workload(), &opts).unwrap();
+    let ca_not_after = parse(ca.x509_authority().cert()).validity().not_after.timestamp();
+    assert_eq!(parse(&chain[0]).validity().not_after.timestamp(), ca_not_after);
+}
+
+#[test]
+fn csr_path_verifies_the_request_signature() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let key = KeyPair::generate().unwrap();
+    // The request asks for another identity; only its key is used.
+    let params = CertificateParams::new(vec!["evil.example.org".to_string()]).unwrap();
+    let csr = params.serialize_request(&key).unwrap();
+    let chain = ca.sign_x509_svid_csr(csr.der(), &workload(), &SvidOptions::default()).unwrap();
+    let leaf = parse(&chain[0]);
+    assert_eq!(leaf.public_key().raw, key.subject_public_key_info().as_slice());
+    assert!(leaf.subject_alternative_name().unwrap().unwrap().value.general_names.len() == 1);
+    verify_x509_svid(&chain, &ca.bundle(), start()).unwrap();
+
+    // Flip a bit inside the signed part: the signature no longer verifies.
+    let mut bad = csr.der().to_vec();
+    let i = bad.len() - 80;
+    bad[i] ^= 0x01;
+    let err = ca.sign_x509_svid_csr(&bad, &workload(), &SvidOptions::default()).unwrap_err();
+    assert!(matches!(err, CaError::Csr(_)), "{err}");
+    assert!(matches!(
+        ca.sign_x509_svid_csr(b"junk", &workload(), &SvidOptions::default()),
+        Err(CaError::Csr(_))
+    ));
+    assert!(matches!(
+        ca.sign_x509_svid(b"junk", &workload(), &SvidOptions::default()),
+        Err(CaError::PublicKey(_))
+    ));
+}
+
+#[test]
+fn ids_and_names_are_checked() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let foreign = SpiffeId::parse("spiffe://other.org/web").unwrap();
+    assert!(matches!(
+        ca.sign_x509_svid(&spki(), &foreign, &SvidOptions::default()),
+        Err(CaError::ForeignId { .. })
+    ));
+    assert!(matches!(
+        ca.sign_x509_svid(&spki(), &td().id(), &SvidOptions::default()),
+        Err(CaError::NoPath(_))
+    ));
+    let opts = SvidOptions { dns_names: vec!["bad name".into()], ..Default::default() };
+    assert!(matches!(ca.sign_x509_svid(&spki(), &workload(), &opts), Err(CaError::DnsName { .. })));
+    assert!(matches!(ca.sign_jwt_svid(&foreign, &["a".into()], None), Err(CaError::ForeignId { .. })));
+    assert!(matches!(ca.sign_jwt_svid(&workload(), &[], None), Err(CaError::NoAudience)));
+}
+
+#[test]
+fn every_key_type_issues_verifiable_svids() {
+    for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
+        let clock = ManualClock::new(SystemTime::now());
+        let mut config = CaConfig::new(td());
+        config.key_type = kt;
+        config.jwt_key_type = kt;
+        let ca = ca_with(config, &clock);
+        let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+        verify_x509_svid(&chain, &ca.bundle(), clock.now()).unwrap_or_else(|e| panic!("{kt}: {e}"));
+        let token = ca.sign_jwt_svid(&workload(), &["db".into()], None).unwrap();
+        JwtSvid::verify(&token, &ca.bundle(), "db", clock.now()).unwrap_or_else(|e| panic!("{kt}: {e}"));
+    }
+}
+
+#[test]
+fn jwt_svid_claims() {
+    let clock = ManualClock::new(SystemTime::now());
+    let mut config = CaConfig::new(td());
+    config.jwt_issuer = Some("https://oidc.example.org".into());
+    let ca = ca_with(config, &clock);
+    let token = ca.sign_jwt_svid(&workload(), &["db".into(), "cache".into()], None).unwrap();
+    let svid = JwtSvid::verify(&token, &ca.bundle(), "cache", clock.now()).unwrap();
+    assert_eq!(svid.spiffe_id(), &workload());
+    assert_eq!(svid.claims()["iss"], "https://oidc.example.org");
+    let now = unix_secs(clock.now()) as u64;
+    assert_eq!(svid.expiry(), now + 300);
+    assert_eq!(svid.issued_at(), Some(now));
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    assert_eq!(header.kid.as_deref(), Some(ca.jwt_key().kid()));
+    // One audience is a plain string.
+    let single = ca.sign_jwt_svid(&workload(), &["db".into()], None).unwrap();
+    assert_eq!(JwtSvid::parse_insecure(&single).unwrap().claims()["aud"], "db");
+    // Past its expiry the token is refused.
+    clock.advance(Duration::from_secs(301));
+    assert!(JwtSvid::verify(&token, &ca.bundle(), "db", clock.now()).is_err());
+}
+
+#[test]
+fn rotation_follows_the_schedule() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let first = ca.x509_authority();
+    let first_kid = ca.jwt_key().kid().to_owned();
+    assert_eq!(ca.bundle().sequence(), 1);
+    assert_eq!(ca.rotate().unwrap(), Rotation::default());
+
+    // 24 h life: prepare at 12 h remaining.
+    clock.advance(11 * HOUR);
+    assert_eq!(ca.rotate().unwrap(), Rotation::default());
+    clock.advance(HOUR);
+    let r = ca.rotate().unwrap();
+    assert!(r.x509_prepared && r.jwt_prepared && r.bundle_changed && !r.x509_activated);
+    let bundle = ca.bundle();
+    assert_eq!(bundle.sequence(), 2);
+    assert_eq!(bundle.x509_authorities().len(), 2, "the next CA is published before use");
+    assert_eq!(bundle.jwt_authorities().count(), 2);
+    assert!(Arc::ptr_eq(&ca.x509_authority(), &first), "not active yet");
+
+    // Activate at 4 h remaining (24 h / 6).
+    clock.advance(7 * HOUR);
+    assert!(!ca.rotate().unwrap().x509_activated);
+    clock.advance(HOUR);
+    let r = ca.rotate().unwrap();
+    assert!(r.x509_activated && r.jwt_activated && !r.bundle_changed);
+    assert!(!Arc::ptr_eq(&ca.x509_authority(), &first));
+    assert_ne!(ca.jwt_key().kid(), first_kid);
+    let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    verify_x509_svid(&chain, &ca.bundle(), clock.now()).unwrap();
+
+    // At 24 h the first authority expires and leaves the bundle; the active
+    // one (born at 12 h) is at half-life, so its successor is published in
+    // the same step: one bundle change, one sequence bump.
+    clock.advance(4 * HOUR);
+    let r = ca.rotate().unwrap();
+    assert_eq!(r.pruned, 2);
+    assert!(r.x509_prepared && r.jwt_prepared);
+    let bundle = ca.bundle();
+    assert_eq!(bundle.sequence(), 3);
+    assert!(!bundle.x509_authorities().contains(first.cert()));
+    assert!(bundle.x509_authorities().contains(ca.x509_authority().cert()));
+    assert_eq!(bundle.x509_authorities().len(), 2);
+    assert!(bundle.jwt_authority(&first_kid).is_none());
+}
+
+#[test]
+fn rotation_over_simulated_days_never_leaves_a_gap() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let mut last_seq = ca.bundle().sequence();
+    let mut activations = 0;
+    let mut previous_bundle = ca.bundle();
+    // Ten days, one tick every 10 minutes.
+    for _ in 0..(10 * 24 * 6) {
+        clock.advance(Duration::from_secs(600));
+        let r = ca.rotate().unwrap();
+        activations += usize::from(r.x509_activated);
+        let bundle = ca.bundle();
+        assert!(bundle.sequence() >= last_seq, "sequence never goes back");
+        assert_eq!(bundle.sequence() != last_seq, !bundle.same_keys(&previous_bundle));
+        last_seq = bundle.sequence();
+        previous_bundle = bundle.clone();
+        let active = ca.x509_authority();
+        assert!(active.not_after() > clock.now(), "the active CA is always valid");
+        assert!(bundle.x509_authorities().contains(active.cert()));
+        // Every SVID minted now verifies, and remains valid for a fair share
+        // of its TTL (the CA has at least 4 h left after activation).
+        let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+        verify_x509_svid(&chain, &bundle, clock.now()).unwrap();
+        let token = ca.sign_jwt_svid(&workload(), &["a".into()], None).unwrap();
+        JwtSvid::verify(&token, &bundle, "a", clock.now()).unwrap();
+    }
+    // 24 h authorities: the first activates at 20 h, each successor (born at
+    // its predecessor's half-life) 12 h later: 19 activations in 240 h.
+    assert!((18..=20).contains(&activations), "{activations} activations");
+}
+
+#[test]
+fn long_lived_cas_use_the_30_and_7_day_caps() {
+    let life = 90 * DAY;
+    let t0 = start();
+    let na = t0 + life;
+    assert!(!due(t0, na, na - 31 * DAY, 2, 30));
+    assert!(due(t0, na, na - 30 * DAY, 2, 30));
+    assert!(!due(t0, na, na - 8 * DAY, 6, 7));
+    assert!(due(t0, na, na - 7 * DAY, 6, 7));
+    // Short lives use the fractions.
+    assert!(due(t0, t0 + DAY, t0 + 12 * HOUR, 2, 30));
+    assert!(!due(t0, t0 + DAY, t0 + 11 * HOUR, 2, 30));
+}
+
+#[test]
+fn an_expired_svid_is_refused_after_the_clock_moves() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    clock.advance(2 * HOUR);
+    assert!(matches!(
+        verify_x509_svid(&chain, &ca.bundle(), clock.now()),
+        Err(X509SvidError::Expired { .. })
+    ));
+}
+
+pub(crate) fn write_upstream(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "Upstream Root");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.join("upstream.pem");
+    let key_path = dir.join("upstream.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[test]
+fn upstream_ca_makes_ours_an_intermediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = write_upstream(dir.path());
+    let up = UpstreamAuthority::load(&cert_path, &key_path, None).unwrap();
+    let root = up.roots()[0].clone();
+    let clock = ManualClock::new(SystemTime::now());
+    let ca = Ca::new(CaConfig::new(td()), Arc::new(clock.clone()), Arc::new(MemoryKeyManager::default()), Some(up))
+        .unwrap();
+    let bundle = ca.bundle();
+    assert_eq!(bundle.x509_authorities(), [root], "the bundle holds the upstream root");
+    let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    assert_eq!(chain.len(), 2, "leaf + our intermediate");
+    assert_eq!(&chain[1], ca.x509_authority().cert());
+    verify_x509_svid(&chain, &bundle, clock.now()).unwrap();
+    assert!(verify_x509_svid(&chain[..1], &bundle, clock.now()).is_err());
+    // Rotation keeps the bundle on the upstream root.
+    clock.advance(12 * HOUR);
+    let r = ca.rotate().unwrap();
+    assert!(r.x509_prepared);
+    assert_eq!(ca.bundle().x509_authorities().len(), 1);
+}
+
+#[test]
+fn upstream_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = write_upstream(dir.path());
+    let missing = dir.path().join("missing.pem");
+    let err = UpstreamAuthority::load(&missing, &key_path, None).unwrap_err();
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let err = UpstreamAuthority::load(&cert_path, &other_key, None).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+}
