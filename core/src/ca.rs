@@ -19,8 +19,9 @@ use rcgen::{
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use signet_identity::bundle::{certificates_from_pem, jwk_params_from_spki};
+use signet_identity::bundle::{certificates_from_pem, certificates_to_pem};
 use signet_identity::entry::check_dns_name;
 use signet_identity::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 use time::OffsetDateTime;
@@ -90,6 +91,8 @@ pub enum CaError {
     Sign(String),
     #[error("JWT signing failed: {0}")]
     Jwt(String),
+    #[error("CA journal: {0}")]
+    Journal(String),
     #[error("upstream CA {path}: {reason}")]
     Upstream { path: PathBuf, reason: String },
 }
@@ -118,31 +121,55 @@ impl UpstreamAuthority {
     /// Loads the upstream CA certificate (PEM, optionally followed by its
     /// intermediates), its PKCS#8 key, and its root bundle. Without a bundle
     /// file the last certificate of `cert_path` must be the root.
-    pub fn load(cert_path: &Path, key_path: &Path, bundle_path: Option<&Path>) -> Result<Self, CaError> {
-        let err = |path: &Path, reason: String| CaError::Upstream { path: path.to_owned(), reason };
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        bundle_path: Option<&Path>,
+    ) -> Result<Self, CaError> {
+        let err = |path: &Path, reason: String| CaError::Upstream {
+            path: path.to_owned(),
+            reason,
+        };
         let read = |path: &Path| std::fs::read(path).map_err(|e| err(path, e.to_string()));
-        let chain = certificates_from_pem(&read(cert_path)?).map_err(|e| err(cert_path, e.to_string()))?;
-        let key_pem = Zeroizing::new(String::from_utf8(read(key_path)?).map_err(|e| err(key_path, e.to_string()))?);
+        let chain =
+            certificates_from_pem(&read(cert_path)?).map_err(|e| err(cert_path, e.to_string()))?;
+        let key_pem = Zeroizing::new(
+            String::from_utf8(read(key_path)?).map_err(|e| err(key_path, e.to_string()))?,
+        );
         let key = KeyPair::from_pem(&key_pem).map_err(|e| err(key_path, e.to_string()))?;
-        let first = chain.first().ok_or_else(|| err(cert_path, "no certificate".into()))?;
+        let first = chain
+            .first()
+            .ok_or_else(|| err(cert_path, "no certificate".into()))?;
         let first_parsed = parse_cert(first).map_err(|r| err(cert_path, r))?;
         if !first_parsed.is_ca() {
-            return Err(err(cert_path, "the upstream certificate is not a CA (cA=false)".into()));
+            return Err(err(
+                cert_path,
+                "the upstream certificate is not a CA (cA=false)".into(),
+            ));
         }
         if first_parsed.public_key().raw != key.subject_public_key_info().as_slice() {
-            return Err(err(key_path, "the key does not match the upstream certificate".into()));
+            return Err(err(
+                key_path,
+                "the key does not match the upstream certificate".into(),
+            ));
         }
         let not_after = secs_to_time(first_parsed.validity().not_after.timestamp());
         let (chain, roots) = match bundle_path {
-            Some(p) => (chain, certificates_from_pem(&read(p)?).map_err(|e| err(p, e.to_string()))?),
+            Some(p) => (
+                chain,
+                certificates_from_pem(&read(p)?).map_err(|e| err(p, e.to_string()))?,
+            ),
             None => {
                 let mut chain = chain;
-                let root = chain.pop().ok_or_else(|| err(cert_path, "no certificate".into()))?;
+                let root = chain
+                    .pop()
+                    .ok_or_else(|| err(cert_path, "no certificate".into()))?;
                 let parsed = parse_cert(&root).map_err(|r| err(cert_path, r))?;
                 if parsed.subject() != parsed.issuer() {
                     return Err(err(
                         cert_path,
-                        "the last certificate is not self-signed; give the upstream bundle file".into(),
+                        "the last certificate is not self-signed; give the upstream bundle file"
+                            .into(),
                     ));
                 }
                 if chain.is_empty() {
@@ -152,7 +179,12 @@ impl UpstreamAuthority {
                 (chain, vec![root])
             }
         };
-        Ok(Self { chain, key, roots, not_after })
+        Ok(Self {
+            chain,
+            key,
+            roots,
+            not_after,
+        })
     }
 
     pub fn roots(&self) -> &[CertificateDer<'static>] {
@@ -167,6 +199,7 @@ pub struct X509Authority {
     /// intermediate plus the upstream's non-root chain otherwise.
     intermediates: Vec<CertificateDer<'static>>,
     issuer: Issuer<'static, KeyPair>,
+    key_id: String,
     not_before: SystemTime,
     not_after: SystemTime,
 }
@@ -198,6 +231,7 @@ pub struct JwtKey {
     encoding: EncodingKey,
     algorithm: jsonwebtoken::Algorithm,
     authority: JwtAuthority,
+    key_id: String,
     not_before: SystemTime,
     not_after: SystemTime,
 }
@@ -241,6 +275,43 @@ pub struct Rotation {
     pub bundle_changed: bool,
 }
 
+const JOURNAL_VERSION: u32 = 1;
+
+/// The persisted state of a [`Ca`]: which keys (by key-manager id) and
+/// certificates are current and next, and the published bundle. Holds no
+/// private key material.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaJournal {
+    pub version: u32,
+    pub trust_domain: String,
+    /// The active authority first, then the prepared one if any.
+    pub x509: Vec<JournalX509>,
+    /// The active JWT key first, then the prepared one if any.
+    pub jwt: Vec<JournalJwt>,
+    /// The bundle in SPIFFE format.
+    pub bundle: Value,
+    /// Expiry (unix seconds) of every JWT key still published.
+    pub jwt_expiry: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalX509 {
+    pub key_id: String,
+    pub cert_pem: String,
+    pub intermediates_pem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalJwt {
+    pub key_id: String,
+    pub kid: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
 /// Per-SVID options.
 #[derive(Debug, Clone, Default)]
 pub struct SvidOptions {
@@ -278,7 +349,12 @@ impl Ca {
         upstream: Option<UpstreamAuthority>,
     ) -> Result<Self, CaError> {
         let now = clock.now();
-        let x509 = Arc::new(new_x509_authority(&config, keys.as_ref(), upstream.as_ref(), now)?);
+        let x509 = Arc::new(new_x509_authority(
+            &config,
+            keys.as_ref(),
+            upstream.as_ref(),
+            now,
+        )?);
         let jwt = Arc::new(new_jwt_key(&config, keys.as_ref(), now)?);
         let mut bundle = Bundle::new(config.trust_domain.clone());
         bundle.set_refresh_hint(config.refresh_hint.map(|d| d.as_secs()));
@@ -304,7 +380,13 @@ impl Ca {
             bundle,
             jwt_expiry,
         };
-        Ok(Self { config, clock, keys, upstream, state: RwLock::new(Arc::new(state)) })
+        Ok(Self {
+            config,
+            clock,
+            keys,
+            upstream,
+            state: RwLock::new(Arc::new(state)),
+        })
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -316,7 +398,10 @@ impl Ca {
     }
 
     fn state(&self) -> Arc<CaState> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The current trust bundle.
@@ -346,25 +431,53 @@ impl Ca {
         let mut guard = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let mut s = CaState::clone(&guard);
         let mut r = Rotation::default();
+        // Keys of authorities that stopped signing: nothing needs them again.
+        let mut retired = Vec::new();
 
         // X.509 authorities.
-        if s.x509_next.is_none() && due(s.x509_current.not_before, s.x509_current.not_after, now, 2, 30) {
-            let next = Arc::new(new_x509_authority(&self.config, self.keys.as_ref(), self.upstream.as_ref(), now)?);
+        if s.x509_next.is_none()
+            && due(
+                s.x509_current.not_before,
+                s.x509_current.not_after,
+                now,
+                2,
+                30,
+            )
+        {
+            let next = Arc::new(new_x509_authority(
+                &self.config,
+                self.keys.as_ref(),
+                self.upstream.as_ref(),
+                now,
+            )?);
             if self.upstream.is_none() {
                 s.bundle.add_x509_authority(next.cert.clone());
             }
             s.x509_next = Some(next);
             r.x509_prepared = true;
         }
-        if due(s.x509_current.not_before, s.x509_current.not_after, now, 6, 7)
-            && let Some(next) = s.x509_next.take()
+        if due(
+            s.x509_current.not_before,
+            s.x509_current.not_after,
+            now,
+            6,
+            7,
+        ) && let Some(next) = s.x509_next.take()
         {
-            s.x509_current = next;
+            retired.push(std::mem::replace(&mut s.x509_current, next).key_id.clone());
             r.x509_activated = true;
         }
 
         // JWT keys.
-        if s.jwt_next.is_none() && due(s.jwt_current.not_before, s.jwt_current.not_after, now, 2, 30) {
+        if s.jwt_next.is_none()
+            && due(
+                s.jwt_current.not_before,
+                s.jwt_current.not_after,
+                now,
+                2,
+                30,
+            )
+        {
             let next = Arc::new(new_jwt_key(&self.config, self.keys.as_ref(), now)?);
             s.bundle.add_jwt_authority(next.authority.clone());
             s.jwt_expiry.insert(next.kid.clone(), next.not_after);
@@ -374,13 +487,17 @@ impl Ca {
         if due(s.jwt_current.not_before, s.jwt_current.not_after, now, 6, 7)
             && let Some(next) = s.jwt_next.take()
         {
-            s.jwt_current = next;
+            retired.push(std::mem::replace(&mut s.jwt_current, next).key_id.clone());
             r.jwt_activated = true;
         }
 
         // Prune expired keys from the bundle.
-        let expired_kids: Vec<String> =
-            s.jwt_expiry.iter().filter(|(_, exp)| **exp <= now).map(|(k, _)| k.clone()).collect();
+        let expired_kids: Vec<String> = s
+            .jwt_expiry
+            .iter()
+            .filter(|(_, exp)| **exp <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
         for kid in expired_kids {
             s.jwt_expiry.remove(&kid);
             if s.bundle.remove_jwt_authority(&kid) {
@@ -411,7 +528,136 @@ impl Ca {
             );
             *guard = Arc::new(s);
         }
+        drop(guard);
+        for key_id in retired {
+            if let Err(e) = self.keys.delete(&key_id) {
+                tracing::warn!(key_id, error = %e, "cannot delete a retired CA key");
+            }
+        }
         Ok(r)
+    }
+
+    /// The state to persist so a restart resumes with the same authorities.
+    pub fn journal(&self) -> Result<CaJournal, CaError> {
+        let s = self.state();
+        let x509 = std::iter::once(&s.x509_current)
+            .chain(s.x509_next.as_ref())
+            .map(|a| JournalX509 {
+                key_id: a.key_id.clone(),
+                cert_pem: certificates_to_pem(std::slice::from_ref(&a.cert)),
+                intermediates_pem: certificates_to_pem(&a.intermediates),
+            })
+            .collect();
+        let jwt = std::iter::once(&s.jwt_current)
+            .chain(s.jwt_next.as_ref())
+            .map(|k| JournalJwt {
+                key_id: k.key_id.clone(),
+                kid: k.kid.clone(),
+                not_before: unix_secs(k.not_before),
+                not_after: unix_secs(k.not_after),
+            })
+            .collect();
+        Ok(CaJournal {
+            version: JOURNAL_VERSION,
+            trust_domain: self.config.trust_domain.to_string(),
+            x509,
+            jwt,
+            bundle: s
+                .bundle
+                .to_json_value()
+                .map_err(|e| CaError::Journal(e.to_string()))?,
+            jwt_expiry: s
+                .jwt_expiry
+                .iter()
+                .map(|(k, t)| (k.clone(), unix_secs(*t)))
+                .collect(),
+        })
+    }
+
+    /// Resumes a CA from its journal; the keys must still be in `keys`.
+    /// Never falls back to a fresh CA: a journal that cannot be honoured is
+    /// an error that names the problem (security invariant 6).
+    pub fn restore(
+        config: CaConfig,
+        clock: Arc<dyn Clock>,
+        keys: Arc<dyn KeyManager>,
+        upstream: Option<UpstreamAuthority>,
+        journal: CaJournal,
+    ) -> Result<Self, CaError> {
+        let bad = |m: String| CaError::Journal(m);
+        if journal.version != JOURNAL_VERSION {
+            return Err(bad(format!("unsupported version {}", journal.version)));
+        }
+        if journal.trust_domain != config.trust_domain.as_str() {
+            return Err(bad(format!(
+                "it belongs to trust domain {}, not {}",
+                journal.trust_domain, config.trust_domain
+            )));
+        }
+        let load = |key_id: &str| -> Result<KeyPair, CaError> {
+            keys.load(key_id)?
+                .ok_or_else(|| bad(format!("key {key_id} is missing from the key store")))
+        };
+        let mut x509 = Vec::new();
+        for j in &journal.x509 {
+            let mut certs =
+                certificates_from_pem(j.cert_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let cert = certs
+                .pop()
+                .ok_or_else(|| bad("empty CA certificate".into()))?;
+            let intermediates = if j.intermediates_pem.trim().is_empty() {
+                Vec::new()
+            } else {
+                certificates_from_pem(j.intermediates_pem.as_bytes())
+                    .map_err(|e| bad(e.to_string()))?
+            };
+            x509.push(Arc::new(x509_authority_from(
+                cert,
+                intermediates,
+                load(&j.key_id)?,
+                j.key_id.clone(),
+            )?));
+        }
+        let mut jwt = Vec::new();
+        for j in &journal.jwt {
+            jwt.push(Arc::new(jwt_key_from(
+                j.kid.clone(),
+                load(&j.key_id)?,
+                j.key_id.clone(),
+                secs_to_time(j.not_before),
+                secs_to_time(j.not_after),
+            )?));
+        }
+        let mut x509 = x509.into_iter();
+        let mut jwt = jwt.into_iter();
+        let bundle = Bundle::parse_json(
+            config.trust_domain.clone(),
+            journal.bundle.to_string().as_bytes(),
+        )
+        .map_err(|e| bad(format!("bundle: {e}")))?;
+        let state = CaState {
+            x509_current: x509
+                .next()
+                .ok_or_else(|| bad("no X.509 authority".into()))?,
+            x509_next: x509.next(),
+            jwt_current: jwt.next().ok_or_else(|| bad("no JWT key".into()))?,
+            jwt_next: jwt.next(),
+            bundle,
+            jwt_expiry: journal
+                .jwt_expiry
+                .iter()
+                .map(|(k, t)| (k.clone(), secs_to_time(*t)))
+                .collect(),
+        };
+        let ca = Self {
+            config,
+            clock,
+            keys,
+            upstream,
+            state: RwLock::new(Arc::new(state)),
+        };
+        ca.rotate()?;
+        Ok(ca)
     }
 
     /// Issues an X509-SVID for `id` over a public key (DER
@@ -442,7 +688,8 @@ impl Ca {
             Ok(_) => return Err(CaError::Csr("trailing bytes after the request".into())),
             Err(e) => return Err(CaError::Csr(e.to_string())),
         };
-        csr.verify_signature().map_err(|e| CaError::Csr(format!("signature does not verify: {e}")))?;
+        csr.verify_signature()
+            .map_err(|e| CaError::Csr(format!("signature does not verify: {e}")))?;
         self.sign_x509_svid(csr.certification_request_info.subject_pki.raw, id, opts)
     }
 
@@ -456,18 +703,29 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CountryName, "US");
-        params.distinguished_name.push(DnType::OrganizationName, ORGANIZATION);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, ORGANIZATION);
         let mut sans = vec![SanType::URI(
-            id.as_str().try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
+            id.as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
         )];
         for name in &opts.dns_names {
-            check_dns_name(name).map_err(|why| CaError::DnsName { name: name.clone(), why })?;
+            check_dns_name(name).map_err(|why| CaError::DnsName {
+                name: name.clone(),
+                why,
+            })?;
             sans.push(SanType::DnsName(
-                name.as_str().try_into().map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
+                name.as_str()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
             ));
         }
         if let Some(first) = opts.dns_names.first() {
-            params.distinguished_name.push(DnType::CommonName, first.as_str());
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.as_str());
         }
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
@@ -476,8 +734,10 @@ impl Ca {
             KeyUsagePurpose::KeyEncipherment,
             KeyUsagePurpose::KeyAgreement,
         ];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
 
@@ -527,7 +787,8 @@ impl Ca {
         let mut header = Header::new(key.algorithm);
         header.typ = Some("JWT".into());
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| CaError::Jwt(e.to_string()))
+        jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map_err(|e| CaError::Jwt(e.to_string()))
     }
 
     fn check_id(&self, id: &SpiffeId) -> Result<(), CaError> {
@@ -545,10 +806,10 @@ impl Ca {
 }
 
 fn new_x509_authority(
-config: &CaConfig,
-keys: &dyn KeyManager,
-upstream: Option<&UpstreamAuthority>,
-now: SystemTime,
+    config: &CaConfig,
+    keys: &dyn KeyManager,
+    upstream: Option<&UpstreamAuthority>,
+    now: SystemTime,
 ) -> Result<X509Authority, CaError> {
     let key_id = format!("x509-ca-{}", random_hex(8)?);
     let key = keys.generate(&key_id, config.key_type)?;
@@ -559,7 +820,9 @@ now: SystemTime,
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CountryName, "US");
-    params.distinguished_name.push(DnType::OrganizationName, ORGANIZATION);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, ORGANIZATION);
     params.distinguished_name.push(
         DnType::CommonName,
         format!("{} CA {}", config.trust_domain, random_hex(4)?),
@@ -584,27 +847,75 @@ now: SystemTime,
     params.not_after = to_offset(not_after);
     let (cert, intermediates) = match &upstream {
         None => {
-            let cert = params.self_signed(&key).map_err(|e| CaError::Sign(e.to_string()))?;
+            let cert = params
+                .self_signed(&key)
+                .map_err(|e| CaError::Sign(e.to_string()))?;
             (cert.der().clone(), Vec::new())
         }
         Some(up) => {
             let up_issuer = Issuer::from_ca_cert_der(&up.chain[0], &up.key)
                 .map_err(|e| CaError::Sign(e.to_string()))?;
-            let cert = params.signed_by(&key, &up_issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+            let cert = params
+                .signed_by(&key, &up_issuer)
+                .map_err(|e| CaError::Sign(e.to_string()))?;
             let mut intermediates = vec![cert.der().clone()];
             intermediates.extend(up.chain.iter().filter(|c| !up.roots.contains(c)).cloned());
             (cert.der().clone(), intermediates)
         }
     };
-    let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| CaError::Sign(e.to_string()))?;
-    Ok(X509Authority { cert, intermediates, issuer, not_before: now, not_after })
+    x509_authority_from(cert, intermediates, key, key_id)
 }
 
-fn new_jwt_key(config: &CaConfig, keys: &dyn KeyManager, now: SystemTime) -> Result<JwtKey, CaError> {
+/// Wraps a signing certificate and its key; validity comes from the cert.
+fn x509_authority_from(
+    cert: CertificateDer<'static>,
+    intermediates: Vec<CertificateDer<'static>>,
+    key: KeyPair,
+    key_id: String,
+) -> Result<X509Authority, CaError> {
+    let (not_before, not_after) = {
+        let parsed = parse_cert(&cert).map_err(CaError::Sign)?;
+        if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(CaError::Journal(format!(
+                "key {key_id} does not match its CA certificate"
+            )));
+        }
+        let v = parsed.validity();
+        (
+            secs_to_time(v.not_before.timestamp()),
+            secs_to_time(v.not_after.timestamp()),
+        )
+    };
+    let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| CaError::Sign(e.to_string()))?;
+    Ok(X509Authority {
+        cert,
+        intermediates,
+        issuer,
+        key_id,
+        not_before,
+        not_after,
+    })
+}
+
+fn new_jwt_key(
+    config: &CaConfig,
+    keys: &dyn KeyManager,
+    now: SystemTime,
+) -> Result<JwtKey, CaError> {
     let kid = random_alnum(32)?;
-    let key_id = format!("jwt-{}", kid.to_ascii_lowercase());
-    let kt = config.jwt_key_type;
-    let key = keys.generate(&key_id, kt)?;
+    let key_id = format!("jwt-{}", random_hex(8)?);
+    let key = keys.generate(&key_id, config.jwt_key_type)?;
+    jwt_key_from(kid, key, key_id, now, now + config.ca_ttl)
+}
+
+fn jwt_key_from(
+    kid: String,
+    key: KeyPair,
+    key_id: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<JwtKey, CaError> {
+    let kt = KeyType::of(&key)?;
     let pem = Zeroizing::new(key.serialize_pem());
     let encoding = match kt {
         KeyType::Rsa2048 => EncodingKey::from_rsa_pem(pem.as_bytes()),
@@ -612,28 +923,36 @@ fn new_jwt_key(config: &CaConfig, keys: &dyn KeyManager, now: SystemTime) -> Res
     }
     .map_err(|e| CaError::Jwt(e.to_string()))?;
     let spki = key.subject_public_key_info();
-    jwk_params_from_spki(&spki).map_err(|e| CaError::Jwt(e.to_string()))?;
-    let authority = JwtAuthority::from_spki(&kid, &spki).map_err(|e| CaError::Jwt(e.to_string()))?;
+    let authority =
+        JwtAuthority::from_spki(&kid, &spki).map_err(|e| CaError::Jwt(e.to_string()))?;
     Ok(JwtKey {
         kid,
         encoding,
         algorithm: kt.jwt_algorithm(),
         authority,
-        not_before: now,
-        not_after: now + config.ca_ttl,
+        key_id,
+        not_before,
+        not_after,
     })
 }
 
-
 /// True when the remaining life is at or below `min(life / div, cap_days)`.
-fn due(not_before: SystemTime, not_after: SystemTime, now: SystemTime, div: u32, cap_days: u32) -> bool {
+fn due(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    now: SystemTime,
+    div: u32,
+    cap_days: u32,
+) -> bool {
     let life = not_after.duration_since(not_before).unwrap_or_default();
     let remaining = not_after.duration_since(now).unwrap_or_default();
     remaining <= (life / div).min(DAY * cap_days)
 }
 
 fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, String> {
-    X509Certificate::from_der(der).map(|(_, c)| c).map_err(|e| e.to_string())
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .map_err(|e| e.to_string())
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], CaError> {
@@ -659,7 +978,10 @@ fn random_alnum(n: usize) -> Result<String, CaError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let b = random_bytes::<64>()?;
     // 256 % 62 != 0, so this is very slightly biased; a kid is a name, not a secret.
-    Ok(b[..n.min(64)].iter().map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char).collect())
+    Ok(b[..n.min(64)]
+        .iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect())
 }
 
 fn unix_secs(t: SystemTime) -> i64 {

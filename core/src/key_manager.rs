@@ -133,8 +133,14 @@ pub fn from_config(name: &str, dir: Option<PathBuf>) -> Result<Arc<dyn KeyManage
 fn check_id(id: &str) -> Result<(), KeyError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(KeyError::InvalidId(id.to_owned())) }
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::InvalidId(id.to_owned()))
+    }
 }
 
 /// Re-parses a stored PKCS#8 key.
@@ -160,7 +166,11 @@ pub mod memory {
 
     impl fmt::Debug for MemoryKeyManager {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            let n = self.keys.lock().unwrap_or_else(PoisonError::into_inner).len();
+            let n = self
+                .keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len();
             write!(f, "MemoryKeyManager({n} keys, [redacted])")
         }
     }
@@ -190,7 +200,10 @@ pub mod memory {
         }
 
         fn delete(&self, id: &str) -> Result<(), KeyError> {
-            self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+            self.keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
             Ok(())
         }
     }
@@ -218,7 +231,10 @@ pub mod disk {
     impl DiskKeyManager {
         /// Uses `dir`, creating it with mode 0700 if missing.
         pub fn new(dir: PathBuf) -> Result<Self, KeyError> {
-            let io = |source| KeyError::Io { path: dir.clone(), source };
+            let io = |source| KeyError::Io {
+                path: dir.clone(),
+                source,
+            };
             fs::create_dir_all(&dir).map_err(io)?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
             Ok(Self { dir })
@@ -251,9 +267,15 @@ pub mod disk {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(source) => return Err(KeyError::Io { path, source }),
             };
-            let corrupt = |reason: String| KeyError::Corrupt { path: path.clone(), reason };
-            let der = PrivatePkcs8KeyDer::from_pem_slice(&pem).map_err(|e| corrupt(e.to_string()))?;
-            key_from_der(der.secret_pkcs8_der()).map(Some).map_err(corrupt)
+            let corrupt = |reason: String| KeyError::Corrupt {
+                path: path.clone(),
+                reason,
+            };
+            let der =
+                PrivatePkcs8KeyDer::from_pem_slice(&pem).map_err(|e| corrupt(e.to_string()))?;
+            key_from_der(der.secret_pkcs8_der())
+                .map(Some)
+                .map_err(corrupt)
         }
 
         fn delete(&self, id: &str) -> Result<(), KeyError> {
@@ -284,7 +306,10 @@ mod tests {
             km.delete(&id).unwrap();
             assert!(km.load(&id).unwrap().is_none());
         }
-        assert!(matches!(km.generate("../escape", KeyType::EcP256), Err(KeyError::InvalidId(_))));
+        assert!(matches!(
+            km.generate("../escape", KeyType::EcP256),
+            Err(KeyError::InvalidId(_))
+        ));
         assert!(!format!("{km:?}").contains("PRIVATE"));
     }
 
@@ -302,10 +327,16 @@ mod tests {
         let path = dir.path().join("keys/x509-ca.key.pem");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = std::fs::metadata(dir.path().join("keys")).unwrap().permissions().mode();
+        let dir_mode = std::fs::metadata(dir.path().join("keys"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8 PEM");
+        assert!(
+            text.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "PKCS#8 PEM"
+        );
         // A key survives a new manager on the same directory (a restart).
         let again = disk::DiskKeyManager::new(dir.path().join("keys")).unwrap();
         assert!(again.load("x509-ca").unwrap().is_some());

@@ -17,24 +17,42 @@ fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
         .current_dir(dir)
         .output()
         .expect("openssl must be installed (scripts/test installs it)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 fn new_ca(upstream: Option<UpstreamAuthority>) -> Ca {
     let td = TrustDomain::parse("example.org").unwrap();
-    Ca::new(CaConfig::new(td), Arc::new(SystemClock), Arc::new(MemoryKeyManager::default()), upstream)
-        .unwrap()
+    Ca::new(
+        CaConfig::new(td),
+        Arc::new(SystemClock),
+        Arc::new(MemoryKeyManager::default()),
+        upstream,
+    )
+    .unwrap()
 }
 
 /// Mints an SVID and writes svid.pem (leaf), intermediates.pem and bundle.pem.
 fn mint(ca: &Ca, dir: &Path) -> usize {
     let key = KeyPair::generate().unwrap();
     let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
-    let opts = SvidOptions { ttl: None, dns_names: vec!["web.example.org".into()] };
-    let chain = ca.sign_x509_svid(&key.subject_public_key_info(), &id, &opts).unwrap();
+    let opts = SvidOptions {
+        ttl: None,
+        dns_names: vec!["web.example.org".into()],
+    };
+    let chain = ca
+        .sign_x509_svid(&key.subject_public_key_info(), &id, &opts)
+        .unwrap();
     std::fs::write(dir.join("svid.pem"), certificates_to_pem(&chain[..1])).unwrap();
-    std::fs::write(dir.join("intermediates.pem"), certificates_to_pem(&chain[1..])).unwrap();
+    std::fs::write(
+        dir.join("intermediates.pem"),
+        certificates_to_pem(&chain[1..]),
+    )
+    .unwrap();
     std::fs::write(dir.join("bundle.pem"), ca.bundle().x509_pem()).unwrap();
     chain.len()
 }
@@ -53,9 +71,15 @@ fn assert_svid_extensions(dir: &Path) {
         "X509v3 Authority Key Identifier",
         "CN = web.example.org",
     ] {
-        assert!(text.contains(want), "openssl x509 -text lacks {want:?}:\n{text}");
+        assert!(
+            text.contains(want),
+            "openssl x509 -text lacks {want:?}:\n{text}"
+        );
     }
-    assert!(!text.contains("Certificate Sign"), "a leaf must not have keyCertSign:\n{text}");
+    assert!(
+        !text.contains("Certificate Sign"),
+        "a leaf must not have keyCertSign:\n{text}"
+    );
 }
 
 #[test]
@@ -68,7 +92,11 @@ fn openssl_verifies_svids_from_a_self_signed_root() {
     assert_svid_extensions(dir.path());
 
     // Another CA's bundle must not verify it.
-    std::fs::write(dir.path().join("other.pem"), new_ca(None).bundle().x509_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("other.pem"),
+        new_ca(None).bundle().x509_pem(),
+    )
+    .unwrap();
     let (ok, text) = openssl(&["verify", "-CAfile", "other.pem", "svid.pem"], dir.path());
     assert!(!ok, "verified against the wrong CA: {text}");
 }
@@ -78,10 +106,25 @@ fn openssl_verifies_svids_under_an_upstream_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, text) = openssl(
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "upstream.key", "-out", "upstream.pem", "-days", "30", "-subj",
-            "/O=Upstream/CN=Upstream Root", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "upstream.key",
+            "-out",
+            "upstream.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/O=Upstream/CN=Upstream Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
         dir.path(),
     );
@@ -95,7 +138,14 @@ fn openssl_verifies_svids_under_an_upstream_ca() {
     let ca = new_ca(Some(up));
     assert_eq!(mint(&ca, dir.path()), 2, "leaf + our intermediate");
     let (ok, text) = openssl(
-        &["verify", "-CAfile", "bundle.pem", "-untrusted", "intermediates.pem", "svid.pem"],
+        &[
+            "verify",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "intermediates.pem",
+            "svid.pem",
+        ],
         dir.path(),
     );
     assert!(ok && text.contains("svid.pem: OK"), "{text}");

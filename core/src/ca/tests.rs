@@ -20,7 +20,13 @@ fn start() -> SystemTime {
 }
 
 fn ca_with(config: CaConfig, clock: &ManualClock) -> Ca {
-    Ca::new(config, Arc::new(clock.clone()), Arc::new(MemoryKeyManager::default()), None).unwrap()
+    Ca::new(
+        config,
+        Arc::new(clock.clone()),
+        Arc::new(MemoryKeyManager::default()),
+        None,
+    )
+    .unwrap()
 }
 
 fn ca(clock: &ManualClock) -> Ca {
@@ -43,7 +49,10 @@ fn parse(der: &[u8]) -> X509Certificate<'_> {
 fn x509_svid_has_every_field_design_section_3_requires() {
     let clock = ManualClock::new(start());
     let ca = ca(&clock);
-    let opts = SvidOptions { ttl: None, dns_names: vec!["web.example.org".into(), "web".into()] };
+    let opts = SvidOptions {
+        ttl: None,
+        dns_names: vec!["web.example.org".into(), "web".into()],
+    };
     let chain = ca.sign_x509_svid(&spki(), &workload(), &opts).unwrap();
     assert_eq!(chain.len(), 1, "a self-signed CA adds no intermediates");
     let leaf = parse(&chain[0]);
@@ -64,13 +73,18 @@ fn x509_svid_has_every_field_design_section_3_requires() {
     assert!(!leaf.is_ca());
     let ku = leaf.key_usage().unwrap().unwrap();
     assert!(ku.critical, "keyUsage is critical");
-    assert!(ku.value.digital_signature() && ku.value.key_encipherment() && ku.value.key_agreement());
+    assert!(
+        ku.value.digital_signature() && ku.value.key_encipherment() && ku.value.key_agreement()
+    );
     assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign());
     let eku = leaf.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && eku.client_auth);
     let serial = leaf.tbs_certificate.raw_serial();
     let significant = serial.iter().skip_while(|b| **b == 0).count();
-    assert!(significant <= 16 && significant >= 8, "128-bit random serial, got {serial:?}");
+    assert!(
+        significant <= 16 && significant >= 8,
+        "128-bit random serial, got {serial:?}"
+    );
     let ski = leaf
         .extensions()
         .iter()
@@ -84,7 +98,9 @@ fn x509_svid_has_every_field_design_section_3_requires() {
         .extensions()
         .iter()
         .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(k) => k.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(k) => {
+                k.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
             _ => None,
         })
         .expect("AKI");
@@ -102,13 +118,25 @@ fn x509_svid_has_every_field_design_section_3_requires() {
     let now = unix_secs(start());
     assert_eq!(leaf.validity().not_before.timestamp(), now - 10);
     assert_eq!(leaf.validity().not_after.timestamp(), now + 3600);
-    let cn = leaf.subject().iter_common_name().next().unwrap().as_str().unwrap();
+    let cn = leaf
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
     assert_eq!(cn, "web.example.org");
 
     // The signing certificate: cA=true, keyCertSign, URI SAN spiffe://td.
     assert!(ca_cert.is_ca());
     assert!(ca_cert.key_usage().unwrap().unwrap().value.key_cert_sign());
-    let ca_uri = ca_cert.subject_alternative_name().unwrap().unwrap().value.general_names[0].clone();
+    let ca_uri = ca_cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names[0]
+        .clone();
     assert_eq!(ca_uri, GeneralName::URI("spiffe://example.org"));
 
     let v = verify_x509_svid(&chain, &ca.bundle(), start()).unwrap();
@@ -119,8 +147,12 @@ fn x509_svid_has_every_field_design_section_3_requires() {
 fn serials_differ_and_no_dns_means_no_cn() {
     let clock = ManualClock::new(start());
     let ca = ca(&clock);
-    let a = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
-    let b = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    let a = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
+    let b = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
     assert_ne!(parse(&a[0]).raw_serial(), parse(&b[0]).raw_serial());
     assert!(parse(&a[0]).subject().iter_common_name().next().is_none());
 }
@@ -129,10 +161,19 @@ fn serials_differ_and_no_dns_means_no_cn() {
 fn not_after_is_capped_at_the_ca() {
     let clock = ManualClock::new(start());
     let ca = ca(&clock);
-    let opts = SvidOptions { ttl: Some(48 * HOUR), ..Default::default() };
+    let opts = SvidOptions {
+        ttl: Some(48 * HOUR),
+        ..Default::default()
+    };
     let chain = ca.sign_x509_svid(&spki(), &workload(), &opts).unwrap();
-    let ca_not_after = parse(ca.x509_authority().cert()).validity().not_after.timestamp();
-    assert_eq!(parse(&chain[0]).validity().not_after.timestamp(), ca_not_after);
+    let ca_not_after = parse(ca.x509_authority().cert())
+        .validity()
+        .not_after
+        .timestamp();
+    assert_eq!(
+        parse(&chain[0]).validity().not_after.timestamp(),
+        ca_not_after
+    );
 }
 
 #[test]
@@ -143,17 +184,32 @@ fn csr_path_verifies_the_request_signature() {
     // The request asks for another identity; only its key is used.
     let params = CertificateParams::new(vec!["evil.example.org".to_string()]).unwrap();
     let csr = params.serialize_request(&key).unwrap();
-    let chain = ca.sign_x509_svid_csr(csr.der(), &workload(), &SvidOptions::default()).unwrap();
+    let chain = ca
+        .sign_x509_svid_csr(csr.der(), &workload(), &SvidOptions::default())
+        .unwrap();
     let leaf = parse(&chain[0]);
-    assert_eq!(leaf.public_key().raw, key.subject_public_key_info().as_slice());
-    assert!(leaf.subject_alternative_name().unwrap().unwrap().value.general_names.len() == 1);
+    assert_eq!(
+        leaf.public_key().raw,
+        key.subject_public_key_info().as_slice()
+    );
+    assert!(
+        leaf.subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .len()
+            == 1
+    );
     verify_x509_svid(&chain, &ca.bundle(), start()).unwrap();
 
     // Flip a bit inside the signed part: the signature no longer verifies.
     let mut bad = csr.der().to_vec();
     let i = bad.len() - 80;
     bad[i] ^= 0x01;
-    let err = ca.sign_x509_svid_csr(&bad, &workload(), &SvidOptions::default()).unwrap_err();
+    let err = ca
+        .sign_x509_svid_csr(&bad, &workload(), &SvidOptions::default())
+        .unwrap_err();
     assert!(matches!(err, CaError::Csr(_)), "{err}");
     assert!(matches!(
         ca.sign_x509_svid_csr(b"junk", &workload(), &SvidOptions::default()),
@@ -178,10 +234,22 @@ fn ids_and_names_are_checked() {
         ca.sign_x509_svid(&spki(), &td().id(), &SvidOptions::default()),
         Err(CaError::NoPath(_))
     ));
-    let opts = SvidOptions { dns_names: vec!["bad name".into()], ..Default::default() };
-    assert!(matches!(ca.sign_x509_svid(&spki(), &workload(), &opts), Err(CaError::DnsName { .. })));
-    assert!(matches!(ca.sign_jwt_svid(&foreign, &["a".into()], None), Err(CaError::ForeignId { .. })));
-    assert!(matches!(ca.sign_jwt_svid(&workload(), &[], None), Err(CaError::NoAudience)));
+    let opts = SvidOptions {
+        dns_names: vec!["bad name".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        ca.sign_x509_svid(&spki(), &workload(), &opts),
+        Err(CaError::DnsName { .. })
+    ));
+    assert!(matches!(
+        ca.sign_jwt_svid(&foreign, &["a".into()], None),
+        Err(CaError::ForeignId { .. })
+    ));
+    assert!(matches!(
+        ca.sign_jwt_svid(&workload(), &[], None),
+        Err(CaError::NoAudience)
+    ));
 }
 
 #[test]
@@ -192,10 +260,13 @@ fn every_key_type_issues_verifiable_svids() {
         config.key_type = kt;
         config.jwt_key_type = kt;
         let ca = ca_with(config, &clock);
-        let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+        let chain = ca
+            .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+            .unwrap();
         verify_x509_svid(&chain, &ca.bundle(), clock.now()).unwrap_or_else(|e| panic!("{kt}: {e}"));
         let token = ca.sign_jwt_svid(&workload(), &["db".into()], None).unwrap();
-        JwtSvid::verify(&token, &ca.bundle(), "db", clock.now()).unwrap_or_else(|e| panic!("{kt}: {e}"));
+        JwtSvid::verify(&token, &ca.bundle(), "db", clock.now())
+            .unwrap_or_else(|e| panic!("{kt}: {e}"));
     }
 }
 
@@ -205,7 +276,9 @@ fn jwt_svid_claims() {
     let mut config = CaConfig::new(td());
     config.jwt_issuer = Some("https://oidc.example.org".into());
     let ca = ca_with(config, &clock);
-    let token = ca.sign_jwt_svid(&workload(), &["db".into(), "cache".into()], None).unwrap();
+    let token = ca
+        .sign_jwt_svid(&workload(), &["db".into(), "cache".into()], None)
+        .unwrap();
     let svid = JwtSvid::verify(&token, &ca.bundle(), "cache", clock.now()).unwrap();
     assert_eq!(svid.spiffe_id(), &workload());
     assert_eq!(svid.claims()["iss"], "https://oidc.example.org");
@@ -217,7 +290,10 @@ fn jwt_svid_claims() {
     assert_eq!(header.kid.as_deref(), Some(ca.jwt_key().kid()));
     // One audience is a plain string.
     let single = ca.sign_jwt_svid(&workload(), &["db".into()], None).unwrap();
-    assert_eq!(JwtSvid::parse_insecure(&single).unwrap().claims()["aud"], "db");
+    assert_eq!(
+        JwtSvid::parse_insecure(&single).unwrap().claims()["aud"],
+        "db"
+    );
     // Past its expiry the token is refused.
     clock.advance(Duration::from_secs(301));
     assert!(JwtSvid::verify(&token, &ca.bundle(), "db", clock.now()).is_err());
@@ -240,7 +316,11 @@ fn rotation_follows_the_schedule() {
     assert!(r.x509_prepared && r.jwt_prepared && r.bundle_changed && !r.x509_activated);
     let bundle = ca.bundle();
     assert_eq!(bundle.sequence(), 2);
-    assert_eq!(bundle.x509_authorities().len(), 2, "the next CA is published before use");
+    assert_eq!(
+        bundle.x509_authorities().len(),
+        2,
+        "the next CA is published before use"
+    );
     assert_eq!(bundle.jwt_authorities().count(), 2);
     assert!(Arc::ptr_eq(&ca.x509_authority(), &first), "not active yet");
 
@@ -252,7 +332,9 @@ fn rotation_follows_the_schedule() {
     assert!(r.x509_activated && r.jwt_activated && !r.bundle_changed);
     assert!(!Arc::ptr_eq(&ca.x509_authority(), &first));
     assert_ne!(ca.jwt_key().kid(), first_kid);
-    let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    let chain = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
     verify_x509_svid(&chain, &ca.bundle(), clock.now()).unwrap();
 
     // At 24 h the first authority expires and leaves the bundle; the active
@@ -265,7 +347,11 @@ fn rotation_follows_the_schedule() {
     let bundle = ca.bundle();
     assert_eq!(bundle.sequence(), 3);
     assert!(!bundle.x509_authorities().contains(first.cert()));
-    assert!(bundle.x509_authorities().contains(ca.x509_authority().cert()));
+    assert!(
+        bundle
+            .x509_authorities()
+            .contains(ca.x509_authority().cert())
+    );
     assert_eq!(bundle.x509_authorities().len(), 2);
     assert!(bundle.jwt_authority(&first_kid).is_none());
 }
@@ -284,22 +370,33 @@ fn rotation_over_simulated_days_never_leaves_a_gap() {
         activations += usize::from(r.x509_activated);
         let bundle = ca.bundle();
         assert!(bundle.sequence() >= last_seq, "sequence never goes back");
-        assert_eq!(bundle.sequence() != last_seq, !bundle.same_keys(&previous_bundle));
+        assert_eq!(
+            bundle.sequence() != last_seq,
+            !bundle.same_keys(&previous_bundle)
+        );
         last_seq = bundle.sequence();
         previous_bundle = bundle.clone();
         let active = ca.x509_authority();
-        assert!(active.not_after() > clock.now(), "the active CA is always valid");
+        assert!(
+            active.not_after() > clock.now(),
+            "the active CA is always valid"
+        );
         assert!(bundle.x509_authorities().contains(active.cert()));
         // Every SVID minted now verifies, and remains valid for a fair share
         // of its TTL (the CA has at least 4 h left after activation).
-        let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+        let chain = ca
+            .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+            .unwrap();
         verify_x509_svid(&chain, &bundle, clock.now()).unwrap();
         let token = ca.sign_jwt_svid(&workload(), &["a".into()], None).unwrap();
         JwtSvid::verify(&token, &bundle, "a", clock.now()).unwrap();
     }
     // 24 h authorities: the first activates at 20 h, each successor (born at
     // its predecessor's half-life) 12 h later: 19 activations in 240 h.
-    assert!((18..=20).contains(&activations), "{activations} activations");
+    assert!(
+        (18..=20).contains(&activations),
+        "{activations} activations"
+    );
 }
 
 #[test]
@@ -320,7 +417,9 @@ fn long_lived_cas_use_the_30_and_7_day_caps() {
 fn an_expired_svid_is_refused_after_the_clock_moves() {
     let clock = ManualClock::new(start());
     let ca = ca(&clock);
-    let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    let chain = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
     clock.advance(2 * HOUR);
     assert!(matches!(
         verify_x509_svid(&chain, &ca.bundle(), clock.now()),
@@ -331,7 +430,9 @@ fn an_expired_svid_is_refused_after_the_clock_moves() {
 pub(crate) fn write_upstream(dir: &Path) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "Upstream Root");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Upstream Root");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = OffsetDateTime::now_utc();
@@ -352,11 +453,22 @@ fn upstream_ca_makes_ours_an_intermediate() {
     let up = UpstreamAuthority::load(&cert_path, &key_path, None).unwrap();
     let root = up.roots()[0].clone();
     let clock = ManualClock::new(SystemTime::now());
-    let ca = Ca::new(CaConfig::new(td()), Arc::new(clock.clone()), Arc::new(MemoryKeyManager::default()), Some(up))
-        .unwrap();
+    let ca = Ca::new(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        Arc::new(MemoryKeyManager::default()),
+        Some(up),
+    )
+    .unwrap();
     let bundle = ca.bundle();
-    assert_eq!(bundle.x509_authorities(), [root], "the bundle holds the upstream root");
-    let chain = ca.sign_x509_svid(&spki(), &workload(), &SvidOptions::default()).unwrap();
+    assert_eq!(
+        bundle.x509_authorities(),
+        [root],
+        "the bundle holds the upstream root"
+    );
+    let chain = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
     assert_eq!(chain.len(), 2, "leaf + our intermediate");
     assert_eq!(&chain[1], ca.x509_authority().cert());
     verify_x509_svid(&chain, &bundle, clock.now()).unwrap();
@@ -379,4 +491,104 @@ fn upstream_errors_name_the_file() {
     std::fs::write(&other_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
     let err = UpstreamAuthority::load(&cert_path, &other_key, None).unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
+}
+
+#[test]
+fn journal_restores_the_same_authorities() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Arc<dyn KeyManager> =
+        Arc::new(crate::key_manager::disk::DiskKeyManager::new(dir.path().into()).unwrap());
+    let clock = ManualClock::new(start());
+    let ca = Ca::new(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys.clone(),
+        None,
+    )
+    .unwrap();
+    clock.advance(12 * HOUR);
+    ca.rotate().unwrap();
+    let journal = ca.journal().unwrap();
+    assert_eq!(journal.x509.len(), 2, "current and prepared");
+    let text = serde_json::to_string(&journal).unwrap();
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "the journal holds no key material"
+    );
+    drop(ca);
+
+    let journal: CaJournal = serde_json::from_str(&text).unwrap();
+    let back = Ca::restore(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys.clone(),
+        None,
+        journal,
+    )
+    .unwrap();
+    assert_eq!(
+        back.journal().unwrap().x509,
+        serde_json::from_str::<CaJournal>(&text).unwrap().x509
+    );
+    assert_eq!(back.bundle().sequence(), 2);
+    let chain = back
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
+    verify_x509_svid(&chain, &back.bundle(), clock.now()).unwrap();
+    let token = back
+        .sign_jwt_svid(&workload(), &["a".into()], None)
+        .unwrap();
+    JwtSvid::verify(&token, &back.bundle(), "a", clock.now()).unwrap();
+
+    // Activation retires the old key from the key store.
+    let old_key = back.journal().unwrap().x509[0].key_id.clone();
+    clock.advance(8 * HOUR);
+    assert!(back.rotate().unwrap().x509_activated);
+    assert!(keys.load(&old_key).unwrap().is_none());
+}
+
+#[test]
+fn a_journal_that_cannot_be_honoured_is_an_error() {
+    let clock = ManualClock::new(start());
+    let keys: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let ca = Ca::new(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys.clone(),
+        None,
+    )
+    .unwrap();
+    let journal = ca.journal().unwrap();
+
+    let other_td = CaConfig::new(TrustDomain::parse("other.org").unwrap());
+    let err = Ca::restore(
+        other_td,
+        Arc::new(clock.clone()),
+        keys.clone(),
+        None,
+        journal.clone(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("trust domain example.org"),
+        "{err}"
+    );
+
+    let empty: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let err = Ca::restore(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        empty,
+        None,
+        journal.clone(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("missing from the key store"),
+        "{err}"
+    );
+
+    let mut wrong = journal;
+    wrong.version = 99;
+    assert!(Ca::restore(CaConfig::new(td()), Arc::new(clock), keys, None, wrong).is_err());
 }
