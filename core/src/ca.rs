@@ -684,7 +684,7 @@ impl Ca {
         opts: &SvidOptions,
     ) -> Result<Vec<CertificateDer<'static>>, CaError> {
         let csr = match X509CertificationRequest::from_der(csr_der) {
-            Ok((rest, csr)) if rest.is_empty() => csr,
+            Ok((&[], csr)) => csr,
             Ok(_) => return Err(CaError::Csr("trailing bytes after the request".into())),
             Err(e) => return Err(CaError::Csr(e.to_string())),
         };

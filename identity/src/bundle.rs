@@ -67,7 +67,11 @@ impl JwtAuthority {
         full.insert("kid".into(), kid.into());
         let jwk: Jwk = serde_json::from_value(Value::Object(full))
             .map_err(|e| BundleError::Json(e.to_string()))?;
-        Ok(Self { kid: kid.to_owned(), jwk, params })
+        Ok(Self {
+            kid: kid.to_owned(),
+            jwk,
+            params,
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -114,7 +118,10 @@ impl Bundle {
     pub fn parse_json(trust_domain: TrustDomain, json: &[u8]) -> Result<Self, BundleError> {
         let doc: Value =
             serde_json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
-        let keys = doc.get("keys").and_then(Value::as_array).ok_or(BundleError::NoKeys)?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(BundleError::NoKeys)?;
         let mut bundle = Self::new(trust_domain);
         if let Some(seq) = doc.get("spiffe_sequence") {
             bundle.sequence = seq.as_u64().ok_or(BundleError::Sequence)?;
@@ -123,10 +130,16 @@ impl Bundle {
             bundle.refresh_hint = Some(hint.as_u64().ok_or(BundleError::RefreshHint)?);
         }
         for (index, key) in keys.iter().enumerate() {
-            let err = |problem: &str| BundleError::Key { index, problem: problem.to_owned() };
+            let err = |problem: &str| BundleError::Key {
+                index,
+                problem: problem.to_owned(),
+            };
             let key = key.as_object().ok_or_else(|| err("is not a JSON object"))?;
             let key_use = key.get("use").and_then(Value::as_str).unwrap_or_default();
-            let kty = key.get("kty").and_then(Value::as_str).ok_or_else(|| err("has no \"kty\""))?;
+            let kty = key
+                .get("kty")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err("has no \"kty\""))?;
             if !KNOWN_KTY.contains(&kty) || !matches!(key_use, USE_X509 | USE_JWT) {
                 // Spec 4.2: keys of unknown use or type are ignored.
                 continue;
@@ -195,8 +208,11 @@ impl Bundle {
 
     /// The JWT authorities as a plain JWKS document (for OIDC discovery).
     pub fn jwks_json(&self) -> Value {
-        let keys: Vec<Value> =
-            self.jwt_authorities.values().map(|a| a.to_json("sig")).collect();
+        let keys: Vec<Value> = self
+            .jwt_authorities
+            .values()
+            .map(|a| a.to_json("sig"))
+            .collect();
         json!({ "keys": keys })
     }
 
@@ -269,7 +285,9 @@ impl Bundle {
 
     /// Adds or replaces a JWT authority. Returns whether the bundle changed.
     pub fn add_jwt_authority(&mut self, authority: JwtAuthority) -> bool {
-        let previous = self.jwt_authorities.insert(authority.kid.clone(), authority.clone());
+        let previous = self
+            .jwt_authorities
+            .insert(authority.kid.clone(), authority.clone());
         previous.as_ref() != Some(&authority)
     }
 
@@ -333,7 +351,10 @@ impl BundleSet {
 
 impl BundleSource for BundleSet {
     fn bundle_for(&self, trust_domain: &str) -> Option<&Bundle> {
-        self.bundles.iter().find(|(td, _)| td.as_str() == trust_domain).map(|(_, b)| b)
+        self.bundles
+            .iter()
+            .find(|(td, _)| td.as_str() == trust_domain)
+            .map(|(_, b)| b)
     }
 }
 
@@ -353,15 +374,22 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 
 /// Encodes certificates as concatenated PEM CERTIFICATE blocks.
 pub fn certificates_to_pem(certs: &[CertificateDer<'_>]) -> String {
-    let blocks: Vec<pem::Pem> =
-        certs.iter().map(|c| pem::Pem::new("CERTIFICATE", c.as_ref().to_vec())).collect();
-    pem::encode_many_config(&blocks, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+    let blocks: Vec<pem::Pem> = certs
+        .iter()
+        .map(|c| pem::Pem::new("CERTIFICATE", c.as_ref().to_vec()))
+        .collect();
+    pem::encode_many_config(
+        &blocks,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, BundleError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
-        Ok(_) => Err(BundleError::Certificate("trailing bytes after the certificate".into())),
+        Ok((&[], cert)) => Ok(cert),
+        Ok(_) => Err(BundleError::Certificate(
+            "trailing bytes after the certificate".into(),
+        )),
         Err(e) => Err(BundleError::Certificate(e.to_string())),
     }
 }
@@ -382,7 +410,9 @@ pub fn jwk_params_from_spki(spki_der: &[u8]) -> Result<Map<String, Value>, Bundl
                 _ => return Err(BundleError::UnsupportedKey),
             };
             // An uncompressed point: 0x04 || X || Y, X and Y of equal length.
-            let coords = data.strip_prefix(&[4u8]).ok_or(BundleError::UnsupportedKey)?;
+            let coords = data
+                .strip_prefix(&[4u8])
+                .ok_or(BundleError::UnsupportedKey)?;
             let (x, y) = coords.split_at(coords.len() / 2);
             m.insert("kty".into(), "EC".into());
             m.insert("crv".into(), crv.into());
@@ -402,7 +432,10 @@ pub fn jwk_params_from_spki(spki_der: &[u8]) -> Result<Map<String, Value>, Bundl
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let first = b.iter().position(|&x| x != 0).unwrap_or(b.len().saturating_sub(1));
+    let first = b
+        .iter()
+        .position(|&x| x != 0)
+        .unwrap_or(b.len().saturating_sub(1));
     &b[first..]
 }
 
@@ -410,7 +443,9 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn ca_cert(alg: &'static rcgen::SignatureAlgorithm) -> (CertificateDer<'static>, rcgen::KeyPair) {
+    fn ca_cert(
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> (CertificateDer<'static>, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate_for(alg).unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -429,11 +464,17 @@ mod tests {
         let jwt_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let mut b = Bundle::new(td());
         assert!(b.add_x509_authority(cert.clone()));
-        assert!(!b.add_x509_authority(cert.clone()), "duplicates are not added");
+        assert!(
+            !b.add_x509_authority(cert.clone()),
+            "duplicates are not added"
+        );
         b.add_x509_authority(rsa_cert);
         b.add_jwt_authority(
-            JwtAuthority::from_spki("k1", &rcgen::PublicKeyData::subject_public_key_info(&jwt_key))
-                .unwrap(),
+            JwtAuthority::from_spki(
+                "k1",
+                &rcgen::PublicKeyData::subject_public_key_info(&jwt_key),
+            )
+            .unwrap(),
         );
         b.set_sequence(7);
         b.set_refresh_hint(Some(300));
@@ -497,7 +538,9 @@ mod tests {
             (json!({"keys": [], "spiffe_refresh_hint": "5m"}).to_string(), "spiffe_refresh_hint"),
         ];
         for (doc, want) in cases {
-            let err = Bundle::parse_json(td(), doc.as_bytes()).unwrap_err().to_string();
+            let err = Bundle::parse_json(td(), doc.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{doc}: got {err:?}, want {want:?}");
         }
     }

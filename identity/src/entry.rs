@@ -120,13 +120,20 @@ impl Entry {
         }
         for name in &self.dns_names {
             if let Err(why) = check_dns_name(name) {
-                problems.push(EntryProblem::DnsName { name: name.clone(), why });
+                problems.push(EntryProblem::DnsName {
+                    name: name.clone(),
+                    why,
+                });
             }
         }
         if self.federates_with.contains(td) {
             problems.push(EntryProblem::FederatesWithSelf(td.to_string()));
         }
-        if problems.is_empty() { Ok(()) } else { Err(EntryError(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EntryError(problems))
+        }
     }
 
     /// The selectors, sorted, for duplicate detection (same SPIFFE ID, parent
@@ -134,7 +141,11 @@ impl Entry {
     pub fn identity_key(&self) -> (String, String, Vec<String>) {
         let mut selectors: Vec<String> = self.selectors.iter().map(ToString::to_string).collect();
         selectors.sort();
-        (self.spiffe_id.to_string(), self.parent_id.to_string(), selectors)
+        (
+            self.spiffe_id.to_string(),
+            self.parent_id.to_string(),
+            selectors,
+        )
     }
 }
 
@@ -156,7 +167,10 @@ pub fn check_dns_name(name: &str) -> Result<(), &'static str> {
         if label.len() > 63 {
             return Err("label longer than 63 bytes");
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err("only letters, digits, '-' and '.' are allowed (and a leading '*.')");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -217,7 +231,10 @@ mod tests {
         e.selectors.push(e.selectors[0].clone());
         let err = e.check(&td).unwrap_err();
         assert!(err.0.contains(&EntryProblem::SelfParent));
-        assert!(err.0.contains(&EntryProblem::DuplicateSelector("unix:uid:1000".into())));
+        assert!(
+            err.0
+                .contains(&EntryProblem::DuplicateSelector("unix:uid:1000".into()))
+        );
     }
 
     #[test]
@@ -225,7 +242,9 @@ mod tests {
         assert!(check_dns_name("a.example.org").is_ok());
         assert!(check_dns_name("*.example.org").is_ok());
         assert!(check_dns_name("localhost").is_ok());
-        for bad in ["", "*.", "a b.org", "a_b.org", "-a.org", "a-.org", ".a.org", "a.org."] {
+        for bad in [
+            "", "*.", "a b.org", "a_b.org", "-a.org", "a-.org", ".a.org", "a.org.",
+        ] {
             assert!(check_dns_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_dns_name(&"a".repeat(64)).is_err());

@@ -48,7 +48,10 @@ pub enum JwtSvidError {
     #[error("claim \"aud\" is missing or empty")]
     NoAudience,
     #[error("audience {expected:?} is not among the token's audiences {actual:?}")]
-    AudienceMismatch { expected: String, actual: Vec<String> },
+    AudienceMismatch {
+        expected: String,
+        actual: Vec<String>,
+    },
     #[error("claim \"exp\" is missing")]
     NoExpiry,
     #[error("token expired at {exp} (unix seconds)")]
@@ -84,19 +87,29 @@ impl JwtSvid {
         now: SystemTime,
     ) -> Result<Self, JwtSvidError> {
         let (header, claims) = split(token)?;
-        let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or_default();
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let alg = ALLOWED_ALGORITHMS
             .into_iter()
             .find(|a| format!("{a:?}") == alg_name)
             .ok_or_else(|| JwtSvidError::Algorithm(alg_name.to_owned()))?;
-        let kid = header.get("kid").and_then(Value::as_str).ok_or(JwtSvidError::NoKid)?;
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .ok_or(JwtSvidError::NoKid)?;
         let svid = Self::from_claims(token, claims)?;
         let td = svid.spiffe_id.trust_domain_str();
-        let bundle = bundles.bundle_for(td).ok_or_else(|| JwtSvidError::NoBundle(td.to_owned()))?;
-        let authority = bundle.jwt_authority(kid).ok_or_else(|| JwtSvidError::UnknownKid {
-            kid: kid.to_owned(),
-            trust_domain: td.to_owned(),
-        })?;
+        let bundle = bundles
+            .bundle_for(td)
+            .ok_or_else(|| JwtSvidError::NoBundle(td.to_owned()))?;
+        let authority = bundle
+            .jwt_authority(kid)
+            .ok_or_else(|| JwtSvidError::UnknownKid {
+                kid: kid.to_owned(),
+                trust_domain: td.to_owned(),
+            })?;
         let key = DecodingKey::from_jwk(authority.jwk())
             .map_err(|e| JwtSvidError::Signature(format!("bundle key {kid:?}: {e}")))?;
         // Signature only: claims are checked below against the given clock.
@@ -112,29 +125,50 @@ impl JwtSvid {
                 actual: svid.audience.clone(),
             });
         }
-        let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now_secs = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         if svid.expiry <= now_secs {
             return Err(JwtSvidError::Expired { exp: svid.expiry });
         }
         Ok(svid)
     }
 
-    fn from_claims(token: &str, claims: serde_json::Map<String, Value>) -> Result<Self, JwtSvidError> {
-        let sub = claims.get("sub").and_then(Value::as_str).ok_or(JwtSvidError::NoSubject)?;
+    fn from_claims(
+        token: &str,
+        claims: serde_json::Map<String, Value>,
+    ) -> Result<Self, JwtSvidError> {
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .ok_or(JwtSvidError::NoSubject)?;
         let spiffe_id = SpiffeId::parse_workload(sub).map_err(JwtSvidError::Subject)?;
         let audience: Vec<String> = match claims.get("aud") {
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) => {
-                items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
-            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             _ => Vec::new(),
         };
         if audience.is_empty() {
             return Err(JwtSvidError::NoAudience);
         }
-        let expiry = claims.get("exp").and_then(Value::as_u64).ok_or(JwtSvidError::NoExpiry)?;
+        let expiry = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(JwtSvidError::NoExpiry)?;
         let issued_at = claims.get("iat").and_then(Value::as_u64);
-        Ok(Self { token: Zeroizing::new(token.to_owned()), spiffe_id, audience, expiry, issued_at, claims })
+        Ok(Self {
+            token: Zeroizing::new(token.to_owned()),
+            spiffe_id,
+            audience,
+            expiry,
+            issued_at,
+            claims,
+        })
     }
 
     pub fn token(&self) -> &str {
@@ -181,9 +215,12 @@ type JsonObject = serde_json::Map<String, Value>;
 /// Splits a compact JWS and decodes its header and claims.
 fn split(token: &str) -> Result<(JsonObject, JsonObject), JwtSvidError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(JwtSvidError::Malformed("expected three dot-separated parts".into()));
+        return Err(JwtSvidError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
     };
     let decode = |part: &str, what: &str| -> Result<JsonObject, JwtSvidError> {
         let bytes = URL_SAFE_NO_PAD
@@ -220,7 +257,11 @@ mod tests {
                 Algorithm::ES384 => &rcgen::PKCS_ECDSA_P384_SHA384,
                 _ => &rcgen::PKCS_RSA_SHA256,
             };
-            Self { key: KeyPair::generate_for(rc_alg).unwrap(), kid: "kid-1".into(), alg }
+            Self {
+                key: KeyPair::generate_for(rc_alg).unwrap(),
+                kid: "kid-1".into(),
+                alg,
+            }
         }
 
         fn sign(&self, claims: &Value) -> String {
@@ -249,7 +290,10 @@ mod tests {
     }
 
     fn exp_in(secs: u64) -> u64 {
-        (now() + Duration::from_secs(secs)).duration_since(UNIX_EPOCH).unwrap().as_secs()
+        (now() + Duration::from_secs(secs))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     fn claims() -> Value {
@@ -258,7 +302,12 @@ mod tests {
 
     #[test]
     fn valid_tokens_verify_for_every_supported_key_type() {
-        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::RS256, Algorithm::PS256] {
+        for alg in [
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::RS256,
+            Algorithm::PS256,
+        ] {
             let s = Signer::new(alg);
             let token = s.sign(&claims());
             let svid = JwtSvid::verify(&token, &s.bundle(), "cache", now())
@@ -283,7 +332,10 @@ mod tests {
         let b = s.bundle();
         let check = |c: Value, aud: &str| JwtSvid::verify(&s.sign(&c), &b, aud, now());
 
-        assert!(matches!(check(claims(), "other"), Err(JwtSvidError::AudienceMismatch { .. })));
+        assert!(matches!(
+            check(claims(), "other"),
+            Err(JwtSvidError::AudienceMismatch { .. })
+        ));
         let mut c = claims();
         c["aud"] = json!([]);
         assert_eq!(check(c, "db"), Err(JwtSvidError::NoAudience));
@@ -298,10 +350,16 @@ mod tests {
         assert_eq!(check(c, "db"), Err(JwtSvidError::NoSubject));
         let mut c = claims();
         c["sub"] = "spiffe://example.org".into();
-        assert!(matches!(check(c, "db"), Err(JwtSvidError::Subject(IdError::MissingPath(_)))));
+        assert!(matches!(
+            check(c, "db"),
+            Err(JwtSvidError::Subject(IdError::MissingPath(_)))
+        ));
         let mut c = claims();
         c["sub"] = "spiffe://other.org/web".into();
-        assert_eq!(check(c, "db"), Err(JwtSvidError::NoBundle("other.org".into())));
+        assert_eq!(
+            check(c, "db"),
+            Err(JwtSvidError::NoBundle("other.org".into()))
+        );
     }
 
     #[test]
@@ -336,7 +394,12 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let mut c = claims();
         c["sub"] = "spiffe://example.org/admin".into();
-        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(c.to_string()), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(c.to_string()),
+            parts[2]
+        );
         assert!(matches!(
             JwtSvid::verify(&forged, &s.bundle(), "db", now()),
             Err(JwtSvidError::Signature(_))
@@ -349,15 +412,27 @@ mod tests {
         let b = s.bundle();
         let body = URL_SAFE_NO_PAD.encode(claims().to_string());
         for (header, want) in [
-            (json!({"alg": "none", "kid": "kid-1"}), JwtSvidError::Algorithm("none".into())),
-            (json!({"alg": "HS256", "kid": "kid-1"}), JwtSvidError::Algorithm("HS256".into())),
+            (
+                json!({"alg": "none", "kid": "kid-1"}),
+                JwtSvidError::Algorithm("none".into()),
+            ),
+            (
+                json!({"alg": "HS256", "kid": "kid-1"}),
+                JwtSvidError::Algorithm("HS256".into()),
+            ),
             (json!({"alg": "ES256"}), JwtSvidError::NoKid),
         ] {
             let token = format!("{}.{body}.c2ln", URL_SAFE_NO_PAD.encode(header.to_string()));
             assert_eq!(JwtSvid::verify(&token, &b, "db", now()), Err(want));
         }
-        assert!(matches!(JwtSvid::verify("a.b", &b, "db", now()), Err(JwtSvidError::Malformed(_))));
-        assert!(matches!(JwtSvid::verify("!.!.!", &b, "db", now()), Err(JwtSvidError::Malformed(_))));
+        assert!(matches!(
+            JwtSvid::verify("a.b", &b, "db", now()),
+            Err(JwtSvidError::Malformed(_))
+        ));
+        assert!(matches!(
+            JwtSvid::verify("!.!.!", &b, "db", now()),
+            Err(JwtSvidError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -43,10 +43,14 @@ impl Selector {
         if s.len() > MAX_SELECTOR_LEN {
             return Err(SelectorError::TooLong { len: s.len() });
         }
-        let (ty, value) =
-            s.split_once(':').ok_or_else(|| SelectorError::MissingSeparator(s.to_owned()))?;
+        let (ty, value) = s
+            .split_once(':')
+            .ok_or_else(|| SelectorError::MissingSeparator(s.to_owned()))?;
         Self::check(ty, value, s)?;
-        Ok(Self { full: s.to_owned(), type_len: ty.len() })
+        Ok(Self {
+            full: s.to_owned(),
+            type_len: ty.len(),
+        })
     }
 
     /// Builds a selector from its two parts.
@@ -58,16 +62,22 @@ impl Selector {
         if ty.is_empty() {
             return Err(SelectorError::EmptyType(whole.to_owned()));
         }
-        if let Some(ch) =
-            ty.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+        if let Some(ch) = ty
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
         {
-            return Err(SelectorError::TypeChar { ty: ty.to_owned(), ch });
+            return Err(SelectorError::TypeChar {
+                ty: ty.to_owned(),
+                ch,
+            });
         }
         if value.is_empty() {
             return Err(SelectorError::EmptyValue(whole.to_owned()));
         }
         if let Some((at, _)) = value.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(SelectorError::ValueControlChar { at: ty.len() + 1 + at });
+            return Err(SelectorError::ValueControlChar {
+                at: ty.len() + 1 + at,
+            });
         }
         Ok(())
     }
@@ -145,18 +155,30 @@ mod tests {
             Selector::parse("unix"),
             Err(SelectorError::MissingSeparator("unix".into()))
         );
-        assert_eq!(Selector::parse(":uid:0"), Err(SelectorError::EmptyType(":uid:0".into())));
-        assert_eq!(Selector::parse("unix:"), Err(SelectorError::EmptyValue("unix:".into())));
+        assert_eq!(
+            Selector::parse(":uid:0"),
+            Err(SelectorError::EmptyType(":uid:0".into()))
+        );
+        assert_eq!(
+            Selector::parse("unix:"),
+            Err(SelectorError::EmptyValue("unix:".into()))
+        );
         assert_eq!(
             Selector::parse("Unix:uid:0"),
-            Err(SelectorError::TypeChar { ty: "Unix".into(), ch: 'U' })
+            Err(SelectorError::TypeChar {
+                ty: "Unix".into(),
+                ch: 'U'
+            })
         );
         assert_eq!(
             Selector::parse("unix:uid:\n0"),
             Err(SelectorError::ValueControlChar { at: 9 })
         );
         let long = format!("unix:{}", "a".repeat(MAX_SELECTOR_LEN));
-        assert!(matches!(Selector::parse(&long), Err(SelectorError::TooLong { .. })));
+        assert!(matches!(
+            Selector::parse(&long),
+            Err(SelectorError::TooLong { .. })
+        ));
     }
 
     #[test]
@@ -164,8 +186,17 @@ mod tests {
         let p = |s: &str| Selector::parse(s).unwrap();
         let observed = vec![p("unix:uid:1000"), p("unix:gid:1000"), p("unix:user:alice")];
         assert!(all_match(&[p("unix:uid:1000")], &observed));
-        assert!(all_match(&[p("unix:uid:1000"), p("unix:user:alice")], &observed));
-        assert!(!all_match(&[p("unix:uid:1000"), p("unix:user:bob")], &observed));
-        assert!(!all_match(&[], &observed), "an entry with no selectors never matches");
+        assert!(all_match(
+            &[p("unix:uid:1000"), p("unix:user:alice")],
+            &observed
+        ));
+        assert!(!all_match(
+            &[p("unix:uid:1000"), p("unix:user:bob")],
+            &observed
+        ));
+        assert!(
+            !all_match(&[], &observed),
+            "an entry with no selectors never matches"
+        );
     }
 }

@@ -26,7 +26,9 @@ pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
 pub enum IdError {
     #[error("SPIFFE ID is empty")]
     Empty,
-    #[error("SPIFFE ID must start with \"spiffe://\" (scheme is missing or not lowercase \"spiffe\")")]
+    #[error(
+        "SPIFFE ID must start with \"spiffe://\" (scheme is missing or not lowercase \"spiffe\")"
+    )]
     Scheme,
     #[error("trust domain is missing")]
     MissingTrustDomain,
@@ -75,7 +77,10 @@ impl TrustDomain {
         if s.contains("://") {
             let id = SpiffeId::parse(s)?;
             if !id.path().is_empty() {
-                return Err(IdError::PathChar { ch: '/', at: SCHEME_PREFIX.len() + id.td_len });
+                return Err(IdError::PathChar {
+                    ch: '/',
+                    at: SCHEME_PREFIX.len() + id.td_len,
+                });
             }
             return Ok(id.trust_domain());
         }
@@ -90,7 +95,10 @@ impl TrustDomain {
 
     /// The trust domain's own SPIFFE ID, `spiffe://example.org`.
     pub fn id(&self) -> SpiffeId {
-        SpiffeId { full: format!("{SCHEME_PREFIX}{}", self.0), td_len: self.0.len() }
+        SpiffeId {
+            full: format!("{SCHEME_PREFIX}{}", self.0),
+            td_len: self.0.len(),
+        }
     }
 
     /// Builds `spiffe://<td><path>`; `path` must be empty or start with `/`.
@@ -139,7 +147,10 @@ impl SpiffeId {
         let (td, tail) = rest.split_at(td_end);
         check_trust_domain(td, SCHEME_PREFIX.len())?;
         check_path(tail, SCHEME_PREFIX.len() + td.len())?;
-        Ok(Self { full: s.to_owned(), td_len: td.len() })
+        Ok(Self {
+            full: s.to_owned(),
+            td_len: td.len(),
+        })
     }
 
     /// Parses a SPIFFE ID that must have a path (the ID of a workload, not of
@@ -186,7 +197,10 @@ impl SpiffeId {
         if self.is_member_of(td) {
             Ok(())
         } else {
-            Err(IdError::WrongTrustDomain { id: self.full.clone(), expected: td.to_string() })
+            Err(IdError::WrongTrustDomain {
+                id: self.full.clone(),
+                expected: td.to_string(),
+            })
         }
     }
 }
@@ -313,7 +327,7 @@ mod tests {
         ] {
             let id = SpiffeId::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(id.to_string(), s);
-            assert_eq!(SpiffeId::parse(&id.to_string()).unwrap(), id);
+            assert_eq!(SpiffeId::parse(id.as_ref()).unwrap(), id);
         }
         let id = SpiffeId::parse("spiffe://example.org/a/b").unwrap();
         assert_eq!(id.trust_domain_str(), "example.org");
@@ -331,8 +345,14 @@ mod tests {
             ("spiffe:/example.org", IdError::Scheme),
             ("spiffe://", IdError::MissingTrustDomain),
             ("spiffe:///path", IdError::MissingTrustDomain),
-            ("spiffe://Example.org/a", IdError::TrustDomainChar { ch: 'E', at: 9 }),
-            ("spiffe://exa mple.org", IdError::TrustDomainChar { ch: ' ', at: 12 }),
+            (
+                "spiffe://Example.org/a",
+                IdError::TrustDomainChar { ch: 'E', at: 9 },
+            ),
+            (
+                "spiffe://exa mple.org",
+                IdError::TrustDomainChar { ch: ' ', at: 12 },
+            ),
             ("spiffe://example.org:8080/a", IdError::Port),
             ("spiffe://user@example.org/a", IdError::Userinfo),
             ("spiffe://example.org/a?x=1", IdError::Query),
@@ -346,11 +366,24 @@ mod tests {
             ("spiffe://example.org/a/..", IdError::DotSegment),
             ("spiffe://example.org/", IdError::TrailingSlash),
             ("spiffe://example.org/a/", IdError::TrailingSlash),
-            ("spiffe://example.org/a b", IdError::PathChar { ch: ' ', at: 22 }),
-            ("spiffe://example.org/caf\u{e9}", IdError::PathChar { ch: '\u{e9}', at: 24 }),
+            (
+                "spiffe://example.org/a b",
+                IdError::PathChar { ch: ' ', at: 22 },
+            ),
+            (
+                "spiffe://example.org/caf\u{e9}",
+                IdError::PathChar {
+                    ch: '\u{e9}',
+                    at: 24,
+                },
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(SpiffeId::parse(input).as_ref(), Err(want), "input {input:?}");
+            assert_eq!(
+                SpiffeId::parse(input).as_ref(),
+                Err(want),
+                "input {input:?}"
+            );
         }
     }
 
@@ -368,7 +401,10 @@ mod tests {
         assert!(ok.len() <= MAX_ID_LEN);
         assert!(SpiffeId::parse(&ok).is_ok());
         let long = format!("{ok}/bb");
-        assert_eq!(SpiffeId::parse(&long), Err(IdError::TooLong { len: long.len() }));
+        assert_eq!(
+            SpiffeId::parse(&long),
+            Err(IdError::TooLong { len: long.len() })
+        );
     }
 
     #[test]
@@ -378,10 +414,16 @@ mod tests {
         assert_eq!(td.id().as_str(), "spiffe://example.org");
         assert!(TrustDomain::parse("spiffe://example.org/path").is_err());
         assert_eq!(TrustDomain::parse(""), Err(IdError::MissingTrustDomain));
-        assert_eq!(TrustDomain::parse("Example.org"), Err(IdError::TrustDomainChar { ch: 'E', at: 0 }));
+        assert_eq!(
+            TrustDomain::parse("Example.org"),
+            Err(IdError::TrustDomainChar { ch: 'E', at: 0 })
+        );
         let id = td.id_with_path("/web").unwrap();
         assert!(id.is_member_of(&td));
-        assert!(id.require_member_of(&TrustDomain::parse("other.org").unwrap()).is_err());
+        assert!(
+            id.require_member_of(&TrustDomain::parse("other.org").unwrap())
+                .is_err()
+        );
     }
 
     #[test]
@@ -396,7 +438,10 @@ mod tests {
     #[test]
     fn serde_validates() {
         let id: SpiffeId = serde_json::from_str("\"spiffe://example.org/w\"").unwrap();
-        assert_eq!(serde_json::to_string(&id).unwrap(), "\"spiffe://example.org/w\"");
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"spiffe://example.org/w\""
+        );
         assert!(serde_json::from_str::<SpiffeId>("\"spiffe://example.org/w/\"").is_err());
     }
 }

@@ -49,7 +49,10 @@ pub enum X509SvidError {
     #[error("no trust bundle for trust domain {0}")]
     NoBundle(String),
     #[error("certificate does not chain to the bundle of trust domain {trust_domain}: {reason}")]
-    Untrusted { trust_domain: String, reason: String },
+    Untrusted {
+        trust_domain: String,
+        reason: String,
+    },
     #[error("private key is not a PKCS#8 key: {0}")]
     Key(String),
     #[error("PEM input is malformed: {0}")]
@@ -112,7 +115,10 @@ impl X509Svid {
     /// Builds an SVID from a chain and its key, checking the leaf's shape
     /// (SPIFFE ID, not a CA, key usage). Trust is checked by
     /// [`verify_x509_svid`], not here.
-    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKey) -> Result<Self, X509SvidError> {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKey,
+    ) -> Result<Self, X509SvidError> {
         let leaf = chain.first().ok_or(X509SvidError::EmptyChain)?;
         let facts = leaf_facts(leaf)?;
         Ok(Self {
@@ -126,7 +132,8 @@ impl X509Svid {
 
     /// Parses a PEM chain and a PEM PKCS#8 key.
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, X509SvidError> {
-        let chain = certificates_from_pem(chain_pem).map_err(|e| X509SvidError::Pem(e.to_string()))?;
+        let chain =
+            certificates_from_pem(chain_pem).map_err(|e| X509SvidError::Pem(e.to_string()))?;
         Self::new(chain, PrivateKey::from_pem(key_pem)?)
     }
 
@@ -192,14 +199,23 @@ pub fn verify_x509_svid(
     let facts = leaf_facts(leaf)?;
     let now_secs = unix_secs(now);
     if now_secs < facts.not_before {
-        return Err(X509SvidError::NotYetValid { not_before: facts.not_before });
+        return Err(X509SvidError::NotYetValid {
+            not_before: facts.not_before,
+        });
     }
     if now_secs > facts.not_after {
-        return Err(X509SvidError::Expired { not_after: facts.not_after });
+        return Err(X509SvidError::Expired {
+            not_after: facts.not_after,
+        });
     }
     let td = facts.id.trust_domain_str();
-    let bundle = bundles.bundle_for(td).ok_or_else(|| X509SvidError::NoBundle(td.to_owned()))?;
-    let untrusted = |reason: String| X509SvidError::Untrusted { trust_domain: td.to_owned(), reason };
+    let bundle = bundles
+        .bundle_for(td)
+        .ok_or_else(|| X509SvidError::NoBundle(td.to_owned()))?;
+    let untrusted = |reason: String| X509SvidError::Untrusted {
+        trust_domain: td.to_owned(),
+        reason,
+    };
     let anchors = bundle
         .x509_authorities()
         .iter()
@@ -222,7 +238,11 @@ pub fn verify_x509_svid(
             None,
         )
         .map_err(|e| untrusted(e.to_string()))?;
-    Ok(VerifiedX509Svid { spiffe_id: facts.id, not_after: facts.not_after, serial: facts.serial })
+    Ok(VerifiedX509Svid {
+        spiffe_id: facts.id,
+        not_after: facts.not_after,
+        serial: facts.serial,
+    })
 }
 
 struct LeafFacts {
@@ -236,11 +256,13 @@ struct LeafFacts {
 /// trust anchor.
 fn leaf_facts(der: &[u8]) -> Result<LeafFacts, X509SvidError> {
     let cert = match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => cert,
+        Ok((&[], cert)) => cert,
         Ok(_) => return Err(X509SvidError::Malformed("trailing bytes".into())),
         Err(e) => return Err(X509SvidError::Malformed(e.to_string())),
     };
-    let san = cert.subject_alternative_name().map_err(|e| X509SvidError::Malformed(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| X509SvidError::Malformed(e.to_string()))?;
     let uris: Vec<&str> = san
         .map(|ext| {
             ext.value
@@ -259,7 +281,9 @@ fn leaf_facts(der: &[u8]) -> Result<LeafFacts, X509SvidError> {
         many => return Err(X509SvidError::MultipleUriSans(many.len())),
     };
     let id = SpiffeId::parse_workload(uri).map_err(X509SvidError::InvalidSpiffeId)?;
-    let bc = cert.basic_constraints().map_err(|e| X509SvidError::Malformed(e.to_string()))?;
+    let bc = cert
+        .basic_constraints()
+        .map_err(|e| X509SvidError::Malformed(e.to_string()))?;
     if bc.is_some_and(|b| b.value.ca) {
         return Err(X509SvidError::LeafIsCa);
     }

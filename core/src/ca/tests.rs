@@ -82,7 +82,7 @@ fn x509_svid_has_every_field_design_section_3_requires() {
     let serial = leaf.tbs_certificate.raw_serial();
     let significant = serial.iter().skip_while(|b| **b == 0).count();
     assert!(
-        significant <= 16 && significant >= 8,
+        (8..=16).contains(&significant),
         "128-bit random serial, got {serial:?}"
     );
     let ski = leaf

@@ -17,32 +17,47 @@ struct Ca {
 fn ca(td: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, format!("{td} root"));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{td} root"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
     let cert = params.self_signed(&key).unwrap();
-    Ca { cert: cert.der().clone(), issuer: Issuer::new(params, key) }
+    Ca {
+        cert: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
 }
 
 fn intermediate(parent: &Ca, td: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, format!("{td} intermediate"));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{td} intermediate"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, &parent.issuer).unwrap();
-    Ca { cert: cert.der().clone(), issuer: Issuer::new(params, key) }
+    Ca {
+        cert: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
 }
 
 fn leaf_params(uris: &[&str]) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names =
-        uris.iter().map(|u| SanType::URI(u.to_string().try_into().unwrap())).collect();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| SanType::URI(u.to_string().try_into().unwrap()))
+        .collect();
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(1);
@@ -61,7 +76,10 @@ fn bundle_of(td: &str, ca: &Ca) -> Bundle {
     b
 }
 
-fn verify(chain: &[CertificateDer<'static>], bundle: &Bundle) -> Result<VerifiedX509Svid, X509SvidError> {
+fn verify(
+    chain: &[CertificateDer<'static>],
+    bundle: &Bundle,
+) -> Result<VerifiedX509Svid, X509SvidError> {
     verify_x509_svid(chain, bundle, SystemTime::now())
 }
 
@@ -83,7 +101,10 @@ fn an_intermediate_chain_verifies_and_needs_the_intermediate() {
     let leaf = sign(leaf_params(&[ID]), &mid);
     let bundle = bundle_of("example.org", &root);
     verify(&[leaf.clone(), mid.cert.clone()], &bundle).unwrap();
-    assert!(matches!(verify(&[leaf], &bundle), Err(X509SvidError::Untrusted { .. })));
+    assert!(matches!(
+        verify(&[leaf], &bundle),
+        Err(X509SvidError::Untrusted { .. })
+    ));
 }
 
 #[test]
@@ -95,10 +116,16 @@ fn each_leaf_rule_has_its_own_error() {
     assert_eq!(verify(&[no_uri], &bundle), Err(X509SvidError::NoUriSan));
 
     let two = sign(leaf_params(&[ID, "spiffe://example.org/other"]), &root);
-    assert_eq!(verify(&[two], &bundle), Err(X509SvidError::MultipleUriSans(2)));
+    assert_eq!(
+        verify(&[two], &bundle),
+        Err(X509SvidError::MultipleUriSans(2))
+    );
 
     let not_spiffe = sign(leaf_params(&["https://example.org/web"]), &root);
-    assert_eq!(verify(&[not_spiffe], &bundle), Err(X509SvidError::InvalidSpiffeId(IdError::Scheme)));
+    assert_eq!(
+        verify(&[not_spiffe], &bundle),
+        Err(X509SvidError::InvalidSpiffeId(IdError::Scheme))
+    );
 
     let td_only = sign(leaf_params(&["spiffe://example.org"]), &root);
     assert!(matches!(
@@ -108,23 +135,38 @@ fn each_leaf_rule_has_its_own_error() {
 
     let mut p = leaf_params(&[ID]);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    assert_eq!(verify(&[sign(p, &root)], &bundle), Err(X509SvidError::LeafIsCa));
+    assert_eq!(
+        verify(&[sign(p, &root)], &bundle),
+        Err(X509SvidError::LeafIsCa)
+    );
 
     let mut p = leaf_params(&[ID]);
     p.key_usages = vec![];
-    assert_eq!(verify(&[sign(p, &root)], &bundle), Err(X509SvidError::NoKeyUsage));
+    assert_eq!(
+        verify(&[sign(p, &root)], &bundle),
+        Err(X509SvidError::NoKeyUsage)
+    );
 
     let mut p = leaf_params(&[ID]);
     p.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
-    assert_eq!(verify(&[sign(p, &root)], &bundle), Err(X509SvidError::NoDigitalSignature));
+    assert_eq!(
+        verify(&[sign(p, &root)], &bundle),
+        Err(X509SvidError::NoDigitalSignature)
+    );
 
     let mut p = leaf_params(&[ID]);
     p.key_usages.push(KeyUsagePurpose::KeyCertSign);
-    assert_eq!(verify(&[sign(p, &root)], &bundle), Err(X509SvidError::KeyCertSign));
+    assert_eq!(
+        verify(&[sign(p, &root)], &bundle),
+        Err(X509SvidError::KeyCertSign)
+    );
 
     let mut p = leaf_params(&[ID]);
     p.key_usages.push(KeyUsagePurpose::CrlSign);
-    assert_eq!(verify(&[sign(p, &root)], &bundle), Err(X509SvidError::CrlSign));
+    assert_eq!(
+        verify(&[sign(p, &root)], &bundle),
+        Err(X509SvidError::CrlSign)
+    );
 }
 
 #[test]
@@ -136,12 +178,18 @@ fn validity_window() {
     let mut p = leaf_params(&[ID]);
     p.not_before = now - time::Duration::hours(2);
     p.not_after = now - time::Duration::hours(1);
-    assert!(matches!(verify(&[sign(p, &root)], &bundle), Err(X509SvidError::Expired { .. })));
+    assert!(matches!(
+        verify(&[sign(p, &root)], &bundle),
+        Err(X509SvidError::Expired { .. })
+    ));
 
     let mut p = leaf_params(&[ID]);
     p.not_before = now + time::Duration::hours(1);
     p.not_after = now + time::Duration::hours(2);
-    assert!(matches!(verify(&[sign(p, &root)], &bundle), Err(X509SvidError::NotYetValid { .. })));
+    assert!(matches!(
+        verify(&[sign(p, &root)], &bundle),
+        Err(X509SvidError::NotYetValid { .. })
+    ));
 
     // The same certificate is valid or expired depending on the clock given.
     let leaf = sign(leaf_params(&[ID]), &root);
@@ -161,13 +209,16 @@ fn trust_is_per_trust_domain() {
     // No bundle for the ID's trust domain.
     let other_bundle = bundle_of("other.org", &other_root);
     assert_eq!(
-        verify(&[leaf.clone()], &other_bundle),
+        verify(std::slice::from_ref(&leaf), &other_bundle),
         Err(X509SvidError::NoBundle("example.org".into()))
     );
 
     // A bundle for example.org that holds a different CA: untrusted.
     let wrong = bundle_of("example.org", &other_root);
-    assert!(matches!(verify(&[leaf.clone()], &wrong), Err(X509SvidError::Untrusted { .. })));
+    assert!(matches!(
+        verify(std::slice::from_ref(&leaf), &wrong),
+        Err(X509SvidError::Untrusted { .. })
+    ));
 
     // A leaf of other.org signed by example.org's CA is not trusted by
     // other.org's bundle, even when example.org's bundle is present too.
@@ -205,6 +256,13 @@ fn svid_from_pem_keeps_key_secret() {
     assert!(debug.contains("[redacted]"), "{debug}");
     assert!(!debug.contains(&format!("{:?}", key.serialized_der())));
     assert!(svid.chain_pem().starts_with("-----BEGIN CERTIFICATE-----"));
-    assert!(svid.private_key().to_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
-    assert!(matches!(X509Svid::from_pem(cert.pem().as_bytes(), b"junk"), Err(X509SvidError::Key(_))));
+    assert!(
+        svid.private_key()
+            .to_pem()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    assert!(matches!(
+        X509Svid::from_pem(cert.pem().as_bytes(), b"junk"),
+        Err(X509SvidError::Key(_))
+    ));
 }
