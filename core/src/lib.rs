@@ -15,6 +15,7 @@
 pub mod atomic_file;
 pub mod ca;
 pub mod clock;
+pub mod datastore;
 pub mod key_manager;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
