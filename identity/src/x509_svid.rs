@@ -245,16 +245,26 @@ pub fn verify_x509_svid(
     })
 }
 
-struct LeafFacts {
-    id: SpiffeId,
-    not_before: i64,
-    not_after: i64,
-    serial: String,
+/// What the leaf of an X509-SVID says about itself (no trust implied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInfo {
+    pub id: SpiffeId,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Lowercase hex.
+    pub serial: String,
+}
+
+/// Reads and shape-checks an X509-SVID leaf without verifying its chain.
+pub fn inspect_leaf(der: &[u8]) -> Result<LeafInfo, X509SvidError> {
+    leaf_facts(der)
 }
 
 /// Checks the leaf rules of X509-SVID spec sections 4 and 5 that need no
 /// trust anchor.
-fn leaf_facts(der: &[u8]) -> Result<LeafFacts, X509SvidError> {
+fn leaf_facts(der: &[u8]) -> Result<LeafInfo, X509SvidError> {
     let cert = match X509Certificate::from_der(der) {
         Ok((&[], cert)) => cert,
         Ok(_) => return Err(X509SvidError::Malformed("trailing bytes".into())),
@@ -300,7 +310,7 @@ fn leaf_facts(der: &[u8]) -> Result<LeafFacts, X509SvidError> {
     if ku.value.crl_sign() {
         return Err(X509SvidError::CrlSign);
     }
-    Ok(LeafFacts {
+    Ok(LeafInfo {
         id,
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
