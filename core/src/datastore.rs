@@ -28,7 +28,9 @@ pub enum DatastoreError {
     Open { url: String, reason: String },
     #[error("datastore schema: {0}")]
     Schema(String),
-    #[error("an entry with the same SPIFFE ID, parent ID and selectors already exists (id {existing_id})")]
+    #[error(
+        "an entry with the same SPIFFE ID, parent ID and selectors already exists (id {existing_id})"
+    )]
     DuplicateEntry { existing_id: String },
     #[error("no entry with id {0}")]
     EntryNotFound(String),
@@ -110,13 +112,31 @@ pub struct JoinToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChangeKind {
-    EntryCreated { entry_id: String, parent_id: SpiffeId },
-    EntryUpdated { entry_id: String, parent_id: SpiffeId, old_parent_id: SpiffeId },
-    EntryDeleted { entry_id: String, parent_id: SpiffeId },
-    NodeUpdated { spiffe_id: SpiffeId },
-    NodeDeleted { spiffe_id: SpiffeId },
-    BundleUpdated { trust_domain: TrustDomain },
-    BundleDeleted { trust_domain: TrustDomain },
+    EntryCreated {
+        entry_id: String,
+        parent_id: SpiffeId,
+    },
+    EntryUpdated {
+        entry_id: String,
+        parent_id: SpiffeId,
+        old_parent_id: SpiffeId,
+    },
+    EntryDeleted {
+        entry_id: String,
+        parent_id: SpiffeId,
+    },
+    NodeUpdated {
+        spiffe_id: SpiffeId,
+    },
+    NodeDeleted {
+        spiffe_id: SpiffeId,
+    },
+    BundleUpdated {
+        trust_domain: TrustDomain,
+    },
+    BundleDeleted {
+        trust_domain: TrustDomain,
+    },
 }
 
 /// One entry of the change feed.

@@ -12,11 +12,16 @@
 //! SVIDs are built exactly as DESIGN.md section 3 says; the bundle's
 //! sequence increases on every change.
 
+pub mod agent;
+pub mod api;
 pub mod atomic_file;
+pub mod attest;
 pub mod ca;
 pub mod clock;
 pub mod datastore;
 pub mod key_manager;
+pub mod server;
+pub mod tls;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -1,0 +1,298 @@
+//! The server (control plane): owns the CA and the datastore, keeps the CA
+//! rotating and its bundle and journal persisted, and follows the change
+//! feed so every API can push what changed.
+//!
+//! APIs: [`admin`] (Unix socket, mode 0600) for operators, and the
+//! server-agent API for agents.
+
+pub mod admin;
+pub mod authz;
+pub mod node;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signet_identity::{Bundle, Entry, SpiffeId, TrustDomain};
+use tokio::sync::{Notify, watch};
+
+use crate::ca::{Ca, CaConfig, CaError, CaJournal, UpstreamAuthority};
+use crate::clock::Clock;
+use crate::datastore::{Datastore, DatastoreError, JoinToken};
+use crate::key_manager::KeyManager;
+
+/// Server settings beyond the CA's.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub ca: CaConfig,
+    /// Names this server's CA journal in a shared datastore.
+    pub server_id: String,
+    /// Default life of join tokens.
+    pub join_token_ttl: Duration,
+    /// Life of agent X509-SVIDs.
+    pub agent_svid_ttl: Duration,
+    /// Parent of entries created without one (the local agent of the
+    /// combined core).
+    pub default_parent_id: Option<SpiffeId>,
+}
+
+impl ServerConfig {
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            ca: CaConfig::new(trust_domain),
+            server_id: "signet-server".into(),
+            join_token_ttl: Duration::from_secs(600),
+            agent_svid_ttl: Duration::from_secs(3600),
+            default_parent_id: None,
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.ca.trust_domain
+    }
+}
+
+/// Server failures, mapped to gRPC statuses at each API's edge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("CA journal in the datastore is unreadable: {0}")]
+    Journal(String),
+}
+
+/// The running server state shared by its APIs.
+pub struct Server {
+    config: ServerConfig,
+    ca: Ca,
+    store: Arc<dyn Datastore>,
+    clock: Arc<dyn Clock>,
+    /// Latest change-feed revision seen; APIs that push wait on it.
+    revision: watch::Sender<u64>,
+    /// Poked after local writes so the feed is read at once.
+    wrote: Notify,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("trust_domain", self.config.trust_domain())
+            .field("server_id", &self.config.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the CA (resuming from the datastore's journal for this server
+    /// id, or creating one) and publishes the bundle.
+    pub async fn start(
+        config: ServerConfig,
+        store: Arc<dyn Datastore>,
+        clock: Arc<dyn Clock>,
+        keys: Arc<dyn KeyManager>,
+        upstream: Option<UpstreamAuthority>,
+    ) -> Result<Arc<Self>, ServerError> {
+        let ca = match store.get_ca_journal(&config.server_id).await? {
+            Some(json) => {
+                let journal: CaJournal =
+                    serde_json::from_str(&json).map_err(|e| ServerError::Journal(e.to_string()))?;
+                Ca::restore(config.ca.clone(), clock.clone(), keys, upstream, journal)?
+            }
+            None => Ca::new(config.ca.clone(), clock.clone(), keys, upstream)?,
+        };
+        let revision = store.current_revision().await?;
+        let server = Arc::new(Self {
+            config,
+            ca,
+            store,
+            clock,
+            revision: watch::Sender::new(revision),
+            wrote: Notify::new(),
+        });
+        server.persist_ca().await?;
+        Ok(server)
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        self.config.trust_domain()
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    pub fn now_secs(&self) -> i64 {
+        self.clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+
+    /// A receiver that sees every new change-feed revision.
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// Call after a local write so pushes go out without waiting for a poll.
+    pub fn wrote(&self) {
+        self.wrote.notify_one();
+    }
+
+    /// Writes the CA journal and, when its keys changed, the own bundle.
+    async fn persist_ca(&self) -> Result<(), ServerError> {
+        let journal = serde_json::to_string(&self.ca.journal()?)
+            .map_err(|e| ServerError::Journal(e.to_string()))?;
+        self.store
+            .put_ca_journal(&self.config.server_id, &journal)
+            .await?;
+        // One server per trust domain publishes its CA's bundle as is.
+        // Several servers on one database will publish the union of their
+        // journals' bundles (DESIGN.md section 6); not yet.
+        let bundle = self.ca.bundle();
+        let stored = self.store.get_bundle(self.trust_domain()).await?;
+        if stored.as_ref() != Some(&bundle) {
+            self.store.put_bundle(&bundle).await?;
+            self.wrote();
+        }
+        Ok(())
+    }
+
+    /// One maintenance step: CA rotation, bundle and journal persistence,
+    /// expired join tokens. Run it every few seconds.
+    pub async fn tick(&self) -> Result<(), ServerError> {
+        let r = self.ca.rotate()?;
+        if r != crate::ca::Rotation::default() {
+            self.persist_ca().await?;
+        }
+        self.store.prune_join_tokens(self.now_secs()).await?;
+        Ok(())
+    }
+
+    /// Follows the change feed until `stop` resolves: reads it after every
+    /// local write and at least every `poll` (other servers may write to a
+    /// shared database), and publishes the newest revision.
+    pub async fn follow_changes(&self, poll: Duration, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.wrote.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            match self.store.current_revision().await {
+                Ok(rev) => {
+                    self.revision.send_if_modified(|cur| {
+                        let newer = rev > *cur;
+                        if newer {
+                            *cur = rev;
+                        }
+                        newer
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the change feed"),
+            }
+        }
+    }
+
+    /// The own trust bundle as published (every server's CA in a shared
+    /// datastore), falling back to this CA's.
+    pub async fn own_bundle(&self) -> Result<Bundle, ServerError> {
+        Ok(self
+            .store
+            .get_bundle(self.trust_domain())
+            .await?
+            .unwrap_or_else(|| self.ca.bundle()))
+    }
+
+    /// Validates and stores a new entry.
+    pub async fn create_entry(&self, mut entry: Entry) -> Result<Entry, ServerError> {
+        entry.id.clear();
+        entry.revision = 0;
+        entry
+            .check(self.trust_domain())
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let created = self.store.create_entry(entry).await?;
+        self.wrote();
+        tracing::info!(entry_id = %created.id, spiffe_id = %created.spiffe_id, parent_id = %created.parent_id, "entry created");
+        Ok(created)
+    }
+
+    /// Validates and replaces an entry.
+    pub async fn update_entry(&self, entry: Entry) -> Result<Entry, ServerError> {
+        if entry.id.is_empty() {
+            return Err(ServerError::InvalidArgument("entry id is required".into()));
+        }
+        entry
+            .check(self.trust_domain())
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let updated = self.store.update_entry(entry).await?;
+        self.wrote();
+        tracing::info!(entry_id = %updated.id, revision = updated.revision, "entry updated");
+        Ok(updated)
+    }
+
+    pub async fn delete_entry(&self, id: &str) -> Result<Entry, ServerError> {
+        let deleted = self.store.delete_entry(id).await?;
+        self.wrote();
+        tracing::info!(entry_id = %deleted.id, "entry deleted");
+        Ok(deleted)
+    }
+
+    /// Creates a single-use join token; returns its value (only a hash is
+    /// stored) and expiry.
+    pub async fn create_join_token(
+        &self,
+        ttl: Option<Duration>,
+        agent_id: Option<SpiffeId>,
+    ) -> Result<(String, i64), ServerError> {
+        if let Some(id) = &agent_id {
+            id.require_member_of(self.trust_domain())
+                .map_err(|e| ServerError::InvalidArgument(format!("agent_id: {e}")))?;
+        }
+        let mut raw = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut raw)
+            .map_err(|_| ServerError::InvalidArgument("no randomness".into()))?;
+        let token = hex(&raw);
+        let expires_at =
+            self.now_secs() + ttl.unwrap_or(self.config.join_token_ttl).as_secs() as i64;
+        self.store
+            .create_join_token(&JoinToken {
+                hash: token_hash(&token),
+                expires_at,
+                agent_id,
+            })
+            .await?;
+        Ok((token, expires_at))
+    }
+}
+
+/// Lowercase hex SHA-256 of a join token: what the datastore keeps.
+pub fn token_hash(token: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

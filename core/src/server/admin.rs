@@ -1,0 +1,497 @@
+//! The admin API on a Unix socket (security invariant 4: the socket is
+//! created mode 0600 inside a 0700 directory, so only its owner connects).
+//! Errors become `tonic::Status` here and nowhere else.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+use super::{Server, ServerError};
+use crate::api::admin::admin_client::AdminClient;
+use crate::api::admin::admin_server::{Admin, AdminServer};
+use crate::api::admin::*;
+use crate::api::{bundle_from_wire, types};
+use crate::ca::SvidOptions;
+use crate::datastore::{DatastoreError, EntryFilter, SelectorMatch};
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Self {
+        match &e {
+            ServerError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            ServerError::NotFound(m) => Status::not_found(m.clone()),
+            ServerError::PermissionDenied(m) => Status::permission_denied(m.clone()),
+            ServerError::Datastore(DatastoreError::DuplicateEntry { .. }) => {
+                Status::already_exists(e.to_string())
+            }
+            ServerError::Datastore(
+                DatastoreError::EntryNotFound(_) | DatastoreError::NodeNotFound(_),
+            ) => Status::not_found(e.to_string()),
+            ServerError::Datastore(DatastoreError::Conflict { .. }) => {
+                Status::aborted(e.to_string())
+            }
+            ServerError::Ca(
+                crate::ca::CaError::ForeignId { .. }
+                | crate::ca::CaError::NoPath(_)
+                | crate::ca::CaError::DnsName { .. }
+                | crate::ca::CaError::NoAudience
+                | crate::ca::CaError::PublicKey(_)
+                | crate::ca::CaError::Csr(_),
+            ) => Status::invalid_argument(e.to_string()),
+            _ => {
+                tracing::error!(error = %e, "admin API internal error");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// The admin gRPC service over a [`Server`].
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    server: Arc<Server>,
+}
+
+impl AdminService {
+    pub fn new(server: Arc<Server>) -> Self {
+        Self { server }
+    }
+
+    pub fn into_service(self) -> AdminServer<Self> {
+        AdminServer::new(self)
+    }
+}
+
+fn invalid(m: impl Into<String>) -> Status {
+    Status::invalid_argument(m.into())
+}
+
+fn parse_id(field: &str, v: &str) -> Result<SpiffeId, Status> {
+    SpiffeId::parse(v).map_err(|e| invalid(format!("{field} {v:?}: {e}")))
+}
+
+fn wire_entry(e: &Entry) -> types::Entry {
+    types::Entry::from(e)
+}
+
+fn x509_svid(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    id: &SpiffeId,
+) -> Result<types::X509Svid, Status> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Status::internal("the CA returned an empty chain"))?;
+    let info = signet_identity::x509_svid::inspect_leaf(leaf)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(types::X509Svid {
+        spiffe_id: id.to_string(),
+        cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
+        expires_at: info.not_after,
+        serial: info.serial,
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_entry(
+        &self,
+        req: Request<CreateEntryRequest>,
+    ) -> Result<Response<EntryResponse>, Status> {
+        let mut wire = req
+            .into_inner()
+            .entry
+            .ok_or_else(|| invalid("entry is required"))?;
+        if wire.parent_id.is_empty() {
+            match &self.server.config().default_parent_id {
+                Some(parent) => wire.parent_id = parent.to_string(),
+                None => return Err(invalid("parent_id is required")),
+            }
+        }
+        let entry = Entry::try_from(&wire).map_err(|e| invalid(e.to_string()))?;
+        let created = self.server.create_entry(entry).await?;
+        Ok(Response::new(EntryResponse {
+            entry: Some(wire_entry(&created)),
+        }))
+    }
+
+    async fn update_entry(
+        &self,
+        req: Request<UpdateEntryRequest>,
+    ) -> Result<Response<EntryResponse>, Status> {
+        let wire = req
+            .into_inner()
+            .entry
+            .ok_or_else(|| invalid("entry is required"))?;
+        let entry = Entry::try_from(&wire).map_err(|e| invalid(e.to_string()))?;
+        let updated = self.server.update_entry(entry).await?;
+        Ok(Response::new(EntryResponse {
+            entry: Some(wire_entry(&updated)),
+        }))
+    }
+
+    async fn delete_entry(
+        &self,
+        req: Request<DeleteEntryRequest>,
+    ) -> Result<Response<EntryResponse>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(invalid("id is required"));
+        }
+        let deleted = self.server.delete_entry(&id).await?;
+        Ok(Response::new(EntryResponse {
+            entry: Some(wire_entry(&deleted)),
+        }))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        let r = req.into_inner();
+        let mut filter = EntryFilter::default();
+        if !r.id.is_empty() {
+            filter.id = Some(r.id);
+        }
+        if !r.spiffe_id.is_empty() {
+            filter.spiffe_id = Some(parse_id("spiffe_id", &r.spiffe_id)?);
+        }
+        if !r.parent_id.is_empty() {
+            filter.parent_id = Some(parse_id("parent_id", &r.parent_id)?);
+        }
+        if !r.selectors.is_empty() {
+            let selectors = r
+                .selectors
+                .iter()
+                .map(|s| Selector::parse(s).map_err(|e| invalid(format!("selector: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mode = match r.r#match.as_str() {
+                "" | "exact" => SelectorMatch::Exact,
+                "subset" => SelectorMatch::Subset,
+                "superset" => SelectorMatch::Superset,
+                "any" => SelectorMatch::Any,
+                other => {
+                    return Err(invalid(format!(
+                        "match {other:?}: expected exact, subset, superset or any"
+                    )));
+                }
+            };
+            filter.selectors = Some((selectors, mode));
+        }
+        if !r.federates_with.is_empty() {
+            filter.federates_with = Some(
+                TrustDomain::parse(&r.federates_with)
+                    .map_err(|e| invalid(format!("federates_with: {e}")))?,
+            );
+        }
+        let entries = self
+            .server
+            .store()
+            .list_entries(&filter)
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(ListEntriesResponse {
+            entries: entries.iter().map(wire_entry).collect(),
+        }))
+    }
+
+    async fn count_entries(
+        &self,
+        _: Request<CountEntriesRequest>,
+    ) -> Result<Response<CountEntriesResponse>, Status> {
+        let count = self
+            .server
+            .store()
+            .count_entries()
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(CountEntriesResponse { count }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let r = req.into_inner();
+        let agent_id = if r.agent_id.is_empty() {
+            None
+        } else {
+            Some(parse_id("agent_id", &r.agent_id)?)
+        };
+        let ttl = (r.ttl > 0).then(|| Duration::from_secs(r.ttl));
+        let (token, expires_at) = self.server.create_join_token(ttl, agent_id).await?;
+        Ok(Response::new(CreateJoinTokenResponse { token, expires_at }))
+    }
+
+    async fn list_agents(
+        &self,
+        _: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let nodes = self
+            .server
+            .store()
+            .list_nodes()
+            .await
+            .map_err(ServerError::from)?;
+        Ok(Response::new(ListAgentsResponse {
+            agents: nodes.iter().map(types::AttestedNode::from).collect(),
+        }))
+    }
+
+    async fn evict_agent(
+        &self,
+        req: Request<AgentRequest>,
+    ) -> Result<Response<AgentResponse>, Status> {
+        let id = parse_id("spiffe_id", &req.into_inner().spiffe_id)?;
+        let store = self.server.store();
+        let node = store
+            .get_node(&id)
+            .await
+            .map_err(ServerError::from)?
+            .ok_or_else(|| Status::not_found(format!("no agent {id}")))?;
+        store.delete_node(&id).await.map_err(ServerError::from)?;
+        self.server.wrote();
+        tracing::info!(agent_id = %id, "agent evicted");
+        Ok(Response::new(AgentResponse {
+            agent: Some(types::AttestedNode::from(&node)),
+        }))
+    }
+
+    async fn ban_agent(
+        &self,
+        req: Request<AgentRequest>,
+    ) -> Result<Response<AgentResponse>, Status> {
+        let id = parse_id("spiffe_id", &req.into_inner().spiffe_id)?;
+        let store = self.server.store();
+        let mut node = store
+            .get_node(&id)
+            .await
+            .map_err(ServerError::from)?
+            .ok_or_else(|| Status::not_found(format!("no agent {id}")))?;
+        node.banned = true;
+        store.put_node(&node).await.map_err(ServerError::from)?;
+        self.server.wrote();
+        tracing::warn!(agent_id = %id, "agent banned");
+        Ok(Response::new(AgentResponse {
+            agent: Some(types::AttestedNode::from(&node)),
+        }))
+    }
+
+    async fn get_bundle(
+        &self,
+        req: Request<GetBundleRequest>,
+    ) -> Result<Response<types::Bundle>, Status> {
+        let td = req.into_inner().trust_domain;
+        let bundle = if td.is_empty() || td == self.server.trust_domain().as_str() {
+            self.server.own_bundle().await?
+        } else {
+            let td = TrustDomain::parse(&td).map_err(|e| invalid(format!("trust_domain: {e}")))?;
+            self.server
+                .store()
+                .get_bundle(&td)
+                .await
+                .map_err(ServerError::from)?
+                .ok_or_else(|| Status::not_found(format!("no bundle for trust domain {td}")))?
+        };
+        Ok(Response::new(
+            types::Bundle::try_from(&bundle).map_err(|e| Status::internal(e.to_string()))?,
+        ))
+    }
+
+    async fn list_bundles(
+        &self,
+        _: Request<ListBundlesRequest>,
+    ) -> Result<Response<ListBundlesResponse>, Status> {
+        let mut bundles = self
+            .server
+            .store()
+            .list_bundles()
+            .await
+            .map_err(ServerError::from)?;
+        if !bundles
+            .iter()
+            .any(|b| b.trust_domain() == self.server.trust_domain())
+        {
+            bundles.insert(0, self.server.ca().bundle());
+        }
+        let bundles = bundles
+            .iter()
+            .map(types::Bundle::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ListBundlesResponse { bundles }))
+    }
+
+    async fn set_bundle(
+        &self,
+        req: Request<types::Bundle>,
+    ) -> Result<Response<types::Bundle>, Status> {
+        let wire = req.into_inner();
+        let bundle = bundle_from_wire(&wire).map_err(invalid)?;
+        if bundle.trust_domain() == self.server.trust_domain() {
+            return Err(invalid(format!(
+                "{} is this server's own trust domain; its bundle comes from the CA",
+                bundle.trust_domain()
+            )));
+        }
+        if bundle.x509_authorities().is_empty() && bundle.jwt_authorities().next().is_none() {
+            return Err(invalid(format!(
+                "the bundle of {} has no keys",
+                bundle.trust_domain()
+            )));
+        }
+        self.server
+            .store()
+            .put_bundle(&bundle)
+            .await
+            .map_err(ServerError::from)?;
+        self.server.wrote();
+        tracing::info!(trust_domain = %bundle.trust_domain(), "federated bundle set");
+        Ok(Response::new(
+            types::Bundle::try_from(&bundle).map_err(|e| Status::internal(e.to_string()))?,
+        ))
+    }
+
+    async fn delete_bundle(
+        &self,
+        req: Request<DeleteBundleRequest>,
+    ) -> Result<Response<DeleteBundleResponse>, Status> {
+        let td = TrustDomain::parse(&req.into_inner().trust_domain)
+            .map_err(|e| invalid(format!("trust_domain: {e}")))?;
+        if &td == self.server.trust_domain() {
+            return Err(invalid("the own trust domain's bundle cannot be deleted"));
+        }
+        if !self
+            .server
+            .store()
+            .delete_bundle(&td)
+            .await
+            .map_err(ServerError::from)?
+        {
+            return Err(Status::not_found(format!(
+                "no bundle for trust domain {td}"
+            )));
+        }
+        self.server.wrote();
+        Ok(Response::new(DeleteBundleResponse {}))
+    }
+
+    async fn mint_x509_svid(
+        &self,
+        req: Request<MintX509SvidRequest>,
+    ) -> Result<Response<MintX509SvidResponse>, Status> {
+        let r = req.into_inner();
+        let id = parse_id("spiffe_id", &r.spiffe_id)?;
+        let opts = SvidOptions {
+            ttl: (r.ttl > 0).then(|| Duration::from_secs(r.ttl)),
+            dns_names: r.dns_names,
+        };
+        let ca = self.server.ca();
+        let chain = match (r.public_key.is_empty(), r.csr.is_empty()) {
+            (false, true) => ca.sign_x509_svid(&r.public_key, &id, &opts),
+            (true, false) => ca.sign_x509_svid_csr(&r.csr, &id, &opts),
+            _ => return Err(invalid("exactly one of public_key and csr is required")),
+        }
+        .map_err(ServerError::from)?;
+        tracing::info!(spiffe_id = %id, "X509-SVID minted by admin");
+        let bundle = self.server.own_bundle().await?;
+        Ok(Response::new(MintX509SvidResponse {
+            svid: Some(x509_svid(chain, &id)?),
+            bundle: Some(
+                types::Bundle::try_from(&bundle).map_err(|e| Status::internal(e.to_string()))?,
+            ),
+        }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let r = req.into_inner();
+        let id = parse_id("spiffe_id", &r.spiffe_id)?;
+        let ttl = (r.ttl > 0).then(|| Duration::from_secs(r.ttl));
+        let token = self
+            .server
+            .ca()
+            .sign_jwt_svid(&id, &r.audience, ttl)
+            .map_err(ServerError::from)?;
+        let expires_at = signet_identity::JwtSvid::parse_insecure(&token)
+            .map(|s| s.expiry() as i64)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(spiffe_id = %id, "JWT-SVID minted by admin");
+        Ok(Response::new(MintJwtSvidResponse { token, expires_at }))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        let store = self.server.store();
+        let entries = store.count_entries().await.map_err(ServerError::from)?;
+        let agents = store.list_nodes().await.map_err(ServerError::from)?.len() as u64;
+        Ok(Response::new(HealthResponse {
+            trust_domain: self.server.trust_domain().to_string(),
+            bundle_sequence: self.server.ca().bundle().sequence(),
+            entries,
+            agents,
+        }))
+    }
+}
+
+/// Binds the admin socket: creates its directory with mode 0700 if missing,
+/// replaces a stale socket file, and sets the socket's mode to 0600.
+pub fn bind_admin_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the admin API on `listener` until `stop` resolves.
+pub async fn serve_admin(
+    server: Arc<Server>,
+    listener: UnixListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(AdminService::new(server).into_service())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .await
+}
+
+/// Connects an admin client to the socket at `path`.
+pub async fn connect_admin(
+    path: PathBuf,
+) -> Result<AdminClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_static("http://admin.sock")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await?;
+    Ok(AdminClient::new(channel))
+}

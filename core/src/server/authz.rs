@@ -1,0 +1,81 @@
+//! Which entries an agent may receive (security invariant 1).
+//!
+//! An agent is the parent of: itself, and every node-alias entry (`node`
+//! flag) whose selectors are all among the agent's node selectors. It may
+//! receive the entries parented to any of those IDs, and, transitively, the
+//! entries parented to the SPIFFE IDs of entries it received (nested
+//! workloads), up to a fixed depth. Nothing else: every minting request is
+//! checked against this set.
+
+use std::collections::HashSet;
+
+use signet_identity::{Entry, SpiffeId};
+
+use crate::datastore::{AttestedNode, Datastore, EntryFilter, Result, SelectorMatch};
+
+/// Longest parent chain followed below the agent.
+pub const MAX_DEPTH: usize = 8;
+
+/// The IDs the agent is a parent as: its own and its node aliases'.
+pub async fn agent_parent_ids(store: &dyn Datastore, node: &AttestedNode) -> Result<Vec<SpiffeId>> {
+    let mut ids = vec![node.spiffe_id.clone()];
+    if !node.selectors.is_empty() {
+        let filter = EntryFilter {
+            node_only: true,
+            selectors: Some((node.selectors.clone(), SelectorMatch::Subset)),
+            ..Default::default()
+        };
+        for alias in store.list_entries(&filter).await? {
+            if !ids.contains(&alias.spiffe_id) {
+                ids.push(alias.spiffe_id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Every workload entry the agent is authorized for at `now` (unix
+/// seconds), ordered by entry id. Node-alias entries and expired entries
+/// are left out.
+pub async fn authorized_entries(
+    store: &dyn Datastore,
+    node: &AttestedNode,
+    now: i64,
+) -> Result<Vec<Entry>> {
+    let mut visited: HashSet<SpiffeId> = HashSet::new();
+    let mut frontier = agent_parent_ids(store, node).await?;
+    let mut seen_entries: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    for _ in 0..MAX_DEPTH {
+        frontier.retain(|id| visited.insert(id.clone()));
+        if frontier.is_empty() {
+            break;
+        }
+        let mut next = Vec::new();
+        for entry in store.list_entries_by_parents(&frontier).await? {
+            let live = entry.expires_at.is_none_or(|t| t as i64 > now);
+            if entry.node || !live || !seen_entries.insert(entry.id.clone()) {
+                continue;
+            }
+            next.push(entry.spiffe_id.clone());
+            out.push(entry);
+        }
+        frontier = next;
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The authorized entry with this id, or `None` when the agent may not
+/// have it (whether or not it exists).
+pub async fn authorized_entry(
+    store: &dyn Datastore,
+    node: &AttestedNode,
+    entry_id: &str,
+    now: i64,
+) -> Result<Option<Entry>> {
+    Ok(authorized_entries(store, node, now)
+        .await?
+        .into_iter()
+        .find(|e| e.id == entry_id))
+}
