@@ -1,4 +1,6 @@
-//! Attestation: proving who a node (agent) is to the server ([`node`]).
-//! Workload attestation from kernel facts arrives with the agent.
+//! Attestation: how a node (agent) proves who it is to the server
+//! ([`node`]), and how an agent learns who a workload is from kernel facts
+//! ([`workload`]).
 
 pub mod node;
+pub mod workload;
