@@ -18,6 +18,12 @@ pub mod admin {
     tonic::include_proto!("signet.admin");
 }
 
+/// The SPIFFE Workload API (no protobuf package, as the spec defines it).
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
 use signet_identity::{Bundle, BundleError, Entry, Selector, SpiffeId, TrustDomain};
 
 use crate::datastore::AttestedNode;

@@ -221,22 +221,46 @@ impl NodeClient {
 
     /// An X509-SVID for an authorized entry, for a key generated here.
     pub async fn mint_x509(&mut self, entry_id: &str) -> Result<X509Svid, ClientError> {
-        let key = KeyPair::generate().map_err(|e| ClientError::Key(e.to_string()))?;
-        let params = vec![MintX509SvidParams {
-            entry_id: entry_id.to_owned(),
-            csr: Vec::new(),
-            public_key: rcgen::PublicKeyData::subject_public_key_info(&key),
-        }];
-        let mut r = self
+        let mut svids = self.mint_x509_batch(&[entry_id.to_owned()]).await?;
+        svids
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("no SVID returned".into()))
+    }
+
+    /// X509-SVIDs for several authorized entries in one call, each for its
+    /// own key generated here; returned in the order asked.
+    pub async fn mint_x509_batch(
+        &mut self,
+        entry_ids: &[String],
+    ) -> Result<Vec<X509Svid>, ClientError> {
+        let mut keys = Vec::with_capacity(entry_ids.len());
+        let mut params = Vec::with_capacity(entry_ids.len());
+        for id in entry_ids {
+            let key = KeyPair::generate().map_err(|e| ClientError::Key(e.to_string()))?;
+            params.push(MintX509SvidParams {
+                entry_id: id.clone(),
+                csr: Vec::new(),
+                public_key: rcgen::PublicKeyData::subject_public_key_info(&key),
+            });
+            keys.push(key);
+        }
+        let r = self
             .grpc
             .mint_x509_svids(MintX509SvidsRequest { params })
             .await?
             .into_inner();
-        let svid = r
-            .svids
-            .pop()
-            .ok_or_else(|| ClientError::Protocol("no SVID returned".into()))?;
-        svid_from_wire(Some(svid), &key)
+        if r.svids.len() != keys.len() {
+            return Err(ClientError::Protocol(format!(
+                "asked for {} SVIDs, got {}",
+                keys.len(),
+                r.svids.len()
+            )));
+        }
+        r.svids
+            .into_iter()
+            .zip(keys.iter())
+            .map(|(svid, key)| svid_from_wire(Some(svid), key))
+            .collect()
     }
 }
 

@@ -1,0 +1,432 @@
+//! The SPIFFE Workload API on the agent's Unix socket.
+//!
+//! Rules (SPIFFE Workload Endpoint and Workload API specs): every request
+//! carries the `workload.spiffe.io: true` metadata or gets InvalidArgument;
+//! the caller is identified from the kernel (SO_PEERCRED + /proc), never
+//! from what it sends; a caller no entry matches gets PermissionDenied;
+//! every stream message carries the full current state, pushed again on
+//! rotation, entry change and bundle change.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signet_identity::{Entry, JwtSvid, selector};
+use tokio::net::UnixListener;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::{AgentHandle, Snapshot};
+use crate::api::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+use crate::api::workload::*;
+use crate::attest::workload::{PeerCred, UnixAttestor};
+
+/// The metadata key every Workload API request must carry.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A JWT-SVID kept until close to its expiry.
+#[derive(Clone)]
+struct CachedJwt {
+    token: String,
+    expires_at: i64,
+    issued_at: i64,
+}
+
+/// JWT-SVIDs by (entry id, sorted audience).
+type JwtCache = HashMap<(String, Vec<String>), CachedJwt>;
+
+/// The Workload API service.
+#[derive(Clone)]
+pub struct WorkloadApi {
+    agent: AgentHandle,
+    attestor: Arc<UnixAttestor>,
+    jwt_cache: Arc<Mutex<JwtCache>>,
+}
+
+impl std::fmt::Debug for WorkloadApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadApi").finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl WorkloadApi {
+    pub fn new(agent: AgentHandle, attestor: Arc<UnixAttestor>) -> Self {
+        Self {
+            agent,
+            attestor,
+            jwt_cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn into_service(self) -> SpiffeWorkloadApiServer<Self> {
+        SpiffeWorkloadApiServer::new(self)
+    }
+
+    /// Checks the security header and attests the caller; returns its
+    /// selectors.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Vec<signet_identity::Selector>, Status> {
+        let header = req
+            .metadata()
+            .get(SECURITY_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if header != Some("true") {
+            return Err(Status::invalid_argument(
+                "security header missing from request",
+            ));
+        }
+        let cred = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .ok_or_else(|| Status::internal("the caller's credentials are unavailable"))?;
+        let cred = PeerCred {
+            pid: cred.pid().unwrap_or(0),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        };
+        let selectors = self.attestor.attest(cred, None).map_err(|e| {
+            tracing::warn!(pid = cred.pid, error = %e, "workload attestation failed");
+            Status::permission_denied(format!("workload attestation failed: {e}"))
+        })?;
+        Ok(selectors)
+    }
+}
+
+/// Entries whose selectors all match the caller's.
+fn matching<'a>(snapshot: &'a Snapshot, selectors: &[signet_identity::Selector]) -> Vec<&'a Entry> {
+    snapshot
+        .entries
+        .iter()
+        .filter(|e| selector::all_match(&e.selectors, selectors))
+        .collect()
+}
+
+fn no_identity() -> Status {
+    Status::permission_denied("no identity issued")
+}
+
+fn der_concat<'a>(
+    certs: impl IntoIterator<Item = &'a rustls_pki_types::CertificateDer<'static>>,
+) -> Vec<u8> {
+    certs
+        .into_iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect()
+}
+
+/// The X509-SVID response for the caller, or `None` while its SVIDs are
+/// still being minted.
+fn x509_response(
+    snapshot: &Snapshot,
+    entries: &[&Entry],
+) -> Result<Option<X509svidResponse>, Status> {
+    if !snapshot.healthy {
+        return Err(Status::unavailable(
+            "the agent cannot vouch for identities right now",
+        ));
+    }
+    if entries.is_empty() {
+        return Err(no_identity());
+    }
+    let mut svids = Vec::new();
+    let mut federated = HashMap::new();
+    for e in entries {
+        let Some(svid) = snapshot.svids.get(&e.id) else {
+            continue;
+        };
+        let td = svid.spiffe_id().trust_domain_str();
+        let bundle = snapshot
+            .bundles
+            .iter()
+            .find(|b| b.trust_domain().as_str() == td);
+        svids.push(X509svid {
+            spiffe_id: svid.spiffe_id().to_string(),
+            x509_svid: der_concat(svid.chain()),
+            x509_svid_key: svid.private_key().pkcs8_der().to_vec(),
+            bundle: bundle
+                .map(|b| der_concat(b.x509_authorities()))
+                .unwrap_or_default(),
+            hint: String::new(),
+        });
+        for ftd in &e.federates_with {
+            if let Some(b) = snapshot.bundles.iter().find(|b| b.trust_domain() == ftd) {
+                federated.insert(ftd.id().to_string(), der_concat(b.x509_authorities()));
+            }
+        }
+    }
+    if svids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles: federated,
+    }))
+}
+
+/// Streams `build(snapshot)` on every snapshot change that alters it.
+fn stream_from<T, F>(agent: &AgentHandle, build: F) -> BoxStream<T>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: Fn(&Snapshot) -> Result<Option<T>, Status> + Send + 'static,
+{
+    let mut rx = agent.snapshot();
+    let (tx, out) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut last: Option<T> = None;
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            match build(&snapshot) {
+                Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
+                    if tx.send(Ok(msg.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(msg);
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(out))
+}
+
+fn json_to_prost(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_prost).collect(),
+        }),
+        serde_json::Value::Object(m) => Kind::StructValue(json_object_to_struct(m)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn json_object_to_struct(m: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: m
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_prost(v)))
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = BoxStream<X509svidResponse>;
+    type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = BoxStream<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = self.caller(&req)?;
+        let first = self.agent.snapshot().borrow().clone();
+        if matching(&first, &selectors).is_empty() {
+            return Err(no_identity());
+        }
+        Ok(Response::new(stream_from(&self.agent, move |s| {
+            x509_response(s, &matching(s, &selectors))
+        })))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let selectors = self.caller(&req)?;
+        if matching(&self.agent.snapshot().borrow(), &selectors).is_empty() {
+            return Err(no_identity());
+        }
+        Ok(Response::new(stream_from(&self.agent, move |s| {
+            if matching(s, &selectors).is_empty() {
+                return Err(no_identity());
+            }
+            let bundles = s
+                .bundles
+                .iter()
+                .map(|b| {
+                    (
+                        b.trust_domain().id().to_string(),
+                        der_concat(b.x509_authorities()),
+                    )
+                })
+                .collect();
+            Ok(Some(X509BundlesResponse {
+                crl: Vec::new(),
+                bundles,
+            }))
+        })))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let selectors = self.caller(&req)?;
+        let r = req.into_inner();
+        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let snapshot = self.agent.snapshot().borrow().clone();
+        let mut entries = matching(&snapshot, &selectors);
+        if !r.spiffe_id.is_empty() {
+            entries.retain(|e| e.spiffe_id.as_str() == r.spiffe_id);
+        }
+        if entries.is_empty() {
+            return Err(no_identity());
+        }
+        let mut audience = r.audience.clone();
+        audience.sort();
+        let mut svids = Vec::new();
+        for e in entries {
+            let key = (e.id.clone(), audience.clone());
+            let now = now_secs();
+            let cached = self.jwt_cache.lock().await.get(&key).cloned();
+            // Reuse a token until half of its life is gone.
+            let token = match cached
+                .filter(|c| now < c.issued_at + (c.expires_at - c.issued_at) / 2)
+            {
+                Some(c) => c.token,
+                None => {
+                    let (token, expires_at) = self.agent.mint_jwt(&e.id, &r.audience).await.map_err(|err| {
+                        tracing::warn!(entry_id = %e.id, error = %err, "cannot mint a JWT-SVID");
+                        Status::unavailable(format!("cannot mint a JWT-SVID: {err}"))
+                    })?;
+                    let mut cache = self.jwt_cache.lock().await;
+                    cache.retain(|_, c| c.expires_at > now);
+                    cache.insert(
+                        key,
+                        CachedJwt {
+                            token: token.clone(),
+                            expires_at,
+                            issued_at: now,
+                        },
+                    );
+                    token
+                }
+            };
+            svids.push(Jwtsvid {
+                spiffe_id: e.spiffe_id.to_string(),
+                svid: token,
+                hint: String::new(),
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let selectors = self.caller(&req)?;
+        if matching(&self.agent.snapshot().borrow(), &selectors).is_empty() {
+            return Err(no_identity());
+        }
+        Ok(Response::new(stream_from(&self.agent, move |s| {
+            if matching(s, &selectors).is_empty() {
+                return Err(no_identity());
+            }
+            let bundles = s
+                .bundles
+                .iter()
+                .map(|b| {
+                    (
+                        b.trust_domain().id().to_string(),
+                        b.jwks_json().to_string().into_bytes(),
+                    )
+                })
+                .collect();
+            Ok(Some(JwtBundlesResponse { bundles }))
+        })))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let snapshot = self.agent.snapshot().borrow().clone();
+        let svid = JwtSvid::verify(&r.svid, &snapshot.bundles, &r.audience, SystemTime::now())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: svid.spiffe_id().to_string(),
+            claims: Some(json_object_to_struct(svid.claims())),
+        }))
+    }
+}
+
+/// Binds the agent socket, world-connectable like SPIRE's public socket:
+/// attestation, not file permissions, decides who gets what.
+pub fn bind_agent_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(listener)
+}
+
+/// Serves the Workload API on `listener` until `stop` resolves.
+pub async fn serve_workload_api(
+    agent: AgentHandle,
+    listener: UnixListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let api = WorkloadApi::new(agent, Arc::new(UnixAttestor::default()));
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(api.into_service())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .await
+}
