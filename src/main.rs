@@ -6,7 +6,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod run;
+mod admin_cli;
+mod agent_cmd;
+mod api_cli;
+mod server_cmd;
+
+use std::path::PathBuf;
+
+use admin_cli::{AdminOpts, AgentCmd, BundleCmd, EntryCmd, JwtCmd, TokenCmd, X509Cmd};
+use agent_cmd::AgentSettings;
+use api_cli::{ApiCmd, ApiOpts};
+use server_cmd::ServerSettings;
 
 /// Signet: SPIFFE workload identities with zero-trust authorization.
 #[derive(Debug, Parser)]
@@ -22,8 +32,59 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the combined server and agent (embedded store, self-signed CA).
-    Run(run::RunArgs),
+    /// Run the combined server and agent: embedded SQLite, self-signed CA, zero config.
+    Run(RunArgs),
+    /// Run the server (CA, datastore, admin API, agent API).
+    Server(ServerSettings),
+    /// Run an agent (node attestation, Workload API socket); or manage agents: list, show, evict, ban.
+    Agent(AgentArgs),
+    /// Workload side: fetch SVIDs and bundles, validate JWTs, watch updates.
+    Api {
+        #[command(subcommand)]
+        cmd: ApiCmd,
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
+    /// Registration entries: create, show, update, delete, count.
+    Entry {
+        #[command(subcommand)]
+        cmd: EntryCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Join tokens for agent attestation.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Trust bundles: own and federated.
+    Bundle {
+        #[command(subcommand)]
+        cmd: BundleCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Mint X509-SVIDs as an administrator.
+    X509 {
+        #[command(subcommand)]
+        cmd: X509Cmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Mint JWT-SVIDs as an administrator.
+    Jwt {
+        #[command(subcommand)]
+        cmd: JwtCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Check that the server answers on its admin socket.
+    Healthcheck {
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,7 +102,25 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(r) => serve(r.server, Some(r.socket_path)).await,
+            Command::Server(s) => serve(s, None).await,
+            Command::Agent(AgentArgs {
+                cmd: Some(cmd),
+                opts,
+                ..
+            }) => admin_cli::agent(cmd, opts).await,
+            Command::Agent(AgentArgs {
+                cmd: None,
+                settings,
+                ..
+            }) => run_agent(settings).await,
+            Command::Api { cmd, opts } => api_cli::run(cmd, opts).await,
+            Command::Entry { cmd, opts } => admin_cli::entry(cmd, opts).await,
+            Command::Token { cmd, opts } => admin_cli::token(cmd, opts).await,
+            Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
+            Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
+            Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
+            Command::Healthcheck { opts } => admin_cli::healthcheck(opts).await,
         }
     });
     match result {
@@ -51,6 +130,52 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    server: ServerSettings,
+    /// Workload API socket of the local agent.
+    #[arg(long, env = "SIGNET_AGENT_SOCKET", default_value = api_cli::DEFAULT_AGENT_SOCKET)]
+    socket_path: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AgentArgs {
+    #[command(subcommand)]
+    cmd: Option<AgentCmd>,
+    #[command(flatten)]
+    settings: AgentSettings,
+    #[command(flatten)]
+    opts: AdminOpts,
+}
+
+async fn serve(settings: ServerSettings, agent_socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let check = settings.check_config();
+    let resolved = settings.resolve()?;
+    if check {
+        println!(
+            "configuration is valid (trust domain {})",
+            resolved.config.trust_domain()
+        );
+        return Ok(());
+    }
+    server_cmd::serve(resolved, agent_socket).await
+}
+
+async fn run_agent(settings: AgentSettings) -> anyhow::Result<()> {
+    let check = settings.check_config();
+    let (config, socket) = settings.resolve()?;
+    if check {
+        println!(
+            "configuration is valid ({} server address(es))",
+            config.servers.len()
+        );
+        return Ok(());
+    }
+    agent_cmd::serve(config, socket).await
 }
 
 /// Human-readable logs on a terminal, JSON lines otherwise.

@@ -1,136 +1,306 @@
-//! End-to-end: the real `signet run` binary starts, explains itself,
-//! publishes its bundle, stops cleanly on Ctrl-C and resumes the same CA.
+//! End-to-end: the real `signet run` (combined server and agent) serves a
+//! workload from a registration entry, over its real sockets, and keeps
+//! its state across a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-/// Kills the child if the test fails before stopping it.
-struct Guard(Child);
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::*;
 
-fn start(data_dir: &Path) -> (Guard, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signet"))
-        .args(["run", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Guard(child), rx)
-}
-
-/// Collects stdout lines until one contains `want`, within a deadline.
-fn wait_for(rx: &mpsc::Receiver<String>, want: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            let done = line.contains(want);
-            seen.push(line);
-            if done {
-                return seen;
-            }
-        }
-    }
-    panic!(
-        "no line with {want:?} within 30 s; saw:\n{}",
-        seen.join("\n")
-    );
-}
-
-fn interrupt_and_wait(mut guard: Guard) -> std::process::ExitStatus {
-    let pid = guard.0.id().to_string();
+fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Combined::start(dir.path(), &[]);
+    let banner = c.proc.seen.join("\n");
+    assert!(banner.contains("trust domain   example.org"), "{banner}");
+    assert!(
+        banner.contains("local agent    spiffe://example.org/signet/agent/local"),
+        "{banner}"
+    );
+
+    let sel = format!("unix:uid:{}", uid());
+    let e = json(&c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--selector",
+        &sel,
+        "--dns-name",
+        "web.example.org",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(
+        e["parent_id"], "spiffe://example.org/signet/agent/local",
+        "defaults to the local agent"
+    );
+    let entry_id = e["id"].as_str().unwrap().to_owned();
+
+    // The workload (this test's uid) gets its X509-SVID.
+    let svid = eventually("the X509-SVID", || {
+        let out = c.api(&["fetch", "x509", "--output", "json"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    });
+    assert!(svid.contains("spiffe://example.org/web"), "{svid}");
+
+    // --write: files an app can use; the real openssl accepts the chain.
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = c.api(&["fetch", "x509", "--write", out_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_mode = std::fs::metadata(out_dir.join("svid_key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "bundle.pem", "svid.pem"])
+        .current_dir(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // JWT-SVID: fetched, validated for its audience, refused for another.
+    let jwt = json(&c.api(&["fetch", "jwt", "--audience", "db", "--output", "json"]));
+    let token = jwt["svids"][0]["token"].as_str().unwrap().to_owned();
+    assert_eq!(jwt["svids"][0]["spiffe_id"], "spiffe://example.org/web");
+    let v = json(&c.api(&[
+        "validate",
+        "jwt",
+        "--audience",
+        "db",
+        "--token",
+        &token,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(v["spiffe_id"], "spiffe://example.org/web");
+    assert!(
+        !c.api(&["validate", "jwt", "--audience", "other", "--token", &token])
+            .status
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "signet did not stop within 30 s of SIGINT"
+
+    // Bundle.
+    let b = c.api(&["fetch", "bundle"]);
+    assert!(String::from_utf8_lossy(&b.stdout).contains("# spiffe://example.org"));
+
+    // Admin views.
+    let agents = json(&c.admin(&["agent", "list", "--output", "json"]));
+    assert_eq!(
+        agents["agents"][0]["spiffe_id"],
+        "spiffe://example.org/signet/agent/local"
+    );
+    let health = json(&c.admin(&["healthcheck", "--output", "json"]));
+    assert_eq!(health["entries"], 1);
+
+    // Deleting the entry removes the identity.
+    c.admin(&["entry", "delete", "--id", &entry_id]);
+    let err = eventually("the identity to go away", || {
+        let out = c.api(&["fetch", "x509"]);
+        (!out.status.success()).then(|| String::from_utf8(out.stderr).unwrap())
+    });
+    assert!(err.contains("no identity issued"), "{err}");
+
+    // Ctrl-C drains and exits 0; a restart keeps state.
+    json(&c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/kept",
+        "--selector",
+        "unix:uid:4242",
+        "--output",
+        "json",
+    ]));
+    let before = String::from_utf8(c.admin(&["bundle", "show"]).stdout).unwrap();
+    assert!(c.proc.signal_and_wait("INT").success());
+    let c2 = Combined::start(dir.path(), &[]);
+    let entries = json(&c2.admin(&["entry", "show", "--output", "json"]));
+    assert_eq!(entries["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        entries["entries"][0]["spiffe_id"],
+        "spiffe://example.org/kept"
+    );
+    assert_eq!(
+        String::from_utf8(c2.admin(&["bundle", "show"]).stdout).unwrap(),
+        before,
+        "same CA after restart"
+    );
+}
+
+#[test]
+fn callers_are_told_apart_by_the_kernel_not_by_what_they_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    json(&c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/nobody",
+        "--selector",
+        "unix:uid:65534",
+        "--output",
+        "json",
+    ]));
+
+    // This test's uid matches no entry: PermissionDenied.
+    let out = c.api(&["fetch", "x509"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no identity issued"));
+
+    if uid() != 0 {
+        eprintln!(
+            "skipped the uid 65534 half: starting a process under another uid needs root (CI runs as root)"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        return;
     }
+    // The same command run as uid 65534 gets the nobody identity.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let svid = eventually("the SVID of uid 65534", || {
+        let out = signet()
+            .args([
+                "api", "fetch", "x509", "--output", "json", "--socket", &c.agent,
+            ])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    });
+    assert!(svid.contains("spiffe://example.org/nobody"), "{svid}");
 }
 
 #[test]
-fn run_starts_explains_stops_and_resumes() {
+fn a_waiting_workload_receives_a_new_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (guard, rx) = start(&data);
-    let banner = wait_for(&rx, "Press Ctrl-C").join("\n");
-    assert!(banner.contains("trust domain   example.org"), "{banner}");
-    assert!(banner.contains("bundle.pem"), "{banner}");
-    let pem = std::fs::read_to_string(data.join("bundle.pem")).unwrap();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("bundle.json")).unwrap()).unwrap();
-    assert_eq!(json["spiffe_sequence"], 1);
-    let status = interrupt_and_wait(guard);
-    assert!(status.success(), "Ctrl-C should exit 0, got {status}");
-
-    // A restart resumes the same CA rather than minting a new one.
-    let (guard, rx) = start(&data);
-    wait_for(&rx, "Press Ctrl-C");
-    assert_eq!(
-        std::fs::read_to_string(data.join("bundle.pem")).unwrap(),
-        pem
-    );
-    assert!(interrupt_and_wait(guard).success());
+    let c = Combined::start(dir.path(), &[]);
+    let mut cmd = signet();
+    cmd.args(["api", "watch", "--output", "json", "--socket", &c.agent]);
+    let mut watch = Proc::spawn("watch", cmd, dir.path());
+    watch.wait_for("no identity issued");
+    let sel = format!("unix:uid:{}", uid());
+    json(&c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/late",
+        "--selector",
+        &sel,
+        "--output",
+        "json",
+    ]));
+    watch.wait_for("spiffe://example.org/late");
 }
 
 #[test]
-fn a_corrupt_journal_stops_the_start_and_is_kept() {
+fn bad_input_names_the_problem_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca_journal.json"), "{not json").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_signet"))
-        .args(["run", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("ca_journal.json is corrupt"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("ca_journal.json")).unwrap(),
-        "{not json"
+    let c = Combined::start(dir.path(), &[]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a/",
+                "--selector",
+                "unix:uid:1",
+            ],
+            "trailing '/'",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://other.org/a",
+                "--selector",
+                "unix:uid:1",
+            ],
+            "not in trust domain example.org",
+        ),
+        (
+            &["entry", "create", "--spiffe-id", "spiffe://example.org/a"],
+            "at least one selector",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--selector",
+                "uid1000",
+            ],
+            "no ':'",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--selector",
+                "unix:uid:1",
+                "--dns-name",
+                "bad name",
+            ],
+            "dns name",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = c.admin(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let count = json(&c.admin(&["entry", "count", "--output", "json"]));
+    assert_eq!(count["count"], 0, "nothing was written");
+    let dup = [
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/a",
+        "--selector",
+        "unix:uid:1",
+    ];
+    assert!(c.admin(&dup).status.success());
+    let out = c.admin(&dup);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-}
 
-#[test]
-fn bad_flags_name_the_problem() {
-    let out = Command::new(env!("CARGO_BIN_EXE_signet"))
-        .args(["run", "--trust-domain", "Example.ORG"])
-        .output()
-        .unwrap();
+    let out = run(&["run", "--trust-domain", "Example.ORG"]);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("trust domain character 'E'"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trust domain character 'E'"));
 }

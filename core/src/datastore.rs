@@ -15,10 +15,14 @@
 //!   in the same transaction, so servers can follow the feed and agents can
 //!   resume from a revision.
 
+pub mod sql;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
+
+pub use sql::open;
 
 /// Datastore failures.
 #[derive(Debug, thiserror::Error)]

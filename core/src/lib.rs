@@ -22,6 +22,7 @@ pub mod datastore;
 pub mod key_manager;
 pub mod server;
 pub mod tls;
+pub mod unix_socket;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
 pub use clock::{Clock, ManualClock, SystemClock};

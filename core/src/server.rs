@@ -288,6 +288,55 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Issues the combined core's own agent its SVID directly (implicit
+    /// attestation: it runs inside this process) and records the node.
+    pub async fn attest_local_agent(
+        &self,
+        agent_id: &SpiffeId,
+    ) -> Result<(signet_identity::X509Svid, Bundle), ServerError> {
+        use rcgen::PublicKeyData;
+        let key =
+            rcgen::KeyPair::generate().map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let opts = crate::ca::SvidOptions {
+            ttl: Some(self.config.agent_svid_ttl),
+            dns_names: Vec::new(),
+        };
+        let chain = self
+            .ca
+            .sign_x509_svid(&key.subject_public_key_info(), agent_id, &opts)?;
+        let svid = signet_identity::X509Svid::new(
+            chain,
+            signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
+        )
+        .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let expires = svid
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let node = crate::datastore::AttestedNode {
+            spiffe_id: agent_id.clone(),
+            attestor: "local".into(),
+            selectors: Vec::new(),
+            svid_serial: svid.serial().to_owned(),
+            svid_expires_at: expires,
+            banned: false,
+            can_reattest: false,
+        };
+        if let Some(existing) = self.store.get_node(agent_id).await?
+            && existing.banned
+        {
+            return Err(ServerError::PermissionDenied(format!(
+                "agent {agent_id} is banned"
+            )));
+        }
+        self.store.put_node(&node).await?;
+        self.wrote();
+        Ok((svid, self.own_bundle().await?))
+    }
+}
+
 /// Lowercase hex SHA-256 of a join token: what the datastore keeps.
 pub fn token_hash(token: &str) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())

@@ -89,7 +89,8 @@ impl NodeClient {
             .map_err(|e| ClientError::Key(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let err = |reason: String| ClientError::Connect { addr, reason };
-        let channel = Endpoint::from_shared(format!("https://{addr}"))
+        // The connector below does TLS itself; tonic must not try to.
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| err(e.to_string()))?
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let connector = connector.clone();

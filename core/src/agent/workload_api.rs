@@ -8,7 +8,7 @@
 //! rotation, entry change and bundle change.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -394,27 +394,23 @@ impl SpiffeWorkloadApi for WorkloadApi {
 /// Binds the agent socket, world-connectable like SPIRE's public socket:
 /// attestation, not file permissions, decides who gets what.
 pub fn bind_agent_socket(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
-    Ok(listener)
+    crate::unix_socket::bind(path, 0o777, 0o755)
+}
+
+/// A Workload API client on the socket at `path`.
+pub async fn connect(
+    path: PathBuf,
+) -> Result<
+    crate::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+        tonic::transport::Channel,
+    >,
+    tonic::transport::Error,
+> {
+    Ok(
+        crate::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+            crate::unix_socket::channel(path).await?,
+        ),
+    )
 }
 
 /// Serves the Workload API on `listener` until `stop` resolves.

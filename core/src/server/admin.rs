@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
@@ -438,33 +438,9 @@ impl Admin for AdminService {
     }
 }
 
-/// Binds the admin socket: creates its directory with mode 0700 if missing,
-/// replaces a stale socket file, and sets the socket's mode to 0600.
+/// Binds the admin socket: mode 0600 in a directory created 0700.
 pub fn bind_admin_socket(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    crate::unix_socket::bind(path, 0o600, 0o700)
 }
 
 /// Serves the admin API on `listener` until `stop` resolves.
@@ -483,15 +459,5 @@ pub async fn serve_admin(
 pub async fn connect_admin(
     path: PathBuf,
 ) -> Result<AdminClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_static("http://admin.sock")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::new(crate::unix_socket::channel(path).await?))
 }

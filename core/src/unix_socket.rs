@@ -1,0 +1,117 @@
+//! Unix domain sockets for the admin API and the Workload API: binding
+//! with the right permissions, and gRPC channels to them.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::{UnixListener, UnixStream};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Binds a socket at `path` with `mode`. A missing parent directory is
+/// created with `dir_mode`; a stale socket file is replaced; any other file
+/// at the path is left alone and reported.
+pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// A gRPC channel to the socket at `path`.
+pub async fn channel(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+}
+
+/// The path of a Workload API address as `SPIFFE_ENDPOINT_SOCKET` writes
+/// it (`unix:///abs/path` or `unix:/abs/path`), or a bare path.
+pub fn endpoint_path(addr: &str) -> Result<PathBuf, String> {
+    let path = match addr.strip_prefix("unix://") {
+        Some(rest) => rest,
+        None => match addr.strip_prefix("unix:") {
+            Some(rest) => rest,
+            None if addr.contains("://") => {
+                return Err(format!(
+                    "{addr:?}: only unix:// Workload API addresses are supported"
+                ));
+            }
+            None => addr,
+        },
+    };
+    if !path.starts_with('/') {
+        return Err(format!("{addr:?}: the socket path must be absolute"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_addresses() {
+        assert_eq!(
+            endpoint_path("unix:///tmp/a.sock").unwrap(),
+            PathBuf::from("/tmp/a.sock")
+        );
+        assert_eq!(
+            endpoint_path("unix:/tmp/a.sock").unwrap(),
+            PathBuf::from("/tmp/a.sock")
+        );
+        assert_eq!(
+            endpoint_path("/tmp/a.sock").unwrap(),
+            PathBuf::from("/tmp/a.sock")
+        );
+        assert!(endpoint_path("tcp://127.0.0.1:1").is_err());
+        assert!(endpoint_path("unix://relative.sock").is_err());
+    }
+
+    #[tokio::test]
+    async fn bind_sets_modes_and_refuses_to_clobber_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private/api.sock");
+        let _l = bind(&path, 0o600, 0o700).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        drop(_l);
+        // A stale socket is replaced.
+        bind(&path, 0o600, 0o700).unwrap();
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        assert!(bind(&file, 0o600, 0o700).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+}

@@ -1,0 +1,719 @@
+//! Admin commands over the server's admin socket: entries, join tokens,
+//! agents, bundles, minting and the health check.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use signet_core::api::admin::*;
+use signet_core::api::types;
+use signet_core::server::admin::connect_admin;
+use signet_identity::bundle::certificates_to_pem;
+use signet_identity::{Bundle, CertificateDer, TrustDomain};
+
+/// Default admin socket of `signet server` and `signet run`.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/signet/private/admin.sock";
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminOpts {
+    /// Admin socket of the server (or of `signet run`).
+    #[arg(long, env = "SIGNET_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct EntryFields {
+    /// SPIFFE ID the workload gets.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// Parent: the agent (or node-alias entry) the workload runs under. Under
+    /// `signet run` it defaults to the local agent.
+    #[arg(long)]
+    parent_id: Option<String>,
+    /// Selector `type:value` (repeatable); all must match.
+    #[arg(long = "selector")]
+    selectors: Vec<String>,
+    /// X509-SVID TTL, e.g. 1h (default: the server's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    x509_ttl: Option<std::time::Duration>,
+    /// JWT-SVID TTL, e.g. 5m (default: the server's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    jwt_ttl: Option<std::time::Duration>,
+    /// DNS SAN (repeatable); the first is also the certificate's CN.
+    #[arg(long = "dns-name")]
+    dns_names: Vec<String>,
+    /// Trust domain whose bundle the workload also receives (repeatable).
+    #[arg(long = "federates-with")]
+    federates_with: Vec<String>,
+    /// The workload may use the admin API.
+    #[arg(long)]
+    admin: bool,
+    /// The workload is a downstream (nested) server.
+    #[arg(long)]
+    downstream: bool,
+    /// A node-alias entry: agents with all these node selectors become this ID as a parent.
+    #[arg(long)]
+    node: bool,
+    /// Unix time after which the entry no longer applies.
+    #[arg(long)]
+    expires_at: Option<i64>,
+}
+
+impl EntryFields {
+    fn to_wire(&self, id: String) -> types::Entry {
+        types::Entry {
+            id,
+            spiffe_id: self.spiffe_id.clone().unwrap_or_default(),
+            parent_id: self.parent_id.clone().unwrap_or_default(),
+            selectors: self.selectors.clone(),
+            x509_ttl: self.x509_ttl.map(|d| d.as_secs()).unwrap_or(0),
+            jwt_ttl: self.jwt_ttl.map(|d| d.as_secs()).unwrap_or(0),
+            dns_names: self.dns_names.clone(),
+            federates_with: self.federates_with.clone(),
+            admin: self.admin,
+            downstream: self.downstream,
+            node: self.node,
+            expires_at: self.expires_at.unwrap_or(0),
+            revision: 0,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EntryCmd {
+    /// Register a workload (or node-alias) entry.
+    Create {
+        #[command(flatten)]
+        fields: EntryFields,
+    },
+    /// List entries, filtered by any of the flags.
+    Show {
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long)]
+        parent_id: Option<String>,
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+        /// How --selector matches: exact, subset, superset or any.
+        #[arg(long = "match", default_value = "exact")]
+        match_mode: String,
+        #[arg(long)]
+        federates_with: Option<String>,
+    },
+    /// Replace an entry (all fields are set from the flags).
+    Update {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        fields: EntryFields,
+    },
+    /// Delete an entry.
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    /// Count entries.
+    Count,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Generate a single-use join token for an agent.
+    Generate {
+        /// Token lifetime (default 600s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Fix the SPIFFE ID the agent will get.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// List attested agents.
+    List,
+    /// Show one agent.
+    Show {
+        #[arg(long)]
+        spiffe_id: String,
+    },
+    /// Forget an agent: it must attest again (x509pop can, join tokens cannot).
+    Evict {
+        #[arg(long)]
+        spiffe_id: String,
+    },
+    /// Refuse an agent for good.
+    Ban {
+        #[arg(long)]
+        spiffe_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BundleFormat {
+    Pem,
+    Spiffe,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// Show the own bundle (or a federated one with --trust-domain).
+    Show {
+        #[arg(long)]
+        trust_domain: Option<String>,
+        #[arg(long, value_enum, default_value = "pem")]
+        format: BundleFormat,
+    },
+    /// List every bundle (own and federated).
+    List {
+        #[arg(long, value_enum, default_value = "pem")]
+        format: BundleFormat,
+    },
+    /// Set a federated trust domain's bundle from a file (or - for stdin).
+    Set {
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long, value_enum, default_value = "pem")]
+        format: BundleFormat,
+    },
+    /// Delete a federated trust domain's bundle.
+    Delete {
+        #[arg(long)]
+        trust_domain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum X509Cmd {
+    /// Mint an X509-SVID; the key is generated here and never sent.
+    Mint {
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
+        /// Write svid.pem, svid_key.pem (0600) and bundle.pem into DIR.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JwtCmd {
+    /// Mint a JWT-SVID.
+    Mint {
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+}
+
+fn entry_json(e: &types::Entry) -> Value {
+    json!({
+        "id": e.id, "spiffe_id": e.spiffe_id, "parent_id": e.parent_id, "selectors": e.selectors,
+        "x509_ttl": e.x509_ttl, "jwt_ttl": e.jwt_ttl, "dns_names": e.dns_names,
+        "federates_with": e.federates_with, "admin": e.admin, "downstream": e.downstream,
+        "node": e.node, "expires_at": e.expires_at, "revision": e.revision,
+    })
+}
+
+fn print_entry(e: &types::Entry) {
+    println!("Entry ID         : {}", e.id);
+    println!("SPIFFE ID        : {}", e.spiffe_id);
+    println!("Parent ID        : {}", e.parent_id);
+    println!("Revision         : {}", e.revision);
+    let ttl = |t: u64| {
+        if t == 0 {
+            "default".to_string()
+        } else {
+            format!("{t}s")
+        }
+    };
+    println!("X509-SVID TTL    : {}", ttl(e.x509_ttl));
+    println!("JWT-SVID TTL     : {}", ttl(e.jwt_ttl));
+    for s in &e.selectors {
+        println!("Selector         : {s}");
+    }
+    for d in &e.dns_names {
+        println!("DNS name         : {d}");
+    }
+    for f in &e.federates_with {
+        println!("Federates with   : {f}");
+    }
+    for (flag, on) in [
+        ("admin", e.admin),
+        ("downstream", e.downstream),
+        ("node", e.node),
+    ] {
+        if on {
+            println!("Flag             : {flag}");
+        }
+    }
+    println!();
+}
+
+fn print_entries(out: Output, entries: &[types::Entry]) {
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })
+        ),
+        Output::Text => {
+            println!(
+                "Found {} entr{}",
+                entries.len(),
+                if entries.len() == 1 { "y" } else { "ies" }
+            );
+            entries.iter().for_each(print_entry);
+        }
+    }
+}
+
+fn node_json(n: &types::AttestedNode) -> Value {
+    json!({
+        "spiffe_id": n.spiffe_id, "attestor": n.attestor, "selectors": n.selectors,
+        "svid_serial": n.svid_serial, "svid_expires_at": n.svid_expires_at,
+        "banned": n.banned, "can_reattest": n.can_reattest,
+    })
+}
+
+fn print_node(out: Output, n: &types::AttestedNode) {
+    match out {
+        Output::Json => println!("{}", node_json(n)),
+        Output::Text => {
+            println!("SPIFFE ID     : {}", n.spiffe_id);
+            println!("Attestor      : {}", n.attestor);
+            println!("SVID serial   : {}", n.svid_serial);
+            println!("SVID expires  : {}", n.svid_expires_at);
+            println!("Banned        : {}", n.banned);
+            println!("Can re-attest : {}", n.can_reattest);
+            for s in &n.selectors {
+                println!("Selector      : {s}");
+            }
+            println!();
+        }
+    }
+}
+
+fn bundle_text(b: &types::Bundle, format: BundleFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        BundleFormat::Spiffe => String::from_utf8(b.spiffe_json.clone())?,
+        BundleFormat::Pem => {
+            let bundle = signet_core::api::bundle_from_wire(b).map_err(anyhow::Error::msg)?;
+            bundle.x509_pem()
+        }
+    })
+}
+
+async fn client(
+    opts: &AdminOpts,
+) -> anyhow::Result<admin_client::AdminClient<tonic::transport::Channel>> {
+    connect_admin(opts.socket.clone()).await.with_context(|| {
+        format!(
+            "cannot reach the admin socket {} (is signet server or signet run running?)",
+            opts.socket.display()
+        )
+    })
+}
+
+/// Turns a gRPC status into an error that names the problem.
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message())
+}
+
+pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
+    let mut c = client(&opts).await?;
+    match cmd {
+        EntryCmd::Create { fields } => {
+            let r = c
+                .create_entry(CreateEntryRequest {
+                    entry: Some(fields.to_wire(String::new())),
+                })
+                .await
+                .map_err(status)?;
+            let e = r.into_inner().entry.unwrap_or_default();
+            match opts.output {
+                Output::Json => println!("{}", entry_json(&e)),
+                Output::Text => print_entry(&e),
+            }
+        }
+        EntryCmd::Update { id, fields } => {
+            let r = c
+                .update_entry(UpdateEntryRequest {
+                    entry: Some(fields.to_wire(id)),
+                })
+                .await
+                .map_err(status)?;
+            let e = r.into_inner().entry.unwrap_or_default();
+            match opts.output {
+                Output::Json => println!("{}", entry_json(&e)),
+                Output::Text => print_entry(&e),
+            }
+        }
+        EntryCmd::Delete { id } => {
+            let r = c
+                .delete_entry(DeleteEntryRequest { id })
+                .await
+                .map_err(status)?;
+            let e = r.into_inner().entry.unwrap_or_default();
+            match opts.output {
+                Output::Json => println!("{}", json!({ "deleted": entry_json(&e) })),
+                Output::Text => println!("Deleted entry {}", e.id),
+            }
+        }
+        EntryCmd::Show {
+            id,
+            spiffe_id,
+            parent_id,
+            selectors,
+            match_mode,
+            federates_with,
+        } => {
+            let r = c
+                .list_entries(ListEntriesRequest {
+                    id: id.unwrap_or_default(),
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    parent_id: parent_id.unwrap_or_default(),
+                    selectors,
+                    r#match: match_mode,
+                    federates_with: federates_with.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?;
+            print_entries(opts.output, &r.into_inner().entries);
+        }
+        EntryCmd::Count => {
+            let n = c
+                .count_entries(CountEntriesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .count;
+            match opts.output {
+                Output::Json => println!("{}", json!({ "count": n })),
+                Output::Text => {
+                    println!("{n} registration entr{}", if n == 1 { "y" } else { "ies" })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(cmd: TokenCmd, opts: AdminOpts) -> anyhow::Result<()> {
+    let mut c = client(&opts).await?;
+    let TokenCmd::Generate { ttl, spiffe_id } = cmd;
+    let r = c
+        .create_join_token(CreateJoinTokenRequest {
+            ttl: ttl.map(|d| d.as_secs()).unwrap_or(0),
+            agent_id: spiffe_id.unwrap_or_default(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    match opts.output {
+        Output::Json => println!(
+            "{}",
+            json!({ "token": r.token, "expires_at": r.expires_at })
+        ),
+        Output::Text => println!("Token: {}", r.token),
+    }
+    Ok(())
+}
+
+pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
+    let mut c = client(&opts).await?;
+    match cmd {
+        AgentCmd::List => {
+            let agents = c
+                .list_agents(ListAgentsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .agents;
+            match opts.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({ "agents": agents.iter().map(node_json).collect::<Vec<_>>() })
+                ),
+                Output::Text => {
+                    println!(
+                        "Found {} attested agent{}",
+                        agents.len(),
+                        if agents.len() == 1 { "" } else { "s" }
+                    );
+                    agents.iter().for_each(|a| print_node(Output::Text, a));
+                }
+            }
+        }
+        AgentCmd::Show { spiffe_id } => {
+            let agents = c
+                .list_agents(ListAgentsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .agents;
+            let a = agents
+                .iter()
+                .find(|a| a.spiffe_id == spiffe_id)
+                .with_context(|| format!("no attested agent {spiffe_id}"))?;
+            print_node(opts.output, a);
+        }
+        AgentCmd::Evict { spiffe_id } => {
+            let r = c
+                .evict_agent(AgentRequest { spiffe_id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let a = r.agent.unwrap_or_default();
+            match opts.output {
+                Output::Json => println!("{}", json!({ "evicted": node_json(&a) })),
+                Output::Text => println!("Evicted agent {}", a.spiffe_id),
+            }
+        }
+        AgentCmd::Ban { spiffe_id } => {
+            let r = c
+                .ban_agent(AgentRequest { spiffe_id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let a = r.agent.unwrap_or_default();
+            match opts.output {
+                Output::Json => println!("{}", json!({ "banned": node_json(&a) })),
+                Output::Text => println!("Banned agent {}", a.spiffe_id),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn bundle(cmd: BundleCmd, opts: AdminOpts) -> anyhow::Result<()> {
+    let mut c = client(&opts).await?;
+    match cmd {
+        BundleCmd::Show {
+            trust_domain,
+            format,
+        } => {
+            let b = c
+                .get_bundle(GetBundleRequest {
+                    trust_domain: trust_domain.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match opts.output {
+                Output::Json => println!("{}", String::from_utf8(b.spiffe_json)?),
+                Output::Text => print!("{}", bundle_text(&b, format)?),
+            }
+        }
+        BundleCmd::List { format } => {
+            let bundles = c
+                .list_bundles(ListBundlesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .bundles;
+            for b in &bundles {
+                match (opts.output, format) {
+                    (Output::Json, _) | (_, BundleFormat::Spiffe) => {
+                        let doc: Value = serde_json::from_slice(&b.spiffe_json)?;
+                        println!(
+                            "{}",
+                            json!({ "trust_domain": b.trust_domain, "bundle": doc })
+                        );
+                    }
+                    (Output::Text, BundleFormat::Pem) => {
+                        println!("****************************************");
+                        println!("* {}", b.trust_domain);
+                        println!("****************************************");
+                        print!("{}", bundle_text(b, format)?);
+                    }
+                }
+            }
+        }
+        BundleCmd::Set {
+            trust_domain,
+            path,
+            format,
+        } => {
+            let td = TrustDomain::parse(&trust_domain)
+                .with_context(|| format!("--trust-domain {trust_domain:?}"))?;
+            let data = read_input(&path)?;
+            let bundle = match format {
+                BundleFormat::Pem => Bundle::from_x509_pem(td, &data),
+                BundleFormat::Spiffe => Bundle::parse_json(td, &data),
+            }
+            .with_context(|| format!("{} is not a valid {format:?} bundle", path.display()))?;
+            let wire = types::Bundle::try_from(&bundle)?;
+            c.set_bundle(wire).await.map_err(status)?;
+            match opts.output {
+                Output::Json => println!("{}", json!({ "set": trust_domain })),
+                Output::Text => println!("Bundle of {trust_domain} set"),
+            }
+        }
+        BundleCmd::Delete { trust_domain } => {
+            c.delete_bundle(DeleteBundleRequest {
+                trust_domain: trust_domain.clone(),
+            })
+            .await
+            .map_err(status)?;
+            match opts.output {
+                Output::Json => println!("{}", json!({ "deleted": trust_domain })),
+                Output::Text => println!("Bundle of {trust_domain} deleted"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+pub async fn x509(cmd: X509Cmd, opts: AdminOpts) -> anyhow::Result<()> {
+    let X509Cmd::Mint {
+        spiffe_id,
+        ttl,
+        dns_names,
+        write,
+    } = cmd;
+    if let Some(dir) = &write
+        && !dir.is_dir()
+    {
+        bail!("--write {}: not a directory", dir.display());
+    }
+    let mut c = client(&opts).await?;
+    let key = rcgen::KeyPair::generate().context("cannot generate a key")?;
+    let r = c
+        .mint_x509_svid(MintX509SvidRequest {
+            spiffe_id,
+            public_key: rcgen::PublicKeyData::subject_public_key_info(&key),
+            csr: Vec::new(),
+            ttl: ttl.map(|d| d.as_secs()).unwrap_or(0),
+            dns_names,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let svid = r.svid.context("the server returned no SVID")?;
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain
+        .iter()
+        .cloned()
+        .map(CertificateDer::from)
+        .collect();
+    let chain_pem = certificates_to_pem(&chain);
+    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+    let bundle_pem = match &r.bundle {
+        Some(b) => bundle_text(b, BundleFormat::Pem)?,
+        None => String::new(),
+    };
+    match (&write, opts.output) {
+        (Some(dir), _) => {
+            signet_core::atomic_file::write(&dir.join("svid.pem"), chain_pem.as_bytes(), 0o644)?;
+            signet_core::atomic_file::write(
+                &dir.join("svid_key.pem"),
+                key_pem.as_bytes(),
+                signet_core::atomic_file::SECRET_MODE,
+            )?;
+            signet_core::atomic_file::write(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+            match opts.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({ "spiffe_id": svid.spiffe_id, "serial": svid.serial, "expires_at": svid.expires_at, "dir": dir })
+                ),
+                Output::Text => {
+                    println!("X509-SVID for {} (serial {})", svid.spiffe_id, svid.serial);
+                    println!(
+                        "Written to {}: svid.pem, svid_key.pem (0600), bundle.pem",
+                        dir.display()
+                    );
+                }
+            }
+        }
+        (None, Output::Json) => println!(
+            "{}",
+            json!({
+                "spiffe_id": svid.spiffe_id, "serial": svid.serial, "expires_at": svid.expires_at,
+                "svid_pem": chain_pem, "key_pem": key_pem.as_str(), "bundle_pem": bundle_pem,
+            })
+        ),
+        (None, Output::Text) => {
+            print!("{chain_pem}");
+            print!("{}", key_pem.as_str());
+        }
+    }
+    Ok(())
+}
+
+pub async fn jwt(cmd: JwtCmd, opts: AdminOpts) -> anyhow::Result<()> {
+    let JwtCmd::Mint {
+        spiffe_id,
+        audience,
+        ttl,
+    } = cmd;
+    let mut c = client(&opts).await?;
+    let r = c
+        .mint_jwt_svid(MintJwtSvidRequest {
+            spiffe_id,
+            audience,
+            ttl: ttl.map(|d| d.as_secs()).unwrap_or(0),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    match opts.output {
+        Output::Json => println!(
+            "{}",
+            json!({ "token": r.token, "expires_at": r.expires_at })
+        ),
+        Output::Text => println!("{}", r.token),
+    }
+    Ok(())
+}
+
+pub async fn healthcheck(opts: AdminOpts) -> anyhow::Result<()> {
+    let mut c = client(&opts).await?;
+    let h = c
+        .health(HealthRequest {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    match opts.output {
+        Output::Json => println!(
+            "{}",
+            json!({ "healthy": true, "trust_domain": h.trust_domain, "bundle_sequence": h.bundle_sequence, "entries": h.entries, "agents": h.agents })
+        ),
+        Output::Text => println!(
+            "Server is healthy: trust domain {}, bundle sequence {}, {} entries, {} agents",
+            h.trust_domain, h.bundle_sequence, h.entries, h.agents
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `signet agent`: configuration (file + flags), attestation, the Workload
+//! API socket, signal handling and drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+use signet_core::agent::workload_api::{bind_agent_socket, serve_workload_api};
+use signet_core::agent::{self, AgentConfig, NodeAttestation};
+use signet_identity::{Bundle, TrustDomain};
+use tokio::sync::watch;
+
+use crate::api_cli::DEFAULT_AGENT_SOCKET;
+
+/// Agent settings: every config-file key is also a flag of the same name.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Config file (TOML) with any of the keys below.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the result and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    check_config: bool,
+    /// Trust domain [default: example.org].
+    #[arg(long, env = "SIGNET_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Server address IP:PORT (repeatable: tried in order, failing over).
+    #[arg(long = "server-address")]
+    #[serde(default)]
+    server_address: Vec<String>,
+    /// Trust bundle (PEM) to verify the server with before the first attestation.
+    #[arg(long)]
+    trust_bundle: Option<PathBuf>,
+    /// Attest with this join token (single use).
+    #[arg(long, env = "SIGNET_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Attest with x509pop: the node certificate (PEM chain) ...
+    #[arg(long)]
+    x509pop_cert: Option<PathBuf>,
+    /// ... and its private key (PKCS#8 PEM).
+    #[arg(long)]
+    x509pop_key: Option<PathBuf>,
+    /// Where the agent keeps its SVID and bundle [default: .signet-agent].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Workload API socket [default: /tmp/signet/agent.sock].
+    #[arg(long)]
+    socket_path: Option<PathBuf>,
+}
+
+impl AgentSettings {
+    pub fn check_config(&self) -> bool {
+        self.check_config
+    }
+
+    /// Reads the file, lets flags override it, applies defaults and reports
+    /// every problem at once.
+    pub fn resolve(mut self) -> anyhow::Result<(AgentConfig, PathBuf)> {
+        if let Some(path) = self.config.clone() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let file: AgentSettings = toml::from_str(&text)
+                .with_context(|| format!("config file {} is invalid", path.display()))?;
+            self.trust_domain = self.trust_domain.or(file.trust_domain);
+            if self.server_address.is_empty() {
+                self.server_address = file.server_address;
+            }
+            self.trust_bundle = self.trust_bundle.or(file.trust_bundle);
+            self.join_token = self.join_token.or(file.join_token);
+            self.x509pop_cert = self.x509pop_cert.or(file.x509pop_cert);
+            self.x509pop_key = self.x509pop_key.or(file.x509pop_key);
+            self.data_dir = self.data_dir.or(file.data_dir);
+            self.socket_path = self.socket_path.or(file.socket_path);
+        }
+        let mut problems = Vec::new();
+        let td = TrustDomain::parse(self.trust_domain.as_deref().unwrap_or("example.org"))
+            .map_err(|e| problems.push(format!("trust_domain: {e}")))
+            .ok();
+        let mut servers = Vec::new();
+        if self.server_address.is_empty() {
+            problems.push("server_address: at least one is required (IP:PORT)".into());
+        }
+        for a in &self.server_address {
+            match a.parse::<SocketAddr>() {
+                Ok(addr) => servers.push(addr),
+                Err(e) => problems.push(format!("server_address {a:?}: {e} (expected IP:PORT)")),
+            }
+        }
+        let attestation = match (
+            self.join_token.take(),
+            self.x509pop_cert.take(),
+            self.x509pop_key.take(),
+        ) {
+            (Some(t), None, None) => Some(NodeAttestation::JoinToken(t)),
+            (None, Some(cert), Some(key)) => Some(NodeAttestation::X509Pop { cert, key }),
+            (None, None, None) => {
+                problems.push(
+                    "node attestation: give join_token, or x509pop_cert and x509pop_key".into(),
+                );
+                None
+            }
+            _ => {
+                problems.push(
+                    "node attestation: use either join_token or x509pop_cert + x509pop_key".into(),
+                );
+                None
+            }
+        };
+        let bundle = match (&self.trust_bundle, &td) {
+            (Some(path), Some(td)) => match std::fs::read(path) {
+                Ok(pem) => Bundle::from_x509_pem(td.clone(), &pem)
+                    .map_err(|e| problems.push(format!("trust_bundle {}: {e}", path.display())))
+                    .ok(),
+                Err(e) => {
+                    problems.push(format!("trust_bundle {}: {e}", path.display()));
+                    None
+                }
+            },
+            (None, _) => {
+                problems.push(
+                    "trust_bundle: a PEM bundle to verify the server with is required".into(),
+                );
+                None
+            }
+            _ => None,
+        };
+        let (Some(attestation), Some(bundle), true) = (attestation, bundle, problems.is_empty())
+        else {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        };
+        let config = AgentConfig {
+            servers,
+            bootstrap_bundle: bundle,
+            attestation,
+            data_dir: Some(
+                self.data_dir
+                    .unwrap_or_else(|| PathBuf::from(".signet-agent")),
+            ),
+        };
+        Ok((
+            config,
+            self.socket_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
+        ))
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (handle, agent_task) = agent::start(config, None, stop_rx.clone())
+        .await
+        .context("agent start")?;
+    let listener = bind_agent_socket(&socket)
+        .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
+    let mut rx = stop_rx.clone();
+    let stop = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = tokio::spawn(serve_workload_api(handle, listener, stop));
+    println!("signet agent is running");
+    println!(
+        "  agent socket   {} (SPIFFE_ENDPOINT_SOCKET=unix://{})",
+        socket.display(),
+        socket.display()
+    );
+    println!("Press Ctrl-C to stop.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = api.await;
+        let _ = agent_task.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&socket);
+    println!("signet agent stopped");
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Workload-side commands over the Workload API (`signet api ...`), the
+//! way a workload sees the agent.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use signet_core::agent::workload_api::{SECURITY_HEADER, connect};
+use signet_core::api::workload::*;
+use signet_core::unix_socket::endpoint_path;
+use signet_identity::bundle::certificates_to_pem;
+use signet_identity::{CertificateDer, PrivateKey, X509Svid};
+use tonic::Request;
+
+use crate::admin_cli::Output;
+
+/// Default agent (Workload API) socket.
+pub const DEFAULT_AGENT_SOCKET: &str = "/tmp/signet/agent.sock";
+
+#[derive(Debug, Args)]
+pub struct ApiOpts {
+    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCmd {
+    /// Fetch SVIDs or bundles.
+    Fetch {
+        #[command(subcommand)]
+        what: FetchCmd,
+    },
+    /// Validate a JWT-SVID.
+    Validate {
+        #[command(subcommand)]
+        what: ValidateCmd,
+    },
+    /// Print every X509-SVID update as it arrives; keep retrying while no
+    /// identity is issued (as SPIFFE client libraries do). Ctrl-C stops.
+    Watch,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FetchCmd {
+    /// X509-SVIDs of this process's identities.
+    X509 {
+        /// Write svid.pem, svid_key.pem (0600) and bundle.pem into DIR.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// A JWT-SVID for an audience.
+    Jwt {
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+    /// The X.509 trust bundles.
+    Bundle,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ValidateCmd {
+    /// Validate a JWT-SVID for an audience.
+    Jwt {
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        token: String,
+    },
+}
+
+fn socket_path(opts: &ApiOpts) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &opts.socket {
+        return Ok(p.clone());
+    }
+    match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
+        Ok(addr) if !addr.is_empty() => {
+            endpoint_path(&addr).map_err(|e| anyhow::anyhow!("SPIFFE_ENDPOINT_SOCKET {e}"))
+        }
+        _ => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
+    }
+}
+
+fn with_header<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    req
+}
+
+fn split_der(der: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use x509_parser::prelude::FromDer;
+    let mut rest = der;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (next, _) = x509_parser::certificate::X509Certificate::from_der(rest)
+            .map_err(|e| anyhow::anyhow!("the agent sent a malformed certificate: {e}"))?;
+        let len = rest.len() - next.len();
+        out.push(CertificateDer::from(rest[..len].to_vec()));
+        rest = next;
+    }
+    Ok(out)
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", e.message(), e.code())
+}
+
+pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
+    let path = socket_path(&opts)?;
+    let mut c = connect(path.clone()).await.with_context(|| {
+        format!(
+            "cannot reach the Workload API at {} (is the agent running?)",
+            path.display()
+        )
+    })?;
+    match cmd {
+        ApiCmd::Fetch {
+            what: FetchCmd::X509 { write },
+        } => {
+            let mut stream = c
+                .fetch_x509svid(with_header(X509svidRequest {}))
+                .await
+                .map_err(status)?
+                .into_inner();
+            let resp = stream
+                .message()
+                .await
+                .map_err(status)?
+                .context("the agent closed the stream")?;
+            print_x509(&resp, write.as_deref(), opts.output)?;
+        }
+        ApiCmd::Fetch {
+            what: FetchCmd::Jwt {
+                audience,
+                spiffe_id,
+            },
+        } => {
+            let r = c
+                .fetch_jwtsvid(with_header(JwtsvidRequest {
+                    audience,
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                }))
+                .await
+                .map_err(status)?
+                .into_inner();
+            match opts.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({ "svids": r.svids.iter().map(|s| json!({"spiffe_id": s.spiffe_id, "token": s.svid})).collect::<Vec<_>>() })
+                ),
+                Output::Text => {
+                    for s in &r.svids {
+                        println!("SPIFFE ID: {}", s.spiffe_id);
+                        println!("Token:     {}", s.svid);
+                    }
+                }
+            }
+        }
+        ApiCmd::Fetch {
+            what: FetchCmd::Bundle,
+        } => {
+            let mut stream = c
+                .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+                .await
+                .map_err(status)?
+                .into_inner();
+            let resp = stream
+                .message()
+                .await
+                .map_err(status)?
+                .context("the agent closed the stream")?;
+            let mut tds: Vec<_> = resp.bundles.iter().collect();
+            tds.sort();
+            for (td, der) in tds {
+                let pem = certificates_to_pem(&split_der(der)?);
+                match opts.output {
+                    Output::Json => println!("{}", json!({ "trust_domain": td, "pem": pem })),
+                    Output::Text => {
+                        println!("# {td}");
+                        print!("{pem}");
+                    }
+                }
+            }
+        }
+        ApiCmd::Validate {
+            what: ValidateCmd::Jwt { audience, token },
+        } => {
+            let r = c
+                .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                    audience,
+                    svid: token,
+                }))
+                .await
+                .map_err(status)?
+                .into_inner();
+            match opts.output {
+                Output::Json => println!("{}", json!({ "valid": true, "spiffe_id": r.spiffe_id })),
+                Output::Text => println!("Valid JWT-SVID for {}", r.spiffe_id),
+            }
+        }
+        ApiCmd::Watch => {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                let result = async {
+                    let mut stream = c
+                        .fetch_x509svid(with_header(X509svidRequest {}))
+                        .await?
+                        .into_inner();
+                    while let Some(resp) = stream.message().await? {
+                        print_x509(&resp, None, opts.output)
+                            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                        backoff = std::time::Duration::from_millis(100);
+                    }
+                    Ok::<(), tonic::Status>(())
+                }
+                .await;
+                let why = match result {
+                    Ok(()) => "the agent closed the stream".to_string(),
+                    Err(e) => format!("{} ({:?})", e.message(), e.code()),
+                };
+                match opts.output {
+                    Output::Json => println!("{}", json!({ "waiting": why })),
+                    Output::Text => println!("waiting: {why}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                c = connect(path.clone()).await.with_context(|| {
+                    format!("cannot reach the Workload API at {}", path.display())
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_x509(
+    resp: &X509svidResponse,
+    write: Option<&std::path::Path>,
+    out: Output,
+) -> anyhow::Result<()> {
+    let first = resp.svids.first().context("the agent returned no SVID")?;
+    for s in &resp.svids {
+        let svid = X509Svid::new(
+            split_der(&s.x509_svid)?,
+            PrivateKey::from_pkcs8_der(s.x509_svid_key.clone()),
+        )?;
+        let expires = humantime::format_rfc3339_seconds(svid.not_after());
+        match out {
+            Output::Json => println!(
+                "{}",
+                json!({ "spiffe_id": s.spiffe_id, "serial": svid.serial(), "expires_at": expires.to_string() })
+            ),
+            Output::Text => println!(
+                "SPIFFE ID: {}  serial {}  expires {expires}",
+                s.spiffe_id,
+                svid.serial()
+            ),
+        }
+    }
+    if let Some(dir) = write {
+        if !dir.is_dir() {
+            bail!("--write {}: not a directory", dir.display());
+        }
+        let svid = X509Svid::new(
+            split_der(&first.x509_svid)?,
+            PrivateKey::from_pkcs8_der(first.x509_svid_key.clone()),
+        )?;
+        let bundle_pem = certificates_to_pem(&split_der(&first.bundle)?);
+        signet_core::atomic_file::write(&dir.join("svid.pem"), svid.chain_pem().as_bytes(), 0o644)?;
+        signet_core::atomic_file::write(
+            &dir.join("svid_key.pem"),
+            svid.private_key().to_pem().as_bytes(),
+            signet_core::atomic_file::SECRET_MODE,
+        )?;
+        signet_core::atomic_file::write(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+        if matches!(out, Output::Text) {
+            println!(
+                "Written to {}: svid.pem, svid_key.pem (0600), bundle.pem",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}

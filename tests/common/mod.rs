@@ -1,0 +1,221 @@
+//! Harness for end-to-end tests: real `signet` processes with a drop guard,
+//! readiness polled with a deadline, child logs printed on failure.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn signet() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_signet"));
+    c.env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .env("SIGNET_LOG", "info,signet_core=debug");
+    c
+}
+
+/// A running `signet` process; killed on drop, its log printed if the test
+/// is failing.
+pub struct Proc {
+    pub child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    log: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child: Some(child),
+            lines: rx,
+            seen: Vec::new(),
+            log,
+            name: name.into(),
+        }
+    }
+
+    /// Waits for a stdout line containing `want`; returns everything seen.
+    pub fn wait_for(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                let done = line.contains(want);
+                self.seen.push(line);
+                if done {
+                    return self.seen.join("\n");
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}) before printing {want:?}; stdout:\n{}\nlog:\n{}",
+                    self.name,
+                    self.seen.join("\n"),
+                    self.log_text()
+                );
+            }
+        }
+        panic!(
+            "{} printed no {want:?} within {DEADLINE:?}; stdout:\n{}\nlog:\n{}",
+            self.name,
+            self.seen.join("\n"),
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `sig` (e.g. "INT", "TERM", "KILL") and waits for the exit.
+    pub fn signal_and_wait(&mut self, sig: &str) -> std::process::ExitStatus {
+        let pid = self.pid().to_string();
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{sig}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {DEADLINE:?} of SIG{sig}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Runs a `signet` command to completion.
+pub fn run(args: &[&str]) -> Output {
+    signet().args(args).output().unwrap()
+}
+
+/// Runs a command and returns stdout, failing the test with stderr if it fails.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "signet {} failed: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `f` until it returns `Some`, within the deadline.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A combined `signet run` in a temp dir, with its sockets there too.
+pub struct Combined {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub admin: String,
+    pub agent: String,
+}
+
+impl Combined {
+    pub fn start(dir: &Path, extra: &[&str]) -> Combined {
+        let admin = dir.join("admin.sock").display().to_string();
+        let agent = dir.join("agent.sock").display().to_string();
+        let mut cmd = signet();
+        cmd.args(["run", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--admin-socket",
+                &admin,
+                "--socket-path",
+                &agent,
+                "--bind-address",
+                "127.0.0.1:0",
+            ])
+            .args(extra);
+        let mut proc = Proc::spawn("signet-run", cmd, dir);
+        proc.wait_for("Press Ctrl-C");
+        Combined {
+            proc,
+            dir: dir.to_path_buf(),
+            admin,
+            agent,
+        }
+    }
+
+    /// Runs an admin command against this instance.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--socket", &self.admin]);
+        run(&all)
+    }
+
+    /// Runs a workload-side `signet api` command against this instance.
+    pub fn api(&self, args: &[&str]) -> Output {
+        let mut all = vec!["api"];
+        all.extend(args);
+        all.extend(["--socket", &self.agent]);
+        run(&all)
+    }
+}
+
+pub fn uid() -> u32 {
+    nix_uid()
+}
+
+fn nix_uid() -> u32 {
+    // The test binary's own uid, from /proc (no libc needed).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
