@@ -1,0 +1,368 @@
+//! End-to-end: the real `signet server` process and agents driven over the
+//! real server-agent API (mTLS gRPC) by the agent-side client. Covers node
+//! attestation (join token, x509pop), authorized entries (direct and via a
+//! node-alias entry), pushes on change, and security invariant 1's
+//! adversarial cases.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use signet_core::agent::node_client::{AttestWith, ClientError, NodeClient};
+use signet_identity::{Bundle, TrustDomain};
+
+struct TestServer {
+    proc: Proc,
+    admin: String,
+    addr: SocketAddr,
+}
+
+impl TestServer {
+    fn start(dir: &Path, extra: &[&str]) -> TestServer {
+        let admin = dir.join("admin.sock").display().to_string();
+        let mut cmd = signet();
+        cmd.args(["server", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--admin-socket", &admin, "--bind-address", "127.0.0.1:0"])
+            .args(extra);
+        let mut proc = Proc::spawn("signet-server", cmd, dir);
+        let banner = proc.wait_for("Press Ctrl-C");
+        let addr = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("agent API"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("banner names the agent API address")
+            .parse()
+            .unwrap();
+        TestServer { proc, admin, addr }
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["--socket", &self.admin]);
+        ok(&all)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        serde_json::from_str(&self.admin(&all)).unwrap()
+    }
+
+    fn bundle(&self) -> Bundle {
+        let pem = self.admin(&["bundle", "show"]);
+        Bundle::from_x509_pem(TrustDomain::parse("example.org").unwrap(), pem.as_bytes()).unwrap()
+    }
+
+    fn token(&self) -> String {
+        self.json(&["token", "generate"])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn entry(&self, spiffe_id: &str, parent: &str, selector: &str, node: bool) -> String {
+        let mut args = vec![
+            "entry",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--parent-id",
+            parent,
+            "--selector",
+            selector,
+        ];
+        if node {
+            args.push("--node");
+        }
+        self.json(&args)["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Attests and returns a client presenting the new agent SVID, and its ID.
+async fn agent(server: &TestServer, with: AttestWith<'_>) -> (NodeClient, String) {
+    let mut c = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    let a = c.attest(with).await.unwrap();
+    let id = a.svid.spiffe_id().to_string();
+    (
+        NodeClient::connect(server.addr, a.bundle.clone(), Some(&a.svid))
+            .await
+            .unwrap(),
+        id,
+    )
+}
+
+fn denied(r: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match r {
+        Err(ClientError::Status(s)) if s.code() == tonic::Code::PermissionDenied => {
+            s.message().to_owned()
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+}
+
+async fn entry_ids(
+    stream: &mut tonic::Streaming<signet_core::api::node::SubscribeResponse>,
+) -> Vec<String> {
+    let msg = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("a push in time")
+        .unwrap()
+        .unwrap();
+    let mut ids: Vec<String> = msg.entries.iter().map(|e| e.spiffe_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn join_token_agents_get_exactly_their_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+
+    let token = server.token();
+    let (mut a, a_id) = agent(&server, AttestWith::JoinToken(&token)).await;
+    // A join token attests once.
+    let mut again = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    assert!(
+        denied(again.attest(AttestWith::JoinToken(&token)).await)
+            .contains("unknown or already used")
+    );
+    let (mut b, b_id) = agent(&server, AttestWith::JoinToken(&server.token())).await;
+
+    let agents = server.json(&["agent", "list"]);
+    let ids: Vec<String> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["spiffe_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&a_id) && ids.contains(&b_id));
+    assert!(
+        ids.iter()
+            .all(|i| i.starts_with("spiffe://example.org/signet/agent/join_token/"))
+    );
+    assert!(
+        ids.iter().all(|i| !i.contains(&token)),
+        "the agent ID never reveals the token"
+    );
+
+    let e_a = server.entry("spiffe://example.org/a-web", &a_id, "unix:uid:1000", false);
+    let e_b = server.entry("spiffe://example.org/b-web", &b_id, "unix:uid:1000", false);
+
+    let mut stream = a.subscribe().await.unwrap();
+    assert_eq!(entry_ids(&mut stream).await, ["spiffe://example.org/a-web"]);
+
+    // A change that concerns A is pushed to it.
+    server.entry("spiffe://example.org/a-db", &a_id, "unix:uid:1001", false);
+    assert_eq!(
+        entry_ids(&mut stream).await,
+        ["spiffe://example.org/a-db", "spiffe://example.org/a-web"]
+    );
+
+    // A can mint its own entry, never B's.
+    let svid = a.mint_x509(&e_a).await.unwrap();
+    assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/a-web");
+    assert!(denied(a.mint_x509(&e_b).await).contains("not authorized"));
+    let jwt = a
+        .grpc()
+        .mint_jwt_svid(signet_core::api::node::MintJwtSvidRequest {
+            entry_id: e_b.clone(),
+            audience: vec!["x".into()],
+        })
+        .await;
+    assert_eq!(jwt.unwrap_err().code(), tonic::Code::PermissionDenied);
+    assert!(denied(b.mint_x509(&e_a).await).contains("not authorized"));
+
+    // Evicted: the old SVID is refused everywhere and the stream ends.
+    server.admin(&["agent", "evict", "--spiffe-id", &a_id]);
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(end.map(|s| s.code()), Some(tonic::Code::PermissionDenied));
+    assert!(denied(a.mint_x509(&e_a).await).contains("not attested"));
+
+    // Banned: refused for good.
+    server.admin(&["agent", "ban", "--spiffe-id", &b_id]);
+    assert!(denied(b.mint_x509(&e_b).await).contains("banned"));
+    assert!(denied(b.subscribe().await).contains("banned"));
+}
+
+fn node_ca(dir: &Path) -> Issuer<'static, KeyPair> {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "node CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(dir.join("nodeca.pem"), cert.pem()).unwrap();
+    Issuer::from_ca_cert_der(cert.der(), key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x509pop_agents_reattest_and_receive_node_alias_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = node_ca(dir.path());
+    let ca_path = dir.path().join("nodeca.pem").display().to_string();
+    let server = TestServer::start(dir.path(), &["--x509pop-ca-bundle", &ca_path]);
+
+    let node_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["node-1.example.org".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "node-1");
+    let node_cert = p.signed_by(&node_key, &ca).unwrap().der().to_vec();
+
+    let with = || AttestWith::X509Pop {
+        chain: vec![node_cert.clone()],
+        key: &node_key,
+    };
+    let mut first = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    let attested = first.attest(with()).await.unwrap();
+    assert!(attested.can_reattest);
+    let agent_id = attested.svid.spiffe_id().to_string();
+    assert!(
+        agent_id.starts_with("spiffe://example.org/signet/agent/x509pop/"),
+        "{agent_id}"
+    );
+    let shown = server.json(&["agent", "show", "--spiffe-id", &agent_id]);
+    assert!(
+        shown["selectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "x509pop:subject:cn:node-1"),
+        "{shown}"
+    );
+
+    // A node-alias entry for every node with CN node-1, and a workload under it.
+    server.entry(
+        "spiffe://example.org/cluster/a",
+        "spiffe://example.org/signet/server",
+        "x509pop:subject:cn:node-1",
+        true,
+    );
+    server.entry(
+        "spiffe://example.org/cluster/a/web",
+        "spiffe://example.org/cluster/a",
+        "unix:uid:1000",
+        false,
+    );
+    server.entry(
+        "spiffe://example.org/elsewhere",
+        "spiffe://example.org/cluster/b",
+        "unix:uid:1000",
+        false,
+    );
+    let mut agent = NodeClient::connect(server.addr, attested.bundle.clone(), Some(&attested.svid))
+        .await
+        .unwrap();
+    let mut stream = agent.subscribe().await.unwrap();
+    assert_eq!(
+        entry_ids(&mut stream).await,
+        ["spiffe://example.org/cluster/a/web"]
+    );
+
+    // x509pop may attest again after eviction; a ban stops it.
+    server.admin(&["agent", "evict", "--spiffe-id", &agent_id]);
+    let mut again = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .attest(with())
+            .await
+            .unwrap()
+            .svid
+            .spiffe_id()
+            .to_string(),
+        agent_id
+    );
+    server.admin(&["agent", "ban", "--spiffe-id", &agent_id]);
+    let mut banned = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    assert!(denied(banned.attest(with()).await).contains("banned"));
+
+    // Without the node key there is no attestation, even with the certificate.
+    let thief = KeyPair::generate().unwrap();
+    let mut c = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    assert!(
+        c.attest(AttestWith::X509Pop {
+            chain: vec![node_cert.clone()],
+            key: &thief
+        })
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_server_keeps_entries_agents_and_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]);
+    let mut c = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    let a = c
+        .attest(AttestWith::JoinToken(&server.token()))
+        .await
+        .unwrap();
+    let agent_id = a.svid.spiffe_id().to_string();
+    let entry = server.entry("spiffe://example.org/kept", &agent_id, "unix:uid:7", false);
+    let bundle = server.bundle();
+    assert!(server.proc.signal_and_wait("TERM").success());
+
+    let server = TestServer::start(dir.path(), &[]);
+    assert_eq!(server.bundle(), bundle, "same CA after restart");
+    // The agent's SVID from before the restart is still accepted.
+    let mut agent = NodeClient::connect(server.addr, a.bundle.clone(), Some(&a.svid))
+        .await
+        .unwrap();
+    let svid = agent.mint_x509(&entry).await.unwrap();
+    assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/kept");
+}
+
+#[test]
+fn a_corrupt_datastore_stops_the_server_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("datastore.sqlite3");
+    std::fs::write(&db, b"this is not a database, and it must survive").unwrap();
+    let out = run(&[
+        "server",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--admin-socket",
+        dir.path().join("a.sock").to_str().unwrap(),
+        "--bind-address",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("datastore"), "{err}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"this is not a database, and it must survive"
+    );
+}
