@@ -135,14 +135,17 @@ pub fn rotation_due(svid: &X509Svid, now: SystemTime) -> bool {
     let Ok(info) = signet_identity::x509_svid::inspect_leaf(leaf) else {
         return true;
     };
-    let life = (info.not_after - info.not_before).max(1) as f64;
+    // The server backdates NotBefore by 10 s against clock skew; the life
+    // the half-life is taken of starts at issuance.
+    let issued = info.not_before + crate::ca::BACKDATE.as_secs() as i64;
+    let life = (info.not_after - issued).max(1) as f64;
     // Jitter derived from the serial: stable for one SVID, spread across many.
     let seed = info
         .serial
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     let jitter = (f64::from(seed % 2001) / 1000.0 - 1.0) * 0.1; // -0.1 ..= 0.1
-    let rotate_at = info.not_before as f64 + life * (0.5 + jitter / 2.0);
+    let rotate_at = issued as f64 + life * (0.5 + jitter / 2.0);
     let now = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -502,6 +505,59 @@ async fn session(
 }
 
 /// Mints, in one batch, an SVID for every entry that has none.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{Ca, CaConfig, SvidOptions};
+    use crate::clock::ManualClock;
+    use crate::key_manager::memory::MemoryKeyManager;
+
+    #[test]
+    fn svids_rotate_between_40_and_60_percent_of_their_life() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = ManualClock::new(start);
+        let td = signet_identity::TrustDomain::parse("example.org").unwrap();
+        let ca = Ca::new(
+            CaConfig::new(td),
+            Arc::new(clock.clone()),
+            Arc::new(MemoryKeyManager::default()),
+            None,
+        )
+        .unwrap();
+        let id = signet_identity::SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let mut points = Vec::new();
+        for _ in 0..50 {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+            let opts = SvidOptions {
+                ttl: Some(Duration::from_secs(1000)),
+                ..Default::default()
+            };
+            let chain = ca.sign_x509_svid(&spki, &id, &opts).unwrap();
+            let svid = X509Svid::new(
+                chain,
+                signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
+            )
+            .unwrap();
+            assert!(
+                !rotation_due(&svid, start + Duration::from_secs(399)),
+                "never before 40 %"
+            );
+            assert!(
+                rotation_due(&svid, start + Duration::from_secs(600)),
+                "always by 60 %"
+            );
+            let at = (400..=600)
+                .find(|s| rotation_due(&svid, start + Duration::from_secs(*s)))
+                .unwrap();
+            points.push(at);
+        }
+        points.sort();
+        points.dedup();
+        assert!(points.len() > 10, "jitter spreads rotation: {points:?}");
+    }
+}
+
 async fn mint_missing(client: &mut NodeClient, snapshot: &mut Snapshot) -> Result<(), AgentError> {
     let missing: Vec<String> = snapshot
         .entries

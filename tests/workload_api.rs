@@ -1,0 +1,318 @@
+//! End-to-end: the Workload API of real `signet` processes, driven by the
+//! published Rust `spiffe` crate unchanged (interoperability), by our own
+//! generated client (protocol rules), and across server and agent outages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use spiffe::{TrustDomain, WorkloadApiClient, X509Source};
+
+fn create(c: &Combined, spiffe_id: &str, extra: &[&str]) {
+    let sel = format!("unix:uid:{}", uid());
+    let mut args = vec![
+        "entry",
+        "create",
+        "--spiffe-id",
+        spiffe_id,
+        "--selector",
+        &sel,
+    ];
+    args.extend(extra);
+    let out = c.admin(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until the agent serves an SVID to this process.
+fn wait_served(c: &Combined) {
+    eventually("an SVID", || {
+        c.api(&["fetch", "x509"]).status.success().then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_spiffe_crate_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    create(&c, "spiffe://example.org/interop", &[]);
+    wait_served(&c);
+    let endpoint = format!("unix://{}", c.agent);
+
+    let client = WorkloadApiClient::connect_to(&endpoint).await.unwrap();
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/interop");
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    let td = TrustDomain::new("example.org").unwrap();
+    assert!(bundles.get(&td).is_some(), "own bundle present");
+
+    let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
+    assert_eq!(jwt.spiffe_id().to_string(), "spiffe://example.org/interop");
+    assert_eq!(jwt.audience(), ["db"]);
+    let validated = client.validate_jwt_token("db", jwt.token()).await.unwrap();
+    assert_eq!(
+        validated.spiffe_id().to_string(),
+        "spiffe://example.org/interop"
+    );
+    assert!(
+        client
+            .validate_jwt_token("other", jwt.token())
+            .await
+            .is_err()
+    );
+    let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
+    assert!(jwt_bundles.get(&td).is_some(), "JWT bundle present");
+
+    // The streaming X509Source of the crate.
+    let source = X509Source::builder()
+        .endpoint(&endpoint)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        source.svid().unwrap().spiffe_id().to_string(),
+        "spiffe://example.org/interop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_rules_header_and_permission() {
+    use signet_core::api::workload::*;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    let mut client = signet_core::agent::workload_api::connect(c.agent.clone().into())
+        .await
+        .unwrap();
+
+    // No security header: InvalidArgument, whatever the caller is.
+    let err = client
+        .fetch_jwtsvid(JwtsvidRequest {
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        })
+        .await;
+    assert_eq!(err.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let err = client.fetch_x509svid(X509svidRequest {}).await;
+    assert_eq!(err.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    let with_header = |msg| {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        r
+    };
+    // With the header but no matching entry: PermissionDenied.
+    let err = client.fetch_x509svid(with_header(X509svidRequest {})).await;
+    assert_eq!(err.unwrap_err().code(), tonic::Code::PermissionDenied);
+    create(&c, "spiffe://example.org/rules", &[]);
+    wait_served(&c);
+    // Audience is required for JWT-SVIDs.
+    let mut req = tonic::Request::new(JwtsvidRequest {
+        audience: vec![],
+        spiffe_id: String::new(),
+    });
+    req.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    assert_eq!(
+        client.fetch_jwtsvid(req).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_reaches_an_open_stream_before_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &["--x509-svid-ttl", "8s"]);
+    create(&c, "spiffe://example.org/short", &[]);
+    wait_served(&c);
+    let client = WorkloadApiClient::connect_to(format!("unix://{}", c.agent))
+        .await
+        .unwrap();
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    use tokio_stream::StreamExt;
+    let first = tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first_leaf = first.cert_chain()[0].as_ref().to_vec();
+    let first_info = signet_identity::x509_svid::inspect_leaf(&first_leaf).unwrap();
+    let next = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let svid = stream.next().await.unwrap().unwrap();
+            let leaf = svid.cert_chain()[0].as_ref().to_vec();
+            if leaf != first_leaf {
+                return leaf;
+            }
+        }
+    })
+    .await
+    .expect("a rotated SVID on the open stream");
+    let next_info = signet_identity::x509_svid::inspect_leaf(&next).unwrap();
+    assert_ne!(next_info.serial, first_info.serial);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        now < first_info.not_after,
+        "the new SVID arrived before the old one expired"
+    );
+    assert!(next_info.not_after > first_info.not_after);
+}
+
+struct Split {
+    server: Proc,
+    agent: Proc,
+    admin: String,
+    agent_sock: String,
+    addr: String,
+}
+
+fn start_server(dir: &std::path::Path, port: &str) -> (Proc, String) {
+    let admin = dir.join("admin.sock").display().to_string();
+    let mut cmd = signet();
+    cmd.args(["server", "--data-dir"])
+        .arg(dir.join("server"))
+        .args([
+            "--admin-socket",
+            &admin,
+            "--bind-address",
+            &format!("127.0.0.1:{port}"),
+        ]);
+    let mut proc = Proc::spawn("signet-server", cmd, dir);
+    let banner = proc.wait_for("Press Ctrl-C");
+    let addr = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("agent API"))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    (proc, addr)
+}
+
+fn start_agent(dir: &std::path::Path, addr: &str, token: Option<&str>) -> Proc {
+    let sock = dir.join("agent.sock").display().to_string();
+    let mut cmd = signet();
+    cmd.args(["agent", "--server-address", addr, "--trust-bundle"])
+        .arg(dir.join("bundle.pem"))
+        .arg("--data-dir")
+        .arg(dir.join("agent"))
+        .args(["--socket-path", &sock]);
+    cmd.args(["--join-token", token.unwrap_or("already-attested")]);
+    let mut proc = Proc::spawn("signet-agent", cmd, dir);
+    proc.wait_for("Press Ctrl-C");
+    proc
+}
+
+impl Split {
+    fn start(dir: &std::path::Path) -> Split {
+        let (server, addr) = start_server(dir, "0");
+        let admin = dir.join("admin.sock").display().to_string();
+        let pem = ok(&["bundle", "show", "--socket", &admin]);
+        std::fs::write(dir.join("bundle.pem"), pem).unwrap();
+        let token: serde_json::Value = serde_json::from_str(&ok(&[
+            "token", "generate", "--socket", &admin, "--output", "json",
+        ]))
+        .unwrap();
+        let agent = start_agent(dir, &addr, token["token"].as_str());
+        let agent_sock = dir.join("agent.sock").display().to_string();
+        Split {
+            server,
+            agent,
+            admin,
+            agent_sock,
+            addr,
+        }
+    }
+
+    fn fetch(&self) -> std::process::Output {
+        run(&["api", "fetch", "x509", "--socket", &self.agent_sock])
+    }
+}
+
+#[test]
+fn an_agent_outlives_its_server_and_resumes_without_reattesting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Split::start(dir.path());
+    let agents: serde_json::Value = serde_json::from_str(&ok(&[
+        "agent", "list", "--socket", &s.admin, "--output", "json",
+    ]))
+    .unwrap();
+    let agent_id = agents["agents"][0]["spiffe_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sel = format!("unix:uid:{}", uid());
+    ok(&[
+        "entry",
+        "create",
+        "--socket",
+        &s.admin,
+        "--spiffe-id",
+        "spiffe://example.org/w",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &sel,
+    ]);
+    eventually("the SVID via the agent", || {
+        s.fetch().status.success().then_some(())
+    });
+
+    // The server goes away: the workload is still served from the cache.
+    assert!(s.server.signal_and_wait("KILL").code().is_none());
+    let out = s.fetch();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/w"));
+
+    // The server returns on the same address; the agent reconnects and
+    // sees new entries.
+    let port = s.addr.rsplit(':').next().unwrap().to_owned();
+    let (server, _) = start_server(dir.path(), &port);
+    s.server = server;
+    ok(&[
+        "entry",
+        "create",
+        "--socket",
+        &s.admin,
+        "--spiffe-id",
+        "spiffe://example.org/w2",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &sel,
+    ]);
+    eventually("the new entry after reconnecting", || {
+        let out = s.fetch();
+        String::from_utf8_lossy(&out.stdout)
+            .contains("spiffe://example.org/w2")
+            .then_some(())
+    });
+
+    // The agent restarts: same agent ID, no re-attestation (its one-use
+    // token is spent, so attesting again would fail).
+    assert!(s.agent.signal_and_wait("TERM").success());
+    s.agent = start_agent(dir.path(), &s.addr, None);
+    eventually("the SVID after the agent restart", || {
+        s.fetch().status.success().then_some(())
+    });
+    let agents: serde_json::Value = serde_json::from_str(&ok(&[
+        "agent", "list", "--socket", &s.admin, "--output", "json",
+    ]))
+    .unwrap();
+    assert_eq!(agents["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(agents["agents"][0]["spiffe_id"], agent_id.as_str());
+}
