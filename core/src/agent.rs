@@ -505,6 +505,7 @@ async fn session(
 }
 
 /// Mints, in one batch, an SVID for every entry that has none.
+/// Mints, in one batch, an SVID for every entry that has none.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,3 +576,5 @@ async fn mint_missing(client: &mut NodeClient, snapshot: &mut Snapshot) -> Resul
     }
     Ok(())
 }
+
+
