@@ -505,7 +505,24 @@ async fn session(
 }
 
 /// Mints, in one batch, an SVID for every entry that has none.
-/// Mints, in one batch, an SVID for every entry that has none.
+async fn mint_missing(client: &mut NodeClient, snapshot: &mut Snapshot) -> Result<(), AgentError> {
+    let missing: Vec<String> = snapshot
+        .entries
+        .iter()
+        .filter(|e| !snapshot.svids.contains_key(&e.id))
+        .map(|e| e.id.clone())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let minted = client.mint_x509_batch(&missing).await?;
+    for (id, svid) in missing.into_iter().zip(minted) {
+        tracing::debug!(entry_id = %id, spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "workload SVID minted");
+        snapshot.svids.insert(id, Arc::new(svid));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,23 +575,3 @@ mod tests {
         assert!(points.len() > 10, "jitter spreads rotation: {points:?}");
     }
 }
-
-async fn mint_missing(client: &mut NodeClient, snapshot: &mut Snapshot) -> Result<(), AgentError> {
-    let missing: Vec<String> = snapshot
-        .entries
-        .iter()
-        .filter(|e| !snapshot.svids.contains_key(&e.id))
-        .map(|e| e.id.clone())
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let minted = client.mint_x509_batch(&missing).await?;
-    for (id, svid) in missing.into_iter().zip(minted) {
-        tracing::debug!(entry_id = %id, spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "workload SVID minted");
-        snapshot.svids.insert(id, Arc::new(svid));
-    }
-    Ok(())
-}
-
-
