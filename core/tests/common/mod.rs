@@ -1,0 +1,3 @@
+//! Shared helpers for signet-core's integration tests.
+
+pub mod postgres;

@@ -1,0 +1,180 @@
+//! A throwaway PostgreSQL 15 for tests: a cluster in a temp dir on a free
+//! loopback port, stopped on drop. As root it runs as the `postgres` user
+//! (initdb and postgres refuse root). Missing binaries fail the test with
+//! a message: scripts/test installs them.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+fn find_bin() -> PathBuf {
+    for dir in [
+        "/usr/lib/postgresql/15/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/17/bin",
+    ] {
+        if std::path::Path::new(dir).join("initdb").exists() {
+            return PathBuf::from(dir);
+        }
+    }
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        && out.status.success()
+    {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        return p.parent().unwrap().to_path_buf();
+    }
+    panic!("PostgreSQL is not installed (no initdb); scripts/test installs it with apt-get");
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        == Some("0")
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = find_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("signet-pg")
+            .tempdir()
+            .unwrap();
+        let as_postgres = is_root();
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown to the postgres user failed");
+        }
+        let pg = Postgres {
+            dir,
+            bin,
+            port: free_port(),
+            as_postgres,
+        };
+        let data = pg.dir.path().join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "signet",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            pg.port,
+            pg.dir.path().display()
+        );
+        let log = pg.dir.path().join("postgres.log");
+        // -w waits until the server accepts connections (bounded by -t).
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        pg
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let out = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+                .unwrap()
+        } else {
+            Command::new(&exe).args(args).output().unwrap()
+        };
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+        );
+    }
+
+    /// URL of the `postgres` maintenance database.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://signet@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Creates a database and returns its URL.
+    pub async fn database(&self, name: &str) -> String {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url())
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        format!("postgres://signet@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let exe = self.bin.join("pg_ctl");
+        let args = [
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ];
+        let _ = if self.as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&exe).args(args).output()
+        };
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,452 @@
+//! One conformance suite, run against every datastore: SQLite (a file in a
+//! temp dir) and PostgreSQL (a real server started for the test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use signet_core::datastore::{
+    self, AttestedNode, ChangeKind, Datastore, DatastoreError, EntryFilter, JoinToken,
+    SelectorMatch,
+};
+use signet_identity::{Bundle, Entry, Selector, SpiffeId, TrustDomain};
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn sel(s: &str) -> Selector {
+    Selector::parse(s).unwrap()
+}
+
+fn entry(spiffe: &str, parent: &str, selectors: &[&str]) -> Entry {
+    Entry {
+        id: String::new(),
+        spiffe_id: id(spiffe),
+        parent_id: id(parent),
+        selectors: selectors.iter().map(|s| sel(s)).collect(),
+        x509_ttl: None,
+        jwt_ttl: None,
+        dns_names: vec![],
+        federates_with: vec![],
+        admin: false,
+        downstream: false,
+        node: false,
+        expires_at: None,
+        revision: 0,
+    }
+}
+
+const AGENT: &str = "spiffe://example.org/agent/a";
+
+async fn entries(store: &dyn Datastore) {
+    let created = store
+        .create_entry(entry(
+            "spiffe://example.org/web",
+            AGENT,
+            &["unix:uid:1", "unix:gid:1"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(created.id.len(), 32);
+    assert_eq!(created.revision, 1);
+    assert_eq!(
+        store.get_entry(&created.id).await.unwrap().unwrap(),
+        created
+    );
+    assert_eq!(store.count_entries().await.unwrap(), 1);
+
+    // The same SPIFFE ID, parent and selector set (in any order) is a duplicate.
+    let dup = store
+        .create_entry(entry(
+            "spiffe://example.org/web",
+            AGENT,
+            &["unix:gid:1", "unix:uid:1"],
+        ))
+        .await;
+    assert!(
+        matches!(dup, Err(DatastoreError::DuplicateEntry { existing_id }) if existing_id == created.id)
+    );
+    // A different selector set is not.
+    let other = store
+        .create_entry(entry("spiffe://example.org/web", AGENT, &["unix:uid:1"]))
+        .await
+        .unwrap();
+
+    // Update bumps the revision; a stale revision is a conflict.
+    let mut changed = created.clone();
+    changed.dns_names = vec!["web.example.org".into()];
+    let updated = store.update_entry(changed.clone()).await.unwrap();
+    assert_eq!(updated.revision, 2);
+    assert!(matches!(
+        store.update_entry(changed).await,
+        Err(DatastoreError::Conflict { .. })
+    ));
+    // Updating into another entry's identity is a duplicate.
+    let mut clash = other.clone();
+    clash.selectors = vec![sel("unix:uid:1"), sel("unix:gid:1")];
+    assert!(matches!(
+        store.update_entry(clash).await,
+        Err(DatastoreError::DuplicateEntry { .. })
+    ));
+    let mut missing = other.clone();
+    missing.id = "nope".into();
+    assert!(matches!(
+        store.update_entry(missing).await,
+        Err(DatastoreError::EntryNotFound(_))
+    ));
+
+    let deleted = store.delete_entry(&other.id).await.unwrap();
+    assert_eq!(deleted.id, other.id);
+    assert!(store.get_entry(&other.id).await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_entry(&other.id).await,
+        Err(DatastoreError::EntryNotFound(_))
+    ));
+    store.delete_entry(&created.id).await.unwrap();
+    assert_eq!(store.count_entries().await.unwrap(), 0);
+}
+
+async fn filters(store: &dyn Datastore) {
+    let a = store
+        .create_entry(entry("spiffe://example.org/a", AGENT, &["k:1"]))
+        .await
+        .unwrap();
+    let ab = store
+        .create_entry(entry("spiffe://example.org/ab", AGENT, &["k:1", "k:2"]))
+        .await
+        .unwrap();
+    let abc = store
+        .create_entry(entry(
+            "spiffe://example.org/abc",
+            "spiffe://example.org/agent/b",
+            &["k:1", "k:2", "k:3"],
+        ))
+        .await
+        .unwrap();
+    let mut fed = entry("spiffe://example.org/fed", AGENT, &["k:9"]);
+    fed.federates_with = vec![TrustDomain::parse("partner.org").unwrap()];
+    let fed = store.create_entry(fed).await.unwrap();
+    let mut alias = entry(
+        "spiffe://example.org/cluster",
+        "spiffe://example.org/signet/server",
+        &["node:x"],
+    );
+    alias.node = true;
+    let alias = store.create_entry(alias).await.unwrap();
+
+    let ids = |v: Vec<Entry>| {
+        let mut ids: Vec<String> = v
+            .into_iter()
+            .map(|e| e.spiffe_id.path().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let by = |sels: &[&str], m: SelectorMatch| EntryFilter {
+        selectors: Some((sels.iter().map(|s| sel(s)).collect(), m)),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store
+            .list_entries(&by(&["k:1", "k:2"], SelectorMatch::Exact))
+            .await
+            .unwrap()),
+        ["/ab"]
+    );
+    assert_eq!(
+        ids(store
+            .list_entries(&by(&["k:1", "k:2"], SelectorMatch::Subset))
+            .await
+            .unwrap()),
+        ["/a", "/ab"]
+    );
+    assert_eq!(
+        ids(store
+            .list_entries(&by(&["k:1", "k:2"], SelectorMatch::Superset))
+            .await
+            .unwrap()),
+        ["/ab", "/abc"]
+    );
+    assert_eq!(
+        ids(store
+            .list_entries(&by(&["k:3", "k:9"], SelectorMatch::Any))
+            .await
+            .unwrap()),
+        ["/abc", "/fed"]
+    );
+    let f = EntryFilter {
+        parent_id: Some(id(AGENT)),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_entries(&f).await.unwrap()),
+        ["/a", "/ab", "/fed"]
+    );
+    let f = EntryFilter {
+        spiffe_id: Some(id("spiffe://example.org/abc")),
+        ..Default::default()
+    };
+    assert_eq!(store.list_entries(&f).await.unwrap(), [abc.clone()]);
+    let f = EntryFilter {
+        id: Some(a.id.clone()),
+        ..Default::default()
+    };
+    assert_eq!(store.list_entries(&f).await.unwrap(), [a.clone()]);
+    let f = EntryFilter {
+        federates_with: Some(TrustDomain::parse("partner.org").unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(store.list_entries(&f).await.unwrap(), [fed.clone()]);
+    let f = EntryFilter {
+        node_only: true,
+        ..Default::default()
+    };
+    assert_eq!(store.list_entries(&f).await.unwrap(), [alias.clone()]);
+    let all = store.list_entries(&EntryFilter::default()).await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+
+    let by_parents = store
+        .list_entries_by_parents(&[id(AGENT), id("spiffe://example.org/agent/b")])
+        .await
+        .unwrap();
+    assert_eq!(ids(by_parents), ["/a", "/ab", "/abc", "/fed"]);
+    assert!(
+        store
+            .list_entries_by_parents(&[id("spiffe://example.org/none")])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for e in [a, ab, abc, fed, alias] {
+        store.delete_entry(&e.id).await.unwrap();
+    }
+}
+
+async fn nodes_tokens_bundles_journals(store: Arc<dyn Datastore>) {
+    let node = AttestedNode {
+        spiffe_id: id("spiffe://example.org/signet/agent/x509pop/abc"),
+        attestor: "x509pop".into(),
+        selectors: vec![sel("x509pop:subject:cn:n1")],
+        svid_serial: "01".into(),
+        svid_expires_at: 100,
+        banned: false,
+        can_reattest: true,
+    };
+    store.put_node(&node).await.unwrap();
+    let mut banned = node.clone();
+    banned.banned = true;
+    store.put_node(&banned).await.unwrap();
+    assert_eq!(
+        store.get_node(&node.spiffe_id).await.unwrap().unwrap(),
+        banned
+    );
+    assert_eq!(store.list_nodes().await.unwrap(), [banned.clone()]);
+    assert!(store.delete_node(&node.spiffe_id).await.unwrap());
+    assert!(!store.delete_node(&node.spiffe_id).await.unwrap());
+    assert!(store.get_node(&node.spiffe_id).await.unwrap().is_none());
+
+    // Join tokens are single use even when raced.
+    let token = JoinToken {
+        hash: "h1".into(),
+        expires_at: 50,
+        agent_id: Some(id("spiffe://example.org/fixed")),
+    };
+    store.create_join_token(&token).await.unwrap();
+    assert!(matches!(
+        store.create_join_token(&token).await,
+        Err(DatastoreError::DuplicateToken)
+    ));
+    let mut racers = Vec::new();
+    for _ in 0..20 {
+        let s = store.clone();
+        racers.push(tokio::spawn(async move {
+            s.take_join_token("h1").await.unwrap()
+        }));
+    }
+    let mut won = Vec::new();
+    for r in racers {
+        if let Some(t) = r.await.unwrap() {
+            won.push(t);
+        }
+    }
+    assert_eq!(won, [token], "exactly one taker");
+    store
+        .create_join_token(&JoinToken {
+            hash: "old".into(),
+            expires_at: 10,
+            agent_id: None,
+        })
+        .await
+        .unwrap();
+    store
+        .create_join_token(&JoinToken {
+            hash: "new".into(),
+            expires_at: 1000,
+            agent_id: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.prune_join_tokens(500).await.unwrap(), 1);
+    assert!(store.take_join_token("old").await.unwrap().is_none());
+    assert!(store.take_join_token("new").await.unwrap().is_some());
+
+    // Bundles round-trip with real certificates.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = p.self_signed(&key).unwrap();
+    let td = TrustDomain::parse("partner.org").unwrap();
+    let mut bundle = Bundle::new(td.clone());
+    bundle.add_x509_authority(cert.der().clone());
+    bundle.set_sequence(4);
+    store.put_bundle(&bundle).await.unwrap();
+    assert_eq!(store.get_bundle(&td).await.unwrap().unwrap(), bundle);
+    assert_eq!(store.list_bundles().await.unwrap(), [bundle.clone()]);
+    assert!(store.delete_bundle(&td).await.unwrap());
+    assert!(store.get_bundle(&td).await.unwrap().is_none());
+
+    store.put_ca_journal("s1", "{\"v\":1}").await.unwrap();
+    store.put_ca_journal("s1", "{\"v\":2}").await.unwrap();
+    assert_eq!(
+        store.get_ca_journal("s1").await.unwrap().as_deref(),
+        Some("{\"v\":2}")
+    );
+    assert!(store.get_ca_journal("s2").await.unwrap().is_none());
+}
+
+async fn change_feed(store: &dyn Datastore) {
+    let start = store.current_revision().await.unwrap();
+    let e = store
+        .create_entry(entry("spiffe://example.org/feed", AGENT, &["f:1"]))
+        .await
+        .unwrap();
+    let mut u = e.clone();
+    u.parent_id = id("spiffe://example.org/agent/other");
+    store.update_entry(u).await.unwrap();
+    store.delete_entry(&e.id).await.unwrap();
+    let changes = store.changes_since(start, 100).await.unwrap();
+    assert_eq!(changes.len(), 3);
+    assert!(
+        changes.windows(2).all(|w| w[0].revision < w[1].revision),
+        "strictly increasing"
+    );
+    assert!(
+        matches!(&changes[0].kind, ChangeKind::EntryCreated { entry_id, .. } if *entry_id == e.id)
+    );
+    assert!(
+        matches!(&changes[1].kind, ChangeKind::EntryUpdated { old_parent_id, .. } if old_parent_id.as_str() == AGENT)
+    );
+    assert!(matches!(&changes[2].kind, ChangeKind::EntryDeleted { .. }));
+    assert_eq!(store.current_revision().await.unwrap(), changes[2].revision);
+    // Paging.
+    let first = store.changes_since(start, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store.changes_since(first[1].revision, 100).await.unwrap();
+    assert_eq!(rest, changes[2..]);
+}
+
+async fn suite(store: Arc<dyn Datastore>) {
+    entries(store.as_ref()).await;
+    filters(store.as_ref()).await;
+    nodes_tokens_bundles_journals(store.clone()).await;
+    change_feed(store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_conforms_and_keeps_data_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("signet.db").display());
+    suite(datastore::open(&url).await.unwrap()).await;
+
+    let store = datastore::open(&url).await.unwrap();
+    let kept = store
+        .create_entry(entry("spiffe://example.org/kept", AGENT, &["k:1"]))
+        .await
+        .unwrap();
+    drop(store);
+    let again = datastore::open(&url).await.unwrap();
+    assert_eq!(again.get_entry(&kept.id).await.unwrap().unwrap(), kept);
+}
+
+#[tokio::test]
+async fn sqlite_refuses_corrupt_and_foreign_files_and_leaves_them_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+    let err = datastore::open(&format!("sqlite://{}", garbage.display()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DatastoreError::Open { .. }), "{err}");
+    assert_eq!(std::fs::read(&garbage).unwrap(), vec![0x42u8; 8192]);
+
+    // A SQLite database of another program.
+    let foreign = dir.path().join("foreign.db");
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}?mode=rwc", foreign.display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE invoices (id INTEGER)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let err = datastore::open(&format!("sqlite://{}", foreign.display()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a Signet datastore"), "{err}");
+    assert!(matches!(
+        datastore::open("mysql://x").await,
+        Err(DatastoreError::Open { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_conforms_and_keeps_data_across_reopen() {
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("signet_conformance").await;
+    suite(datastore::open(&url).await.unwrap()).await;
+    let store = datastore::open(&url).await.unwrap();
+    let kept = store
+        .create_entry(entry("spiffe://example.org/kept", AGENT, &["k:1"]))
+        .await
+        .unwrap();
+    drop(store);
+    assert_eq!(
+        datastore::open(&url)
+            .await
+            .unwrap()
+            .get_entry(&kept.id)
+            .await
+            .unwrap()
+            .unwrap(),
+        kept
+    );
+
+    // Two servers on one database: a duplicate raced from both is refused once.
+    let (s1, s2) = (
+        datastore::open(&url).await.unwrap(),
+        datastore::open(&url).await.unwrap(),
+    );
+    let e = entry("spiffe://example.org/raced", AGENT, &["r:1"]);
+    let (r1, r2) = tokio::join!(s1.create_entry(e.clone()), s2.create_entry(e));
+    assert!(
+        r1.is_ok() != r2.is_ok(),
+        "exactly one server creates it: {r1:?} {r2:?}"
+    );
+
+    // A database of another program is left alone.
+    let other = pg.database("someone_else").await;
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&other).await.unwrap();
+        sqlx::query("CREATE TABLE invoices (id INTEGER)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let err = datastore::open(&other).await.unwrap_err();
+    assert!(err.to_string().contains("not a Signet datastore"), "{err}");
+}
