@@ -189,22 +189,34 @@ async fn filters(store: &dyn Datastore) {
         spiffe_id: Some(id("spiffe://example.org/abc")),
         ..Default::default()
     };
-    assert_eq!(store.list_entries(&f).await.unwrap(), std::slice::from_ref(&abc));
+    assert_eq!(
+        store.list_entries(&f).await.unwrap(),
+        std::slice::from_ref(&abc)
+    );
     let f = EntryFilter {
         id: Some(a.id.clone()),
         ..Default::default()
     };
-    assert_eq!(store.list_entries(&f).await.unwrap(), std::slice::from_ref(&a));
+    assert_eq!(
+        store.list_entries(&f).await.unwrap(),
+        std::slice::from_ref(&a)
+    );
     let f = EntryFilter {
         federates_with: Some(TrustDomain::parse("partner.org").unwrap()),
         ..Default::default()
     };
-    assert_eq!(store.list_entries(&f).await.unwrap(), std::slice::from_ref(&fed));
+    assert_eq!(
+        store.list_entries(&f).await.unwrap(),
+        std::slice::from_ref(&fed)
+    );
     let f = EntryFilter {
         node_only: true,
         ..Default::default()
     };
-    assert_eq!(store.list_entries(&f).await.unwrap(), std::slice::from_ref(&alias));
+    assert_eq!(
+        store.list_entries(&f).await.unwrap(),
+        std::slice::from_ref(&alias)
+    );
     let all = store.list_entries(&EntryFilter::default()).await.unwrap();
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
 
@@ -243,7 +255,10 @@ async fn nodes_tokens_bundles_journals(store: Arc<dyn Datastore>) {
         store.get_node(&node.spiffe_id).await.unwrap().unwrap(),
         banned
     );
-    assert_eq!(store.list_nodes().await.unwrap(), std::slice::from_ref(&banned));
+    assert_eq!(
+        store.list_nodes().await.unwrap(),
+        std::slice::from_ref(&banned)
+    );
     assert!(store.delete_node(&node.spiffe_id).await.unwrap());
     assert!(!store.delete_node(&node.spiffe_id).await.unwrap());
     assert!(store.get_node(&node.spiffe_id).await.unwrap().is_none());
@@ -304,7 +319,10 @@ async fn nodes_tokens_bundles_journals(store: Arc<dyn Datastore>) {
     bundle.set_sequence(4);
     store.put_bundle(&bundle).await.unwrap();
     assert_eq!(store.get_bundle(&td).await.unwrap().unwrap(), bundle);
-    assert_eq!(store.list_bundles().await.unwrap(), std::slice::from_ref(&bundle));
+    assert_eq!(
+        store.list_bundles().await.unwrap(),
+        std::slice::from_ref(&bundle)
+    );
     assert!(store.delete_bundle(&td).await.unwrap());
     assert!(store.get_bundle(&td).await.unwrap().is_none());
 
