@@ -92,10 +92,14 @@ impl EntryFields {
 
 #[derive(Debug, Subcommand)]
 pub enum EntryCmd {
-    /// Register a workload (or node-alias) entry.
+    /// Register a workload (or node-alias) entry, or many from a JSON file.
     Create {
         #[command(flatten)]
         fields: EntryFields,
+        /// Create every entry of a JSON file ({"entries": [...]}, the format
+        /// `signet entry show --output json` prints; - for stdin).
+        #[arg(long, conflicts_with_all = ["spiffe_id", "parent_id", "selectors"])]
+        data: Option<PathBuf>,
     },
     /// List entries, filtered by any of the flags.
     Show {
@@ -237,6 +241,40 @@ fn entry_json(e: &types::Entry) -> Value {
     })
 }
 
+/// An entry of a `--data` file, in the `--output json` shape.
+fn wire_from_json(v: &Value) -> anyhow::Result<types::Entry> {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let list = |k: &str| -> anyhow::Result<Vec<String>> {
+        match &v[k] {
+            Value::Null => Ok(Vec::new()),
+            Value::Array(a) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .with_context(|| format!("{k}: expected strings"))
+                })
+                .collect(),
+            _ => bail!("{k}: expected a list of strings"),
+        }
+    };
+    Ok(types::Entry {
+        id: String::new(),
+        spiffe_id: s("spiffe_id"),
+        parent_id: s("parent_id"),
+        selectors: list("selectors")?,
+        x509_ttl: v["x509_ttl"].as_u64().unwrap_or(0),
+        jwt_ttl: v["jwt_ttl"].as_u64().unwrap_or(0),
+        dns_names: list("dns_names")?,
+        federates_with: list("federates_with")?,
+        admin: v["admin"].as_bool().unwrap_or(false),
+        downstream: v["downstream"].as_bool().unwrap_or(false),
+        node: v["node"].as_bool().unwrap_or(false),
+        expires_at: v["expires_at"].as_i64().unwrap_or(0),
+        revision: 0,
+    })
+}
+
 fn print_entry(e: &types::Entry) {
     println!("Entry ID         : {}", e.id);
     println!("SPIFFE ID        : {}", e.spiffe_id);
@@ -344,7 +382,42 @@ fn status(e: tonic::Status) -> anyhow::Error {
 pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
     let mut c = client(&opts).await?;
     match cmd {
-        EntryCmd::Create { fields } => {
+        EntryCmd::Create {
+            data: Some(path), ..
+        } => {
+            let doc: Value = serde_json::from_slice(&read_input(&path)?)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            let items = doc["entries"]
+                .as_array()
+                .with_context(|| format!("{}: expected {{\"entries\": [...]}}", path.display()))?;
+            let mut created = Vec::new();
+            let mut failed = 0usize;
+            for (i, item) in items.iter().enumerate() {
+                let wire = wire_from_json(item)
+                    .with_context(|| format!("{} entry {i}", path.display()))?;
+                match c
+                    .create_entry(CreateEntryRequest { entry: Some(wire) })
+                    .await
+                {
+                    Ok(r) => created.push(r.into_inner().entry.unwrap_or_default()),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("entry {i}: {}", e.message());
+                    }
+                }
+            }
+            match opts.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({ "entries": created.iter().map(entry_json).collect::<Vec<_>>(), "failed": failed })
+                ),
+                Output::Text => println!("Created {} entries, {failed} failed", created.len()),
+            }
+            if failed > 0 {
+                bail!("{failed} of {} entries were not created", items.len());
+            }
+        }
+        EntryCmd::Create { fields, data: None } => {
             let r = c
                 .create_entry(CreateEntryRequest {
                     entry: Some(fields.to_wire(String::new())),

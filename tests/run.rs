@@ -304,3 +304,46 @@ fn bad_input_names_the_problem_and_writes_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("trust domain character 'E'"));
 }
+
+#[test]
+fn entries_round_trip_through_a_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    for i in 0..3 {
+        let id = format!("spiffe://example.org/batch/{i}");
+        json(&c.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &id,
+            "--selector",
+            &format!("unix:uid:{}", 500 + i),
+            "--output",
+            "json",
+        ]));
+    }
+    let shown = c.admin(&["entry", "show", "--output", "json"]);
+    let file = dir.path().join("entries.json");
+    std::fs::write(&file, &shown.stdout).unwrap();
+    for e in json(&shown)["entries"].as_array().unwrap() {
+        c.admin(&["entry", "delete", "--id", e["id"].as_str().unwrap()]);
+    }
+    let created = json(&c.admin(&[
+        "entry",
+        "create",
+        "--data",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(created["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(created["failed"], 0);
+    // The same file again: every entry is a duplicate, reported, nothing created.
+    let again = c.admin(&["entry", "create", "--data", file.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("3 of 3 entries were not created"));
+    assert_eq!(
+        json(&c.admin(&["entry", "count", "--output", "json"]))["count"],
+        3
+    );
+}

@@ -24,6 +24,9 @@ use crate::api::bundle_from_wire;
 use crate::atomic_file;
 use node_client::{AttestWith, ClientError, NodeClient};
 
+/// Entries per MintX509Svids call.
+const MINT_BATCH: usize = 500;
+
 /// What the Workload API serves from: one consistent view.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -515,11 +518,15 @@ async fn mint_missing(client: &mut NodeClient, snapshot: &mut Snapshot) -> Resul
     if missing.is_empty() {
         return Ok(());
     }
-    let minted = client.mint_x509_batch(&missing).await?;
-    for (id, svid) in missing.into_iter().zip(minted) {
-        tracing::debug!(entry_id = %id, spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "workload SVID minted");
-        snapshot.svids.insert(id, Arc::new(svid));
+    // Bounded batches keep every message well under gRPC size limits.
+    for chunk in missing.chunks(MINT_BATCH) {
+        let minted = client.mint_x509_batch(chunk).await?;
+        for (id, svid) in chunk.iter().zip(minted) {
+            tracing::debug!(entry_id = %id, spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "workload SVID minted");
+            snapshot.svids.insert(id.clone(), Arc::new(svid));
+        }
     }
+    tracing::info!(count = missing.len(), "workload SVIDs minted");
     Ok(())
 }
 

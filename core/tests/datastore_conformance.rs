@@ -177,6 +177,31 @@ async fn filters(store: &dyn Datastore) {
             .unwrap()),
         ["/abc", "/fed"]
     );
+    for (mode, expected) in [
+        (SelectorMatch::Exact, 0),
+        (SelectorMatch::Subset, 0),
+        (SelectorMatch::Superset, 5),
+        (SelectorMatch::Any, 0),
+    ] {
+        assert_eq!(
+            store.list_entries(&by(&[], mode)).await.unwrap().len(),
+            expected,
+            "{mode:?} of no selectors"
+        );
+    }
+    // Filters combine with AND.
+    let f = EntryFilter {
+        parent_id: Some(id(AGENT)),
+        selectors: Some((vec![sel("k:1"), sel("k:2")], SelectorMatch::Subset)),
+        ..Default::default()
+    };
+    assert_eq!(ids(store.list_entries(&f).await.unwrap()), ["/a", "/ab"]);
+    let f = EntryFilter {
+        parent_id: Some(id(AGENT)),
+        selectors: Some((vec![sel("k:2")], SelectorMatch::Superset)),
+        ..Default::default()
+    };
+    assert_eq!(ids(store.list_entries(&f).await.unwrap()), ["/ab"]);
     let f = EntryFilter {
         parent_id: Some(id(AGENT)),
         ..Default::default()
@@ -411,14 +436,66 @@ async fn sqlite_refuses_corrupt_and_foreign_files_and_leaves_them_alone() {
             .await
             .unwrap();
     }
+    let before = std::fs::read(&foreign).unwrap();
     let err = datastore::open(&format!("sqlite://{}", foreign.display()))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not a Signet datastore"), "{err}");
-    assert!(matches!(
-        datastore::open("mysql://x").await,
-        Err(DatastoreError::Open { .. })
-    ));
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        before,
+        "foreign file changed"
+    );
+    assert!(
+        !dir.path().join("foreign.db-wal").exists(),
+        "foreign file switched to WAL"
+    );
+
+    let err = datastore::open("mysql://x").await.unwrap_err();
+    assert!(matches!(err, DatastoreError::Open { .. }), "{err}");
+    assert!(
+        err.to_string().contains("`mysql`"),
+        "names the scheme: {err}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signet.db");
+    let url = format!("sqlite://{}", path.display());
+    let kept = datastore::open(&url)
+        .await
+        .unwrap()
+        .create_entry(entry("spiffe://example.org/kept", AGENT, &["k:1"]))
+        .await
+        .unwrap();
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE signet_schema SET version = version + 1")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let err = datastore::open(&url).await.unwrap_err();
+    assert!(matches!(err, DatastoreError::Schema(_)), "{err}");
+    assert!(err.to_string().contains("newer"), "{err}");
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE signet_schema SET version = version - 1")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let again = datastore::open(&url).await.unwrap();
+    assert_eq!(again.get_entry(&kept.id).await.unwrap().unwrap(), kept);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_in_memory_conforms() {
+    suite(datastore::open("sqlite::memory:").await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -467,4 +544,125 @@ async fn postgres_conforms_and_keeps_data_across_reopen() {
     }
     let err = datastore::open(&other).await.unwrap_err();
     assert!(err.to_string().contains("not a Signet datastore"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_several_servers_share_one_database() {
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("signet_shared").await;
+
+    // Servers starting together on an empty database: one creates the
+    // schema, the others find it.
+    let opening: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { datastore::open(&url).await })
+        })
+        .collect();
+    let mut stores: Vec<Arc<dyn Datastore>> = Vec::new();
+    for o in opening {
+        stores.push(o.await.unwrap().unwrap());
+    }
+    let (s1, s2) = (stores[0].clone(), stores[1].clone());
+
+    // A join token taken from both servers at once is taken once.
+    let token = JoinToken {
+        hash: "shared".into(),
+        expires_at: 50,
+        agent_id: None,
+    };
+    s1.create_join_token(&token).await.unwrap();
+    let mut racers = Vec::new();
+    for i in 0..20 {
+        let s = stores[i % stores.len()].clone();
+        racers.push(tokio::spawn(async move {
+            s.take_join_token("shared").await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for r in racers {
+        won += usize::from(r.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1, "exactly one taker across servers");
+
+    // A follower polling the feed while two servers write sees every
+    // change, in revision order, with no revision appearing late.
+    let start = s1.current_revision().await.unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = {
+        let store = stores[2].clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut last = start;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let batch = store.changes_since(last, 1000).await.unwrap();
+                for c in batch {
+                    assert!(c.revision > last);
+                    last = c.revision;
+                    seen.push(c);
+                }
+                if finished {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let store = if w % 2 == 0 { s1.clone() } else { s2.clone() };
+        writers.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let e = store
+                    .create_entry(entry(
+                        &format!("spiffe://example.org/w{w}/{i}"),
+                        AGENT,
+                        &["m:1"],
+                    ))
+                    .await
+                    .unwrap();
+                if i % 3 == 0 {
+                    store.delete_entry(&e.id).await.unwrap();
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = follower.await.unwrap();
+    let all = s2.changes_since(start, 10_000).await.unwrap();
+    assert_eq!(all.len(), 8 * (15 + 5));
+    assert_eq!(seen, all, "the follower missed or reordered changes");
+
+    // Concurrent deletes of one entry: one wins, the other finds nothing.
+    let e = s1
+        .create_entry(entry("spiffe://example.org/deleted-twice", AGENT, &["d:1"]))
+        .await
+        .unwrap();
+    let (d1, d2) = tokio::join!(s1.delete_entry(&e.id), s2.delete_entry(&e.id));
+    assert!(d1.is_ok() != d2.is_ok(), "{d1:?} {d2:?}");
+    let deletions = s1
+        .changes_since(all.last().unwrap().revision, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| matches!(c.kind, ChangeKind::EntryDeleted { .. }))
+        .count();
+    assert_eq!(deletions, 1);
+
+    // A newer schema (written by a newer signet) is refused.
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE signet_schema SET version = version + 1")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let err = datastore::open(&url).await.unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
 }

@@ -20,6 +20,9 @@ use crate::attest::node::x509pop::challenge_message;
 use crate::server::node::SERVER_ID_PATH;
 use crate::tls::{RotatingCert, SharedBundles, SpiffeServerVerifier};
 
+/// Largest message accepted from the server.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

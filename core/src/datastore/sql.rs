@@ -24,6 +24,10 @@ use super::{
 /// Schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// PostgreSQL advisory lock keys ("SIGNET" + a number).
+const MIGRATION_LOCK: i64 = 0x5349_474e_4554_0001;
+const CHANGE_FEED_LOCK: i64 = 0x5349_474e_4554_0002;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
     Sqlite,
@@ -99,25 +103,49 @@ impl SqlDatastore {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Dialect::Postgres
         } else {
-            return Err(open_err(
-                "unsupported scheme: use sqlite://PATH or postgres://...".into(),
-            ));
+            let scheme = url.split_once(':').map_or("(none)", |(s, _)| s);
+            return Err(open_err(format!(
+                "unsupported URL scheme `{scheme}`: use sqlite://PATH, sqlite::memory: or postgres://..."
+            )));
         };
         let mut url = url.to_owned();
-        if dialect == Dialect::Sqlite && !url.contains("mode=") && url != "sqlite::memory:" {
-            url.push_str(if url.contains('?') {
-                "&mode=rwc"
+        if dialect == Dialect::Sqlite
+            && !url.contains("mode=")
+            && let Some(path) = sqlite_file(&url)
+        {
+            // Create the file only when there is none: an existing file is
+            // opened as it is and checked, never re-created.
+            let mode = if std::path::Path::new(path).exists() {
+                // Setting WAL mode writes to the file: first make sure it
+                // is a Signet datastore (or empty), reading it read-only.
+                check_sqlite_file(path).await.map_err(|e| match e {
+                    DatastoreError::Query(reason) => open_err(reason),
+                    other => other,
+                })?;
+                "mode=rw"
             } else {
-                "?mode=rwc"
-            });
+                "mode=rwc"
+            };
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(mode);
         }
         let options = AnyConnectOptions::from_str(&url).map_err(|e| open_err(e.to_string()))?;
-        let pool = AnyPoolOptions::new()
+        let mut pool = AnyPoolOptions::new()
             .max_connections(match dialect {
                 Dialect::Sqlite => 4,
                 Dialect::Postgres => 16,
             })
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        if dialect == Dialect::Sqlite && sqlite_file(&url).is_none() {
+            // Each connection to `:memory:` is its own database, gone when
+            // the connection closes: use one connection, kept open.
+            pool = pool
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -151,9 +179,25 @@ impl SqlDatastore {
     /// existing one. Never touches a database that is not ours.
     async fn migrate(&self) -> Result<()> {
         let _w = self.write.lock().await;
+        // One transaction: PostgreSQL DDL is transactional, so a failed
+        // migration leaves nothing behind. Servers starting together on one
+        // empty PostgreSQL database queue on an advisory lock; the first
+        // creates the schema, the others then find it.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("reading the schema"))?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("locking the schema"))?;
+        }
         let tables: Vec<String> = match self.dialect {
             Dialect::Sqlite => sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table'")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(query_err("reading the schema"))?
                 .iter()
@@ -163,7 +207,7 @@ impl SqlDatastore {
             Dialect::Postgres => sqlx::query(
                 "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(query_err("reading the schema"))?
             .iter()
@@ -171,11 +215,6 @@ impl SqlDatastore {
             .collect(),
         };
         if tables.is_empty() {
-            let mut tx = self
-                .pool
-                .begin()
-                .await
-                .map_err(query_err("creating the schema"))?;
             for stmt in schema(self.dialect) {
                 // Schema DDL: constants of this file, no input.
                 sqlx::query(sqlx::AssertSqlSafe(stmt))
@@ -194,11 +233,20 @@ impl SqlDatastore {
                 tables.join(", ")
             )));
         }
-        let version: i64 = sqlx::query("SELECT version FROM signet_schema")
-            .fetch_one(&self.pool)
+        let version: i64 = sqlx::query("SELECT MAX(version) FROM signet_schema")
+            .fetch_one(&mut *tx)
             .await
             .map_err(query_err("reading the schema version"))?
-            .try_get(0)
+            .try_get::<Option<i64>, _>(0)
+            .map_err(query_err("reading the schema version"))?
+            .ok_or_else(|| {
+                DatastoreError::Schema(
+                    "the schema version table is empty; refusing to touch the database".into(),
+                )
+            })?;
+        // Read-only so far: ending the transaction changes nothing.
+        tx.rollback()
+            .await
             .map_err(query_err("reading the schema version"))?;
         match version {
             SCHEMA_VERSION => Ok(()),
@@ -211,11 +259,37 @@ impl SqlDatastore {
         }
     }
 
+    /// Serializes this process's writes on SQLite (one writer at a time).
+    /// PostgreSQL needs no process-wide lock: several servers write it.
+    async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.dialect {
+            // SQLite has one writer; queue here rather than on its lock.
+            Dialect::Sqlite => Some(self.write.lock().await),
+            // PostgreSQL orders writers itself (row locks, unique indexes,
+            // the change-feed lock in `record_change`).
+            Dialect::Postgres => None,
+        }
+    }
+
+    /// Appends a change in the writer's transaction. On PostgreSQL the
+    /// revision comes from a sequence, and sequence values are handed out
+    /// in call order, not commit order: without the lock, a follower could
+    /// read revision 8 before revision 7 commits and skip 7 for good. The
+    /// transaction-scoped lock, taken as the writer's last step and held to
+    /// its commit, makes revisions become visible in increasing order.
     async fn record_change(
+        &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         kind: &ChangeKind,
     ) -> Result<()> {
         let data = serde_json::to_string(kind).map_err(|e| corrupt("change", e))?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                .bind(CHANGE_FEED_LOCK)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_err("locking the change feed"))?;
+        }
         sqlx::query("INSERT INTO changes (data) VALUES ($1)")
             .bind(data)
             .execute(&mut **tx)
@@ -282,9 +356,59 @@ impl SqlDatastore {
         Ok(())
     }
 
+    /// The id of the entry stored under an identity key, read outside any
+    /// transaction (after a unique violation aborted ours).
+    async fn id_for_key(&self, key: &str) -> Option<String> {
+        sqlx::query("SELECT id FROM entries WHERE identity_key = $1")
+            .bind(key.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.try_get::<String, _>(0).ok())
+    }
+
     fn unique_violation(e: &sqlx::Error) -> bool {
         matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
     }
+}
+
+/// Checks, without writing to it, that an existing SQLite file is empty or
+/// a Signet datastore.
+async fn check_sqlite_file(path: &str) -> Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(query_err("reading the database file"))?;
+    let tables: Vec<String> = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(query_err("reading the database file"))?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
+        .filter(|n| !n.starts_with("sqlite_"))
+        .collect();
+    // Closing a read-only connection writes nothing.
+    let _ = conn.close().await;
+    if tables.is_empty() || tables.iter().any(|t| t == "signet_schema") {
+        return Ok(());
+    }
+    Err(DatastoreError::Schema(format!(
+        "the database has tables ({}) but is not a Signet datastore; refusing to touch it",
+        tables.join(", ")
+    )))
+}
+
+/// The file a `sqlite:` URL names; `None` for in-memory databases.
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:" && !path.starts_with("file:")).then_some(path)
 }
 
 fn redact(url: &str) -> String {
@@ -313,7 +437,7 @@ impl Datastore for SqlDatastore {
         entry.revision = 1;
         let key = identity_key(&entry);
         let data = serde_json::to_string(&entry).map_err(|e| corrupt("entry", e))?;
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self
             .pool
             .begin()
@@ -339,20 +463,16 @@ impl Datastore for SqlDatastore {
             if Self::unique_violation(&e) {
                 // Another server won the race for the same identity.
                 drop(tx);
-                let existing_id = sqlx::query("SELECT id FROM entries WHERE identity_key = $1")
-                    .bind(key)
-                    .fetch_optional(&self.pool)
+                let existing_id = self
+                    .id_for_key(&key)
                     .await
-                    .ok()
-                    .flatten()
-                    .and_then(|r| r.try_get::<String, _>(0).ok())
                     .unwrap_or_else(|| entry.id.clone());
                 return Err(DatastoreError::DuplicateEntry { existing_id });
             }
             return Err(query_err("creating an entry")(e));
         }
         Self::write_selectors(&mut tx, &entry).await?;
-        Self::record_change(
+        self.record_change(
             &mut tx,
             &ChangeKind::EntryCreated {
                 entry_id: entry.id.clone(),
@@ -365,7 +485,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn update_entry(&self, mut entry: Entry) -> Result<Entry> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self
             .pool
             .begin()
@@ -392,21 +512,27 @@ impl Datastore for SqlDatastore {
         )
         .bind(entry.spiffe_id.to_string())
         .bind(entry.parent_id.to_string())
-        .bind(key)
+        .bind(key.clone())
         .bind(i64::from(entry.node))
         .bind(entry.revision as i64)
         .bind(data)
         .bind(entry.id.clone())
         .bind(old.revision as i64)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            if Self::unique_violation(&e) {
-                DatastoreError::DuplicateEntry { existing_id: String::from("(concurrent)") }
-            } else {
-                query_err("updating an entry")(e)
+        .await;
+        let updated = match updated {
+            Ok(updated) => updated,
+            Err(e) if Self::unique_violation(&e) => {
+                // Another server stored the same identity meanwhile.
+                drop(tx);
+                let existing_id = self
+                    .id_for_key(&key)
+                    .await
+                    .unwrap_or_else(|| String::from("(concurrent)"));
+                return Err(DatastoreError::DuplicateEntry { existing_id });
             }
-        })?;
+            Err(e) => return Err(query_err("updating an entry")(e)),
+        };
         if updated.rows_affected() != 1 {
             return Err(DatastoreError::Conflict {
                 id: entry.id.clone(),
@@ -414,7 +540,7 @@ impl Datastore for SqlDatastore {
             });
         }
         Self::write_selectors(&mut tx, &entry).await?;
-        Self::record_change(
+        self.record_change(
             &mut tx,
             &ChangeKind::EntryUpdated {
                 entry_id: entry.id.clone(),
@@ -428,7 +554,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn delete_entry(&self, id: &str) -> Result<Entry> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self
             .pool
             .begin()
@@ -442,12 +568,17 @@ impl Datastore for SqlDatastore {
             .execute(&mut *tx)
             .await
             .map_err(query_err("deleting an entry"))?;
-        sqlx::query("DELETE FROM entries WHERE id = $1")
+        let deleted = sqlx::query("DELETE FROM entries WHERE id = $1")
             .bind(id.to_owned())
             .execute(&mut *tx)
             .await
-            .map_err(query_err("deleting an entry"))?;
-        Self::record_change(
+            .map_err(query_err("deleting an entry"))?
+            .rows_affected();
+        if deleted != 1 {
+            // Deleted by another server since we read it.
+            return Err(DatastoreError::EntryNotFound(id.to_owned()));
+        }
+        self.record_change(
             &mut tx,
             &ChangeKind::EntryDeleted {
                 entry_id: id.to_owned(),
@@ -498,8 +629,13 @@ impl Datastore for SqlDatastore {
             .as_ref()
             .map(|(s, _)| s.iter().map(ToString::to_string).collect())
             .unwrap_or_default();
-        if let Some((_, mode)) = &filter.selectors {
+        if let Some((_, mode)) = &filter.selectors
+            // Every entry's selectors include the empty set.
+            && !(wanted.is_empty() && *mode == SelectorMatch::Superset)
+        {
             if wanted.is_empty() {
+                // Entries have at least one selector: none equals, is a
+                // subset of or intersects the empty set.
                 return Ok(Vec::new());
             }
             let start = binds.len();
@@ -587,7 +723,7 @@ impl Datastore for SqlDatastore {
 
     async fn put_node(&self, node: &AttestedNode) -> Result<()> {
         let data = serde_json::to_string(node).map_err(|e| corrupt("node", e))?;
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self
             .pool
             .begin()
@@ -601,7 +737,7 @@ impl Datastore for SqlDatastore {
         .execute(&mut *tx)
         .await
         .map_err(query_err("storing a node"))?;
-        Self::record_change(
+        self.record_change(
             &mut tx,
             &ChangeKind::NodeUpdated {
                 spiffe_id: node.spiffe_id.clone(),
@@ -639,7 +775,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn delete_node(&self, spiffe_id: &SpiffeId) -> Result<bool> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self
             .pool
             .begin()
@@ -652,7 +788,7 @@ impl Datastore for SqlDatastore {
             .map_err(query_err("deleting a node"))?
             .rows_affected();
         if n > 0 {
-            Self::record_change(
+            self.record_change(
                 &mut tx,
                 &ChangeKind::NodeDeleted {
                     spiffe_id: spiffe_id.clone(),
@@ -665,7 +801,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn create_join_token(&self, token: &JoinToken) -> Result<()> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         sqlx::query("INSERT INTO join_tokens (hash, expires_at, agent_id) VALUES ($1, $2, $3)")
             .bind(token.hash.clone())
             .bind(token.expires_at)
@@ -683,7 +819,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn take_join_token(&self, hash: &str) -> Result<Option<JoinToken>> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let row = sqlx::query(
             "DELETE FROM join_tokens WHERE hash = $1 RETURNING hash, expires_at, agent_id",
         )
@@ -706,7 +842,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         Ok(sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
             .bind(now)
             .execute(&self.pool)
@@ -717,7 +853,7 @@ impl Datastore for SqlDatastore {
 
     async fn put_bundle(&self, bundle: &Bundle) -> Result<()> {
         let data = bundle.to_json().map_err(|e| corrupt("bundle", e))?;
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self
             .pool
             .begin()
@@ -732,7 +868,7 @@ impl Datastore for SqlDatastore {
         .execute(&mut *tx)
         .await
         .map_err(query_err("storing a bundle"))?;
-        Self::record_change(
+        self.record_change(
             &mut tx,
             &ChangeKind::BundleUpdated {
                 trust_domain: bundle.trust_domain().clone(),
@@ -772,7 +908,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<bool> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self
             .pool
             .begin()
@@ -785,7 +921,7 @@ impl Datastore for SqlDatastore {
             .map_err(query_err("deleting a bundle"))?
             .rows_affected();
         if n > 0 {
-            Self::record_change(
+            self.record_change(
                 &mut tx,
                 &ChangeKind::BundleDeleted {
                     trust_domain: td.clone(),
@@ -798,7 +934,7 @@ impl Datastore for SqlDatastore {
     }
 
     async fn put_ca_journal(&self, server_id: &str, journal_json: &str) -> Result<()> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         sqlx::query(
             "INSERT INTO ca_journals (server_id, data) VALUES ($1, $2) \
              ON CONFLICT (server_id) DO UPDATE SET data = excluded.data",

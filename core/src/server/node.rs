@@ -563,7 +563,9 @@ pub async fn serve_node(
             }
         })
     };
-    let service = NodeServer::new(NodeService::new(server, attestors));
+    let service = NodeServer::new(NodeService::new(server, attestors))
+        .max_decoding_message_size(crate::agent::node_client::MAX_MESSAGE)
+        .max_encoding_message_size(crate::agent::node_client::MAX_MESSAGE);
     let result = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop)
