@@ -197,6 +197,9 @@ pub trait Datastore: Send + Sync + fmt::Debug {
     /// Stores the CA journal (JSON) of one server.
     async fn put_ca_journal(&self, server_id: &str, journal_json: &str) -> Result<()>;
     async fn get_ca_journal(&self, server_id: &str) -> Result<Option<String>>;
+    /// Every server's CA journal, by server id (several servers may share
+    /// one database; the own bundle is the union of theirs).
+    async fn list_ca_journals(&self) -> Result<Vec<(String, String)>>;
 
     /// The highest revision in the change feed (0 when empty).
     async fn current_revision(&self) -> Result<u64>;

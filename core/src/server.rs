@@ -167,24 +167,80 @@ impl Server {
         self.store
             .put_ca_journal(&self.config.server_id, &journal)
             .await?;
-        // One server per trust domain publishes its CA's bundle as is.
-        // Several servers on one database will publish the union of their
-        // journals' bundles (DESIGN.md section 6); not yet.
-        let bundle = self.ca.bundle();
+        self.publish_bundle().await
+    }
+
+    /// Stores the own bundle when its keys changed.
+    async fn publish_bundle(&self) -> Result<(), ServerError> {
+        let bundle = self.published_bundle().await?;
         let stored = self.store.get_bundle(self.trust_domain()).await?;
-        if stored.as_ref() != Some(&bundle) {
+        if stored.as_ref().is_none_or(|s| !s.same_keys(&bundle)) {
             self.store.put_bundle(&bundle).await?;
             self.wrote();
         }
         Ok(())
     }
 
-    /// One maintenance step: CA rotation, bundle and journal persistence,
-    /// expired join tokens. Run it every few seconds.
+    /// The own trust bundle to publish: the keys of every server's CA that
+    /// shares this datastore (their journals' bundles), so agents of one
+    /// server trust SVIDs of all. The sequence moves past the stored one.
+    async fn published_bundle(&self) -> Result<Bundle, ServerError> {
+        let mut bundle = self.ca.bundle();
+        for (server_id, json) in self.store.list_ca_journals().await? {
+            if server_id == self.config.server_id {
+                continue;
+            }
+            let Ok(journal) = serde_json::from_str::<CaJournal>(&json) else {
+                tracing::warn!(
+                    server_id,
+                    "ignoring an unreadable CA journal of another server"
+                );
+                continue;
+            };
+            if journal.trust_domain != self.trust_domain().as_str() {
+                continue;
+            }
+            let Ok(theirs) = Bundle::parse_json(
+                self.trust_domain().clone(),
+                journal.bundle.to_string().as_bytes(),
+            ) else {
+                continue;
+            };
+            // Keys of a server that stopped rotating leave once expired.
+            let now = self.now_secs();
+            for cert in theirs.x509_authorities() {
+                let live = signet_identity::x509_svid::certificate_not_after(cert)
+                    .is_some_and(|t| t > now);
+                if live {
+                    bundle.add_x509_authority(cert.clone());
+                }
+            }
+            for key in theirs.jwt_authorities() {
+                let live = journal.jwt_expiry.get(key.kid()).is_some_and(|t| *t > now);
+                if live && bundle.jwt_authority(key.kid()).is_none() {
+                    bundle.add_jwt_authority(key.clone());
+                }
+            }
+        }
+        let stored = self.store.get_bundle(self.trust_domain()).await?;
+        let seq = match &stored {
+            Some(s) if s.same_keys(&bundle) => s.sequence(),
+            Some(s) => s.sequence().max(bundle.sequence()) + 1,
+            None => bundle.sequence(),
+        };
+        bundle.set_sequence(seq);
+        Ok(bundle)
+    }
+
+    /// One maintenance step: CA rotation, bundle and journal persistence
+    /// (and other servers' rotations, in a shared datastore), expired join
+    /// tokens. Run it every few seconds.
     pub async fn tick(&self) -> Result<(), ServerError> {
         let r = self.ca.rotate()?;
         if r != crate::ca::Rotation::default() {
             self.persist_ca().await?;
+        } else {
+            self.publish_bundle().await?;
         }
         self.store.prune_join_tokens(self.now_secs()).await?;
         Ok(())

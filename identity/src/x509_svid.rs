@@ -257,6 +257,13 @@ pub struct LeafInfo {
     pub serial: String,
 }
 
+/// NotAfter (unix seconds) of any certificate, e.g. a bundle's CA.
+pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
 /// Reads and shape-checks an X509-SVID leaf without verifying its chain.
 pub fn inspect_leaf(der: &[u8]) -> Result<LeafInfo, X509SvidError> {
     leaf_facts(der)

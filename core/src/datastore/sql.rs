@@ -411,14 +411,33 @@ fn sqlite_file(url: &str) -> Option<&str> {
     (!path.is_empty() && path != ":memory:" && !path.starts_with("file:")).then_some(path)
 }
 
+/// The URL without its password (userinfo or a `password=` parameter).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(c) => format!("{}:[redacted]{}", &url[..s + 3 + c], &url[at..]),
-            None => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match base[s + 3..at].find(':') {
+            Some(c) => format!("{}:[redacted]{}", &base[..s + 3 + c], &base[at..]),
+            None => base.to_owned(),
         },
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                    format!("{k}=[redacted]")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 fn random_id() -> Result<String> {
@@ -960,6 +979,21 @@ impl Datastore for SqlDatastore {
         .transpose()
     }
 
+    async fn list_ca_journals(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT server_id, data FROM ca_journals ORDER BY server_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("listing CA journals"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(query_err("listing CA journals"))?,
+                    r.try_get(1).map_err(query_err("listing CA journals"))?,
+                ))
+            })
+            .collect()
+    }
+
     async fn current_revision(&self) -> Result<u64> {
         let n: Option<i64> = sqlx::query("SELECT MAX(revision) FROM changes")
             .fetch_one(&self.pool)
@@ -995,4 +1029,31 @@ impl Datastore for SqlDatastore {
 /// Opens the datastore named by `url`.
 pub async fn open(url: &str) -> Result<Arc<dyn Datastore>> {
     Ok(Arc::new(SqlDatastore::open(url).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("postgres://u:s3cret@db:5432/signet?sslmode=require&password=p4ss"),
+            "postgres://u:[redacted]@db:5432/signet?sslmode=require&password=[redacted]"
+        );
+        assert_eq!(redact("postgres://u@db/signet"), "postgres://u@db/signet");
+        assert_eq!(
+            redact("sqlite:///var/lib/signet/x.db"),
+            "sqlite:///var/lib/signet/x.db"
+        );
+    }
+
+    #[test]
+    fn sqlite_file_names_the_path() {
+        assert_eq!(sqlite_file("sqlite:///a/b.db?mode=rw"), Some("/a/b.db"));
+        assert_eq!(sqlite_file("sqlite://rel/b.db"), Some("rel/b.db"));
+        assert_eq!(sqlite_file("sqlite:b.db"), Some("b.db"));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("postgres://x"), None);
+    }
 }
