@@ -37,6 +37,11 @@ pub struct AgentSettings {
     /// Trust bundle (PEM) to verify the server with before the first attestation.
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: attest without verifying the server (no trust
+    /// bundle); the bundle the server returns is trusted afterwards.
+    #[arg(long)]
+    #[serde(default)]
+    insecure_bootstrap: bool,
     /// Attest with this join token (single use).
     #[arg(long, env = "SIGNET_JOIN_TOKEN")]
     join_token: Option<String>,
@@ -72,6 +77,7 @@ impl AgentSettings {
                 self.server_address = file.server_address;
             }
             self.trust_bundle = self.trust_bundle.or(file.trust_bundle);
+            self.insecure_bootstrap |= file.insecure_bootstrap;
             self.join_token = self.join_token.or(file.join_token);
             self.x509pop_cert = self.x509pop_cert.or(file.x509pop_cert);
             self.x509pop_key = self.x509pop_key.or(file.x509pop_key);
@@ -122,16 +128,18 @@ impl AgentSettings {
                     None
                 }
             },
+            (None, _) if self.insecure_bootstrap => None,
             (None, _) => {
                 problems.push(
-                    "trust_bundle: a PEM bundle to verify the server with is required".into(),
+                    "trust_bundle: a PEM bundle to verify the server with is required \
+                     (or insecure_bootstrap, for development only)"
+                        .into(),
                 );
                 None
             }
             _ => None,
         };
-        let (Some(attestation), Some(bundle), true) = (attestation, bundle, problems.is_empty())
-        else {
+        let (Some(attestation), true) = (attestation, problems.is_empty()) else {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         };
         let config = AgentConfig {

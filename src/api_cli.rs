@@ -75,7 +75,11 @@ pub enum ValidateCmd {
 }
 
 fn socket_path(opts: &ApiOpts) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &opts.socket {
+    resolve_socket(opts.socket.as_ref())
+}
+
+fn resolve_socket(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
         return Ok(p.clone());
     }
     match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
@@ -111,6 +115,26 @@ fn split_der(der: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", e.message(), e.code())
+}
+
+/// The agent is healthy when it answers the Workload API with identities or
+/// with PermissionDenied (none for this caller); Unavailable means it can
+/// no longer vouch for identities (banned, evicted, cannot renew).
+pub async fn health(socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = resolve_socket(socket.as_ref())?;
+    let mut c = connect(path.clone())
+        .await
+        .with_context(|| format!("agent is unhealthy: cannot reach {}", path.display()))?;
+    match c.fetch_x509svid(with_header(X509svidRequest {})).await {
+        Ok(mut stream) => match stream.get_mut().message().await {
+            Ok(_) => println!("Agent is healthy"),
+            Err(e) if e.code() == tonic::Code::PermissionDenied => println!("Agent is healthy"),
+            Err(e) => bail!("agent is unhealthy: {}", e.message()),
+        },
+        Err(e) if e.code() == tonic::Code::PermissionDenied => println!("Agent is healthy"),
+        Err(e) => bail!("agent is unhealthy: {}", e.message()),
+    }
+    Ok(())
 }
 
 pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {

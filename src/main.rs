@@ -80,8 +80,15 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
-    /// Check that the server answers on its admin socket.
+    /// Check that the server answers on its admin socket, or with --agent
+    /// that the agent serves identities on its Workload API socket.
     Healthcheck {
+        /// Check the agent instead of the server.
+        #[arg(long)]
+        agent: bool,
+        /// Agent socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
+        #[arg(long, requires = "agent")]
+        agent_socket: Option<PathBuf>,
         #[command(flatten)]
         opts: AdminOpts,
     },
@@ -120,7 +127,12 @@ fn main() -> ExitCode {
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
-            Command::Healthcheck { opts } => admin_cli::healthcheck(opts).await,
+            Command::Healthcheck {
+                agent: true,
+                agent_socket,
+                ..
+            } => api_cli::health(agent_socket).await,
+            Command::Healthcheck { opts, .. } => admin_cli::healthcheck(opts).await,
         }
     });
     match result {

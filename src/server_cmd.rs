@@ -333,7 +333,7 @@ pub async fn serve(r: Resolved, agent_socket: Option<PathBuf>) -> anyhow::Result
         let (svid, bundle) = server.attest_local_agent(&agent_id).await?;
         let agent_config = AgentConfig {
             servers: vec![loopback(node_addr)],
-            bootstrap_bundle: bundle.clone(),
+            bootstrap_bundle: Some(bundle.clone()),
             attestation: NodeAttestation::Preissued,
             data_dir: None,
         };

@@ -315,4 +315,91 @@ fn an_agent_outlives_its_server_and_resumes_without_reattesting() {
     .unwrap();
     assert_eq!(agents["agents"].as_array().unwrap().len(), 1);
     assert_eq!(agents["agents"][0]["spiffe_id"], agent_id.as_str());
+    ok(&["healthcheck", "--agent", "--agent-socket", &s.agent_sock]);
+
+    // Banned: the agent stops serving identities it can no longer vouch
+    // for, and its health check says so.
+    ok(&[
+        "agent",
+        "ban",
+        "--socket",
+        &s.admin,
+        "--spiffe-id",
+        &agent_id,
+    ]);
+    let err = eventually("the agent to report itself unhealthy", || {
+        let out = run(&["healthcheck", "--agent", "--agent-socket", &s.agent_sock]);
+        (!out.status.success()).then(|| String::from_utf8(out.stderr).unwrap())
+    });
+    assert!(err.contains("cannot vouch"), "{err}");
+    assert!(!s.fetch().status.success(), "no SVID is served any more");
+}
+
+#[test]
+fn an_agent_can_bootstrap_insecurely_for_development_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(dir.path(), "0");
+    let admin = dir.path().join("admin.sock").display().to_string();
+    let token: serde_json::Value = serde_json::from_str(&ok(&[
+        "token", "generate", "--socket", &admin, "--output", "json",
+    ]))
+    .unwrap();
+    // Without a trust bundle and without the flag: refused, naming the way out.
+    let out = run(&[
+        "agent",
+        "--server-address",
+        &addr,
+        "--join-token",
+        "x",
+        "--check-config",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("insecure_bootstrap"));
+
+    let sock = dir.path().join("agent.sock").display().to_string();
+    let mut cmd = signet();
+    cmd.args([
+        "agent",
+        "--insecure-bootstrap",
+        "--server-address",
+        &addr,
+        "--join-token",
+    ])
+    .arg(token["token"].as_str().unwrap())
+    .arg("--data-dir")
+    .arg(dir.path().join("agent"))
+    .args(["--socket-path", &sock]);
+    let mut agent = Proc::spawn("signet-agent", cmd, dir.path());
+    agent.wait_for("Press Ctrl-C");
+    assert!(
+        agent.log_text().contains("NOT verified"),
+        "the insecure bootstrap is logged loudly"
+    );
+    let agents: serde_json::Value = serde_json::from_str(&ok(&[
+        "agent", "list", "--socket", &admin, "--output", "json",
+    ]))
+    .unwrap();
+    let agent_id = agents["agents"][0]["spiffe_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sel = format!("unix:uid:{}", uid());
+    ok(&[
+        "entry",
+        "create",
+        "--socket",
+        &admin,
+        "--spiffe-id",
+        "spiffe://example.org/dev",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &sel,
+    ]);
+    eventually("the SVID", || {
+        run(&["api", "fetch", "x509", "--socket", &sock])
+            .status
+            .success()
+            .then_some(())
+    });
 }

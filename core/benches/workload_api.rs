@@ -107,7 +107,7 @@ async fn main() {
     let (svid, bundle) = server.attest_local_agent(&agent_id).await.unwrap();
     let config = AgentConfig {
         servers: vec![addr],
-        bootstrap_bundle: bundle.clone(),
+        bootstrap_bundle: Some(bundle.clone()),
         attestation: NodeAttestation::Preissued,
         data_dir: None,
     };

@@ -60,8 +60,9 @@ pub enum NodeAttestation {
 pub struct AgentConfig {
     /// Server addresses, tried in order.
     pub servers: Vec<SocketAddr>,
-    /// Bundle trusted for the server before the first attestation.
-    pub bootstrap_bundle: Bundle,
+    /// Bundle trusted for the server before the first attestation; `None`
+    /// only with the insecure bootstrap (the server is not verified then).
+    pub bootstrap_bundle: Option<Bundle>,
     pub attestation: NodeAttestation,
     /// Where the agent SVID and bundle persist (none: memory only).
     pub data_dir: Option<PathBuf>,
@@ -195,15 +196,18 @@ pub async fn start(
 async fn attest(config: &AgentConfig) -> Result<Identity, AgentError> {
     let mut last = None;
     for addr in &config.servers {
-        let mut client =
-            match NodeClient::connect(*addr, config.bootstrap_bundle.clone(), None).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(server = %addr, error = %e, "cannot reach the server to attest");
-                    last = Some(e);
-                    continue;
-                }
-            };
+        let connected = match &config.bootstrap_bundle {
+            Some(b) => NodeClient::connect(*addr, b.clone(), None).await,
+            None => NodeClient::connect_insecure(*addr).await,
+        };
+        let mut client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(server = %addr, error = %e, "cannot reach the server to attest");
+                last = Some(e);
+                continue;
+            }
+        };
         let result = match &config.attestation {
             NodeAttestation::JoinToken(t) => client.attest(AttestWith::JoinToken(t)).await,
             NodeAttestation::X509Pop { cert, key } => {

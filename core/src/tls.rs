@@ -293,7 +293,7 @@ pub fn server_config(
 /// verifying the server with `verifier`, speaking HTTP/2 (gRPC).
 pub fn client_config(
     cert: Arc<RotatingCert>,
-    verifier: Arc<SpiffeServerVerifier>,
+    verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -302,4 +302,67 @@ pub fn client_config(
         .with_client_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// Options that weaken security, for development only.
+pub mod danger {
+    use super::*;
+
+    /// Accepts any server certificate. Only for an agent's very first
+    /// connection when no bootstrap bundle is available
+    /// (`signet agent --insecure-bootstrap`): a man in the middle could
+    /// hand the agent a false bundle.
+    #[derive(Debug)]
+    pub struct InsecureAcceptAnyServer {
+        algs: WebPkiSupportedAlgorithms,
+    }
+
+    impl InsecureAcceptAnyServer {
+        pub fn new() -> Self {
+            Self {
+                algs: provider().signature_verification_algorithms,
+            }
+        }
+    }
+
+    impl Default for InsecureAcceptAnyServer {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl ServerCertVerifier for InsecureAcceptAnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algs.supported_schemes()
+        }
+    }
 }

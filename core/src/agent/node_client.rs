@@ -76,11 +76,6 @@ impl NodeClient {
         let mut set = BundleSet::new();
         set.insert(bundle);
         let bundles = SharedBundles::new(set);
-        let cert = Arc::new(RotatingCert::new());
-        if let Some(svid) = svid {
-            cert.set(svid)
-                .map_err(|e| ClientError::Key(e.to_string()))?;
-        }
         let expected = td
             .id_with_path(SERVER_ID_PATH)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -88,6 +83,28 @@ impl NodeClient {
             bundles.clone(),
             Arc::new(move |id: &SpiffeId| *id == expected),
         ));
+        Self::connect_with(addr, bundles, verifier, svid).await
+    }
+
+    /// Connects WITHOUT verifying the server (no bootstrap bundle): only for
+    /// `--insecure-bootstrap`. The bundle from attestation is trusted after.
+    pub async fn connect_insecure(addr: SocketAddr) -> Result<Self, ClientError> {
+        tracing::warn!(server = %addr, "insecure bootstrap: the server's certificate is NOT verified for this attestation");
+        let verifier = Arc::new(crate::tls::danger::InsecureAcceptAnyServer::new());
+        Self::connect_with(addr, SharedBundles::default(), verifier, None).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        bundles: SharedBundles,
+        verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+        svid: Option<&X509Svid>,
+    ) -> Result<Self, ClientError> {
+        let cert = Arc::new(RotatingCert::new());
+        if let Some(svid) = svid {
+            cert.set(svid)
+                .map_err(|e| ClientError::Key(e.to_string()))?;
+        }
         let tls = crate::tls::client_config(cert.clone(), verifier)
             .map_err(|e| ClientError::Key(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));

@@ -90,6 +90,7 @@ impl WorkloadApi {
                 "security header missing from request",
             ));
         }
+        vouching(&self.agent.snapshot().borrow())?;
         let cred = req
             .extensions()
             .get::<UdsConnectInfo>()
@@ -117,6 +118,19 @@ fn matching<'a>(snapshot: &'a Snapshot, selectors: &[signet_identity::Selector])
         .collect()
 }
 
+/// Unavailable while the agent cannot vouch for identities (banned,
+/// evicted, unable to renew): callers should not mistake that for "no
+/// identity for you".
+fn vouching(snapshot: &Snapshot) -> Result<(), Status> {
+    if snapshot.healthy {
+        Ok(())
+    } else {
+        Err(Status::unavailable(
+            "the agent cannot vouch for identities right now",
+        ))
+    }
+}
+
 fn no_identity() -> Status {
     Status::permission_denied("no identity issued")
 }
@@ -136,11 +150,7 @@ fn x509_response(
     snapshot: &Snapshot,
     entries: &[&Entry],
 ) -> Result<Option<X509svidResponse>, Status> {
-    if !snapshot.healthy {
-        return Err(Status::unavailable(
-            "the agent cannot vouch for identities right now",
-        ));
-    }
+    vouching(snapshot)?;
     if entries.is_empty() {
         return Err(no_identity());
     }
@@ -267,6 +277,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
+            vouching(s)?;
             if matching(s, &selectors).is_empty() {
                 return Err(no_identity());
             }
@@ -352,6 +363,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
+            vouching(s)?;
             if matching(s, &selectors).is_empty() {
                 return Err(no_identity());
             }
