@@ -1,10 +1,11 @@
 //! The server's datastore: registration entries, attested nodes, join
 //! tokens, bundles, the CA journal and an entry change feed.
 //!
-//! One trait, [`Datastore`], with two implementations: SQLite (embedded,
-//! the default; `sqlite:///path/to/signet.db`) and PostgreSQL (several
-//! servers sharing one database; `postgres://...`). [`open`] picks one from
-//! a URL. Both pass the same conformance suite (`datastore/conformance.rs`).
+//! One trait, [`Datastore`], implemented once ([`sql`]) for SQLite
+//! (embedded, the default; `sqlite:///path/to/signet.db`) and PostgreSQL
+//! (several servers sharing one database; `postgres://...`). [`open`] picks
+//! the backend from the URL. Both pass one conformance suite
+//! (`core/tests/datastore_conformance.rs`).
 //!
 //! Rules every implementation keeps:
 //! - Writes are transactional (security invariant 7).

@@ -358,6 +358,19 @@ async fn nodes_tokens_bundles_journals(store: Arc<dyn Datastore>) {
         Some("{\"v\":2}")
     );
     assert!(store.get_ca_journal("s2").await.unwrap().is_none());
+    store.put_ca_journal("s0", "{\"v\":0}").await.unwrap();
+    assert_eq!(
+        store.list_ca_journals().await.unwrap(),
+        [
+            ("s0".to_owned(), "{\"v\":0}".to_owned()),
+            ("s1".to_owned(), "{\"v\":2}".to_owned()),
+        ],
+        "every server's journal, by server id"
+    );
+    // Journals are not in the change feed.
+    let before = store.current_revision().await.unwrap();
+    store.put_ca_journal("s1", "{\"v\":3}").await.unwrap();
+    assert_eq!(store.current_revision().await.unwrap(), before);
 }
 
 async fn change_feed(store: &dyn Datastore) {

@@ -3,8 +3,16 @@
 //! database). Only the schema's DDL differs between the two.
 //!
 //! SQLite runs in WAL mode with a busy timeout and foreign keys on, and
-//! this process writes through one writer at a time. PostgreSQL enforces
-//! uniqueness itself, so several servers may write at once.
+//! this process writes through one writer at a time; an existing file is
+//! checked read-only before anything is written to it, and `sqlite::memory:`
+//! uses a single connection (each connection would be its own database).
+//!
+//! PostgreSQL enforces uniqueness itself, so several servers may write at
+//! once. Two advisory locks keep them safe: one serializes schema creation
+//! (servers starting together on an empty database), one is taken by every
+//! change-feed writer right before it appends its change, so revisions
+//! (from a sequence) become visible in increasing order and a follower
+//! reading `changes_since` never skips a revision that commits late.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
