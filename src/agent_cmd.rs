@@ -54,6 +54,9 @@ pub struct AgentSettings {
     /// Where the agent keeps its SVID and bundle [default: .signet-agent].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Most workload SVIDs kept in memory; streamed entries are always kept [default: 1000].
+    #[arg(long)]
+    svid_cache_size: Option<usize>,
     /// Workload API socket [default: /tmp/signet/agent.sock].
     #[arg(long)]
     socket_path: Option<PathBuf>,
@@ -83,6 +86,7 @@ impl AgentSettings {
             self.x509pop_key = self.x509pop_key.or(file.x509pop_key);
             self.data_dir = self.data_dir.or(file.data_dir);
             self.socket_path = self.socket_path.or(file.socket_path);
+            self.svid_cache_size = self.svid_cache_size.or(file.svid_cache_size);
         }
         let mut problems = Vec::new();
         let td = TrustDomain::parse(self.trust_domain.as_deref().unwrap_or("example.org"))
@@ -150,6 +154,9 @@ impl AgentSettings {
                 self.data_dir
                     .unwrap_or_else(|| PathBuf::from(".signet-agent")),
             ),
+            svid_cache_size: self
+                .svid_cache_size
+                .unwrap_or(agent::DEFAULT_SVID_CACHE_SIZE),
         };
         Ok((
             config,

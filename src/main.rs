@@ -109,7 +109,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(r) => serve(r.server, Some(r.socket_path)).await,
+            Command::Run(r) => {
+                let local = server_cmd::LocalAgent {
+                    socket: r.socket_path,
+                    svid_cache_size: r.svid_cache_size,
+                };
+                serve(r.server, Some(local)).await
+            }
             Command::Server(s) => serve(s, None).await,
             Command::Agent(AgentArgs {
                 cmd: Some(cmd),
@@ -151,6 +157,9 @@ struct RunArgs {
     /// Workload API socket of the local agent.
     #[arg(long, env = "SIGNET_AGENT_SOCKET", default_value = api_cli::DEFAULT_AGENT_SOCKET)]
     socket_path: PathBuf,
+    /// Most workload SVIDs the local agent keeps; streamed entries are always kept.
+    #[arg(long, default_value_t = signet_core::agent::DEFAULT_SVID_CACHE_SIZE)]
+    svid_cache_size: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,7 +173,10 @@ struct AgentArgs {
     opts: AdminOpts,
 }
 
-async fn serve(settings: ServerSettings, agent_socket: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    settings: ServerSettings,
+    local_agent: Option<server_cmd::LocalAgent>,
+) -> anyhow::Result<()> {
     let check = settings.check_config();
     let resolved = settings.resolve()?;
     if check {
@@ -174,7 +186,7 @@ async fn serve(settings: ServerSettings, agent_socket: Option<PathBuf>) -> anyho
         );
         return Ok(());
     }
-    server_cmd::serve(resolved, agent_socket).await
+    server_cmd::serve(resolved, local_agent).await
 }
 
 async fn run_agent(settings: AgentSettings) -> anyhow::Result<()> {

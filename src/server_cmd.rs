@@ -238,7 +238,8 @@ pub fn local_agent_id(td: &TrustDomain) -> anyhow::Result<SpiffeId> {
 
 /// Runs a server (and, for `signet run`, the local agent with its Workload
 /// API on `agent_socket`) until SIGINT or SIGTERM, then drains.
-pub async fn serve(r: Resolved, agent_socket: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Result<()> {
+    let agent_socket = local_agent.as_ref().map(|a| a.socket.clone());
     let combined = agent_socket.is_some();
     std::fs::create_dir_all(&r.data_dir)
         .with_context(|| format!("cannot create data dir {}", r.data_dir.display()))?;
@@ -336,6 +337,9 @@ pub async fn serve(r: Resolved, agent_socket: Option<PathBuf>) -> anyhow::Result
             bootstrap_bundle: Some(bundle.clone()),
             attestation: NodeAttestation::Preissued,
             data_dir: None,
+            svid_cache_size: local_agent
+                .as_ref()
+                .map_or(agent::DEFAULT_SVID_CACHE_SIZE, |a| a.svid_cache_size),
         };
         let (handle, agent_task) =
             agent::start(agent_config, Some((svid, bundle)), stop_rx.clone()).await?;
@@ -394,6 +398,13 @@ pub async fn serve(r: Resolved, agent_socket: Option<PathBuf>) -> anyhow::Result
     }
     println!("signet stopped");
     Ok(())
+}
+
+/// The agent inside `signet run`.
+#[derive(Debug)]
+pub struct LocalAgent {
+    pub socket: PathBuf,
+    pub svid_cache_size: usize,
 }
 
 /// An address to dial for a listener bound to `addr` (0.0.0.0 becomes loopback).

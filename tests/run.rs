@@ -347,3 +347,42 @@ fn entries_round_trip_through_a_data_file() {
         3
     );
 }
+
+#[test]
+fn beyond_the_svid_cache_bound_identities_are_minted_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &["--svid-cache-size", "1"]);
+    for i in 0..3 {
+        let id = format!("spiffe://example.org/other/{i}");
+        json(&c.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &id,
+            "--selector",
+            &format!("unix:uid:{}", 700 + i),
+            "--output",
+            "json",
+        ]));
+    }
+    // This entry comes last, when the cache (bound 1) is already full: the
+    // workload asking for it gets it all the same.
+    let sel = format!("unix:uid:{}", uid());
+    json(&c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/zz-mine",
+        "--selector",
+        &sel,
+        "--output",
+        "json",
+    ]));
+    let svid = eventually("the on-demand SVID", || {
+        let out = c.api(&["fetch", "x509", "--output", "json"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    });
+    assert!(svid.contains("spiffe://example.org/zz-mine"), "{svid}");
+}

@@ -110,6 +110,7 @@ async fn main() {
         bootstrap_bundle: Some(bundle.clone()),
         attestation: NodeAttestation::Preissued,
         data_dir: None,
+        svid_cache_size: agent::DEFAULT_SVID_CACHE_SIZE,
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (handle, _task) = agent::start(config, Some((svid, bundle)), stop_rx)

@@ -66,6 +66,96 @@ pub struct AgentConfig {
     pub attestation: NodeAttestation,
     /// Where the agent SVID and bundle persist (none: memory only).
     pub data_dir: Option<PathBuf>,
+    /// Most workload SVIDs kept: entries a workload is streaming are always
+    /// kept; others are minted ahead while there is room, and evicted least
+    /// recently served first.
+    pub svid_cache_size: usize,
+}
+
+/// Default bound of the workload SVID cache.
+pub const DEFAULT_SVID_CACHE_SIZE: usize = 1000;
+
+/// What workloads are asking for: entries with open streams (never
+/// evicted) and when each entry's SVID was last served.
+#[derive(Debug, Default)]
+pub struct Demand {
+    state: std::sync::Mutex<DemandState>,
+    /// Wakes the agent to mint an entry a workload waits for.
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct DemandState {
+    streaming: HashMap<String, usize>,
+    last_served: HashMap<String, std::time::Instant>,
+}
+
+impl Demand {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DemandState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `ids` were just served or wanted; wakes the agent when
+    /// one of them has no SVID yet.
+    pub fn touch(&self, ids: &[String], missing: bool) {
+        let now = std::time::Instant::now();
+        let mut st = self.lock();
+        for id in ids {
+            st.last_served.insert(id.clone(), now);
+        }
+        drop(st);
+        if missing {
+            self.wake.notify_one();
+        }
+    }
+
+    fn is_streaming(&self, id: &str) -> bool {
+        self.lock().streaming.get(id).is_some_and(|n| *n > 0)
+    }
+}
+
+/// Registers the entries one workload stream is serving; unregisters them
+/// when dropped.
+#[derive(Debug)]
+pub struct StreamDemand {
+    demand: Arc<Demand>,
+    ids: Vec<String>,
+}
+
+impl StreamDemand {
+    pub fn new(demand: Arc<Demand>) -> Self {
+        Self {
+            demand,
+            ids: Vec::new(),
+        }
+    }
+
+    /// Replaces the set of entries this stream serves.
+    pub fn set(&mut self, ids: Vec<String>) {
+        if ids == self.ids {
+            return;
+        }
+        let mut st = self.demand.lock();
+        for id in &self.ids {
+            if let Some(n) = st.streaming.get_mut(id) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        for id in &ids {
+            *st.streaming.entry(id.clone()).or_default() += 1;
+        }
+        st.streaming.retain(|_, n| *n > 0);
+        drop(st);
+        self.ids = ids;
+    }
+}
+
+impl Drop for StreamDemand {
+    fn drop(&mut self) {
+        self.set(Vec::new());
+    }
 }
 
 /// Agent failures.
@@ -87,9 +177,15 @@ pub enum AgentError {
 pub struct AgentHandle {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     client: Arc<tokio::sync::Mutex<Option<NodeClient>>>,
+    demand: Arc<Demand>,
 }
 
 impl AgentHandle {
+    /// What workloads ask for (the Workload API reports into it).
+    pub fn demand(&self) -> Arc<Demand> {
+        self.demand.clone()
+    }
+
     pub fn snapshot(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.clone()
     }
@@ -185,11 +281,13 @@ pub async fn start(
     initial.bundles.insert(identity.bundle.clone());
     let (tx, rx) = watch::channel(Arc::new(initial));
     let client = Arc::new(tokio::sync::Mutex::new(None));
+    let demand = Arc::new(Demand::default());
     let handle = AgentHandle {
         snapshot: rx,
         client: client.clone(),
+        demand: demand.clone(),
     };
-    let task = tokio::spawn(run(config, identity, tx, client, stop));
+    let task = tokio::spawn(run(config, identity, tx, client, demand, stop));
     Ok((handle, task))
 }
 
@@ -351,6 +449,7 @@ async fn run(
     mut identity: Identity,
     tx: watch::Sender<Arc<Snapshot>>,
     shared_client: Arc<tokio::sync::Mutex<Option<NodeClient>>>,
+    demand: Arc<Demand>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -361,7 +460,7 @@ async fn run(
         }
         let addr = config.servers[server_index % config.servers.len()];
         let outcome = tokio::select! {
-            r = session(&config, addr, &mut identity, &tx, &shared_client) => r,
+            r = session(&config, addr, &mut identity, &tx, &shared_client, &demand) => r,
             _ = stop.changed() => return,
         };
         *shared_client.lock().await = None;
@@ -433,6 +532,7 @@ async fn session(
     identity: &mut Identity,
     tx: &watch::Sender<Arc<Snapshot>>,
     shared_client: &Arc<tokio::sync::Mutex<Option<NodeClient>>>,
+    demand: &Demand,
 ) -> Result<(), AgentError> {
     let mut client =
         NodeClient::connect(addr, identity.bundle.clone(), Some(&identity.svid)).await?;
@@ -483,10 +583,19 @@ async fn session(
                     }
                 }
                 let mut next = Snapshot { entries, bundles, svids, revision: msg.revision, healthy: true };
-                mint_missing(&mut client, &mut next).await?;
+                mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
                 tx.send_replace(Arc::new(next));
                 if let Err(e) = persist_identity(config, identity) {
                     tracing::warn!(error = %e, "cannot persist the bundle");
+                }
+            }
+            _ = demand.wake.notified() => {
+                // A workload waits for an entry whose SVID is not cached.
+                let current = tx.borrow().clone();
+                let mut next = (*current).clone();
+                mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
+                if next.svids.len() != current.svids.len() || next.svids.keys().any(|k| !current.svids.contains_key(k)) {
+                    tx.send_replace(Arc::new(next));
                 }
             }
             _ = tick.tick() => {
@@ -503,7 +612,7 @@ async fn session(
                 if current.svids.values().any(|s| rotation_due(s, now)) {
                     let mut next = (*current).clone();
                     next.svids.retain(|_, s| !rotation_due(s, now));
-                    mint_missing(&mut client, &mut next).await?;
+                    mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
                     tx.send_replace(Arc::new(next));
                 }
             }
@@ -511,16 +620,28 @@ async fn session(
     }
 }
 
-/// Mints, in one batch, an SVID for every entry that has none.
-async fn mint_missing(client: &mut NodeClient, snapshot: &mut Snapshot) -> Result<(), AgentError> {
-    let missing: Vec<String> = snapshot
-        .entries
-        .iter()
-        .filter(|e| !snapshot.svids.contains_key(&e.id))
-        .map(|e| e.id.clone())
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
+/// Mints the SVIDs the cache should hold and evicts what it should not:
+/// every entry a workload streams gets one; other entries are minted ahead
+/// while there is room under `bound`; beyond the bound, SVIDs no workload
+/// streams are evicted, least recently served first.
+async fn mint_missing(
+    client: &mut NodeClient,
+    snapshot: &mut Snapshot,
+    demand: &Demand,
+    bound: usize,
+) -> Result<(), AgentError> {
+    let mut room = bound.saturating_sub(snapshot.svids.len());
+    let mut missing = Vec::new();
+    for e in &snapshot.entries {
+        if snapshot.svids.contains_key(&e.id) {
+            continue;
+        }
+        if demand.is_streaming(&e.id) {
+            missing.push(e.id.clone());
+        } else if room > 0 {
+            room -= 1;
+            missing.push(e.id.clone());
+        }
     }
     // Bounded batches keep every message well under gRPC size limits.
     for chunk in missing.chunks(MINT_BATCH) {
@@ -530,8 +651,35 @@ async fn mint_missing(client: &mut NodeClient, snapshot: &mut Snapshot) -> Resul
             snapshot.svids.insert(id.clone(), Arc::new(svid));
         }
     }
-    tracing::info!(count = missing.len(), "workload SVIDs minted");
+    if !missing.is_empty() {
+        tracing::info!(count = missing.len(), "workload SVIDs minted");
+    }
+    for id in evictions(snapshot, demand, bound) {
+        snapshot.svids.remove(&id);
+    }
     Ok(())
+}
+
+/// SVIDs to drop to get back under `bound`: never one a workload streams;
+/// never served first, then least recently served.
+fn evictions(snapshot: &Snapshot, demand: &Demand, bound: usize) -> Vec<String> {
+    let excess = snapshot.svids.len().saturating_sub(bound);
+    if excess == 0 {
+        return Vec::new();
+    }
+    let st = demand.lock();
+    let mut candidates: Vec<(&String, Option<std::time::Instant>)> = snapshot
+        .svids
+        .keys()
+        .filter(|id| st.streaming.get(*id).is_none_or(|n| *n == 0))
+        .map(|id| (id, st.last_served.get(id).copied()))
+        .collect();
+    candidates.sort_by_key(|(_, t)| *t);
+    candidates
+        .into_iter()
+        .take(excess)
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -584,5 +732,64 @@ mod tests {
         points.sort();
         points.dedup();
         assert!(points.len() > 10, "jitter spreads rotation: {points:?}");
+    }
+
+    fn snapshot_with(ids: &[&str]) -> Snapshot {
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = ManualClock::new(start);
+        let td = signet_identity::TrustDomain::parse("example.org").unwrap();
+        let ca = Ca::new(
+            CaConfig::new(td),
+            Arc::new(clock),
+            Arc::new(MemoryKeyManager::default()),
+            None,
+        )
+        .unwrap();
+        let sid = signet_identity::SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let chain = ca
+            .sign_x509_svid(
+                &rcgen::PublicKeyData::subject_public_key_info(&key),
+                &sid,
+                &SvidOptions::default(),
+            )
+            .unwrap();
+        let svid = Arc::new(
+            X509Svid::new(
+                chain,
+                signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
+            )
+            .unwrap(),
+        );
+        let mut s = Snapshot::default();
+        for id in ids {
+            s.svids.insert((*id).to_owned(), svid.clone());
+        }
+        s
+    }
+
+    #[test]
+    fn eviction_spares_streamed_entries_and_takes_the_least_recently_served() {
+        let demand = Arc::new(Demand::default());
+        let snap = snapshot_with(&["a", "b", "c", "d"]);
+        assert!(
+            evictions(&snap, &demand, 4).is_empty(),
+            "nothing over the bound"
+        );
+        demand.touch(&["b".to_owned()], false);
+        demand.touch(&["c".to_owned()], false);
+        let mut streaming = StreamDemand::new(demand.clone());
+        streaming.set(vec!["a".to_owned()]);
+        // Two over: "a" is streamed; "d" was never served; then "b" (older than "c").
+        let mut out = evictions(&snap, &demand, 2);
+        out.sort();
+        assert_eq!(out, ["b", "d"]);
+        // Even far over the bound, a streamed entry stays.
+        assert!(!evictions(&snap, &demand, 0).contains(&"a".to_owned()));
+        drop(streaming);
+        assert!(
+            evictions(&snap, &demand, 0).contains(&"a".to_owned()),
+            "released when the stream ends"
+        );
     }
 }

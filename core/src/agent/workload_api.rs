@@ -21,7 +21,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use super::{AgentHandle, Snapshot};
+use super::{AgentHandle, Snapshot, StreamDemand};
 use crate::api::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
@@ -263,8 +263,20 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if matching(&first, &selectors).is_empty() {
             return Err(no_identity());
         }
+        // The entries this stream serves are never evicted from the agent's
+        // cache while it is open; a missing SVID is minted on demand.
+        let demand = self.agent.demand();
+        let stream_demand = std::sync::Mutex::new(StreamDemand::new(demand.clone()));
         Ok(Response::new(stream_from(&self.agent, move |s| {
-            x509_response(s, &matching(s, &selectors))
+            let entries = matching(s, &selectors);
+            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+            let missing = entries.iter().any(|e| !s.svids.contains_key(&e.id));
+            stream_demand
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set(ids.clone());
+            demand.touch(&ids, missing);
+            x509_response(s, &entries)
         })))
     }
 
