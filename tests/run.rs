@@ -386,3 +386,64 @@ fn beyond_the_svid_cache_bound_identities_are_minted_on_demand() {
     });
     assert!(svid.contains("spiffe://example.org/zz-mine"), "{svid}");
 }
+
+#[test]
+fn operators_mint_svids_and_jwts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    let out_dir = dir.path().join("minted");
+    std::fs::create_dir(&out_dir).unwrap();
+    let m = json(&c.admin(&[
+        "x509",
+        "mint",
+        "--spiffe-id",
+        "spiffe://example.org/db",
+        "--dns-name",
+        "db.example.org",
+        "--ttl",
+        "10m",
+        "--write",
+        out_dir.to_str().unwrap(),
+        "--output",
+        "json",
+    ]));
+    assert_eq!(m["spiffe_id"], "spiffe://example.org/db");
+    let mode = std::fs::metadata(out_dir.join("svid_key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the key is written owner-only");
+    let openssl = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&out_dir)
+            .output()
+            .unwrap()
+    };
+    let verify = openssl(&["verify", "-CAfile", "bundle.pem", "svid.pem"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let subject = openssl(&["x509", "-in", "svid.pem", "-noout", "-subject"]);
+    assert!(String::from_utf8_lossy(&subject.stdout).contains("db.example.org"));
+
+    let jwt = json(&c.admin(&[
+        "jwt",
+        "mint",
+        "--spiffe-id",
+        "spiffe://example.org/db",
+        "--audience",
+        "aws",
+        "--output",
+        "json",
+    ]));
+    let svid = signet_identity::JwtSvid::parse_insecure(jwt["token"].as_str().unwrap()).unwrap();
+    assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/db");
+    assert_eq!(svid.audience(), ["aws"]);
+    // Outside the trust domain: refused, naming the rule.
+    let out = c.admin(&["x509", "mint", "--spiffe-id", "spiffe://other.org/db"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in this CA's trust domain"));
+}

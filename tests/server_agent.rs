@@ -295,6 +295,11 @@ async fn x509pop_agents_reattest_and_receive_node_alias_entries() {
             .to_string(),
         agent_id
     );
+    // The SVID from before the eviction (same agent ID, old serial) stays refused.
+    let mut stale = NodeClient::connect(server.addr, attested.bundle.clone(), Some(&attested.svid))
+        .await
+        .unwrap();
+    assert!(denied(stale.subscribe().await).contains("no longer current"));
     server.admin(&["agent", "ban", "--spiffe-id", &agent_id]);
     let mut banned = NodeClient::connect(server.addr, server.bundle(), None)
         .await
