@@ -29,13 +29,7 @@ fn start(dir: &Path, name: &str, url: &str) -> (Proc, String, std::net::SocketAd
     .args(["--admin-socket", &admin, "--bind-address", "127.0.0.1:0"]);
     let mut proc = Proc::spawn(name, cmd, dir);
     let banner = proc.wait_for("Press Ctrl-C");
-    let addr = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("agent API"))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = agent_api_addr(&banner);
     (proc, admin, addr)
 }
 

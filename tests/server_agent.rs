@@ -32,13 +32,7 @@ impl TestServer {
             .args(extra);
         let mut proc = Proc::spawn("signet-server", cmd, dir);
         let banner = proc.wait_for("Press Ctrl-C");
-        let addr = banner
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("agent API"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("banner names the agent API address")
-            .parse()
-            .unwrap();
+        let addr = agent_api_addr(&banner);
         TestServer { proc, admin, addr }
     }
 

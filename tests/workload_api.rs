@@ -190,12 +190,7 @@ fn start_server(dir: &std::path::Path, port: &str) -> (Proc, String) {
         ]);
     let mut proc = Proc::spawn("signet-server", cmd, dir);
     let banner = proc.wait_for("Press Ctrl-C");
-    let addr = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("agent API"))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let addr = agent_api_addr(&banner).to_string();
     (proc, addr)
 }
 

@@ -19,22 +19,11 @@ use signet_core::server::authz;
 use signet_identity::{Entry, Selector, SpiffeId};
 
 fn entry(i: usize, parent: &SpiffeId) -> Entry {
-    Entry {
-        id: String::new(),
-        spiffe_id: SpiffeId::parse(&format!("spiffe://example.org/ns/n{}/sa/w{i}", i % 100))
-            .unwrap(),
-        parent_id: parent.clone(),
-        selectors: vec![Selector::parse(&format!("unix:uid:{}", i % 5000)).unwrap()],
-        x509_ttl: None,
-        jwt_ttl: None,
-        dns_names: vec![],
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        node: false,
-        expires_at: None,
-        revision: 0,
-    }
+    Entry::new(
+        SpiffeId::parse(&format!("spiffe://example.org/ns/n{}/sa/w{i}", i % 100)).unwrap(),
+        parent.clone(),
+        vec![Selector::parse(&format!("unix:uid:{}", i % 5000)).unwrap()],
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

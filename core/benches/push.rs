@@ -143,21 +143,11 @@ async fn main() {
     let mut lat = Vec::new();
     for (k, parent) in agent_ids.iter().take(50).enumerate() {
         while rx.try_recv().is_ok() {}
-        let entry = Entry {
-            id: String::new(),
-            spiffe_id: SpiffeId::parse(&format!("spiffe://example.org/w/{k}")).unwrap(),
-            parent_id: parent.clone(),
-            selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
-            x509_ttl: None,
-            jwt_ttl: None,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            node: false,
-            expires_at: None,
-            revision: 0,
-        };
+        let entry = Entry::new(
+            SpiffeId::parse(&format!("spiffe://example.org/w/{k}")).unwrap(),
+            parent.clone(),
+            vec![Selector::parse("unix:uid:1000").unwrap()],
+        );
         let idx = agent_ids.iter().position(|a| a == parent).unwrap();
         let t0 = Instant::now();
         server.create_entry(entry).await.unwrap();

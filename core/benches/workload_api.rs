@@ -41,21 +41,11 @@ fn my_uid() -> String {
 }
 
 fn entry(path: &str, parent: &SpiffeId, selector: &str) -> Entry {
-    Entry {
-        id: String::new(),
-        spiffe_id: SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
-        parent_id: parent.clone(),
-        selectors: vec![Selector::parse(selector).unwrap()],
-        x509_ttl: None,
-        jwt_ttl: None,
-        dns_names: vec![],
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        node: false,
-        expires_at: None,
-        revision: 0,
-    }
+    Entry::new(
+        SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+        parent.clone(),
+        vec![Selector::parse(selector).unwrap()],
+    )
 }
 
 fn request() -> tonic::Request<X509svidRequest> {

@@ -22,21 +22,11 @@ fn sel(s: &str) -> Selector {
 }
 
 fn entry(spiffe: &str, parent: &str, selectors: &[&str]) -> Entry {
-    Entry {
-        id: String::new(),
-        spiffe_id: id(spiffe),
-        parent_id: id(parent),
-        selectors: selectors.iter().map(|s| sel(s)).collect(),
-        x509_ttl: None,
-        jwt_ttl: None,
-        dns_names: vec![],
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        node: false,
-        expires_at: None,
-        revision: 0,
-    }
+    Entry::new(
+        id(spiffe),
+        id(parent),
+        selectors.iter().map(|s| sel(s)).collect(),
+    )
 }
 
 const AGENT: &str = "spiffe://example.org/agent/a";

@@ -79,6 +79,26 @@ pub enum EntryProblem {
 pub struct EntryError(pub Vec<EntryProblem>);
 
 impl Entry {
+    /// An entry with no id yet (the server assigns one), no TTL overrides,
+    /// no DNS names, no federation, no flags and no expiry.
+    pub fn new(spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: Vec<Selector>) -> Self {
+        Self {
+            id: String::new(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_ttl: None,
+            jwt_ttl: None,
+            dns_names: Vec::new(),
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            node: false,
+            expires_at: None,
+            revision: 0,
+        }
+    }
+
     /// Checks the entry against the rules of the server's trust domain and
     /// reports every problem at once.
     pub fn check(&self, td: &TrustDomain) -> Result<(), EntryError> {

@@ -125,6 +125,17 @@ impl Drop for Proc {
     }
 }
 
+/// The server-agent API address a `signet server`/`run` banner names.
+pub fn agent_api_addr(banner: &str) -> std::net::SocketAddr {
+    banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("agent API"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the banner names the agent API address")
+        .parse()
+        .unwrap()
+}
+
 /// Runs a `signet` command to completion.
 pub fn run(args: &[&str]) -> Output {
     signet().args(args).output().unwrap()
