@@ -8,10 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use signet_core::agent::workload_api::{bind_agent_socket, serve_workload_api};
+use signet_core::agent::workload_api::{WorkloadApi, bind_agent_socket};
 use signet_core::agent::{self, AgentConfig, NodeAttestation};
+use signet_core::attest::workload::UnixAttestor;
 use signet_identity::{Bundle, TrustDomain};
+use signet_sds::{SdsOptions, SdsService};
 use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::api_cli::DEFAULT_AGENT_SOCKET;
 
@@ -178,7 +181,7 @@ pub async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
     let stop = async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api = tokio::spawn(serve_workload_api(handle, listener, stop));
+    let api = tokio::spawn(serve_agent_socket(handle, listener, stop));
     println!("signet agent is running");
     println!(
         "  agent socket   {} (SPIFFE_ENDPOINT_SOCKET=unix://{})",
@@ -200,4 +203,19 @@ pub async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     println!("signet agent stopped");
     Ok(())
+}
+
+/// Serves the Workload API and Envoy SDS together on the agent socket.
+pub async fn serve_agent_socket(
+    handle: agent::AgentHandle,
+    listener: tokio::net::UnixListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let attestor = std::sync::Arc::new(UnixAttestor::default());
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(WorkloadApi::new(handle.clone(), attestor.clone()).into_service())
+        .add_service(SdsService::new(handle, attestor, SdsOptions::default()).into_service())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .await
 }

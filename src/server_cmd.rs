@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use signet_core::agent::workload_api::{bind_agent_socket, serve_workload_api};
+use signet_core::agent::workload_api::bind_agent_socket;
 use signet_core::agent::{self, AgentConfig, NodeAttestation};
 use signet_core::attest::node::NodeAttestor;
 use signet_core::attest::node::join_token::JoinTokenAttestor;
@@ -352,9 +352,9 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
         tasks.spawn({
             let stop = stopped(stop_rx.clone());
             async move {
-                serve_workload_api(handle, listener, stop)
+                crate::agent_cmd::serve_agent_socket(handle, listener, stop)
                     .await
-                    .context("Workload API")
+                    .context("agent socket")
             }
         });
     }

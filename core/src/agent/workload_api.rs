@@ -91,26 +91,38 @@ impl WorkloadApi {
             ));
         }
         vouching(&self.agent.snapshot().borrow())?;
-        let cred = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-            .ok_or_else(|| Status::internal("the caller's credentials are unavailable"))?;
-        let cred = PeerCred {
-            pid: cred.pid().unwrap_or(0),
-            uid: cred.uid(),
-            gid: cred.gid(),
-        };
-        let selectors = self.attestor.attest(cred, None).map_err(|e| {
-            tracing::warn!(pid = cred.pid, error = %e, "workload attestation failed");
-            Status::permission_denied(format!("workload attestation failed: {e}"))
-        })?;
-        Ok(selectors)
+        attest_peer(req, &self.attestor)
     }
 }
 
+/// Selectors of the process at the other end of a Unix-socket request,
+/// from the kernel (SO_PEERCRED and /proc). Shared with Envoy SDS, which
+/// sends no security header.
+pub fn attest_peer<T>(
+    req: &Request<T>,
+    attestor: &UnixAttestor,
+) -> Result<Vec<signet_identity::Selector>, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .ok_or_else(|| Status::internal("the caller's credentials are unavailable"))?;
+    let cred = PeerCred {
+        pid: cred.pid().unwrap_or(0),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    };
+    attestor.attest(cred, None).map_err(|e| {
+        tracing::warn!(pid = cred.pid, error = %e, "workload attestation failed");
+        Status::permission_denied(format!("workload attestation failed: {e}"))
+    })
+}
+
 /// Entries whose selectors all match the caller's.
-fn matching<'a>(snapshot: &'a Snapshot, selectors: &[signet_identity::Selector]) -> Vec<&'a Entry> {
+pub fn matching<'a>(
+    snapshot: &'a Snapshot,
+    selectors: &[signet_identity::Selector],
+) -> Vec<&'a Entry> {
     snapshot
         .entries
         .iter()
