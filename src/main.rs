@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod admin_cli;
 mod agent_cmd;
 mod api_cli;
+mod policy_cli;
 mod server_cmd;
 
 use std::path::PathBuf;
@@ -80,6 +81,13 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// For policy authors: evaluate, check and test policies (OPA Wasm or Rego).
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cli::PolicyCmd,
+        #[arg(long, value_enum, default_value = "text", global = true)]
+        output: admin_cli::Output,
+    },
     /// Check that the server answers on its admin socket, or with --agent
     /// that the agent serves identities on its Workload API socket.
     Healthcheck {
@@ -133,6 +141,7 @@ fn main() -> ExitCode {
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
+            Command::Policy { cmd, output } => policy_cli::run(cmd, output),
             Command::Healthcheck {
                 agent: true,
                 agent_socket,

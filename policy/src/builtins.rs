@@ -1,0 +1,831 @@
+//! Host builtins for OPA Wasm modules.
+//!
+//! OPA compiles most builtins into the module; the rest are imported and
+//! called through `opa_builtin0..4`. This registry maps a builtin's Rego name
+//! to a host function. A module whose `builtins` export names a builtin that
+//! is not here is refused at load, naming it.
+//!
+//! Semantics follow OPA's Go topdown implementation: a builtin that fails
+//! makes the expression undefined (non-strict mode), which denies.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+/// A host builtin: JSON arguments in, a JSON value (or an error, which makes
+/// the call undefined) out.
+pub type BuiltinFn = fn(&[Value]) -> Result<Value, String>;
+
+const REGISTRY: &[(&str, BuiltinFn)] = &[
+    ("sprintf", builtin_sprintf),
+    ("net.cidr_contains", net_cidr_contains),
+    ("net.cidr_intersects", net_cidr_intersects),
+    ("net.cidr_is_valid", net_cidr_is_valid),
+    ("io.jwt.decode", io_jwt_decode),
+    ("time.now_ns", time_now_ns),
+    ("time.parse_rfc3339_ns", time_parse_rfc3339_ns),
+    ("time.date", time_date),
+    ("time.clock", time_clock),
+    ("time.add_date", time_add_date),
+    ("glob.match", glob_match),
+    ("regex.match", regex_match),
+    ("re_match", regex_match),
+    ("regex.is_valid", regex_is_valid),
+    ("regex.split", regex_split),
+    ("regex.find_n", regex_find_n),
+    ("trace", builtin_trace),
+];
+
+/// Looks up a host builtin by its Rego name.
+pub fn lookup(name: &str) -> Option<BuiltinFn> {
+    REGISTRY.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// Names of every host builtin this crate provides.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|(n, _)| *n)
+}
+
+fn arg(args: &[Value], i: usize) -> Result<&Value, String> {
+    args.get(i)
+        .ok_or_else(|| format!("missing argument {}", i + 1))
+}
+
+fn str_arg(args: &[Value], i: usize) -> Result<&str, String> {
+    arg(args, i)?
+        .as_str()
+        .ok_or_else(|| format!("operand {} must be string", i + 1))
+}
+
+fn int_arg(args: &[Value], i: usize) -> Result<i64, String> {
+    let v = arg(args, i)?;
+    v.as_i64()
+        .or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| format!("operand {} must be an integer", i + 1))
+}
+
+// ---------------------------------------------------------------- sprintf
+
+/// A Go `fmt` argument as OPA's `sprintf` builds it: numbers become Go ints
+/// or floats, strings stay strings, anything else is its Rego text.
+#[derive(Debug, Clone)]
+enum GoArg {
+    Int(i128),
+    Float(f64),
+    Str(String),
+}
+
+impl GoArg {
+    fn from_json(v: &Value) -> GoArg {
+        match v {
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    GoArg::Int(i128::from(i))
+                } else if let Some(u) = n.as_u64() {
+                    GoArg::Int(i128::from(u))
+                } else {
+                    GoArg::Float(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Value::String(s) => GoArg::Str(s.clone()),
+            other => GoArg::Str(rego_text(other)),
+        }
+    }
+
+    fn go_type(&self) -> &'static str {
+        match self {
+            GoArg::Int(_) => "int",
+            GoArg::Float(_) => "float64",
+            GoArg::Str(_) => "string",
+        }
+    }
+
+    fn plain(&self) -> String {
+        match self {
+            GoArg::Int(i) => i.to_string(),
+            GoArg::Float(f) => go_float_g(*f, None),
+            GoArg::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// Rego's textual form of a value (`ast.Term.String()`): like JSON but with
+/// `", "` and `": "` separators.
+pub(crate) fn rego_text(v: &Value) -> String {
+    let mut out = String::new();
+    write_rego_text(v, &mut out);
+    out
+}
+
+fn write_rego_text(v: &Value, out: &mut String) {
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_rego_text(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                write_rego_text(item, out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Go's `%g`/`%v` for float64: shortest representation, exponent form when
+/// the exponent is < -4 or >= 21 (for `%v`) or >= precision.
+fn go_float_g(f: f64, prec: Option<usize>) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
+    }
+    if f == 0.0 {
+        return "0".into();
+    }
+    let exp = f.abs().log10().floor() as i32;
+    let limit = prec.map_or(21, |p| p as i32);
+    if exp < -4 || exp >= limit {
+        let s = match prec {
+            Some(p) => format!("{:.*e}", p.saturating_sub(1), f),
+            None => format!("{f:e}"),
+        };
+        go_exponent(&trim_mantissa(&s))
+    } else {
+        match prec {
+            Some(p) => {
+                let decimals = (p as i32 - 1 - exp).max(0) as usize;
+                let s = format!("{f:.decimals$}");
+                if s.contains('.') {
+                    s.trim_end_matches('0').trim_end_matches('.').to_string()
+                } else {
+                    s
+                }
+            }
+            None => format!("{f}"),
+        }
+    }
+}
+
+fn trim_mantissa(s: &str) -> String {
+    match s.split_once('e') {
+        Some((m, e)) if m.contains('.') => {
+            format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// Rust writes `1e21`/`1.5e-7`; Go writes `1e+21`/`1.5e-07`.
+fn go_exponent(s: &str) -> String {
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let (sign, digits) = match e.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', e),
+            };
+            let digits = if digits.len() < 2 {
+                format!("0{digits}")
+            } else {
+                digits.to_string()
+            };
+            format!("{m}e{sign}{digits}")
+        }
+        None => s.to_string(),
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Spec {
+    minus: bool,
+    plus: bool,
+    zero: bool,
+    space: bool,
+    sharp: bool,
+    width: Option<usize>,
+    prec: Option<usize>,
+}
+
+impl Spec {
+    fn pad(&self, s: String) -> String {
+        let len = s.chars().count();
+        match self.width {
+            Some(w) if w > len => {
+                let fill = w - len;
+                if self.minus {
+                    format!("{s}{}", " ".repeat(fill))
+                } else if self.zero {
+                    let (sign, rest) = if s.starts_with(['-', '+']) {
+                        s.split_at(1)
+                    } else {
+                        ("", s.as_str())
+                    };
+                    format!("{sign}{}{rest}", "0".repeat(fill))
+                } else {
+                    format!("{}{s}", " ".repeat(fill))
+                }
+            }
+            _ => s,
+        }
+    }
+
+    fn sign(&self, negative: bool, body: String) -> String {
+        if negative {
+            format!("-{body}")
+        } else if self.plus {
+            format!("+{body}")
+        } else if self.space {
+            format!(" {body}")
+        } else {
+            body
+        }
+    }
+}
+
+/// Go's `fmt.Sprintf` over OPA's argument conversion.
+pub fn go_sprintf(format: &str, args: &[Value]) -> String {
+    let args: Vec<GoArg> = args.iter().map(GoArg::from_json).collect();
+    let mut out = String::with_capacity(format.len() + 16);
+    let mut chars = format.chars().peekable();
+    let mut next = 0usize;
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut spec = Spec::default();
+        while let Some(&f) = chars.peek() {
+            match f {
+                '-' => spec.minus = true,
+                '+' => spec.plus = true,
+                '0' => spec.zero = true,
+                ' ' => spec.space = true,
+                '#' => spec.sharp = true,
+                _ => break,
+            }
+            chars.next();
+        }
+        let mut width = String::new();
+        while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            width.push(d);
+            chars.next();
+        }
+        spec.width = width.parse().ok();
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            let mut prec = String::new();
+            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                prec.push(d);
+                chars.next();
+            }
+            spec.prec = Some(prec.parse().unwrap_or(0));
+        }
+        let Some(verb) = chars.next() else {
+            out.push_str("%!(NOVERB)");
+            break;
+        };
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let Some(a) = args.get(next) else {
+            let _ = write!(out, "%!{verb}(MISSING)");
+            continue;
+        };
+        next += 1;
+        out.push_str(&format_one(verb, spec, a));
+    }
+    if next < args.len() {
+        out.push_str("%!(EXTRA ");
+        for (i, a) in args.iter().enumerate().skip(next) {
+            if i > next {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{}={}", a.go_type(), a.plain());
+        }
+        out.push(')');
+    }
+    out
+}
+
+fn bad_verb(verb: char, a: &GoArg) -> String {
+    format!("%!{verb}({}={})", a.go_type(), a.plain())
+}
+
+fn format_one(verb: char, spec: Spec, a: &GoArg) -> String {
+    let body = match (verb, a) {
+        ('v', GoArg::Int(i)) | ('d', GoArg::Int(i)) => {
+            spec.sign(*i < 0, i.unsigned_abs().to_string())
+        }
+        ('v', GoArg::Float(f)) | ('g', GoArg::Float(f)) | ('G', GoArg::Float(f)) => {
+            let s = go_float_g(f.abs(), spec.prec);
+            let s = if verb == 'G' { s.to_uppercase() } else { s };
+            spec.sign(f.is_sign_negative() && *f != 0.0, s)
+        }
+        ('v', GoArg::Str(s)) | ('s', GoArg::Str(s)) => match spec.prec {
+            Some(p) => s.chars().take(p).collect(),
+            None => s.clone(),
+        },
+        ('q', GoArg::Str(s)) => go_quote(s),
+        ('q', GoArg::Int(i)) => match u32::try_from(*i).ok().and_then(char::from_u32) {
+            Some(c) => format!("'{c}'"),
+            None => bad_verb(verb, a),
+        },
+        ('t', _) => bad_verb(verb, a),
+        ('f', GoArg::Float(f)) | ('F', GoArg::Float(f)) => {
+            let p = spec.prec.unwrap_or(6);
+            spec.sign(f.is_sign_negative(), format!("{:.p$}", f.abs()))
+        }
+        ('f', GoArg::Int(_)) | ('F', GoArg::Int(_)) => bad_verb(verb, a),
+        ('e', GoArg::Float(f)) | ('E', GoArg::Float(f)) => {
+            let p = spec.prec.unwrap_or(6);
+            let s = go_exponent(&format!("{:.p$e}", f.abs()));
+            let s = if verb == 'E' { s.to_uppercase() } else { s };
+            spec.sign(f.is_sign_negative(), s)
+        }
+        ('x', GoArg::Int(i)) | ('X', GoArg::Int(i)) => {
+            let mut s = format!("{:x}", i.unsigned_abs());
+            if spec.sharp {
+                s = format!("0x{s}");
+            }
+            if verb == 'X' {
+                s = s.to_uppercase();
+            }
+            spec.sign(*i < 0, s)
+        }
+        ('x', GoArg::Str(s)) | ('X', GoArg::Str(s)) => {
+            let h = hex::encode(s.as_bytes());
+            if verb == 'X' { h.to_uppercase() } else { h }
+        }
+        ('o', GoArg::Int(i)) => spec.sign(*i < 0, format!("{:o}", i.unsigned_abs())),
+        ('b', GoArg::Int(i)) => spec.sign(*i < 0, format!("{:b}", i.unsigned_abs())),
+        ('c', GoArg::Int(i)) => match u32::try_from(*i).ok().and_then(char::from_u32) {
+            Some(c) => c.to_string(),
+            None => "\u{FFFD}".into(),
+        },
+        _ => bad_verb(verb, a),
+    };
+    spec.pad(body)
+}
+
+/// Go's `strconv.Quote` (close enough for printable text and common escapes).
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{07}' => out.push_str("\\a"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\u{0b}' => out.push_str("\\v"),
+            c if c.is_control() => {
+                let _ = if (c as u32) < 0x10000 {
+                    write!(out, "\\u{:04x}", c as u32)
+                } else {
+                    write!(out, "\\U{:08x}", c as u32)
+                };
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn builtin_sprintf(args: &[Value]) -> Result<Value, String> {
+    let format = str_arg(args, 0)?;
+    let values = arg(args, 1)?.as_array().ok_or("operand 2 must be array")?;
+    Ok(Value::String(go_sprintf(format, values)))
+}
+
+fn builtin_trace(_args: &[Value]) -> Result<Value, String> {
+    Ok(Value::Bool(true))
+}
+
+// ---------------------------------------------------------------- net
+
+/// An IP network (`10.0.0.0/8`) or a single address (`10.0.0.1`).
+#[derive(Debug, Clone, Copy)]
+struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("invalid CIDR or IP {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid CIDR {s:?}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// The address aligned to the top of a u128 (IPv4 in the top 32 bits),
+    /// and the family's width.
+    fn bits(&self) -> (u128, u32) {
+        match self.addr {
+            IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        }
+    }
+
+    fn mask(prefix: u8) -> u128 {
+        if prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(prefix))
+        }
+    }
+
+    /// Whether `other` lies wholly inside `self`.
+    fn contains(&self, other: &Cidr) -> bool {
+        let (a, fa) = self.bits();
+        let (b, fb) = other.bits();
+        if fa != fb || other.prefix < self.prefix {
+            return false;
+        }
+        // Both addresses are aligned to the top bits, so the prefix masks directly.
+        let m = Self::mask(self.prefix);
+        a & m == b & m
+    }
+
+    fn intersects(&self, other: &Cidr) -> bool {
+        let (a, fa) = self.bits();
+        let (b, fb) = other.bits();
+        if fa != fb {
+            return false;
+        }
+        let m = Self::mask(self.prefix.min(other.prefix));
+        a & m == b & m
+    }
+}
+
+fn net_cidr_contains(args: &[Value]) -> Result<Value, String> {
+    let outer = Cidr::parse(str_arg(args, 0)?)?;
+    let inner = Cidr::parse(str_arg(args, 1)?)?;
+    Ok(Value::Bool(outer.contains(&inner)))
+}
+
+fn net_cidr_intersects(args: &[Value]) -> Result<Value, String> {
+    let a = Cidr::parse(str_arg(args, 0)?)?;
+    let b = Cidr::parse(str_arg(args, 1)?)?;
+    Ok(Value::Bool(a.intersects(&b)))
+}
+
+fn net_cidr_is_valid(args: &[Value]) -> Result<Value, String> {
+    let s = str_arg(args, 0)?;
+    Ok(Value::Bool(s.contains('/') && Cidr::parse(s).is_ok()))
+}
+
+// ---------------------------------------------------------------- io.jwt
+
+/// `io.jwt.decode(token) = [header, payload, signature_hex]`; no verification.
+fn io_jwt_decode(args: &[Value]) -> Result<Value, String> {
+    let token = str_arg(args, 0)?;
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("encoded JWT had no period separators".into());
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let decode = |part: &str| -> Result<Value, String> {
+        let bytes = b64
+            .decode(part.trim_end_matches('='))
+            .map_err(|e| format!("JWT segment is not base64url: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("JWT segment is not JSON: {e}"))
+    };
+    let sig = b64
+        .decode(s.trim_end_matches('='))
+        .map_err(|e| format!("JWT signature is not base64url: {e}"))?;
+    Ok(Value::Array(vec![
+        decode(h)?,
+        decode(p)?,
+        Value::String(hex::encode(sig)),
+    ]))
+}
+
+// ---------------------------------------------------------------- time
+
+fn time_now_ns(_args: &[Value]) -> Result<Value, String> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(now)
+        .map(Value::from)
+        .map_err(|_| "time out of range".into())
+}
+
+fn time_parse_rfc3339_ns(args: &[Value]) -> Result<Value, String> {
+    let s = str_arg(args, 0)?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))?;
+    i64::try_from(t.unix_timestamp_nanos())
+        .map(Value::from)
+        .map_err(|_| "time out of range".into())
+}
+
+/// Accepts `ns` or `[ns, tz]` (only `"UTC"`/`""` time zones are supported).
+fn datetime_arg(args: &[Value]) -> Result<time::OffsetDateTime, String> {
+    let v = arg(args, 0)?;
+    let ns = match v {
+        Value::Array(items) => {
+            let tz = items.get(1).and_then(Value::as_str).unwrap_or("UTC");
+            if !(tz.is_empty() || tz == "UTC") {
+                return Err(format!("time zone {tz:?} is not supported"));
+            }
+            int_arg(items, 0)?
+        }
+        _ => int_arg(args, 0)?,
+    };
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).map_err(|e| e.to_string())
+}
+
+fn time_date(args: &[Value]) -> Result<Value, String> {
+    let t = datetime_arg(args)?;
+    Ok(Value::from(vec![
+        i64::from(t.year()),
+        i64::from(u8::from(t.month())),
+        i64::from(t.day()),
+    ]))
+}
+
+fn time_clock(args: &[Value]) -> Result<Value, String> {
+    let t = datetime_arg(args)?;
+    Ok(Value::from(vec![
+        i64::from(t.hour()),
+        i64::from(t.minute()),
+        i64::from(t.second()),
+    ]))
+}
+
+fn time_add_date(args: &[Value]) -> Result<Value, String> {
+    let t = datetime_arg(args)?;
+    let (y, m, d) = (int_arg(args, 1)?, int_arg(args, 2)?, int_arg(args, 3)?);
+    // Go's AddDate normalises month overflow the way this arithmetic does.
+    let total_months = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1 + y * 12 + m;
+    let year = i32::try_from(total_months.div_euclid(12)).map_err(|_| "year out of range")?;
+    let month = u8::try_from(total_months.rem_euclid(12) + 1).map_err(|_| "month out of range")?;
+    let month = time::Month::try_from(month).map_err(|e| e.to_string())?;
+    let first = time::Date::from_calendar_date(year, month, 1).map_err(|e| e.to_string())?;
+    let date = first
+        .checked_add(time::Duration::days(i64::from(t.day()) - 1 + d))
+        .ok_or("date out of range")?;
+    let out = t.replace_date(date);
+    i64::try_from(out.unix_timestamp_nanos())
+        .map(Value::from)
+        .map_err(|_| "time out of range".into())
+}
+
+// ---------------------------------------------------------------- glob, regex
+
+/// `glob.match(pattern, delimiters, match)`: `*` matches within a segment,
+/// `**` across segments, `?` one non-delimiter character, `[...]` a class,
+/// `{a,b}` alternatives. Compiled to a regex.
+fn glob_match(args: &[Value]) -> Result<Value, String> {
+    let pattern = str_arg(args, 0)?;
+    let delimiters: Vec<char> = match arg(args, 1)? {
+        Value::Null => vec!['.'],
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                let s = item.as_str().ok_or("delimiters must be strings")?;
+                out.extend(s.chars());
+            }
+            if out.is_empty() { vec!['.'] } else { out }
+        }
+        _ => return Err("operand 2 must be array or null".into()),
+    };
+    let subject = str_arg(args, 2)?;
+    let not_delim: String = delimiters
+        .iter()
+        .map(|c| regex::escape(&c.to_string()))
+        .collect();
+    let seg = format!("[^{not_delim}]");
+    let mut re = String::from("^");
+    let mut chars = pattern.chars().peekable();
+    let mut in_alt = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                re.push_str(".*");
+            }
+            '*' => re.push_str(&format!("{seg}*")),
+            '?' => re.push_str(&seg),
+            '[' => {
+                re.push('[');
+                if chars.peek() == Some(&'!') {
+                    chars.next();
+                    re.push('^');
+                }
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
+                    }
+                    if c == '\\' || c == '[' {
+                        re.push('\\');
+                    }
+                    re.push(c);
+                }
+                re.push(']');
+            }
+            '{' => {
+                in_alt += 1;
+                re.push_str("(?:");
+            }
+            '}' if in_alt > 0 => {
+                in_alt -= 1;
+                re.push(')');
+            }
+            ',' if in_alt > 0 => re.push('|'),
+            '\\' => match chars.next() {
+                Some(n) => re.push_str(&regex::escape(&n.to_string())),
+                None => re.push_str("\\\\"),
+            },
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    let re = regex::Regex::new(&re).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
+    Ok(Value::Bool(re.is_match(subject)))
+}
+
+fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(pattern).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+}
+
+fn regex_match(args: &[Value]) -> Result<Value, String> {
+    let re = compile_regex(str_arg(args, 0)?)?;
+    Ok(Value::Bool(re.is_match(str_arg(args, 1)?)))
+}
+
+fn regex_is_valid(args: &[Value]) -> Result<Value, String> {
+    Ok(Value::Bool(
+        args.first()
+            .and_then(Value::as_str)
+            .is_some_and(|p| regex::Regex::new(p).is_ok()),
+    ))
+}
+
+fn regex_split(args: &[Value]) -> Result<Value, String> {
+    let re = compile_regex(str_arg(args, 0)?)?;
+    let s = str_arg(args, 1)?;
+    Ok(Value::from(re.split(s).collect::<Vec<_>>()))
+}
+
+fn regex_find_n(args: &[Value]) -> Result<Value, String> {
+    let re = compile_regex(str_arg(args, 0)?)?;
+    let s = str_arg(args, 1)?;
+    let n = int_arg(args, 2)?;
+    let found = re.find_iter(s).map(|m| m.as_str());
+    let found: Vec<&str> = if n < 0 {
+        found.collect()
+    } else {
+        found
+            .take(usize::try_from(n).unwrap_or(usize::MAX))
+            .collect()
+    };
+    Ok(Value::from(found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sprintf_matches_go() {
+        let rows: &[(&str, Value, &str)] = &[
+            (
+                "%v:%v/%v",
+                json!(["Component", "Platform", "Dev-Portal"]),
+                "Component:Platform/Dev-Portal",
+            ),
+            ("%s is %d", json!(["x", 5]), "x is 5"),
+            ("%v", json!([1.5]), "1.5"),
+            ("%v", json!([true]), "true"),
+            ("%v", json!([["a", 1]]), "[\"a\", 1]"),
+            ("%v", json!([{"a": 1}]), "{\"a\": 1}"),
+            ("%v", json!([null]), "null"),
+            ("%d", json!(["x"]), "%!d(string=x)"),
+            ("%s", json!([5]), "%!s(int=5)"),
+            ("%q", json!(["a\"b"]), "\"a\\\"b\""),
+            ("%x", json!([255]), "ff"),
+            ("%05d|%-4d|%4s", json!([42, 7, "ab"]), "00042|7   |  ab"),
+            ("%.2f", json!([1.23456]), "1.23"),
+            ("%v %v", json!(["a"]), "a %!v(MISSING)"),
+            ("%v", json!(["a", "b"]), "a%!(EXTRA string=b)"),
+            ("100%%", json!([]), "100%"),
+            ("%v", json!([1e21]), "1e+21"),
+        ];
+        for (f, a, want) in rows {
+            let got = go_sprintf(f, a.as_array().unwrap_or(&Vec::new()));
+            assert_eq!(&got, want, "sprintf({f:?}, {a})");
+        }
+    }
+
+    #[test]
+    fn cidr() {
+        let t = |a: &str, b: &str| net_cidr_contains(&[json!(a), json!(b)]).unwrap();
+        assert_eq!(t("10.0.0.0/8", "10.1.2.3"), json!(true));
+        assert_eq!(t("10.0.0.0/8", "11.1.2.3"), json!(false));
+        assert_eq!(t("10.0.0.0/8", "10.1.0.0/16"), json!(true));
+        assert_eq!(t("10.1.0.0/16", "10.0.0.0/8"), json!(false));
+        assert_eq!(t("fd00::/8", "fd12::1"), json!(true));
+        assert_eq!(t("0.0.0.0/0", "1.2.3.4"), json!(true));
+        assert!(net_cidr_contains(&[json!("bogus"), json!("1.2.3.4")]).is_err());
+        let i = |a: &str, b: &str| net_cidr_intersects(&[json!(a), json!(b)]).unwrap();
+        assert_eq!(i("10.0.0.0/8", "10.200.0.0/16"), json!(true));
+        assert_eq!(i("10.0.0.0/16", "10.1.0.0/16"), json!(false));
+    }
+
+    #[test]
+    fn glob_and_regex() {
+        let g = |p: &str, d: Value, s: &str| glob_match(&[json!(p), d, json!(s)]).unwrap();
+        assert_eq!(
+            g("*.example.org", json!(["."]), "api.example.org"),
+            json!(true)
+        );
+        assert_eq!(
+            g("*.example.org", json!(["."]), "a.b.example.org"),
+            json!(false)
+        );
+        assert_eq!(
+            g("spiffe://td/**", json!(["/"]), "spiffe://td/ns/a/sa/b"),
+            json!(true)
+        );
+        assert_eq!(g("{a,b}-?", json!([]), "b-1"), json!(true));
+        assert_eq!(
+            regex_split(&[json!(","), json!("a,b,c")]).unwrap(),
+            json!(["a", "b", "c"])
+        );
+        assert_eq!(
+            regex_find_n(&[json!("[0-9]"), json!("a1b2c3"), json!(2)]).unwrap(),
+            json!(["1", "2"])
+        );
+    }
+
+    #[test]
+    fn jwt_and_time() {
+        // {"alg":"none"}.{"sub":"spiffe://td/x"}.sig
+        let tok = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJzcGlmZmU6Ly90ZC94In0.AQI";
+        let v = io_jwt_decode(&[json!(tok)]).unwrap();
+        assert_eq!(
+            v,
+            json!([{"alg": "none"}, {"sub": "spiffe://td/x"}, "0102"])
+        );
+        assert!(io_jwt_decode(&[json!("nope")]).is_err());
+        let ns = time_parse_rfc3339_ns(&[json!("2024-02-29T12:30:45Z")]).unwrap();
+        assert_eq!(
+            time_date(std::slice::from_ref(&ns)).unwrap(),
+            json!([2024, 2, 29])
+        );
+        assert_eq!(
+            time_clock(std::slice::from_ref(&ns)).unwrap(),
+            json!([12, 30, 45])
+        );
+        let next = time_add_date(&[ns, json!(0), json!(1), json!(0)]).unwrap();
+        assert_eq!(time_date(&[next]).unwrap(), json!([2024, 3, 29]));
+        assert!(time_now_ns(&[]).unwrap().as_i64().unwrap() > 0);
+    }
+}

@@ -1,0 +1,133 @@
+//! `signet policy eval|check|test`: for policy authors.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+use signet_policy::{EngineKind, PolicyOptions};
+
+use crate::admin_cli::Output;
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Evaluate a policy (.wasm, OPA bundle .tar.gz, .rego or a directory) on an input.
+    Eval {
+        #[arg(long)]
+        policy: PathBuf,
+        /// Input document (JSON; - for stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// Data document (JSON), overriding a bundle's data.json.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Entrypoint, e.g. signet/authz/allow.
+        #[arg(long)]
+        entrypoint: Option<String>,
+    },
+    /// Load a policy and report its engine, entrypoints and builtins.
+    Check {
+        policy: PathBuf,
+        #[arg(long)]
+        entrypoint: Option<String>,
+    },
+    /// Run the Rego test_* rules of a directory, like `opa test`.
+    Test { dir: PathBuf },
+}
+
+fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+fn options(entrypoint: Option<String>, data: Option<Value>) -> PolicyOptions {
+    let mut o = PolicyOptions::default();
+    if let Some(e) = entrypoint {
+        o = o.with_entrypoint(e);
+    }
+    if let Some(d) = data {
+        o = o.with_data(d);
+    }
+    o
+}
+
+pub fn run(cmd: PolicyCmd, output: Output) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCmd::Eval {
+            policy,
+            input,
+            data,
+            entrypoint,
+        } => {
+            let input = read_json(&input)?;
+            let data = data.as_ref().map(read_json).transpose()?;
+            let decision = signet_policy::eval(&policy, &options(entrypoint, data), &input)
+                .with_context(|| format!("cannot load policy {}", policy.display()))?;
+            // Decisions are data: always JSON.
+            println!("{}", serde_json::to_string_pretty(&decision)?);
+            let _ = output;
+        }
+        PolicyCmd::Check { policy, entrypoint } => {
+            let info = signet_policy::check(&policy, &options(entrypoint, None))
+                .with_context(|| format!("policy {} does not load", policy.display()))?;
+            let engine = match info.engine {
+                EngineKind::Wasm => "wasm",
+                EngineKind::Rego => "rego",
+                _ => "other",
+            };
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "engine": engine, "entrypoint": info.entrypoint, "entrypoints": info.entrypoints,
+                        "builtins": info.builtins, "abi": info.abi.map(|(a, b)| format!("{a}.{b}")),
+                        "revision": info.revision,
+                    })
+                ),
+                Output::Text => {
+                    println!("Policy {} loads ({engine})", policy.display());
+                    if let Some((a, b)) = info.abi {
+                        println!("  OPA Wasm ABI  {a}.{b}");
+                    }
+                    println!("  entrypoint    {}", info.entrypoint);
+                    println!("  entrypoints   {}", info.entrypoints.join(", "));
+                    if !info.builtins.is_empty() {
+                        println!("  builtins      {}", info.builtins.join(", "));
+                    }
+                    println!("  revision      {}", info.revision);
+                }
+            }
+        }
+        PolicyCmd::Test { dir } => {
+            let report = signet_policy::run_tests(&dir)
+                .with_context(|| format!("cannot run the tests in {}", dir.display()))?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "passed": report.passed(), "failed": report.failed(),
+                        "cases": report.cases.iter().map(|c| json!({"name": c.name, "passed": c.passed, "message": c.message})).collect::<Vec<_>>(),
+                    })
+                ),
+                Output::Text => print!("{report}"),
+            }
+            if report.cases.is_empty() {
+                bail!("no test_* rules found in {}", dir.display());
+            }
+            if report.failed() > 0 {
+                bail!(
+                    "{} of {} policy tests failed",
+                    report.failed(),
+                    report.cases.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
