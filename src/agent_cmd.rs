@@ -57,6 +57,11 @@ pub struct AgentSettings {
     /// Where the agent keeps its SVID and bundle [default: .signet-agent].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Envoy SDS: send trust bundles as plain trusted_ca PEM instead of
+    /// the SPIFFE certificate validator (for Envoys without it).
+    #[arg(long)]
+    #[serde(default)]
+    sds_trusted_ca: bool,
     /// Most workload SVIDs kept in memory; streamed entries are always kept [default: 1000].
     #[arg(long)]
     svid_cache_size: Option<usize>,
@@ -72,7 +77,7 @@ impl AgentSettings {
 
     /// Reads the file, lets flags override it, applies defaults and reports
     /// every problem at once.
-    pub fn resolve(mut self) -> anyhow::Result<(AgentConfig, PathBuf)> {
+    pub fn resolve(mut self) -> anyhow::Result<ResolvedAgent> {
         if let Some(path) = self.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -90,6 +95,7 @@ impl AgentSettings {
             self.data_dir = self.data_dir.or(file.data_dir);
             self.socket_path = self.socket_path.or(file.socket_path);
             self.svid_cache_size = self.svid_cache_size.or(file.svid_cache_size);
+            self.sds_trusted_ca |= file.sds_trusted_ca;
         }
         let mut problems = Vec::new();
         let td = TrustDomain::parse(self.trust_domain.as_deref().unwrap_or("example.org"))
@@ -161,16 +167,33 @@ impl AgentSettings {
                 .svid_cache_size
                 .unwrap_or(agent::DEFAULT_SVID_CACHE_SIZE),
         };
-        Ok((
+        Ok(ResolvedAgent {
             config,
-            self.socket_path
+            socket: self
+                .socket_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
-        ))
+            sds: SdsOptions {
+                spiffe_validator: !self.sds_trusted_ca,
+            },
+        })
     }
 }
 
+/// Agent settings checked and defaulted.
+#[derive(Debug)]
+pub struct ResolvedAgent {
+    pub config: AgentConfig,
+    pub socket: PathBuf,
+    pub sds: SdsOptions,
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
+pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
+    let ResolvedAgent {
+        config,
+        socket,
+        sds,
+    } = r;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (handle, agent_task) = agent::start(config, None, stop_rx.clone())
         .await
@@ -181,7 +204,7 @@ pub async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
     let stop = async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api = tokio::spawn(serve_agent_socket(handle, listener, stop));
+    let api = tokio::spawn(serve_agent_socket(handle, listener, sds, stop));
     println!("signet agent is running");
     println!(
         "  agent socket   {} (SPIFFE_ENDPOINT_SOCKET=unix://{})",
@@ -209,13 +232,14 @@ pub async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
 pub async fn serve_agent_socket(
     handle: agent::AgentHandle,
     listener: tokio::net::UnixListener,
+    sds: SdsOptions,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let attestor = std::sync::Arc::new(UnixAttestor::default());
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(WorkloadApi::new(handle.clone(), attestor.clone()).into_service())
-        .add_service(SdsService::new(handle, attestor, SdsOptions::default()).into_service())
+        .add_service(SdsService::new(handle, attestor, sds).into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
         .await
 }

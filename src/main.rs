@@ -121,6 +121,9 @@ fn main() -> ExitCode {
                 let local = server_cmd::LocalAgent {
                     socket: r.socket_path,
                     svid_cache_size: r.svid_cache_size,
+                    sds: signet_sds::SdsOptions {
+                        spiffe_validator: !r.sds_trusted_ca,
+                    },
                 };
                 serve(r.server, Some(local)).await
             }
@@ -166,6 +169,9 @@ struct RunArgs {
     /// Workload API socket of the local agent.
     #[arg(long, env = "SIGNET_AGENT_SOCKET", default_value = api_cli::DEFAULT_AGENT_SOCKET)]
     socket_path: PathBuf,
+    /// Envoy SDS: send trust bundles as plain trusted_ca PEM instead of the SPIFFE validator.
+    #[arg(long)]
+    sds_trusted_ca: bool,
     /// Most workload SVIDs the local agent keeps; streamed entries are always kept.
     #[arg(long, default_value_t = signet_core::agent::DEFAULT_SVID_CACHE_SIZE)]
     svid_cache_size: usize,
@@ -200,15 +206,15 @@ async fn serve(
 
 async fn run_agent(settings: AgentSettings) -> anyhow::Result<()> {
     let check = settings.check_config();
-    let (config, socket) = settings.resolve()?;
+    let resolved = settings.resolve()?;
     if check {
         println!(
             "configuration is valid ({} server address(es))",
-            config.servers.len()
+            resolved.config.servers.len()
         );
         return Ok(());
     }
-    agent_cmd::serve(config, socket).await
+    agent_cmd::serve(resolved).await
 }
 
 /// Human-readable logs on a terminal, JSON lines otherwise.

@@ -349,10 +349,11 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
             let _ = agent_task.await;
             Ok(())
         });
+        let sds = local_agent.as_ref().map(|a| a.sds).unwrap_or_default();
         tasks.spawn({
             let stop = stopped(stop_rx.clone());
             async move {
-                crate::agent_cmd::serve_agent_socket(handle, listener, stop)
+                crate::agent_cmd::serve_agent_socket(handle, listener, sds, stop)
                     .await
                     .context("agent socket")
             }
@@ -405,6 +406,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
 pub struct LocalAgent {
     pub socket: PathBuf,
     pub svid_cache_size: usize,
+    pub sds: signet_sds::SdsOptions,
 }
 
 /// An address to dial for a listener bound to `addr` (0.0.0.0 becomes loopback).

@@ -1,6 +1,7 @@
 //! End-to-end with the real Envoy: a server-side Envoy and a client-side
 //! Envoy take their certificates and validation contexts from `signet run`
-//! over SDS (the example configurations, with test ports), and a request
+//! over SDS (the example configurations, with test ports; one Envoy on
+//! DeltaSecrets, the others on StreamSecrets), and a request
 //! crosses mTLS; an identity RBAC does not allow is refused; short TTLs
 //! rotate Envoy's certificate without a restart.
 
@@ -142,7 +143,8 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
         ],
         &dir.path().join("inbound.yaml"),
     );
-    let out_cfg = |listen: u16, admin: u16, name: &str| {
+    // The client Envoy uses DeltaSecrets, the others StreamSecrets.
+    let out_cfg = |listen: u16, admin: u16, name: &str, api: &str| {
         config(
             "outbound.yaml",
             &[
@@ -150,6 +152,7 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
                 ("port_value: 8443", format!("port_value: {inbound}")),
                 ("port_value: 9902", format!("port_value: {admin}")),
                 ("path: /tmp/signet/agent.sock", format!("path: {sock}")),
+                ("api_type: GRPC", format!("api_type: {api}")),
             ],
             &dir.path().join(format!("{name}.yaml")),
         )
@@ -158,14 +161,14 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
     let _client_envoy = start_envoy(
         "envoy-client",
         &bin,
-        &out_cfg(outbound, admin_out, "outbound"),
+        &out_cfg(outbound, admin_out, "outbound", "DELTA_GRPC"),
         65533,
         dir.path(),
     );
     let _intruder_envoy = start_envoy(
         "envoy-intruder",
         &bin,
-        &out_cfg(intruder, admin_intr, "intruder"),
+        &out_cfg(intruder, admin_intr, "intruder", "GRPC"),
         65532,
         dir.path(),
     );

@@ -481,3 +481,73 @@ impl SecretDiscoveryService for SdsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signet_identity::TrustDomain;
+
+    fn bundle(td: &str) -> Bundle {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let mut b = Bundle::new(TrustDomain::parse(td).unwrap());
+        b.add_x509_authority(p.self_signed(&key).unwrap().der().clone());
+        b
+    }
+
+    #[test]
+    fn all_is_the_spiffe_validator_or_plain_trusted_ca() {
+        let (own, partner) = (bundle("example.org"), bundle("partner.org"));
+        let spiffe = validation_context("ALL", &[&own, &partner], true);
+        let Some(secret::Type::ValidationContext(ctx)) = spiffe.r#type else {
+            panic!("not a validation context")
+        };
+        let custom = ctx.custom_validator_config.expect("SPIFFE validator");
+        assert_eq!(custom.name, SPIFFE_VALIDATOR);
+        let any = custom.typed_config.unwrap();
+        assert!(
+            any.type_url.ends_with("SPIFFECertValidatorConfig"),
+            "{}",
+            any.type_url
+        );
+        let config =
+            <SpiffeCertValidatorConfig as prost::Message>::decode(any.value.as_slice()).unwrap();
+        let names: Vec<&str> = config
+            .trust_domains
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["example.org", "partner.org"]);
+        assert!(ctx.trusted_ca.is_none());
+
+        let plain = validation_context("ALL", &[&own, &partner], false);
+        let Some(secret::Type::ValidationContext(ctx)) = plain.r#type else {
+            panic!("not a validation context")
+        };
+        assert!(ctx.custom_validator_config.is_none());
+        let Some(data_source::Specifier::InlineBytes(pem)) = ctx.trusted_ca.unwrap().specifier
+        else {
+            panic!("inline PEM")
+        };
+        assert_eq!(
+            String::from_utf8(pem)
+                .unwrap()
+                .matches("BEGIN CERTIFICATE")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn versions_follow_content() {
+        let a = validation_context("ROOTCA", &[&bundle("example.org")], false);
+        let b = validation_context("ROOTCA", &[&bundle("example.org")], false);
+        assert_eq!(version_of_one(&a), version_of_one(&a.clone()));
+        assert_ne!(
+            version_of_one(&a),
+            version_of_one(&b),
+            "another key is another version"
+        );
+    }
+}
