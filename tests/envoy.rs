@@ -3,7 +3,8 @@
 //! over SDS (the example configurations, with test ports; one Envoy on
 //! DeltaSecrets, the others on StreamSecrets), and a request
 //! crosses mTLS; an identity RBAC does not allow is refused; short TTLs
-//! rotate Envoy's certificate without a restart.
+//! rotate Envoy's certificate without a restart; SDS recovers after the
+//! agent restarts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -110,7 +111,7 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let c = Combined::start(dir.path(), &["--x509-svid-ttl", "20s"]);
+    let mut c = Combined::start(dir.path(), &["--x509-svid-ttl", "20s"]);
     // The server Envoy runs as uid 65534, the client Envoy as 65533, an
     // intruder Envoy as 65532: the agent tells them apart by the kernel.
     for (id, uid) in [("server", 65534), ("client", 65533), ("intruder", 65532)] {
@@ -209,5 +210,19 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
     });
     assert_ne!(first, second);
     let (code, _) = curl(&format!("http://127.0.0.1:{outbound}/after-rotation"));
+    assert_eq!(code, 200);
+
+    // The agent restarts: Envoy's SDS streams reconnect by themselves and
+    // the restarted agent's newly minted SVID reaches the server Envoy.
+    assert!(c.proc.signal_and_wait("INT").success());
+    let _c = Combined::start(dir.path(), &["--x509-svid-ttl", "20s"]);
+    let third = eventually("a certificate from the restarted agent", || {
+        serial(admin_in).filter(|s| *s != second && *s != first)
+    });
+    assert_ne!(third, second);
+    let code = eventually("requests after the agent restart", || {
+        let (code, _) = curl(&format!("http://127.0.0.1:{outbound}/after-restart"));
+        (code == 200).then_some(code)
+    });
     assert_eq!(code, 200);
 }
