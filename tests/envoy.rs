@@ -101,6 +101,22 @@ fn start_app(port: u16, dir: &Path) -> Proc {
     p
 }
 
+/// The serial (lowercase hex, no leading zeros) of the certificate a TLS
+/// server on `port` presents to a new connection (read by openssl
+/// s_client; the handshake may then fail for want of a client certificate).
+fn presented_serial(port: u16) -> Option<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.trim().strip_prefix("serial=")?.to_ascii_lowercase();
+    Some(hex.trim_start_matches('0').to_owned())
+}
+
 #[test]
 fn envoys_get_their_identities_over_sds_and_talk_mtls() {
     if uid() != 0 {
@@ -211,6 +227,12 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
     assert_ne!(first, second);
     let (code, _) = curl(&format!("http://127.0.0.1:{outbound}/after-rotation"));
     assert_eq!(code, 200);
+    // A new connection is handed the new certificate.
+    let presented = eventually("the new certificate on a new connection", || {
+        let s = presented_serial(inbound)?;
+        (s == second.trim_start_matches('0')).then_some(s)
+    });
+    assert_eq!(presented, second.trim_start_matches('0'));
 
     // The agent restarts: Envoy's SDS streams reconnect by themselves and
     // the restarted agent's newly minted SVID reaches the server Envoy.
