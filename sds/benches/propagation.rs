@@ -8,22 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
-use signet_core::agent::workload_api::bind_agent_socket;
-use signet_core::agent::{self, AgentConfig, NodeAttestation};
-use signet_core::attest::node::NodeAttestor;
-use signet_core::attest::workload::UnixAttestor;
-use signet_core::key_manager::memory::MemoryKeyManager;
-use signet_core::server::node::serve_node;
-use signet_core::server::{Server, ServerConfig};
-use signet_core::{SystemClock, datastore};
-use signet_identity::{Entry, Selector, TrustDomain};
-use signet_sds::{SECRET_TYPE_URL, SdsOptions, SdsService};
-use tokio_stream::wrappers::UnixListenerStream;
+use signet_sds::SECRET_TYPE_URL;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -33,16 +26,6 @@ fn rss_kib() -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-fn my_uid() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .to_owned()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -55,71 +38,12 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let dir = tempfile::tempdir().unwrap();
-    let store = datastore::open(&format!("sqlite://{}", dir.path().join("sds.db").display()))
-        .await
-        .unwrap();
-    let td = TrustDomain::parse("example.org").unwrap();
-    let server = Server::start(
-        ServerConfig::new(td.clone()),
-        store,
-        Arc::new(SystemClock),
-        Arc::new(MemoryKeyManager::default()),
-        None,
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_node(
-        server.clone(),
-        Vec::<Arc<dyn NodeAttestor>>::new(),
-        listener,
-        std::future::pending(),
-    ));
-    {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server
-                .follow_changes(Duration::from_secs(1), std::future::pending())
-                .await
-        });
-    }
-    let agent_id = td.id_with_path("/signet/agent/local").unwrap();
-    let (svid, bundle) = server.attest_local_agent(&agent_id).await.unwrap();
-    let config = AgentConfig {
-        servers: vec![addr],
-        bootstrap_bundle: Some(bundle.clone()),
-        attestation: NodeAttestation::Preissued,
-        data_dir: None,
-        svid_cache_size: agent::DEFAULT_SVID_CACHE_SIZE,
-    };
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (handle, _task) = agent::start(config, Some((svid, bundle)), stop_rx)
-        .await
-        .unwrap();
-    let sock = dir.path().join("agent.sock");
-    let l = bind_agent_socket(&sock).unwrap();
-    let sds = SdsService::new(
-        handle,
-        Arc::new(UnixAttestor::default()),
-        SdsOptions::default(),
+    let setup = common::start().await;
+    let (server, sock, entry) = (
+        setup.server.clone(),
+        setup.sock.clone(),
+        setup.entry.clone(),
     );
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(sds.into_service())
-            .serve_with_incoming(UnixListenerStream::new(l)),
-    );
-    let sel = Selector::parse(&format!("unix:uid:{}", my_uid())).unwrap();
-    let entry = server
-        .create_entry(Entry::new(
-            td.id_with_path("/envoy").unwrap(),
-            agent_id.clone(),
-            vec![sel],
-        ))
-        .await
-        .unwrap();
-
     // Open n streams; each waits for its first secret, then for a new version.
     let before = rss_kib();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Instant)>(n * 2);

@@ -1,0 +1,113 @@
+//! One process wired like `signet agent` with SDS: server, loopback mTLS
+//! agent API, local agent, SDS on a Unix socket, and an entry for this
+//! process's uid. Shared by the SDS tests and benchmark.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use signet_core::agent::workload_api::bind_agent_socket;
+use signet_core::agent::{self, AgentConfig, NodeAttestation};
+use signet_core::attest::node::NodeAttestor;
+use signet_core::attest::workload::UnixAttestor;
+use signet_core::key_manager::memory::MemoryKeyManager;
+use signet_core::server::node::serve_node;
+use signet_core::server::{Server, ServerConfig};
+use signet_core::{SystemClock, datastore};
+use signet_identity::{Entry, Selector, TrustDomain};
+use signet_sds::{SdsOptions, SdsService};
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub server: Arc<Server>,
+    pub sock: PathBuf,
+    pub entry: Entry,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn my_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .to_owned()
+}
+
+pub async fn start() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = datastore::open(&format!("sqlite://{}", dir.path().join("sds.db").display()))
+        .await
+        .unwrap();
+    let td = TrustDomain::parse("example.org").unwrap();
+    let server = Server::start(
+        ServerConfig::new(td.clone()),
+        store,
+        Arc::new(SystemClock),
+        Arc::new(MemoryKeyManager::default()),
+        None,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_node(
+        server.clone(),
+        Vec::<Arc<dyn NodeAttestor>>::new(),
+        listener,
+        std::future::pending(),
+    ));
+    {
+        let server = server.clone();
+        tokio::spawn(async move {
+            server
+                .follow_changes(Duration::from_secs(1), std::future::pending())
+                .await
+        });
+    }
+    let agent_id = td.id_with_path("/signet/agent/local").unwrap();
+    let (svid, bundle) = server.attest_local_agent(&agent_id).await.unwrap();
+    let config = AgentConfig {
+        servers: vec![addr],
+        bootstrap_bundle: Some(bundle.clone()),
+        attestation: NodeAttestation::Preissued,
+        data_dir: None,
+        svid_cache_size: agent::DEFAULT_SVID_CACHE_SIZE,
+    };
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (handle, _task) = agent::start(config, Some((svid, bundle)), stop_rx)
+        .await
+        .unwrap();
+    let sock = dir.path().join("agent.sock");
+    let l = bind_agent_socket(&sock).unwrap();
+    let sds = SdsService::new(
+        handle,
+        Arc::new(UnixAttestor::default()),
+        SdsOptions::default(),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(sds.into_service())
+            .serve_with_incoming(UnixListenerStream::new(l)),
+    );
+    let sel = Selector::parse(&format!("unix:uid:{}", my_uid())).unwrap();
+    let entry = server
+        .create_entry(Entry::new(
+            td.id_with_path("/envoy").unwrap(),
+            agent_id,
+            vec![sel],
+        ))
+        .await
+        .unwrap();
+    Setup {
+        dir,
+        server,
+        sock,
+        entry,
+        _stop: stop,
+    }
+}
