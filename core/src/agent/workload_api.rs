@@ -202,6 +202,23 @@ fn x509_response(
     }))
 }
 
+/// Every bundle the agent holds, keyed by trust-domain SPIFFE ID and
+/// encoded by `encode`, for a caller that still has an identity.
+fn bundles_by_trust_domain(
+    s: &Snapshot,
+    selectors: &[signet_identity::Selector],
+    encode: impl Fn(&signet_identity::Bundle) -> Vec<u8>,
+) -> Result<HashMap<String, Vec<u8>>, Status> {
+    vouching(s)?;
+    if matching(s, selectors).is_empty() {
+        return Err(no_identity());
+    }
+    Ok(s.bundles
+        .iter()
+        .map(|b| (b.trust_domain().id().to_string(), encode(b)))
+        .collect())
+}
+
 /// Streams `build(snapshot)` on every snapshot change that alters it.
 fn stream_from<T, F>(agent: &AgentHandle, build: F) -> BoxStream<T>
 where
@@ -301,24 +318,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
-            vouching(s)?;
-            if matching(s, &selectors).is_empty() {
-                return Err(no_identity());
-            }
-            let bundles = s
-                .bundles
-                .iter()
-                .map(|b| {
-                    (
-                        b.trust_domain().id().to_string(),
-                        der_concat(b.x509_authorities()),
-                    )
-                })
-                .collect();
-            Ok(Some(X509BundlesResponse {
-                crl: Vec::new(),
-                bundles,
-            }))
+            bundles_by_trust_domain(s, &selectors, |b| der_concat(b.x509_authorities())).map(
+                |bundles| {
+                    Some(X509BundlesResponse {
+                        crl: Vec::new(),
+                        bundles,
+                    })
+                },
+            )
         })))
     }
 
@@ -387,21 +394,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
-            vouching(s)?;
-            if matching(s, &selectors).is_empty() {
-                return Err(no_identity());
-            }
-            let bundles = s
-                .bundles
-                .iter()
-                .map(|b| {
-                    (
-                        b.trust_domain().id().to_string(),
-                        b.jwks_json().to_string().into_bytes(),
-                    )
-                })
-                .collect();
-            Ok(Some(JwtBundlesResponse { bundles }))
+            bundles_by_trust_domain(s, &selectors, |b| b.jwks_json().to_string().into_bytes())
+                .map(|bundles| Some(JwtBundlesResponse { bundles }))
         })))
     }
 
