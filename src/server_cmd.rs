@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
+use signet_core::agent;
 use signet_core::agent::workload_api::bind_agent_socket;
-use signet_core::agent::{self, AgentConfig, NodeAttestation};
 use signet_core::attest::node::NodeAttestor;
 use signet_core::attest::node::join_token::JoinTokenAttestor;
 use signet_core::attest::node::x509pop::X509PopAttestor;
@@ -331,18 +331,17 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     });
     if let Some(socket) = &agent_socket {
         let agent_id = local_agent_id(server.trust_domain())?;
-        let (svid, bundle) = server.attest_local_agent(&agent_id).await?;
-        let agent_config = AgentConfig {
-            servers: vec![loopback(node_addr)],
-            bootstrap_bundle: Some(bundle.clone()),
-            attestation: NodeAttestation::Preissued,
-            data_dir: None,
-            svid_cache_size: local_agent
-                .as_ref()
-                .map_or(agent::DEFAULT_SVID_CACHE_SIZE, |a| a.svid_cache_size),
-        };
-        let (handle, agent_task) =
-            agent::start(agent_config, Some((svid, bundle)), stop_rx.clone()).await?;
+        let cache = local_agent
+            .as_ref()
+            .map_or(agent::DEFAULT_SVID_CACHE_SIZE, |a| a.svid_cache_size);
+        let (handle, agent_task) = agent::start_local(
+            &server,
+            &agent_id,
+            loopback(node_addr),
+            cache,
+            stop_rx.clone(),
+        )
+        .await?;
         let listener = bind_agent_socket(socket)
             .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
         tasks.spawn(async move {

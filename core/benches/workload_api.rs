@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use signet_core::agent;
 use signet_core::agent::workload_api::{bind_agent_socket, connect, serve_workload_api};
-use signet_core::agent::{self, AgentConfig, NodeAttestation};
 use signet_core::api::workload::X509svidRequest;
 use signet_core::attest::node::NodeAttestor;
 use signet_core::key_manager::memory::MemoryKeyManager;
@@ -94,18 +94,16 @@ async fn main() {
         });
     }
     let agent_id = td.id_with_path("/signet/agent/local").unwrap();
-    let (svid, bundle) = server.attest_local_agent(&agent_id).await.unwrap();
-    let config = AgentConfig {
-        servers: vec![addr],
-        bootstrap_bundle: Some(bundle.clone()),
-        attestation: NodeAttestation::Preissued,
-        data_dir: None,
-        svid_cache_size: agent::DEFAULT_SVID_CACHE_SIZE,
-    };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (handle, _task) = agent::start(config, Some((svid, bundle)), stop_rx)
-        .await
-        .unwrap();
+    let (handle, _task) = agent::start_local(
+        &server,
+        &agent_id,
+        addr,
+        agent::DEFAULT_SVID_CACHE_SIZE,
+        stop_rx,
+    )
+    .await
+    .unwrap();
     let sock = dir.path().join("agent.sock");
     let l = bind_agent_socket(&sock).unwrap();
     tokio::spawn(serve_workload_api(

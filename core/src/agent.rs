@@ -168,6 +168,8 @@ pub enum AgentError {
     State { path: PathBuf, reason: String },
     #[error("no server address is configured")]
     NoServer,
+    #[error("the local agent cannot be attested: {0}")]
+    Local(String),
     #[error("the agent was banned or evicted and cannot attest again: {0}")]
     Refused(String),
 }
@@ -289,6 +291,30 @@ pub async fn start(
     };
     let task = tokio::spawn(run(config, identity, tx, client, demand, stop));
     Ok((handle, task))
+}
+
+/// Starts the combined core's own agent: `server` attests it implicitly
+/// (it runs in the same process) and it reaches the server at
+/// `server_addr` over mTLS like any other agent.
+pub async fn start_local(
+    server: &crate::server::Server,
+    agent_id: &signet_identity::SpiffeId,
+    server_addr: SocketAddr,
+    svid_cache_size: usize,
+    stop: watch::Receiver<bool>,
+) -> Result<(AgentHandle, tokio::task::JoinHandle<()>), AgentError> {
+    let (svid, bundle) = server
+        .attest_local_agent(agent_id)
+        .await
+        .map_err(|e| AgentError::Local(e.to_string()))?;
+    let config = AgentConfig {
+        servers: vec![server_addr],
+        bootstrap_bundle: Some(bundle.clone()),
+        attestation: NodeAttestation::Preissued,
+        data_dir: None,
+        svid_cache_size,
+    };
+    start(config, Some((svid, bundle)), stop).await
 }
 
 async fn attest(config: &AgentConfig) -> Result<Identity, AgentError> {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use signet_core::agent;
 use signet_core::agent::workload_api::bind_agent_socket;
-use signet_core::agent::{self, AgentConfig, NodeAttestation};
 use signet_core::attest::node::NodeAttestor;
 use signet_core::attest::workload::UnixAttestor;
 use signet_core::key_manager::memory::MemoryKeyManager;
@@ -70,18 +70,16 @@ pub async fn start() -> Setup {
         });
     }
     let agent_id = td.id_with_path("/signet/agent/local").unwrap();
-    let (svid, bundle) = server.attest_local_agent(&agent_id).await.unwrap();
-    let config = AgentConfig {
-        servers: vec![addr],
-        bootstrap_bundle: Some(bundle.clone()),
-        attestation: NodeAttestation::Preissued,
-        data_dir: None,
-        svid_cache_size: agent::DEFAULT_SVID_CACHE_SIZE,
-    };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (handle, _task) = agent::start(config, Some((svid, bundle)), stop_rx)
-        .await
-        .unwrap();
+    let (handle, _task) = agent::start_local(
+        &server,
+        &agent_id,
+        addr,
+        agent::DEFAULT_SVID_CACHE_SIZE,
+        stop_rx,
+    )
+    .await
+    .unwrap();
     let sock = dir.path().join("agent.sock");
     let l = bind_agent_socket(&sock).unwrap();
     let sds = SdsService::new(
