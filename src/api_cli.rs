@@ -6,17 +6,15 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use signet_core::agent::workload_api::{SECURITY_HEADER, connect};
+use signet_core::agent::workload_api::connect;
 use signet_core::api::workload::*;
-use signet_core::unix_socket::endpoint_path;
+use signet_core::workload_client::{resolve_socket, split_der, with_header};
 use signet_identity::bundle::certificates_to_pem;
-use signet_identity::{CertificateDer, PrivateKey, X509Svid};
-use tonic::Request;
+use signet_identity::{PrivateKey, X509Svid};
 
 use crate::admin_cli::Output;
 
-/// Default agent (Workload API) socket.
-pub const DEFAULT_AGENT_SOCKET: &str = "/tmp/signet/agent.sock";
+pub use signet_core::workload_client::DEFAULT_AGENT_SOCKET;
 
 #[derive(Debug, Args)]
 pub struct ApiOpts {
@@ -75,42 +73,7 @@ pub enum ValidateCmd {
 }
 
 fn socket_path(opts: &ApiOpts) -> anyhow::Result<PathBuf> {
-    resolve_socket(opts.socket.as_ref())
-}
-
-fn resolve_socket(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.clone());
-    }
-    match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
-        Ok(addr) if !addr.is_empty() => {
-            endpoint_path(&addr).map_err(|e| anyhow::anyhow!("SPIFFE_ENDPOINT_SOCKET {e}"))
-        }
-        _ => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
-    }
-}
-
-fn with_header<T>(msg: T) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert(
-        SECURITY_HEADER,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    req
-}
-
-fn split_der(der: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    use x509_parser::prelude::FromDer;
-    let mut rest = der;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let (next, _) = x509_parser::certificate::X509Certificate::from_der(rest)
-            .map_err(|e| anyhow::anyhow!("the agent sent a malformed certificate: {e}"))?;
-        let len = rest.len() - next.len();
-        out.push(CertificateDer::from(rest[..len].to_vec()));
-        rest = next;
-    }
-    Ok(out)
+    Ok(resolve_socket(opts.socket.as_deref())?)
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
@@ -121,7 +84,7 @@ fn status(e: tonic::Status) -> anyhow::Error {
 /// with PermissionDenied (none for this caller); Unavailable means it can
 /// no longer vouch for identities (banned, evicted, cannot renew).
 pub async fn health(socket: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = resolve_socket(socket.as_ref())?;
+    let path = resolve_socket(socket.as_deref())?;
     let mut c = connect(path.clone())
         .await
         .with_context(|| format!("agent is unhealthy: cannot reach {}", path.display()))?;

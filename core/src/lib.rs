@@ -23,6 +23,7 @@ pub mod key_manager;
 pub mod server;
 pub mod tls;
 pub mod unix_socket;
+pub mod workload_client;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
 pub use clock::{Clock, ManualClock, SystemClock};

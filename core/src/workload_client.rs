@@ -1,0 +1,292 @@
+//! The workload side of the Workload API: what the sidecar, the helper and
+//! `signet api` use to get their own identities. [`watch_x509`] keeps one
+//! FetchX509SVID stream open, reconnecting with backoff, and publishes every
+//! full-state update as an [`X509Context`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use signet_identity::{Bundle, BundleSet, CertificateDer, PrivateKey, TrustDomain, X509Svid};
+use tokio::sync::watch;
+use tonic::Request;
+
+use crate::agent::workload_api::{SECURITY_HEADER, connect};
+use crate::api::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
+use crate::unix_socket::endpoint_path;
+
+/// Where `signet run` and `signet agent` put the agent socket by default.
+pub const DEFAULT_AGENT_SOCKET: &str = "/tmp/signet/agent.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("SPIFFE_ENDPOINT_SOCKET {0}")]
+    Endpoint(String),
+    #[error("cannot reach the Workload API at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+    #[error("the Workload API answered {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("the agent sent a malformed {what}: {why}")]
+    Malformed { what: &'static str, why: String },
+    #[error("the agent returned no SVID")]
+    NoSvid,
+}
+
+/// The socket to use: an explicit path, else `SPIFFE_ENDPOINT_SOCKET`
+/// (`unix:///abs/path`), else [`DEFAULT_AGENT_SOCKET`].
+pub fn resolve_socket(explicit: Option<&Path>) -> Result<PathBuf, ClientError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
+        Ok(addr) if !addr.is_empty() => endpoint_path(&addr).map_err(ClientError::Endpoint),
+        _ => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
+    }
+}
+
+/// A request carrying the header every Workload API call needs.
+pub fn with_header<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    req
+}
+
+/// Splits concatenated DER certificates, as the Workload API sends them.
+pub fn split_der(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    use x509_parser::prelude::FromDer;
+    let mut rest = der;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (next, _) = x509_parser::certificate::X509Certificate::from_der(rest).map_err(|e| {
+            ClientError::Malformed {
+                what: "certificate",
+                why: e.to_string(),
+            }
+        })?;
+        let len = rest.len() - next.len();
+        out.push(CertificateDer::from(rest[..len].to_vec()));
+        rest = next;
+    }
+    Ok(out)
+}
+
+/// One full-state X509 update: this workload's SVIDs (the first is the
+/// default) and every trust bundle it may verify peers with.
+#[derive(Debug, Clone)]
+pub struct X509Context {
+    pub svids: Vec<X509Svid>,
+    pub bundles: BundleSet,
+}
+
+impl X509Context {
+    pub fn from_response(resp: &X509svidResponse) -> Result<Self, ClientError> {
+        let mut svids = Vec::with_capacity(resp.svids.len());
+        let mut bundles = BundleSet::new();
+        for s in &resp.svids {
+            let svid = X509Svid::new(
+                split_der(&s.x509_svid)?,
+                PrivateKey::from_pkcs8_der(s.x509_svid_key.clone()),
+            )
+            .map_err(|e| ClientError::Malformed {
+                what: "X509-SVID",
+                why: e.to_string(),
+            })?;
+            let td = svid.spiffe_id().trust_domain();
+            bundles.insert(bundle_from_der(td, &s.bundle)?);
+            svids.push(svid);
+        }
+        if svids.is_empty() {
+            return Err(ClientError::NoSvid);
+        }
+        for (td, der) in &resp.federated_bundles {
+            let td = TrustDomain::parse(td).map_err(|e| ClientError::Malformed {
+                what: "federated trust domain",
+                why: format!("{td}: {e}"),
+            })?;
+            bundles.insert(bundle_from_der(td, der)?);
+        }
+        Ok(Self { svids, bundles })
+    }
+
+    /// The default SVID: the first one the agent sent.
+    pub fn default_svid(&self) -> &X509Svid {
+        &self.svids[0]
+    }
+
+    /// The SVID with `id`, or the default when `id` is `None`.
+    pub fn svid(&self, id: Option<&str>) -> Option<&X509Svid> {
+        match id {
+            None => self.svids.first(),
+            Some(id) => self.svids.iter().find(|s| s.spiffe_id().as_str() == id),
+        }
+    }
+
+    /// The bundle of this workload's own trust domain.
+    pub fn own_bundle(&self) -> Option<&Bundle> {
+        let td = self.default_svid().spiffe_id().trust_domain();
+        self.bundles.iter().find(|b| *b.trust_domain() == td)
+    }
+}
+
+fn bundle_from_der(td: TrustDomain, der: &[u8]) -> Result<Bundle, ClientError> {
+    let mut bundle = Bundle::new(td);
+    for cert in split_der(der)? {
+        bundle.add_x509_authority(cert);
+    }
+    Ok(bundle)
+}
+
+/// What a watcher knows: the latest context, or why there is none yet.
+#[derive(Debug, Clone)]
+pub enum X509State {
+    /// No update yet; the string says what the last attempt ran into.
+    Waiting(String),
+    Ready(Arc<X509Context>),
+}
+
+impl X509State {
+    pub fn context(&self) -> Option<&Arc<X509Context>> {
+        match self {
+            X509State::Ready(c) => Some(c),
+            X509State::Waiting(_) => None,
+        }
+    }
+}
+
+/// A live view of this workload's X509 identity, kept current by a
+/// background task. Dropping every clone of the watcher stops the task.
+#[derive(Debug, Clone)]
+pub struct X509Watcher {
+    rx: watch::Receiver<X509State>,
+}
+
+impl X509Watcher {
+    /// The latest context, if any has arrived.
+    pub fn current(&self) -> Option<Arc<X509Context>> {
+        self.rx.borrow().context().cloned()
+    }
+
+    /// The latest state, including why there is no identity yet.
+    pub fn state(&self) -> X509State {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver that sees every change.
+    pub fn subscribe(&self) -> watch::Receiver<X509State> {
+        self.rx.clone()
+    }
+
+    /// Waits until an identity is available (or the watcher task ended).
+    pub async fn ready(&self) -> Option<Arc<X509Context>> {
+        let mut rx = self.rx.clone();
+        loop {
+            if let Some(c) = rx.borrow_and_update().context() {
+                return Some(c.clone());
+            }
+            rx.changed().await.ok()?;
+        }
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Starts watching the X509 identity served on `socket`. The task keeps one
+/// FetchX509SVID stream open; when the stream breaks or the agent has no
+/// identity for us yet it retries with backoff (100 ms doubling to 5 s),
+/// keeping the last good context meanwhile. Malformed updates are logged and
+/// skipped, never published.
+pub fn watch_x509(socket: PathBuf) -> X509Watcher {
+    let (tx, rx) = watch::channel(X509State::Waiting("connecting".into()));
+    tokio::spawn(run_watch(socket, tx));
+    X509Watcher { rx }
+}
+
+async fn run_watch(socket: PathBuf, tx: watch::Sender<X509State>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let outcome = tokio::select! {
+            outcome = stream_once(&socket, &tx, &mut backoff) => outcome,
+            () = tx.closed() => return,
+        };
+        let why = match outcome {
+            Ok(()) => "the agent closed the stream".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if tx.borrow().context().is_none() {
+            tx.send_replace(X509State::Waiting(why.clone()));
+        }
+        tracing::warn!(socket = %socket.display(), "Workload API: {why}; retrying in {backoff:?}");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = tx.closed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn stream_once(
+    socket: &Path,
+    tx: &watch::Sender<X509State>,
+    backoff: &mut Duration,
+) -> Result<(), ClientError> {
+    let mut client =
+        connect(socket.to_path_buf())
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: socket.to_path_buf(),
+                source,
+            })?;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await?
+        .into_inner();
+    while let Some(resp) = stream.message().await? {
+        match X509Context::from_response(&resp) {
+            Ok(ctx) => {
+                *backoff = MIN_BACKOFF;
+                tracing::debug!(
+                    id = %ctx.default_svid().spiffe_id(),
+                    serial = ctx.default_svid().serial(),
+                    "X509 identity updated"
+                );
+                tx.send_replace(X509State::Ready(Arc::new(ctx)));
+            }
+            Err(e) => tracing::error!("ignoring an X509 update: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Fetches JWT-SVIDs for `audience` (all identities, or only `spiffe_id`).
+pub async fn fetch_jwt(
+    socket: &Path,
+    audience: Vec<String>,
+    spiffe_id: Option<String>,
+) -> Result<Vec<(String, String)>, ClientError> {
+    let mut client =
+        connect(socket.to_path_buf())
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: socket.to_path_buf(),
+                source,
+            })?;
+    let resp = client
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience,
+            spiffe_id: spiffe_id.unwrap_or_default(),
+        }))
+        .await?
+        .into_inner();
+    Ok(resp
+        .svids
+        .into_iter()
+        .map(|s| (s.spiffe_id, s.svid))
+        .collect())
+}
