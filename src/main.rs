@@ -10,6 +10,7 @@ mod admin_cli;
 mod agent_cmd;
 mod api_cli;
 mod policy_cli;
+mod proxy_cmd;
 mod server_cmd;
 
 use std::path::PathBuf;
@@ -81,6 +82,8 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// The mTLS sidecar: inbound (mTLS -> app) and outbound (app -> mTLS) listeners.
+    Proxy(proxy_cmd::ProxyArgs),
     /// For policy authors: evaluate, check and test policies (OPA Wasm or Rego).
     Policy {
         #[command(subcommand)]
@@ -144,6 +147,7 @@ fn main() -> ExitCode {
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
+            Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Policy { cmd, output } => policy_cli::run(cmd, output),
             Command::Healthcheck {
                 agent: true,

@@ -32,14 +32,6 @@ fn envoy_binary(dir: &Path) -> PathBuf {
     dst
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An example config with this test's ports and agent socket.
 fn config(example: &str, replace: &[(&str, String)], out: &Path) -> PathBuf {
     let mut text = std::fs::read_to_string(
@@ -70,51 +62,6 @@ fn start_envoy(name: &str, bin: &Path, cfg: &Path, uid: u32, dir: &Path) -> Proc
     .arg(cfg);
     cmd.uid(uid).gid(uid);
     Proc::spawn(name, cmd, dir)
-}
-
-fn curl(url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-/// A tiny app that answers with the request headers it received.
-fn start_app(port: u16, dir: &Path) -> Proc {
-    let script = format!(
-        "import http.server\n\
-         class H(http.server.BaseHTTPRequestHandler):\n\
-         \x20   def do_GET(self):\n\
-         \x20       body = ''.join(f'{{k.lower()}}: {{v}}\\n' for k, v in self.headers.items()).encode()\n\
-         \x20       self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)\n\
-         \x20   def log_message(self, *a): pass\n\
-         print('ready', flush=True)\n\
-         http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
-    );
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", &script]);
-    let mut p = Proc::spawn("app", cmd, dir);
-    p.wait_for("ready");
-    p
-}
-
-/// The serial (lowercase hex, no leading zeros) of the certificate a TLS
-/// server on `port` presents to a new connection (read by openssl
-/// s_client; the handshake may then fail for want of a client certificate).
-fn presented_serial(port: u16) -> Option<String> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
-        ))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.trim().strip_prefix("serial=")?.to_ascii_lowercase();
-    Some(hex.trim_start_matches('0').to_owned())
 }
 
 #[test]

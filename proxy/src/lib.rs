@@ -1,1 +1,164 @@
-//! The mTLS sidecar for legacy apps (inbound and outbound). Arrives with the sidecar issue.
+//! signet-proxy: the mTLS sidecar for apps that know nothing about SPIFFE.
+//!
+//! - **Inbound** listeners terminate mTLS with this workload's X509-SVID,
+//!   verify the client's SVID against the bundle of its trust domain, check
+//!   the allow-lists at the handshake and the policy per connection (or per
+//!   HTTP request in HTTP mode), then forward plaintext to the app.
+//! - **Outbound** listeners accept plaintext from the app on loopback and
+//!   originate mTLS to a remote sidecar or Envoy, accepting only the
+//!   configured server SPIFFE ID.
+//!
+//! SVIDs and bundles come from the Workload API ([`Identity::follow`]); a
+//! rotation applies to the next handshake, established connections carry on.
+//! Every rejection is logged with its reason and counted.
+
+pub mod admin;
+pub mod config;
+mod http;
+pub mod identity;
+mod listener;
+pub mod relay;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::{ConfigError, ListenerConfig, ProxyConfig};
+pub use identity::Identity;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    #[error("listener {name}: cannot listen on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {name}: policy {path}: {source}")]
+    Policy {
+        name: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: signet_policy::PolicyError,
+    },
+    #[error("listener {name}: {message}")]
+    Setup { name: String, message: String },
+}
+
+/// Shutdown signals shared by every listener and connection: `drain` stops
+/// accepting and asks HTTP connections to finish; `abort` ends the rest.
+#[derive(Debug, Clone)]
+pub(crate) struct Shutdown {
+    drain: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    pub(crate) async fn drained(&self) {
+        let mut rx = self.drain.clone();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    pub(crate) async fn aborted(&self) {
+        let mut rx = self.abort.clone();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+/// Running listeners.
+#[derive(Debug)]
+pub struct Proxy {
+    listeners: JoinSet<()>,
+    addrs: Vec<(String, std::net::SocketAddr)>,
+    policies: Vec<Arc<signet_policy::PolicyHandle>>,
+    active: Vec<Arc<listener::Active>>,
+    drain: watch::Sender<bool>,
+    abort: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Binds every listener (so a taken port fails here), loads every
+    /// policy (a broken one refuses to start), and starts accepting once
+    /// `identity` holds an SVID.
+    pub async fn start(config: &ProxyConfig, identity: Identity) -> Result<Proxy, ProxyError> {
+        let (drain, drain_rx) = watch::channel(false);
+        let (abort, abort_rx) = watch::channel(false);
+        let shutdown = Shutdown {
+            drain: drain_rx,
+            abort: abort_rx,
+        };
+        let mut prepared = Vec::new();
+        for l in &config.listeners {
+            let tcp = TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
+            let ctx = listener::Listener::prepare(l, identity.clone(), shutdown.clone())?;
+            prepared.push((tcp, ctx));
+        }
+        let mut proxy = Proxy {
+            listeners: JoinSet::new(),
+            addrs: Vec::new(),
+            policies: Vec::new(),
+            active: Vec::new(),
+            drain,
+            abort,
+        };
+        for (tcp, ctx) in prepared {
+            let addr = tcp.local_addr().map_err(|e| ProxyError::Setup {
+                name: ctx.name().to_string(),
+                message: format!("no local address: {e}"),
+            })?;
+            proxy.addrs.push((ctx.name().to_string(), addr));
+            proxy.policies.extend(ctx.policy());
+            proxy.active.push(ctx.active());
+            proxy.listeners.spawn(ctx.run(tcp));
+        }
+        Ok(proxy)
+    }
+
+    /// Where each listener listens (with the port the OS chose for `:0`).
+    pub fn local_addrs(&self) -> &[(String, std::net::SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The policies in force, for reload on SIGHUP or a file watcher.
+    pub fn policies(&self) -> &[Arc<signet_policy::PolicyHandle>] {
+        &self.policies
+    }
+
+    /// Open connections across listeners.
+    pub fn open_connections(&self) -> usize {
+        self.active.iter().map(|a| a.count()).sum()
+    }
+
+    /// Stops accepting, lets open connections finish for up to `timeout`
+    /// (HTTP connections are asked to close after their current request),
+    /// then ends the rest. Returns how many had to be cut.
+    pub async fn drain(mut self, timeout: Duration) -> usize {
+        self.drain.send_replace(true);
+        while self.listeners.join_next().await.is_some() {}
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let open = self.open_connections();
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(open, "drain timeout: closing the remaining connections");
+                self.abort.send_replace(true);
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! Sidecar configuration: a TOML file with one `[[listener]]` table per
+//! listener, or the same keys as command-line flags for a single listener.
+//! Loading reports every problem at once and binds nothing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use signet_identity::{SpiffeId, TrustDomain};
+
+/// Per-listener limits; the defaults suit a sidecar in front of one app.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_ENTRYPOINT: &str = "signet/authz/allow";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid proxy configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The file as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    /// Workload API socket.
+    pub socket: Option<PathBuf>,
+    /// Health and metrics endpoint (`/ready`, `/live`, `/metrics`).
+    pub admin_listen: Option<String>,
+    pub drain_timeout: Option<String>,
+    /// Which of this workload's SVIDs to present (default: the first).
+    pub svid_id: Option<String>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerFile>,
+}
+
+/// One listener as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: Option<String>,
+    /// `inbound` (mTLS in, plaintext to the app) or `outbound` (plaintext
+    /// from the app, mTLS out).
+    pub mode: Option<String>,
+    pub listen: Option<String>,
+    pub to: Option<String>,
+    #[serde(default)]
+    pub allow_ids: Vec<String>,
+    #[serde(default)]
+    pub allow_trust_domains: Vec<String>,
+    pub policy: Option<PathBuf>,
+    pub entrypoint: Option<String>,
+    pub policy_data: Option<PathBuf>,
+    #[serde(default)]
+    pub http: bool,
+    pub server_id: Option<String>,
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub tls12: bool,
+    pub connect_timeout: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub decision_cache: Option<usize>,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub socket: Option<PathBuf>,
+    pub admin_listen: Option<SocketAddr>,
+    pub drain_timeout: Duration,
+    pub svid_id: Option<SpiffeId>,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    /// Accept TLS 1.2 as well as 1.3.
+    pub tls12: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Inbound(Inbound),
+    Outbound(Outbound),
+}
+
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The app, plaintext on loopback.
+    pub to: SocketAddr,
+    pub allow_ids: Vec<SpiffeId>,
+    pub allow_trust_domains: Vec<TrustDomain>,
+    pub policy: Option<PolicyRef>,
+    /// Authorize and forward per HTTP request (HTTP/1.1 and HTTP/2).
+    pub http: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyRef {
+    pub path: PathBuf,
+    pub entrypoint: String,
+    pub data: Option<PathBuf>,
+    /// Connection-level decisions cached (0 = off).
+    pub decision_cache: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// `host:port` of the remote sidecar or Envoy.
+    pub to: String,
+    /// The SPIFFE ID the server must present.
+    pub server_id: SpiffeId,
+    pub sni: Option<String>,
+}
+
+impl ProxyConfig {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ProxyFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        ProxyConfig::try_from(file)
+    }
+}
+
+fn duration(
+    problems: &mut Vec<String>,
+    what: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(format!("{what}: must be more than zero"));
+                default
+            }
+            Err(e) => {
+                problems.push(format!("{what}: {s:?} is not a duration ({e})"));
+                default
+            }
+        },
+    }
+}
+
+fn socket_addr(problems: &mut Vec<String>, what: &str, value: Option<&str>) -> Option<SocketAddr> {
+    match value {
+        None => {
+            problems.push(format!("{what}: missing"));
+            None
+        }
+        Some(s) => match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!(
+                    "{what}: {s:?} is not an IP address and port (e.g. 127.0.0.1:8443)"
+                ));
+                None
+            }
+        },
+    }
+}
+
+impl TryFrom<ProxyFile> for ProxyConfig {
+    type Error = ConfigError;
+
+    fn try_from(file: ProxyFile) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let admin_listen = file
+            .admin_listen
+            .as_deref()
+            .and_then(|a| socket_addr(&mut problems, "admin_listen", Some(a)));
+        let drain_timeout = duration(
+            &mut problems,
+            "drain_timeout",
+            file.drain_timeout.as_deref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let svid_id = file
+            .svid_id
+            .as_deref()
+            .and_then(|s| match SpiffeId::parse(s) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    problems.push(format!("svid_id: {s:?}: {e}"));
+                    None
+                }
+            });
+        if file.listeners.is_empty() {
+            problems.push("no listener: add a [[listener]] table".into());
+        }
+        let mut listeners = Vec::new();
+        for (i, l) in file.listeners.into_iter().enumerate() {
+            let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
+            if let Some(listener) = check_listener(&mut problems, name, l) {
+                listeners.push(listener);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for l in &listeners {
+            if !seen.insert(l.listen) {
+                problems.push(format!("{}: {} is used twice", l.name, l.listen));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(ProxyConfig {
+            socket: file.socket,
+            admin_listen,
+            drain_timeout,
+            svid_id,
+            listeners,
+        })
+    }
+}
+
+fn check_listener(
+    problems: &mut Vec<String>,
+    name: String,
+    l: ListenerFile,
+) -> Option<ListenerConfig> {
+    let before = problems.len();
+    let at = |key: &str| format!("{name}.{key}");
+    let listen = socket_addr(problems, &at("listen"), l.listen.as_deref());
+    let limits = Limits {
+        connect_timeout: duration(
+            problems,
+            &at("connect_timeout"),
+            l.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        handshake_timeout: duration(
+            problems,
+            &at("handshake_timeout"),
+            l.handshake_timeout.as_deref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        ),
+        idle_timeout: duration(
+            problems,
+            &at("idle_timeout"),
+            l.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        ),
+        max_connections: match l.max_connections {
+            Some(0) => {
+                problems.push(format!("{}: must be at least 1", at("max_connections")));
+                1
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_CONNECTIONS,
+        },
+        tls12: l.tls12,
+    };
+    let mode = match l.mode.as_deref() {
+        Some("inbound") => {
+            let to = socket_addr(problems, &at("to"), l.to.as_deref());
+            let mut allow_ids = Vec::new();
+            for s in &l.allow_ids {
+                match SpiffeId::parse(s) {
+                    Ok(id) => allow_ids.push(id),
+                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("allow_ids"))),
+                }
+            }
+            let mut allow_trust_domains = Vec::new();
+            for s in &l.allow_trust_domains {
+                match TrustDomain::parse(s) {
+                    Ok(td) => allow_trust_domains.push(td),
+                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("allow_trust_domains"))),
+                }
+            }
+            let policy = l.policy.clone().map(|path| PolicyRef {
+                path,
+                entrypoint: l
+                    .entrypoint
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_ENTRYPOINT.into()),
+                data: l.policy_data.clone(),
+                decision_cache: l.decision_cache.unwrap_or(10_000),
+            });
+            if l.allow_ids.is_empty() && l.allow_trust_domains.is_empty() && policy.is_none() {
+                problems.push(format!(
+                    "{name}: say who may connect: allow_ids, allow_trust_domains or policy \
+                     (--allow-id, --allow-trust-domain, --policy)"
+                ));
+            }
+            for key in [
+                ("server_id", l.server_id.is_some()),
+                ("sni", l.sni.is_some()),
+            ] {
+                if key.1 {
+                    problems.push(format!("{}: only for outbound listeners", at(key.0)));
+                }
+            }
+            to.map(|to| {
+                Mode::Inbound(Inbound {
+                    to,
+                    allow_ids,
+                    allow_trust_domains,
+                    policy,
+                    http: l.http,
+                })
+            })
+        }
+        Some("outbound") => {
+            let to = match l.to.as_deref() {
+                Some(t) if host_port(t).is_some() => Some(t.to_string()),
+                Some(t) => {
+                    problems.push(format!("{}: {t:?} is not host:port", at("to")));
+                    None
+                }
+                None => {
+                    problems.push(format!("{}: missing", at("to")));
+                    None
+                }
+            };
+            let server_id = match l.server_id.as_deref() {
+                Some(s) => SpiffeId::parse(s)
+                    .map_err(|e| problems.push(format!("{}: {s:?}: {e}", at("server_id"))))
+                    .ok(),
+                None => {
+                    problems.push(format!(
+                        "{}: missing (the SPIFFE ID the server must present)",
+                        at("server_id")
+                    ));
+                    None
+                }
+            };
+            for key in [
+                ("allow_ids", !l.allow_ids.is_empty()),
+                ("allow_trust_domains", !l.allow_trust_domains.is_empty()),
+                ("policy", l.policy.is_some()),
+                ("http", l.http),
+            ] {
+                if key.1 {
+                    problems.push(format!("{}: only for inbound listeners", at(key.0)));
+                }
+            }
+            match (to, server_id) {
+                (Some(to), Some(server_id)) => Some(Mode::Outbound(Outbound {
+                    to,
+                    server_id,
+                    sni: l.sni,
+                })),
+                _ => None,
+            }
+        }
+        Some(other) => {
+            problems.push(format!(
+                "{}: {other:?} is neither \"inbound\" nor \"outbound\"",
+                at("mode")
+            ));
+            None
+        }
+        None => {
+            problems.push(format!("{}: missing (inbound or outbound)", at("mode")));
+            None
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(ListenerConfig {
+        name,
+        listen: listen?,
+        limits,
+        mode: mode?,
+    })
+}
+
+/// Splits `host:port` (`[v6]:port` too).
+pub fn host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::try_from(toml::from_str::<ProxyFile>(text).unwrap())
+    }
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = parse(
+            r#"
+            admin_listen = "127.0.0.1:9901"
+            [[listener]]
+            name = "in"
+            mode = "inbound"
+            listen = "0.0.0.0:8443"
+            to = "127.0.0.1:8080"
+            allow_trust_domains = ["example.org"]
+            http = true
+            idle_timeout = "5m"
+            [[listener]]
+            mode = "outbound"
+            listen = "127.0.0.1:9000"
+            to = "db.internal:5432"
+            server_id = "spiffe://example.org/db"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].limits.idle_timeout, Duration::from_secs(300));
+        assert!(matches!(&c.listeners[0].mode, Mode::Inbound(i) if i.http));
+        assert!(
+            matches!(&c.listeners[1].mode, Mode::Outbound(o) if o.server_id.as_str() == "spiffe://example.org/db")
+        );
+        assert_eq!(c.listeners[1].name, "listener1");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let err = parse(
+            r#"
+            [[listener]]
+            mode = "inbound"
+            listen = "nowhere"
+            to = "127.0.0.1:8080"
+            allow_ids = ["spiffe://Bad/x"]
+            idle_timeout = "soon"
+            [[listener]]
+            mode = "outbound"
+            listen = "127.0.0.1:9000"
+            to = "no-port"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "listener0.listen: \"nowhere\"",
+            "listener0.allow_ids: \"spiffe://Bad/x\"",
+            "listener0.idle_timeout: \"soon\"",
+            "listener1.to: \"no-port\"",
+            "listener1.server_id: missing",
+        ] {
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+    }
+
+    #[test]
+    fn an_inbound_listener_must_say_who_may_connect() {
+        let err = parse(
+            "[[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:1\"\nto = \"127.0.0.1:2\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("say who may connect"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<ProxyFile>("[[listener]]\nlisen = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn host_port_splits() {
+        assert_eq!(host_port("a.b:80"), Some(("a.b", 80)));
+        assert_eq!(host_port("[::1]:443"), Some(("::1", 443)));
+        assert_eq!(host_port("a.b"), None);
+        assert_eq!(host_port(":80"), None);
+    }
+}

@@ -1,0 +1,439 @@
+//! One listener: accept, enforce the connection limit, handshake with a
+//! deadline, authorize, then relay (TCP) or serve requests (HTTP).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use serde_json::Value;
+use signet_policy::input::InputBuilder;
+use signet_policy::{PolicyHandle, PolicyOptions};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::Instrument;
+
+use crate::config::{Inbound, Limits, ListenerConfig, Mode, Outbound, PolicyRef, host_port};
+use crate::identity::Identity;
+use crate::relay::relay;
+use crate::{ProxyError, Shutdown};
+
+/// Open connections of a listener, bounded by its limit.
+#[derive(Debug)]
+pub(crate) struct Active {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Active {
+    pub(crate) fn count(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+}
+
+enum Side {
+    Inbound {
+        acceptor: TlsAcceptor,
+        to: SocketAddr,
+        http: Option<Arc<crate::http::Forwarder>>,
+    },
+    Outbound {
+        connector: TlsConnector,
+        host: String,
+        port: u16,
+        name: rustls::pki_types::ServerName<'static>,
+        server_id: String,
+    },
+}
+
+pub(crate) struct Listener {
+    name: Arc<str>,
+    limits: Limits,
+    identity: Identity,
+    policy: Option<Arc<PolicyHandle>>,
+    side: Side,
+    active: Arc<Active>,
+    shutdown: Shutdown,
+}
+
+fn load_policy(name: &str, p: &PolicyRef) -> Result<PolicyHandle, ProxyError> {
+    let fail = |source| ProxyError::Policy {
+        name: name.to_string(),
+        path: p.path.clone(),
+        source,
+    };
+    let mut options = PolicyOptions::default().with_entrypoint(p.entrypoint.clone());
+    if let Some(data) = &p.data {
+        let text = std::fs::read(data).map_err(|e| ProxyError::Setup {
+            name: name.to_string(),
+            message: format!("policy data {}: {e}", data.display()),
+        })?;
+        let value: Value = serde_json::from_slice(&text).map_err(|e| ProxyError::Setup {
+            name: name.to_string(),
+            message: format!("policy data {}: not JSON: {e}", data.display()),
+        })?;
+        options = options.with_data(value);
+    }
+    let mut handle = PolicyHandle::load(&p.path, options).map_err(fail)?;
+    if p.decision_cache > 0 {
+        handle = handle.with_decision_cache(p.decision_cache);
+    }
+    Ok(handle)
+}
+
+impl Listener {
+    pub(crate) fn prepare(
+        config: &ListenerConfig,
+        identity: Identity,
+        shutdown: Shutdown,
+    ) -> Result<Listener, ProxyError> {
+        let name: Arc<str> = config.name.as_str().into();
+        let setup = |message: String| ProxyError::Setup {
+            name: config.name.clone(),
+            message,
+        };
+        let mut policy = None;
+        let side = match &config.mode {
+            Mode::Inbound(Inbound {
+                to,
+                allow_ids,
+                allow_trust_domains,
+                policy: policy_ref,
+                http,
+            }) => {
+                if let Some(p) = policy_ref {
+                    policy = Some(Arc::new(load_policy(&config.name, p)?));
+                }
+                let alpn: &[&[u8]] = if *http { &[b"h2", b"http/1.1"] } else { &[] };
+                let tls = crate::tls::server_config(
+                    &identity,
+                    crate::tls::allow_list(allow_ids, allow_trust_domains),
+                    config.limits.tls12,
+                    alpn,
+                )
+                .map_err(|e| setup(format!("TLS: {e}")))?;
+                Side::Inbound {
+                    acceptor: TlsAcceptor::from(Arc::new(tls)),
+                    to: *to,
+                    http: http.then(|| {
+                        Arc::new(crate::http::Forwarder::new(
+                            name.clone(),
+                            *to,
+                            config.limits.connect_timeout,
+                        ))
+                    }),
+                }
+            }
+            Mode::Outbound(Outbound { to, server_id, sni }) => {
+                let (host, port) =
+                    host_port(to).ok_or_else(|| setup(format!("{to:?} is not host:port")))?;
+                let tls = crate::tls::client_config(&identity, server_id, config.limits.tls12)
+                    .map_err(|e| setup(format!("TLS: {e}")))?;
+                Side::Outbound {
+                    connector: TlsConnector::from(Arc::new(tls)),
+                    host: host.to_string(),
+                    port,
+                    name: crate::tls::server_name(sni.as_deref(), host).map_err(setup)?,
+                    server_id: server_id.to_string(),
+                }
+            }
+        };
+        let max = config.limits.max_connections;
+        Ok(Listener {
+            name,
+            limits: config.limits.clone(),
+            identity,
+            policy,
+            side,
+            active: Arc::new(Active {
+                slots: Arc::new(Semaphore::new(max)),
+                max,
+            }),
+            shutdown,
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn policy(&self) -> Option<Arc<PolicyHandle>> {
+        self.policy.clone()
+    }
+
+    pub(crate) fn active(&self) -> Arc<Active> {
+        self.active.clone()
+    }
+
+    /// Accepts until drained; waits for an identity before the first accept.
+    pub(crate) async fn run(self, tcp: TcpListener) {
+        let listener = Arc::new(self);
+        let name = listener.name.clone();
+        tokio::select! {
+            current = listener.identity.ready() => {
+                tracing::info!(listener = %name, spiffe_id = %current.id, "accepting connections");
+            }
+            () = listener.shutdown.drained() => return,
+        }
+        loop {
+            let accepted = tokio::select! {
+                a = tcp.accept() => a,
+                () = listener.shutdown.drained() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = listener.active.slots.clone().try_acquire_owned() else {
+                counter!("signet_proxy_connections_total", "listener" => name.to_string(), "result" => "limit").increment(1);
+                tracing::warn!(listener = %name, %peer, limit = listener.active.max, "connection refused: connection limit reached");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let l = listener.clone();
+            let span = tracing::info_span!("connection", listener = %name, %peer);
+            tokio::spawn(
+                async move {
+                    gauge!("signet_proxy_active_connections", "listener" => l.name.to_string())
+                        .increment(1.0);
+                    tokio::select! {
+                        () = l.clone().handle(stream, peer, permit) => {}
+                        () = l.shutdown.aborted() => tracing::info!("connection closed by shutdown"),
+                    }
+                    gauge!("signet_proxy_active_connections", "listener" => l.name.to_string())
+                        .decrement(1.0);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let _permit = permit;
+        match &self.side {
+            Side::Inbound { acceptor, to, http } => {
+                self.inbound(acceptor, *to, http.clone(), stream, peer)
+                    .await;
+            }
+            Side::Outbound {
+                connector,
+                host,
+                port,
+                name,
+                server_id,
+            } => {
+                self.outbound(connector, host, *port, name, server_id, stream)
+                    .await;
+            }
+        }
+    }
+
+    fn count(&self, metric: &'static str, result: &'static str) {
+        counter!(metric, "listener" => self.name.to_string(), "result" => result).increment(1);
+    }
+
+    async fn inbound(
+        &self,
+        acceptor: &TlsAcceptor,
+        to: SocketAddr,
+        http: Option<Arc<crate::http::Forwarder>>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let local = stream.local_addr().ok();
+        let handshake =
+            tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(stream)).await;
+        let mut tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let class = crate::tls::failure_class(&e);
+                self.count("signet_proxy_handshakes_total", class);
+                tracing::warn!(reason = %e, class, "connection rejected: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.count("signet_proxy_handshakes_total", "timeout");
+                tracing::warn!(timeout = ?self.limits.handshake_timeout, "connection rejected: TLS handshake timed out");
+                return;
+            }
+        };
+        self.count("signet_proxy_handshakes_total", "ok");
+        let conn = tls.get_ref().1;
+        let Some(peer_leaf) = conn.peer_certificates().and_then(|c| c.first()).cloned() else {
+            // The verifier requires a certificate; this cannot happen.
+            self.count("signet_proxy_handshakes_total", "no_peer_certificate");
+            return;
+        };
+        let peer_id = match signet_identity::x509_svid::inspect_leaf(&peer_leaf) {
+            Ok(info) => info.id,
+            Err(e) => {
+                tracing::warn!(reason = %e, "connection rejected: peer certificate");
+                return;
+            }
+        };
+        let own_id = self
+            .identity
+            .current()
+            .map(|c| c.id.to_string())
+            .unwrap_or_default();
+        let mut input = InputBuilder::default()
+            .peer_id(peer_id.as_str())
+            .own_id(own_id.clone())
+            .source(peer)
+            .tls(
+                conn.protocol_version().map(tls_version_name),
+                conn.negotiated_cipher_suite()
+                    .and_then(|c| c.suite().as_str())
+                    .map(str::to_string),
+                conn.server_name().map(str::to_string),
+                conn.alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+            );
+        if let Some(local) = local {
+            input = input.destination(local);
+        }
+        tracing::debug!(peer_id = %peer_id, "handshake complete");
+        if let Some(forwarder) = http {
+            let ctx = crate::http::ConnContext {
+                peer_id: peer_id.to_string(),
+                own_id,
+                peer_cert_hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&peer_leaf)),
+                input,
+                policy: self.policy.clone(),
+            };
+            forwarder.serve(tls, ctx, self.shutdown.clone()).await;
+            return;
+        }
+        if let Some(policy) = &self.policy {
+            let doc = input.build();
+            let started = Instant::now();
+            let decision = policy.evaluate_connection(&doc);
+            histogram!("signet_proxy_policy_eval_seconds", "listener" => self.name.to_string())
+                .record(started.elapsed().as_secs_f64());
+            signet_policy::audit(&decision, &doc);
+            if !decision.allow {
+                self.count("signet_proxy_decisions_total", "deny");
+                tracing::warn!(peer_id = %peer_id, reason = decision.reason.as_deref().unwrap_or("policy denied"), revision = %decision.revision, "connection rejected: policy denied");
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                return;
+            }
+            self.count("signet_proxy_decisions_total", "allow");
+        }
+        let app =
+            match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(to)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    self.count("signet_proxy_connections_total", "upstream_error");
+                    tracing::error!(app = %to, error = %e, "cannot reach the app");
+                    return;
+                }
+                Err(_) => {
+                    self.count("signet_proxy_connections_total", "upstream_timeout");
+                    tracing::error!(app = %to, "connecting to the app timed out");
+                    return;
+                }
+            };
+        let _ = app.set_nodelay(true);
+        self.count("signet_proxy_connections_total", "accepted");
+        tracing::info!(peer_id = %peer_id, "connection accepted");
+        let r = relay(
+            &mut tls,
+            app,
+            self.limits.idle_timeout,
+            self.shutdown.aborted(),
+        )
+        .await;
+        self.bytes(r.tls_to_plain, r.plain_to_tls);
+        tracing::info!(peer_id = %peer_id, bytes_in = r.tls_to_plain, bytes_out = r.plain_to_tls, ended_by = r.ended_by.as_deref().unwrap_or("close"), "connection closed");
+    }
+
+    fn bytes(&self, received: u64, sent: u64) {
+        counter!("signet_proxy_bytes_total", "listener" => self.name.to_string(), "direction" => "received").increment(received);
+        counter!("signet_proxy_bytes_total", "listener" => self.name.to_string(), "direction" => "sent").increment(sent);
+    }
+
+    async fn outbound(
+        &self,
+        connector: &TlsConnector,
+        host: &str,
+        port: u16,
+        name: &rustls::pki_types::ServerName<'static>,
+        server_id: &str,
+        app: TcpStream,
+    ) {
+        let remote = match tokio::time::timeout(
+            self.limits.connect_timeout,
+            TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.count("signet_proxy_connections_total", "upstream_error");
+                tracing::error!(remote = %format!("{host}:{port}"), error = %e, "cannot reach the server");
+                return;
+            }
+            Err(_) => {
+                self.count("signet_proxy_connections_total", "upstream_timeout");
+                tracing::error!(remote = %format!("{host}:{port}"), "connecting to the server timed out");
+                return;
+            }
+        };
+        let _ = remote.set_nodelay(true);
+        let handshake = tokio::time::timeout(
+            self.limits.handshake_timeout,
+            connector.connect(name.clone(), remote),
+        )
+        .await;
+        let mut tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let class = crate::tls::failure_class(&e);
+                self.count("signet_proxy_handshakes_total", class);
+                tracing::warn!(server_id, reason = %e, class, "server rejected: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.count("signet_proxy_handshakes_total", "timeout");
+                tracing::warn!(server_id, "server rejected: TLS handshake timed out");
+                return;
+            }
+        };
+        self.count("signet_proxy_handshakes_total", "ok");
+        self.count("signet_proxy_connections_total", "accepted");
+        let r = relay(
+            &mut tls,
+            app,
+            self.limits.idle_timeout,
+            self.shutdown.aborted(),
+        )
+        .await;
+        self.bytes(r.tls_to_plain, r.plain_to_tls);
+        tracing::info!(
+            server_id,
+            bytes_out = r.plain_to_tls,
+            bytes_in = r.tls_to_plain,
+            ended_by = r.ended_by.as_deref().unwrap_or("close"),
+            "connection closed"
+        );
+    }
+}
+
+fn tls_version_name(v: rustls::ProtocolVersion) -> String {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
+        other => format!("{other:?}"),
+    }
+}

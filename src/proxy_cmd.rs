@@ -1,0 +1,263 @@
+//! `signet proxy`: the mTLS sidecar. Several listeners from `--config`, or
+//! one from the `inbound` / `outbound` flags.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use signet_core::workload_client::{X509State, resolve_socket, watch_x509};
+use signet_proxy::config::{ListenerFile, ProxyFile};
+use signet_proxy::{Identity, Proxy, ProxyConfig};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    mode: Option<ProxyMode>,
+    /// TOML file with one [[listener]] table per listener.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Check the configuration (and load its policies), then exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(flatten)]
+    common: CommonFlags,
+}
+
+#[derive(Debug, Args, Default)]
+struct CommonFlags {
+    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Serve /live, /ready and /metrics (Prometheus) on this address.
+    #[arg(long, global = true)]
+    admin_listen: Option<String>,
+    /// How long open connections may finish after SIGTERM [default: 30s].
+    #[arg(long, global = true)]
+    drain_timeout: Option<String>,
+    /// Present this SPIFFE ID's SVID when the workload has several.
+    #[arg(long, global = true)]
+    svid_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProxyMode {
+    /// mTLS in, plaintext to the app: verify the peer's SVID, authorize, forward.
+    Inbound(InboundFlags),
+    /// Plaintext from the app, mTLS out to a server that must present --server-id.
+    Outbound(OutboundFlags),
+}
+
+#[derive(Debug, Args)]
+struct ListenerFlags {
+    /// Address to listen on, e.g. 0.0.0.0:8443.
+    #[arg(long)]
+    listen: String,
+    /// Accept TLS 1.2 as well as TLS 1.3.
+    #[arg(long)]
+    tls12: bool,
+    /// Timeout for connecting to the app or server [default: 5s].
+    #[arg(long)]
+    connect_timeout: Option<String>,
+    /// Timeout for the TLS handshake [default: 10s].
+    #[arg(long)]
+    handshake_timeout: Option<String>,
+    /// Close connections idle this long [default: 1h].
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Most open connections; more are refused [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct InboundFlags {
+    #[command(flatten)]
+    listener: ListenerFlags,
+    /// The app's plaintext address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    to: String,
+    /// Accept this peer SPIFFE ID (repeatable).
+    #[arg(long = "allow-id")]
+    allow_ids: Vec<String>,
+    /// Accept any peer of this trust domain (repeatable).
+    #[arg(long = "allow-trust-domain")]
+    allow_trust_domains: Vec<String>,
+    /// Authorize with this policy: .wasm, OPA bundle .tar.gz, .rego or a directory.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Policy entrypoint [default: signet/authz/allow].
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Policy data document (JSON).
+    #[arg(long)]
+    policy_data: Option<PathBuf>,
+    /// HTTP mode: authorize each request (HTTP/1.1 and HTTP/2) and pass the
+    /// peer identity to the app in x-forwarded-client-cert.
+    #[arg(long)]
+    http: bool,
+}
+
+#[derive(Debug, Args)]
+struct OutboundFlags {
+    #[command(flatten)]
+    listener: ListenerFlags,
+    /// The server, host:port.
+    #[arg(long)]
+    to: String,
+    /// The SPIFFE ID the server must present.
+    #[arg(long)]
+    server_id: String,
+    /// Server name to send as SNI [default: the host of --to].
+    #[arg(long)]
+    sni: Option<String>,
+}
+
+fn listener_file(mode: &str, f: ListenerFlags) -> ListenerFile {
+    ListenerFile {
+        name: Some(mode.to_string()),
+        mode: Some(mode.to_string()),
+        listen: Some(f.listen),
+        tls12: f.tls12,
+        connect_timeout: f.connect_timeout,
+        handshake_timeout: f.handshake_timeout,
+        idle_timeout: f.idle_timeout,
+        max_connections: f.max_connections,
+        ..ListenerFile::default()
+    }
+}
+
+impl ProxyArgs {
+    fn resolve(self) -> anyhow::Result<(ProxyConfig, bool)> {
+        let mut file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str::<ProxyFile>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => ProxyFile::default(),
+        };
+        match self.mode {
+            Some(ProxyMode::Inbound(i)) => file.listeners.push(ListenerFile {
+                to: Some(i.to),
+                allow_ids: i.allow_ids,
+                allow_trust_domains: i.allow_trust_domains,
+                policy: i.policy,
+                entrypoint: i.entrypoint,
+                policy_data: i.policy_data,
+                http: i.http,
+                ..listener_file("inbound", i.listener)
+            }),
+            Some(ProxyMode::Outbound(o)) => file.listeners.push(ListenerFile {
+                to: Some(o.to),
+                server_id: Some(o.server_id),
+                sni: o.sni,
+                ..listener_file("outbound", o.listener)
+            }),
+            None if self.config.is_none() => anyhow::bail!(
+                "say what to proxy: `signet proxy inbound ...`, `signet proxy outbound ...` or `signet proxy --config FILE`"
+            ),
+            None => {}
+        }
+        let c = self.common;
+        if c.socket.is_some() {
+            file.socket = c.socket;
+        }
+        if c.admin_listen.is_some() {
+            file.admin_listen = c.admin_listen;
+        }
+        if c.drain_timeout.is_some() {
+            file.drain_timeout = c.drain_timeout;
+        }
+        if c.svid_id.is_some() {
+            file.svid_id = c.svid_id;
+        }
+        Ok((ProxyConfig::try_from(file)?, self.check_config))
+    }
+}
+
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let (config, check) = args.resolve()?;
+    let socket = resolve_socket(config.socket.as_deref())?;
+    if check {
+        for l in &config.listeners {
+            if let signet_proxy::config::Mode::Inbound(i) = &l.mode
+                && let Some(p) = &i.policy
+            {
+                let info = signet_policy::check(
+                    &p.path,
+                    &signet_policy::PolicyOptions::default().with_entrypoint(p.entrypoint.clone()),
+                )
+                .with_context(|| format!("listener {}: policy {}", l.name, p.path.display()))?;
+                println!(
+                    "listener {}: policy {} loads (revision {})",
+                    l.name,
+                    p.path.display(),
+                    info.revision
+                );
+            }
+        }
+        println!(
+            "configuration is valid ({} listener(s))",
+            config.listeners.len()
+        );
+        return Ok(());
+    }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = metrics.handle();
+    metrics::set_global_recorder(metrics).context("cannot install the metrics recorder")?;
+
+    let watcher = watch_x509(socket.clone());
+    let identity = Identity::new();
+    let follow = identity.follow(watcher.clone(), config.svid_id.clone());
+    let proxy = Proxy::start(&config, identity.clone()).await?;
+    for (name, addr) in proxy.local_addrs() {
+        tracing::info!(listener = %name, %addr, "listening (accepting once an SVID is available)");
+    }
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
+        let ready_identity = identity.clone();
+        let ready_watcher = watcher.clone();
+        let ready: signet_proxy::admin::Readiness =
+            Arc::new(move || match ready_identity.current() {
+                Some(c) => Ok(format!("presenting {} (serial {})", c.id, c.serial)),
+                None => Err(match ready_watcher.state() {
+                    X509State::Waiting(why) => format!("no SVID yet: {why}"),
+                    X509State::Ready(_) => "the configured svid_id is not offered".into(),
+                }),
+            });
+        let render: signet_proxy::admin::Render = Arc::new(move || handle.render());
+        tokio::spawn(signet_proxy::admin::serve(listener, ready, render, async {
+            let _ = admin_stopped.await;
+        }));
+        tracing::info!(%addr, "admin endpoint: /live /ready /metrics");
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                for p in proxy.policies() {
+                    // A broken revision is logged and the previous one stays.
+                    let _ = p.reload();
+                }
+            }
+        }
+    }
+    tracing::info!(open = proxy.open_connections(), timeout = ?config.drain_timeout, "draining");
+    let cut = proxy.drain(config.drain_timeout).await;
+    follow.abort();
+    let _ = stop_admin.send(());
+    tracing::info!(cut, "stopped");
+    Ok(())
+}
