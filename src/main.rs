@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod admin_cli;
 mod agent_cmd;
 mod api_cli;
+mod demo_cmd;
 mod policy_cli;
 mod proxy_cmd;
 mod server_cmd;
@@ -82,6 +83,8 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// The whole mission on loopback: core, two workloads, sidecars, a policy, requests.
+    Demo(demo_cmd::DemoArgs),
     /// The mTLS sidecar: inbound (mTLS -> app) and outbound (app -> mTLS) listeners.
     Proxy(proxy_cmd::ProxyArgs),
     /// For policy authors: evaluate, check and test policies (OPA Wasm or Rego).
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
+            Command::Demo(args) => demo_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Policy { cmd, output } => policy_cli::run(cmd, output),
             Command::Healthcheck {

@@ -507,7 +507,7 @@ fn print_banner(
     println!("  signet token generate{socket_flag}");
     println!();
     println!(
-        "Not yet in this build: Envoy SDS, the sidecar and the helper (see README.md, \"Status\")."
+        "The whole mission in one command: signet demo (sidecars, policy, mTLS). Envoy: examples/envoy."
     );
     println!("Press Ctrl-C to stop.");
 }
