@@ -10,6 +10,7 @@ mod admin_cli;
 mod agent_cmd;
 mod api_cli;
 mod demo_cmd;
+mod helper_cmd;
 mod policy_cli;
 mod proxy_cmd;
 mod server_cmd;
@@ -87,6 +88,8 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     /// The mTLS sidecar: inbound (mTLS -> app) and outbound (app -> mTLS) listeners.
     Proxy(proxy_cmd::ProxyArgs),
+    /// SVIDs to files (certificate, key, bundle, JWTs), reloading a program on rotation.
+    Helper(helper_cmd::HelperArgs),
     /// For policy authors: evaluate, check and test policies (OPA Wasm or Rego).
     Policy {
         #[command(subcommand)]
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
+            Command::Helper(args) => helper_cmd::run(args).await,
             Command::Policy { cmd, output } => policy_cli::run(cmd, output),
             Command::Healthcheck {
                 agent: true,

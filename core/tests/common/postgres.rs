@@ -46,7 +46,16 @@ fn is_root() -> bool {
 }
 
 impl Postgres {
+    /// A cluster, initialized and started.
     pub fn start() -> Postgres {
+        let pg = Postgres::init();
+        pg.start_server();
+        pg
+    }
+
+    /// A cluster, initialized but not started: edit its configuration
+    /// (see [`Postgres::append_conf`]), then [`Postgres::start_server`].
+    pub fn init() -> Postgres {
         let bin = find_bin();
         let dir = tempfile::Builder::new()
             .prefix("signet-pg")
@@ -67,7 +76,7 @@ impl Postgres {
             port: free_port(),
             as_postgres,
         };
-        let data = pg.dir.path().join("data");
+        let data = pg.data_dir();
         pg.run(
             "initdb",
             &[
@@ -82,14 +91,20 @@ impl Postgres {
                 "UTF8",
             ],
         );
+        pg
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start_server(&self) {
+        let data = self.data_dir();
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            pg.port,
-            pg.dir.path().display()
+            self.port,
+            self.dir.path().display()
         );
-        let log = pg.dir.path().join("postgres.log");
+        let log = self.log_path();
         // -w waits until the server accepts connections (bounded by -t).
-        pg.run(
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -104,7 +119,55 @@ impl Postgres {
                 "start",
             ],
         );
-        pg
+    }
+
+    /// Appends `text` to `file` in the data directory (postgresql.conf,
+    /// pg_hba.conf, pg_ident.conf), keeping the file's owner.
+    pub fn append_conf(&self, file: &str, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join(file))
+            .unwrap();
+        writeln!(f, "\n{text}").unwrap();
+    }
+
+    /// Replaces `file` in the data directory, keeping its owner.
+    pub fn replace_conf(&self, file: &str, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.data_dir().join(file))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The directory of the Unix socket (for the `signet` superuser, trusted).
+    pub fn socket_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Where PostgreSQL's binaries (psql, pg_ctl) are.
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// Whether the server runs as the `postgres` user (the tests run as root).
+    pub fn runs_as_postgres(&self) -> bool {
+        self.as_postgres
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
@@ -124,7 +187,7 @@ impl Postgres {
             "{tool} failed: {}{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+            self.log()
         );
     }
 
@@ -149,6 +212,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- postgres log -----\n{}", self.log());
+        }
         let data = self.dir.path().join("data");
         let exe = self.bin.join("pg_ctl");
         let args = [
