@@ -25,28 +25,46 @@ pub struct DecisionCache {
     hasher: RandomState,
 }
 
-/// The per-connection fields left out of the cache key.
-const PER_CONNECTION: &[&[&str]] = &[&[
+/// The per-connection field left out of the cache key.
+const PER_CONNECTION: &[&str] = &[
     "attributes",
     "source",
     "address",
     "socketAddress",
     "portValue",
-]];
+];
 
-fn remove_path(v: &mut Value, path: &[&str]) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut cur = v;
-    for p in parents {
-        match cur.get_mut(*p) {
-            Some(next) => cur = next,
-            None => return,
+/// Writes `v` as compact JSON into `out`, leaving out the object member at
+/// `skip` (a path from `v`). serde_json's `Map` is ordered (BTreeMap), so the
+/// text is canonical.
+fn write_without(out: &mut Vec<u8>, v: &Value, skip: Option<&[&str]>) {
+    match (v, skip) {
+        (Value::Object(obj), Some([head, rest @ ..])) => {
+            out.push(b'{');
+            let mut first = true;
+            for (k, child) in obj {
+                let child_skip = if k == head {
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    Some(rest)
+                } else {
+                    None
+                };
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                // Writing JSON into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                write_without(out, child, child_skip);
+            }
+            out.push(b'}');
         }
-    }
-    if let Some(obj) = cur.as_object_mut() {
-        obj.remove(*last);
+        _ => {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
     }
 }
 
@@ -62,12 +80,13 @@ impl DecisionCache {
 
     /// The cache key: revision + canonical input without per-connection fields.
     pub fn key(input: &Value, revision: &str) -> String {
-        let mut v = input.clone();
-        for path in PER_CONNECTION {
-            remove_path(&mut v, path);
-        }
-        // serde_json's Map is ordered (BTreeMap), so this text is canonical.
-        format!("{revision}\n{v}")
+        let mut out = Vec::with_capacity(revision.len() + 512);
+        out.extend_from_slice(revision.as_bytes());
+        out.push(b'\n');
+        write_without(&mut out, input, Some(PER_CONNECTION));
+        // Only JSON text and the (hex) revision were written: valid UTF-8.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Decision>> {
@@ -168,6 +187,16 @@ mod tests {
         assert_eq!(DecisionCache::key(&a, "r"), DecisionCache::key(&b, "r"));
         assert_ne!(DecisionCache::key(&a, "r"), DecisionCache::key(&c, "r"));
         assert_ne!(DecisionCache::key(&a, "r"), DecisionCache::key(&a, "s"));
+        // Exactly the source port is left out; the destination port stays.
+        let d = json!({"attributes": {"destination": {"address": {"socketAddress": {"portValue": 1}}},
+                                      "source": {"address": {"socketAddress": {"address": "a", "portValue": 9}}}}, "z": [1]});
+        let e = json!({"attributes": {"destination": {"address": {"socketAddress": {"portValue": 2}}},
+                                      "source": {"address": {"socketAddress": {"address": "a"}}}}, "z": [1]});
+        assert_eq!(
+            DecisionCache::key(&d, "r"),
+            "r\n{\"attributes\":{\"destination\":{\"address\":{\"socketAddress\":{\"portValue\":1}}},\"source\":{\"address\":{\"socketAddress\":{\"address\":\"a\"}}}},\"z\":[1]}"
+        );
+        assert_ne!(DecisionCache::key(&d, "r"), DecisionCache::key(&e, "r"));
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   of instances, each with its own store, deadline and memory cap;
 //! - every decision carries the revision (SHA-256 of the policy content);
 //! - [`PolicyHandle::reload`] smoke-evaluates a new revision before swapping
-//!   it in atomically; a broken revision leaves the previous one serving.
+//!   it in atomically; a broken revision leaves the previous one serving;
+//!   [`PolicyHandle::watch`] calls it whenever the policy's content changes.
 //!
 //! Depends only on the identity types (`signet-identity`).
 
@@ -27,6 +28,7 @@ mod decision;
 pub mod input;
 mod rego;
 mod wasm;
+mod watch;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,7 @@ use sha2::{Digest, Sha256};
 pub use cache::{DecisionCache, audit, audit_record};
 pub use decision::Decision;
 pub use rego::{TestCase, TestReport, run_tests};
+pub use watch::WatchGuard;
 
 /// The entrypoint evaluated when none is configured or named by a bundle.
 pub const DEFAULT_ENTRYPOINT: &str = "signet/authz/allow";

@@ -1,5 +1,6 @@
 //! Rego source evaluated by regorus, and `opa test`-style test runs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -11,22 +12,87 @@ use serde_json::Value;
 
 use crate::{Limits, PolicyError};
 
-/// Rego source files, parsed once per revision; a lock-free pool of engines
-/// (each a cheap clone of the parsed one) serves concurrent evaluations.
+/// Rego source files, parsed and prepared (analysed, scheduled) once per
+/// revision; a lock-free pool of engines (each a cheap clone of the prepared
+/// one) serves concurrent evaluations.
+///
+/// Per evaluation the only conversions are the input (JSON to a regorus
+/// value, built directly) and the result back; a package entrypoint is one
+/// rule evaluation, not a query.
+///
+/// regorus 0.14 also has a bytecode VM (RVM), several times faster on simple
+/// policies, but it is not used: it turns some evaluation errors (a division
+/// by zero in a rule body, even with strict builtin errors) into
+/// "undefined", where the interpreter fails the evaluation. Under `not` that
+/// difference can turn a deny into an allow.
 pub(crate) struct RegoPolicy {
     template: regorus::Engine,
-    rule: String,
-    /// The entrypoint names a whole package document, evaluated as a query.
-    is_package: bool,
+    query: Query,
     pool: ArrayQueue<regorus::Engine>,
+    packages: Vec<String>,
+}
+
+/// What the interpreter evaluates.
+enum Query {
+    /// One rule (possibly the wrapper rule of a package entrypoint).
+    Rule(String),
+    /// A document that is not a rule (the whole `data`): a query.
+    Document(String),
 }
 
 impl fmt::Debug for RegoPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let query = match &self.query {
+            Query::Rule(r) | Query::Document(r) => r,
+        };
         f.debug_struct("RegoPolicy")
-            .field("rule", &self.rule)
+            .field("query", query)
             .finish_non_exhaustive()
     }
+}
+
+/// The package holding the wrapper rule of a package entrypoint: a package
+/// document is evaluated as the value of one rule, `result := data.<pkg>`, so
+/// both evaluators run a single rule instead of a query.
+const WRAPPER_PACKAGE: &str = "signet_internal_entrypoint";
+
+/// A JSON document as a regorus value, built directly (no serde round trip,
+/// no clone of the input). Numbers convert as regorus' own deserializer
+/// converts them (`u64`, else `i64`, else `f64`).
+pub(crate) fn to_regorus(v: &Value) -> regorus::Value {
+    match v {
+        Value::Null => regorus::Value::Null,
+        Value::Bool(b) => regorus::Value::Bool(*b),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                regorus::Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                regorus::Value::from(i)
+            } else {
+                // serde_json numbers are finite; `as_f64` is `Some` for them.
+                regorus::Value::from(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Value::String(s) => regorus::Value::from(s.as_str()),
+        Value::Array(items) => {
+            regorus::Value::from(items.iter().map(to_regorus).collect::<Vec<_>>())
+        }
+        Value::Object(map) => regorus::Value::from(
+            map.iter()
+                .map(|(k, v)| (regorus::Value::from(k.as_str()), to_regorus(v)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+    }
+}
+
+/// A regorus result as JSON (sets become arrays, as in OPA's JSON output).
+fn from_regorus(v: &regorus::Value) -> Result<Value, PolicyError> {
+    serde_json::to_value(v).map_err(|e| PolicyError::Eval(e.to_string()))
+}
+
+/// Whether a regorus error (its text with causes, `{:#}`) is the deadline.
+fn is_deadline(text: &str) -> bool {
+    text.contains("time limit") || text.contains("execution exceeded") || text.contains("timed out")
 }
 
 /// `signet/authz/allow` -> `data.signet.authz.allow`.
@@ -99,10 +165,11 @@ impl RegoPolicy {
         limits: Limits,
     ) -> Result<Self, PolicyError> {
         let mut template = new_engine(sources, data)?;
-        template.set_execution_timer_config(ExecutionTimerConfig {
+        let timer = ExecutionTimerConfig {
             limit: limits.deadline,
             check_interval: NonZeroU32::MIN,
-        });
+        };
+        template.set_execution_timer_config(timer);
         let rule = rule_path(entrypoint);
         let packages = template
             .get_packages()
@@ -118,55 +185,66 @@ impl RegoPolicy {
                 available: packages,
             });
         }
-        Ok(RegoPolicy {
-            is_package: packages.contains(&rule),
+        let query = if rule == "data" {
+            Query::Document(rule)
+        } else if packages.contains(&rule) {
+            let wrapper = format!("package {WRAPPER_PACKAGE}\nimport rego.v1\nresult := {rule}\n");
+            match template.add_policy(format!("{WRAPPER_PACKAGE}.rego"), wrapper) {
+                Ok(_) => Query::Rule(format!("data.{WRAPPER_PACKAGE}.result")),
+                // A package path the wrapper cannot name: query it instead.
+                Err(_) => Query::Document(rule),
+            }
+        } else {
+            Query::Rule(rule)
+        };
+        let policy = RegoPolicy {
             pool: ArrayQueue::new(limits.pool_size.max(1)),
             template,
-            rule,
-        })
+            query,
+            packages,
+        };
+        // Prepare the template (rule analysis, scheduling) once, so pooled
+        // clones start prepared; the outcome of this dry run is irrelevant.
+        let _ = policy.eval_interpreter(&regorus::Value::new_object());
+        Ok(policy)
     }
 
     pub(crate) fn packages(&self) -> Vec<String> {
-        self.template.get_packages().unwrap_or_default()
+        self.packages.clone()
     }
 
-    /// Evaluates the rule; `None` when it is undefined.
+    /// Evaluates the entrypoint; `None` when it is undefined.
     pub(crate) fn eval(&self, input: &Value) -> Result<Option<Value>, PolicyError> {
+        let value = self.eval_interpreter(&to_regorus(input))?;
+        if value == regorus::Value::Undefined {
+            return Ok(None);
+        }
+        from_regorus(&value).map(Some)
+    }
+
+    fn eval_interpreter(&self, input: &regorus::Value) -> Result<regorus::Value, PolicyError> {
         let mut engine = self.pool.pop().unwrap_or_else(|| self.template.clone());
-        engine.set_input(regorus::Value::from(input.clone()));
-        let outcome = if self.is_package {
-            engine.eval_query(self.rule.clone(), false).map(|r| {
+        engine.set_input(input.clone());
+        let outcome = match &self.query {
+            Query::Document(doc) => engine.eval_query(doc.clone(), false).map(|r| {
                 r.result
                     .into_iter()
                     .next()
                     .and_then(|q| q.expressions.into_iter().next())
                     .map_or(regorus::Value::Undefined, |e| e.value)
-            })
-        } else {
-            engine.eval_rule(self.rule.clone())
+            }),
+            Query::Rule(rule) => engine.eval_rule(rule.clone()),
         };
         match outcome {
             Ok(v) => {
                 let _ = self.pool.push(engine);
-                if v == regorus::Value::Undefined {
-                    return Ok(None);
-                }
-                let json = v
-                    .to_json_str()
-                    .map_err(|e| PolicyError::Eval(format!("{e}")))?;
-                serde_json::from_str(&json)
-                    .map(Some)
-                    .map_err(|e| PolicyError::Eval(e.to_string()))
+                Ok(v)
             }
             Err(e) => {
-                let text = format!("{e}");
-                if text.contains("time limit")
-                    || text.contains("execution exceeded")
-                    || text.contains("timed out")
-                {
+                if is_deadline(&format!("{e:#}")) {
                     Err(PolicyError::Deadline)
                 } else {
-                    Err(PolicyError::Eval(text))
+                    Err(PolicyError::Eval(format!("{e}")))
                 }
             }
         }
@@ -308,5 +386,33 @@ mod tests {
             policy(src, "other/allow"),
             Err(PolicyError::UnknownEntrypoint { .. })
         ));
+    }
+
+    #[test]
+    fn input_conversion_matches_regorus_deserializer() {
+        let docs = [
+            json!(null),
+            json!({"a": [1, -2, 3.5, 18446744073709551615u64, -9223372036854775808i64, 1e300]}),
+            json!({"attributes": {"source": {"principal": "spiffe://a/b"}}, "x": [true, false, null, "s", {}, []]}),
+            json!({"": {"é": "\u{0}"}}),
+        ];
+        for d in docs {
+            assert_eq!(to_regorus(&d), regorus::Value::from(d.clone()), "{d}");
+        }
+    }
+
+    #[test]
+    fn package_entrypoint_equals_package_query() {
+        let src = "package example\nimport rego.v1\ndefault allow := false\nallow if input.ok\nreason := \"r\" if input.ok\nf(x) := x\n";
+        let p = policy(src, "example").unwrap();
+        let mut reference =
+            new_engine(&[(PathBuf::from("p.rego"), src.to_string())], &Value::Null).unwrap();
+        for input in [json!({"ok": true}), json!({"ok": false}), json!({})] {
+            reference.set_input(to_regorus(&input));
+            let q = reference.eval_query("data.example".into(), false).unwrap();
+            let expected = from_regorus(&q.result[0].expressions[0].value).unwrap();
+            assert_eq!(p.eval(&input).unwrap(), Some(expected), "{input}");
+        }
+        assert_eq!(p.packages(), vec!["data.example".to_string()]);
     }
 }

@@ -424,3 +424,90 @@ fn failing_rego_test_is_reported() {
     assert!(text.contains("data.t.test_bad: FAIL"), "{text}");
     assert!(text.contains("FAIL: 1/2"), "{text}");
 }
+
+/// Polls `cond` until it holds, failing after a deadline (no fixed sleeps).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Replaces `path` atomically (as editors and config-map updates do), so the
+/// watcher never reads a half-written file.
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn watcher_reloads_good_revisions_and_keeps_the_previous_on_broken_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    let file = policy_dir.join("authz.rego");
+    let deny_all = "package signet.authz\nimport rego.v1\ndefault allow := false\n";
+    std::fs::write(&file, deny_all).unwrap();
+    let handle = Arc::new(
+        PolicyHandle::load(&policy_dir, PolicyOptions::default())
+            .unwrap()
+            .with_decision_cache(100),
+    );
+    let watch = handle.watch(Duration::from_millis(10));
+    let input = InputBuilder::default()
+        .peer_id("spiffe://example.org/ns/web/sa/frontend")
+        .build();
+    let rev1 = handle.revision();
+    assert!(!handle.evaluate_connection(&input).allow);
+
+    // A good revision: decisions change, carrying the new revision.
+    write_atomic(
+        &file,
+        "package signet.authz\nimport rego.v1\ndefault allow := false\nallow if input.spiffe.peer_trust_domain == \"example.org\"\n",
+    );
+    wait_for("the good revision", || handle.revision() != rev1);
+    let rev2 = handle.revision();
+    let d = handle.evaluate_connection(&input);
+    assert!(d.allow, "{d:?}");
+    assert_eq!(d.revision, rev2);
+    assert_eq!(watch.reloads(), 1);
+    assert_eq!(watch.failures(), 0);
+
+    // Parses, but fails its smoke evaluation: the previous revision stays.
+    write_atomic(
+        &file,
+        "package signet.authz\nimport rego.v1\nallow := 1 / 0\n",
+    );
+    wait_for("the failing revision to be refused", || {
+        watch.failures() == 1
+    });
+    assert_eq!(handle.revision(), rev2);
+    assert!(handle.evaluate_connection(&input).allow);
+
+    // Does not parse (a new file in the directory): refused too.
+    let broken = policy_dir.join("broken.rego");
+    write_atomic(&broken, "package signet.authz\nallow if {");
+    wait_for("the broken revision to be refused", || {
+        watch.failures() == 2
+    });
+    assert_eq!(handle.revision(), rev2);
+    assert!(handle.evaluate_connection(&input).allow);
+
+    // Fixed: reloaded.
+    write_atomic(&file, deny_all);
+    wait_for("the still-broken revision to be refused", || {
+        watch.failures() == 3
+    });
+    std::fs::remove_file(&broken).unwrap();
+    wait_for("the fixed revision", || handle.revision() == rev1);
+    assert!(!handle.evaluate_connection(&input).allow);
+    assert_eq!(watch.reloads(), 2);
+
+    // Stopping joins the thread promptly (it waits on a condvar, not a sleep).
+    watch.stop();
+}
