@@ -170,6 +170,10 @@ pub fn audit_record(decision: &Decision, input: &Value) -> Value {
 
 /// Emits the audit record as a `tracing` event (target `signet::policy::audit`).
 pub fn audit(decision: &Decision, input: &Value) {
+    // The record is built only when someone listens.
+    if !tracing::enabled!(target: "signet::policy::audit", tracing::Level::INFO) {
+        return;
+    }
     let rec = audit_record(decision, input);
     tracing::info!(target: "signet::policy::audit", record = %rec, allow = decision.allow, revision = %decision.revision, "policy decision");
 }

@@ -12,6 +12,7 @@ use signet_policy::{PolicyHandle, PolicyOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::read_ahead::ReadAhead;
+use signet_core::tls::{SpiffeClientVerifier, SpiffeServerVerifier};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::Instrument;
@@ -37,11 +38,13 @@ impl Active {
 enum Side {
     Inbound {
         acceptor: TlsAcceptor,
+        verifier: Arc<SpiffeClientVerifier>,
         to: SocketAddr,
         http: Option<Arc<crate::http::Forwarder>>,
     },
     Outbound {
         connector: TlsConnector,
+        verifier: Arc<SpiffeServerVerifier>,
         host: String,
         port: u16,
         name: rustls::pki_types::ServerName<'static>,
@@ -108,7 +111,7 @@ impl Listener {
                     policy = Some(Arc::new(load_policy(&config.name, p)?));
                 }
                 let alpn: &[&[u8]] = if *http { &[b"h2", b"http/1.1"] } else { &[] };
-                let tls = crate::tls::server_config(
+                let (tls, verifier) = crate::tls::server_config(
                     &identity,
                     crate::tls::allow_list(allow_ids, allow_trust_domains),
                     config.limits.tls12,
@@ -117,6 +120,7 @@ impl Listener {
                 .map_err(|e| setup(format!("TLS: {e}")))?;
                 Side::Inbound {
                     acceptor: TlsAcceptor::from(Arc::new(tls)),
+                    verifier,
                     to: *to,
                     http: http.then(|| {
                         Arc::new(crate::http::Forwarder::new(
@@ -130,10 +134,12 @@ impl Listener {
             Mode::Outbound(Outbound { to, server_id, sni }) => {
                 let (host, port) =
                     host_port(to).ok_or_else(|| setup(format!("{to:?} is not host:port")))?;
-                let tls = crate::tls::client_config(&identity, server_id, config.limits.tls12)
-                    .map_err(|e| setup(format!("TLS: {e}")))?;
+                let (tls, verifier) =
+                    crate::tls::client_config(&identity, server_id, config.limits.tls12)
+                        .map_err(|e| setup(format!("TLS: {e}")))?;
                 Side::Outbound {
                     connector: TlsConnector::from(Arc::new(tls)),
+                    verifier,
                     host: host.to_string(),
                     port,
                     name: crate::tls::server_name(sni.as_deref(), host).map_err(setup)?,
@@ -224,18 +230,25 @@ impl Listener {
     ) {
         let _permit = permit;
         match &self.side {
-            Side::Inbound { acceptor, to, http } => {
-                self.inbound(acceptor, *to, http.clone(), stream, peer)
+            Side::Inbound {
+                acceptor,
+                verifier,
+                to,
+                http,
+            } => {
+                self.inbound(acceptor, verifier, *to, http.clone(), stream, peer)
                     .await;
             }
             Side::Outbound {
                 connector,
+                verifier,
                 host,
                 port,
                 name,
                 server_id,
             } => {
-                self.outbound(connector, host, *port, name, server_id, stream)
+                let to = (host.as_str(), *port);
+                self.outbound(connector, verifier, to, name, server_id, stream)
                     .await;
             }
         }
@@ -245,9 +258,18 @@ impl Listener {
         counter!(metric, "listener" => self.name.to_string(), "result" => result).increment(1);
     }
 
+    /// Handshakes that resumed a TLS session (no certificate exchange).
+    fn count_resumed(&self, kind: Option<rustls::HandshakeKind>) {
+        if kind == Some(rustls::HandshakeKind::Resumed) {
+            counter!("signet_proxy_resumed_handshakes_total", "listener" => self.name.to_string())
+                .increment(1);
+        }
+    }
+
     async fn inbound(
         &self,
         acceptor: &TlsAcceptor,
+        verifier: &SpiffeClientVerifier,
         to: SocketAddr,
         http: Option<Arc<crate::http::Forwarder>>,
         stream: TcpStream,
@@ -274,8 +296,16 @@ impl Listener {
                 return;
             }
         };
-        self.count("signet_proxy_handshakes_total", "ok");
         let conn = tls.get_ref().1;
+        if let Err(e) = crate::tls::recheck_resumed_client(verifier, conn) {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+            let class = crate::tls::failure_class(&e);
+            self.count("signet_proxy_handshakes_total", class);
+            tracing::warn!(reason = %e, class, "connection rejected: resumed TLS session no longer verifies");
+            return;
+        }
+        self.count("signet_proxy_handshakes_total", "ok");
+        self.count_resumed(conn.handshake_kind());
         let Some(peer_leaf) = conn.peer_certificates().and_then(|c| c.first()).cloned() else {
             // The verifier requires a certificate; this cannot happen.
             self.count("signet_proxy_handshakes_total", "no_peer_certificate");
@@ -372,8 +402,8 @@ impl Listener {
     async fn outbound(
         &self,
         connector: &TlsConnector,
-        host: &str,
-        port: u16,
+        verifier: &SpiffeServerVerifier,
+        (host, port): (&str, u16),
         name: &rustls::pki_types::ServerName<'static>,
         server_id: &str,
         app: TcpStream,
@@ -417,7 +447,15 @@ impl Listener {
                 return;
             }
         };
+        if let Err(e) = crate::tls::recheck_resumed_server(verifier, tls.get_ref().1, name) {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+            let class = crate::tls::failure_class(&e);
+            self.count("signet_proxy_handshakes_total", class);
+            tracing::warn!(server_id, reason = %e, class, "server rejected: resumed TLS session no longer verifies");
+            return;
+        }
         self.count("signet_proxy_handshakes_total", "ok");
+        self.count_resumed(tls.get_ref().1.handshake_kind());
         self.count("signet_proxy_connections_total", "accepted");
         let r = relay(
             &mut tls,

