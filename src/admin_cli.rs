@@ -771,6 +771,43 @@ pub async fn jwt(cmd: JwtCmd, opts: AdminOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `healthcheck --url`: GET the URL (plain HTTP) within 5 s; healthy on 2xx.
+pub async fn http_health(url: &str) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("{url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        anyhow::bail!("{url:?}: only http:// URLs can be checked");
+    }
+    let host = uri.host().context("the URL has no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let check = async {
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot connect to {host}:{port}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, format!("{host}:{port}"))
+            .body(Empty::<bytes::Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            anyhow::bail!("{url} answered {status}: {}", body.trim());
+        }
+        println!("{url}: {status} {}", body.trim());
+        Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), check)
+        .await
+        .with_context(|| format!("{url} did not answer within 5 s"))?
+}
+
 pub async fn healthcheck(opts: AdminOpts) -> anyhow::Result<()> {
     let mut c = client(&opts).await?;
     let h = c

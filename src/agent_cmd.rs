@@ -48,6 +48,10 @@ pub struct AgentSettings {
     /// Attest with this join token (single use).
     #[arg(long, env = "SIGNET_JOIN_TOKEN")]
     join_token: Option<String>,
+    /// Attest with the join token in this file (read at start; for tokens
+    /// handed over by an init step or a secret mount).
+    #[arg(long, conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// Attest with x509pop: the node certificate (PEM chain) ...
     #[arg(long)]
     x509pop_cert: Option<PathBuf>,
@@ -90,6 +94,7 @@ impl AgentSettings {
             self.trust_bundle = self.trust_bundle.or(file.trust_bundle);
             self.insecure_bootstrap |= file.insecure_bootstrap;
             self.join_token = self.join_token.or(file.join_token);
+            self.join_token_file = self.join_token_file.or(file.join_token_file);
             self.x509pop_cert = self.x509pop_cert.or(file.x509pop_cert);
             self.x509pop_key = self.x509pop_key.or(file.x509pop_key);
             self.data_dir = self.data_dir.or(file.data_dir);
@@ -109,6 +114,20 @@ impl AgentSettings {
             match a.parse::<SocketAddr>() {
                 Ok(addr) => servers.push(addr),
                 Err(e) => problems.push(format!("server_address {a:?}: {e} (expected IP:PORT)")),
+            }
+        }
+        if let Some(path) = self.join_token_file.take() {
+            if self.join_token.is_some() {
+                problems.push("join_token and join_token_file: give one of them".into());
+            } else if self.check_config {
+                // The file may be written by an init step after this check.
+                self.join_token = Some(format!("(from {})", path.display()));
+            } else {
+                match std::fs::read_to_string(&path) {
+                    Ok(t) if !t.trim().is_empty() => self.join_token = Some(t.trim().to_string()),
+                    Ok(_) => problems.push(format!("join_token_file {}: empty", path.display())),
+                    Err(e) => problems.push(format!("join_token_file {}: {e}", path.display())),
+                }
             }
         }
         let attestation = match (

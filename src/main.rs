@@ -103,6 +103,11 @@ enum Command {
         /// Check the agent instead of the server.
         #[arg(long)]
         agent: bool,
+        /// Check an HTTP endpoint instead (a sidecar's or helper's
+        /// `http://HOST:PORT/ready`): healthy on a 2xx answer. For
+        /// container health checks in images without a shell or curl.
+        #[arg(long, conflicts_with = "agent", value_name = "URL")]
+        url: Option<String>,
         /// Agent socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
         #[arg(long, requires = "agent")]
         agent_socket: Option<PathBuf>,
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Helper(args) => helper_cmd::run(args).await,
             Command::Policy { cmd, output } => policy_cli::run(cmd, output),
+            Command::Healthcheck { url: Some(url), .. } => admin_cli::http_health(&url).await,
             Command::Healthcheck {
                 agent: true,
                 agent_socket,
