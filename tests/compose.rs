@@ -404,3 +404,114 @@ fn entries_bootstrap_and_uids_agree() {
         &Command::new("sh").arg("-n").arg(&script).output().unwrap(),
     );
 }
+
+/// The top-level named volumes, each with the uid its tmpfs `driver_opts`
+/// give it (`o: "uid=N,..."`), if any.
+fn named_volumes(compose: &str) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
+    let mut in_volumes = false;
+    let mut current = None;
+    for line in compose.lines() {
+        if !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty() {
+            in_volumes = line.trim_end() == "volumes:";
+            continue;
+        }
+        if !in_volumes {
+            continue;
+        }
+        if let Some(name) = line
+            .strip_prefix("  ")
+            .filter(|l| !l.starts_with(' ') && !l.starts_with('#'))
+            .and_then(|l| l.strip_suffix(':'))
+        {
+            out.insert(name.to_string(), None);
+            current = Some(name.to_string());
+        } else if let (Some(name), Some(opts)) = (&current, line.split("uid=").nth(1)) {
+            let uid: String = opts.chars().take_while(char::is_ascii_digit).collect();
+            out.insert(name.clone(), Some(uid));
+        }
+    }
+    out
+}
+
+/// The text of the Dockerfile stage `name`, split into words.
+fn stage_words(dockerfile: &str, name: &str) -> BTreeSet<String> {
+    let stage = dockerfile
+        .split(&format!(" AS {name}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("Dockerfile has no stage {name}"));
+    let stage = stage.split("\nFROM ").next().unwrap_or(stage);
+    stage.split_whitespace().map(str::to_string).collect()
+}
+
+/// A fresh named volume is owned by root unless the image has a directory
+/// at the mount point (Docker copies its owner) or it is a tmpfs with
+/// `uid=`. Without an engine nothing else would notice a service that
+/// cannot write its own volume, so: every named volume a non-root service
+/// mounts writable is a tmpfs owned by that uid, or (for the signet images,
+/// uid 10001) mounted on a directory both signet images create.
+#[test]
+fn non_root_services_own_the_volumes_they_write() {
+    let compose = read("docker-compose.yml");
+    let docker = read("Dockerfile");
+    let volumes = named_volumes(&compose);
+    assert!(
+        volumes.contains_key("bootstrap"),
+        "named volumes: {volumes:?}"
+    );
+    let image_dirs = [
+        ("runtime", stage_words(&docker, "runtime")),
+        ("tools", stage_words(&docker, "tools")),
+    ];
+    let mut checked = 0;
+    for (name, lines) in services(&compose) {
+        let signet_image = lines
+            .iter()
+            .any(|l| l == "<<: *signet" || l.starts_with("image: signet"));
+        let uid = match lines.iter().find_map(|l| l.strip_prefix("user: \"")) {
+            Some(u) => u.split([':', '"']).next().unwrap_or_default().to_string(),
+            None if signet_image => "10001".to_string(),
+            // Other images start as root and drop privileges themselves.
+            None => continue,
+        };
+        if uid == "0" {
+            continue;
+        }
+        let mounts = lines
+            .iter()
+            .skip_while(|l| *l != "volumes:")
+            .skip(1)
+            .map_while(|l| l.strip_prefix("- "));
+        for mount in mounts {
+            let mut parts = mount.split(':');
+            let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if source.starts_with('.') || source.starts_with('/') || parts.next() == Some("ro") {
+                continue;
+            }
+            let owner = volumes
+                .get(source)
+                .unwrap_or_else(|| panic!("{name} mounts undeclared volume {source}"));
+            let owned = match owner {
+                Some(tmpfs_uid) => tmpfs_uid == &uid,
+                None => {
+                    uid == "10001"
+                        && signet_image
+                        && image_dirs.iter().all(|(_, words)| words.contains(target))
+                }
+            };
+            assert!(
+                owned,
+                "service {name} (uid {uid}) writes volume {source} at {target}, which \
+                 would be owned by root: make it a tmpfs with uid={uid}, or create \
+                 {target} (owned by 10001) in both signet images"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "only {checked} writable volume mounts checked"
+    );
+}

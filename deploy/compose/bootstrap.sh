@@ -3,18 +3,22 @@
 # for the agent with a fixed node ID, the server's bundle for the agent to
 # verify it with, and the registration entries. Safe to run again.
 set -eu
+umask 077
 admin=/run/signet/admin/admin.sock
 out=/run/signet/bootstrap
 signet healthcheck --socket "$admin"
 signet bundle show --format pem --socket "$admin" > "$out/bundle.pem.tmp"
+chmod 0644 "$out/bundle.pem.tmp"
 mv "$out/bundle.pem.tmp" "$out/bundle.pem"
-if [ ! -s "$out/join-token" ]; then
-    signet token generate --spiffe-id spiffe://example.org/node/compose --ttl 1h \
-        --socket "$admin" | sed 's/^Token: //' > "$out/join-token.tmp"
-    mv "$out/join-token.tmp" "$out/join-token"
-fi
+# A fresh token on every run: one kept from an earlier run may have expired
+# or been used. An agent that already attested resumes with its stored SVID
+# and does not use it; unused tokens expire.
+token=$(signet token generate --spiffe-id spiffe://example.org/node/compose --ttl 1h \
+    --socket "$admin")
+token=${token#Token: }
+[ -n "$token" ] || { echo "bootstrap: no join token" >&2; exit 1; }
+printf '%s\n' "$token" > "$out/join-token.tmp"
+mv "$out/join-token.tmp" "$out/join-token"
 if [ "$(signet entry count --socket "$admin" | tr -dc 0-9)" = "0" ]; then
     signet entry create --data /etc/signet/entries.json --socket "$admin"
 fi
-chmod 0644 "$out/bundle.pem"
-chmod 0600 "$out/join-token"
