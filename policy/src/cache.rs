@@ -6,9 +6,16 @@
 //! revision, so a reload can never serve a stale decision; `clear` frees the
 //! old revision's entries. Only clean decisions are cached: a deny caused by
 //! an error, deadline or memory overrun is re-evaluated next time.
+//!
+//! A lookup hashes the input in place (no key text is built) with a
+//! randomly seeded hash (foldhash), then compares the stored input field by field, so two inputs share
+//! a decision only when they are equal apart from the source port: a hash
+//! collision can cost a miss, never a wrong decision.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher};
+
+use foldhash::fast::RandomState;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
@@ -17,10 +24,26 @@ use crate::{Decision, Policy};
 
 const SHARDS: usize = 16;
 
+/// One cached decision: the input it was made for (its source port is not
+/// compared) under one policy revision.
+#[derive(Debug)]
+struct Cached {
+    revision: String,
+    input: Value,
+    decision: Decision,
+}
+
+/// A shard: entries by hash (a bucket holds the rare collisions).
+#[derive(Debug, Default)]
+struct Shard {
+    by_hash: HashMap<u64, Vec<Cached>>,
+    len: usize,
+}
+
 /// A bounded, sharded cache of connection-level decisions.
 #[derive(Debug)]
 pub struct DecisionCache {
-    shards: Vec<Mutex<HashMap<String, Decision>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -34,37 +57,100 @@ const PER_CONNECTION: &[&str] = &[
     "portValue",
 ];
 
-/// Writes `v` as compact JSON into `out`, leaving out the object member at
-/// `skip` (a path from `v`). serde_json's `Map` is ordered (BTreeMap), so the
-/// text is canonical.
-fn write_without(out: &mut Vec<u8>, v: &Value, skip: Option<&[&str]>) {
-    match (v, skip) {
-        (Value::Object(obj), Some([head, rest @ ..])) => {
-            out.push(b'{');
-            let mut first = true;
-            for (k, child) in obj {
-                let child_skip = if k == head {
-                    if rest.is_empty() {
-                        continue;
-                    }
-                    Some(rest)
-                } else {
-                    None
-                };
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                // Writing JSON into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
-                write_without(out, child, child_skip);
+/// The input fields a cache bucket is chosen by.
+const BUCKET_FIELDS: [&[&str]; 4] = [
+    &["attributes", "source", "principal"],
+    &["attributes", "destination", "principal"],
+    &[
+        "attributes",
+        "source",
+        "address",
+        "socketAddress",
+        "address",
+    ],
+    &["attributes", "destination", "address"],
+];
+
+/// The value at `path` (object members only), without allocating.
+fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+/// The most entries one bucket holds.
+const BUCKET: usize = 8;
+
+/// Where `skip` leads below the member `key`: `None` when that member is
+/// the one to leave out, else the rest of the path (or no path).
+fn descend<'a>(key: &str, skip: Option<&'a [&'a str]>) -> Option<Option<&'a [&'a str]>> {
+    match skip {
+        Some([head, rest @ ..]) if key == *head => (!rest.is_empty()).then_some(Some(rest)),
+        _ => Some(None),
+    }
+}
+
+/// Feeds `v` into `h`, leaving out the object member at path `skip`. Every
+/// value is tagged and delimited, so distinct documents feed distinct
+/// streams.
+fn hash_without(h: &mut impl Hasher, v: &Value, skip: Option<&[&str]>) {
+    match v {
+        Value::Null => h.write_u8(0),
+        Value::Bool(b) => h.write_u8(if *b { 2 } else { 1 }),
+        Value::Number(n) => {
+            h.write_u8(3);
+            if let Some(i) = n.as_i64() {
+                h.write_i64(i);
+            } else if let Some(u) = n.as_u64() {
+                h.write_u64(u);
+            } else {
+                h.write_u64(n.as_f64().unwrap_or(f64::NAN).to_bits());
             }
-            out.push(b'}');
         }
-        _ => {
-            let _ = serde_json::to_writer(&mut *out, v);
+        Value::String(s) => {
+            h.write_u8(4);
+            h.write_usize(s.len());
+            h.write(s.as_bytes());
         }
+        Value::Array(items) => {
+            h.write_u8(5);
+            h.write_usize(items.len());
+            for item in items {
+                hash_without(h, item, None);
+            }
+        }
+        Value::Object(obj) => {
+            h.write_u8(6);
+            for (k, child) in obj {
+                let Some(child_skip) = descend(k, skip) else {
+                    continue;
+                };
+                h.write_usize(k.len());
+                h.write(k.as_bytes());
+                hash_without(h, child, child_skip);
+            }
+            h.write_u8(7);
+        }
+    }
+}
+
+/// `a == b` leaving out the object member at path `skip` on both sides.
+fn eq_without(a: &Value, b: &Value, skip: Option<&[&str]>) -> bool {
+    match (a, b, skip) {
+        (Value::Object(x), Value::Object(y), Some(_)) => {
+            let mut xs = x.iter().filter(|(k, _)| descend(k, skip).is_some());
+            let mut ys = y.iter().filter(|(k, _)| descend(k, skip).is_some());
+            loop {
+                match (xs.next(), ys.next()) {
+                    (None, None) => return true,
+                    (Some((kx, vx)), Some((ky, vy))) => {
+                        if kx != ky || !eq_without(vx, vy, descend(kx, skip).flatten()) {
+                            return false;
+                        }
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        _ => a == b,
     }
 }
 
@@ -72,43 +158,70 @@ impl DecisionCache {
     /// A cache holding up to about `capacity` decisions.
     pub fn new(capacity: usize) -> Self {
         DecisionCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 
-    /// The cache key: revision + canonical input without per-connection fields.
-    pub fn key(input: &Value, revision: &str) -> String {
-        let mut out = Vec::with_capacity(revision.len() + 512);
-        out.extend_from_slice(revision.as_bytes());
-        out.push(b'\n');
-        write_without(&mut out, input, Some(PER_CONNECTION));
-        // Only JSON text and the (hex) revision were written: valid UTF-8.
-        String::from_utf8(out)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    /// The bucket of `input` under `revision`: a seeded hash of the fields
+    /// that tell connections apart (both principals, the source address,
+    /// the destination), not of the whole input. Inputs that differ only
+    /// elsewhere share a bucket; the field-by-field comparison tells them
+    /// apart, and a bucket holds at most `BUCKET` entries.
+    fn hash(&self, input: &Value, revision: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(revision.as_bytes());
+        for field in BUCKET_FIELDS {
+            h.write_u8(0xff);
+            if let Some(v) = at(input, field) {
+                hash_without(&mut h, v, None);
+            }
+        }
+        h.finish()
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Decision>> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        // `i < SHARDS == self.shards.len()` by construction.
-        &self.shards[i]
+    /// Whether two inputs share a cache entry (equal but for the source port).
+    pub fn same_key(a: &Value, b: &Value) -> bool {
+        eq_without(a, b, Some(PER_CONNECTION))
     }
 
     /// The cached decision for `input` under `policy`, or a fresh evaluation
     /// (cached when it completed cleanly).
     pub fn evaluate(&self, policy: &Policy, input: &Value) -> Decision {
-        let key = Self::key(input, policy.revision());
-        let shard = self.shard(&key);
-        if let Some(d) = shard.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return d;
+        let revision = policy.revision();
+        let hash = self.hash(input, revision);
+        // `hash % SHARDS < SHARDS == self.shards.len()` by construction.
+        let shard = &self.shards[(hash as usize) % SHARDS];
+        if let Ok(s) = shard.lock()
+            && let Some(hit) = s.by_hash.get(&hash).and_then(|bucket| {
+                bucket
+                    .iter()
+                    .find(|c| c.revision == revision && Self::same_key(&c.input, input))
+            })
+        {
+            return hit.decision.clone();
         }
         let (decision, clean) = policy.evaluate_checked(input);
-        if clean && let Ok(mut m) = shard.lock() {
-            if m.len() >= self.per_shard {
-                m.clear();
+        if clean && let Ok(mut s) = shard.lock() {
+            if s.len >= self.per_shard {
+                s.by_hash.clear();
+                s.len = 0;
             }
-            m.insert(key, decision.clone());
+            let bucket = s.by_hash.entry(hash).or_default();
+            if bucket.len() >= BUCKET {
+                // Oldest out: a flood of near-identical inputs cannot grow
+                // the scan of one bucket.
+                bucket.remove(0);
+            } else {
+                s.len += 1;
+            }
+            let bucket = s.by_hash.entry(hash).or_default();
+            bucket.push(Cached {
+                revision: revision.to_string(),
+                input: input.clone(),
+                decision: decision.clone(),
+            });
         }
         decision
     }
@@ -116,8 +229,9 @@ impl DecisionCache {
     /// Drops every entry (on reload).
     pub fn clear(&self) {
         for s in &self.shards {
-            if let Ok(mut m) = s.lock() {
-                m.clear();
+            if let Ok(mut s) = s.lock() {
+                s.by_hash.clear();
+                s.len = 0;
             }
         }
     }
@@ -126,7 +240,7 @@ impl DecisionCache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .map(|s| s.lock().map(|s| s.len).unwrap_or(0))
             .sum()
     }
 
@@ -185,22 +299,79 @@ mod tests {
 
     #[test]
     fn key_ignores_source_port_only() {
+        let cache = DecisionCache::new(10);
         let a = json!({"attributes": {"source": {"address": {"socketAddress": {"address": "10.0.0.1", "portValue": 1}}}}});
         let b = json!({"attributes": {"source": {"address": {"socketAddress": {"address": "10.0.0.1", "portValue": 2}}}}});
         let c = json!({"attributes": {"source": {"address": {"socketAddress": {"address": "10.0.0.2", "portValue": 2}}}}});
-        assert_eq!(DecisionCache::key(&a, "r"), DecisionCache::key(&b, "r"));
-        assert_ne!(DecisionCache::key(&a, "r"), DecisionCache::key(&c, "r"));
-        assert_ne!(DecisionCache::key(&a, "r"), DecisionCache::key(&a, "s"));
-        // Exactly the source port is left out; the destination port stays.
+        assert!(DecisionCache::same_key(&a, &b));
+        assert_eq!(cache.hash(&a, "r"), cache.hash(&b, "r"));
+        assert!(!DecisionCache::same_key(&a, &c));
+        assert_ne!(cache.hash(&a, "r"), cache.hash(&c, "r"));
+        assert_ne!(cache.hash(&a, "r"), cache.hash(&a, "s"));
+        // Exactly the source port is left out; the destination port stays,
+        // and a missing source port equals any.
         let d = json!({"attributes": {"destination": {"address": {"socketAddress": {"portValue": 1}}},
                                       "source": {"address": {"socketAddress": {"address": "a", "portValue": 9}}}}, "z": [1]});
         let e = json!({"attributes": {"destination": {"address": {"socketAddress": {"portValue": 2}}},
                                       "source": {"address": {"socketAddress": {"address": "a"}}}}, "z": [1]});
-        assert_eq!(
-            DecisionCache::key(&d, "r"),
-            "r\n{\"attributes\":{\"destination\":{\"address\":{\"socketAddress\":{\"portValue\":1}}},\"source\":{\"address\":{\"socketAddress\":{\"address\":\"a\"}}}},\"z\":[1]}"
+        let f = json!({"attributes": {"destination": {"address": {"socketAddress": {"portValue": 1}}},
+                                      "source": {"address": {"socketAddress": {"address": "a"}}}}, "z": [1]});
+        assert!(!DecisionCache::same_key(&d, &e));
+        assert!(DecisionCache::same_key(&d, &f));
+        // Values that would print alike but differ in type do not match.
+        let g = json!({"z": ["1"]});
+        let h = json!({"z": [1]});
+        assert!(!DecisionCache::same_key(&g, &h));
+    }
+
+    /// Even when two inputs land in one bucket, each keeps its own decision.
+    #[test]
+    fn a_hash_collision_never_shares_a_decision() {
+        let p = Policy::from_rego(
+            "package signet.authz\nimport rego.v1\nallow if input.spiffe.peer_id == \"spiffe://a/b\"\n",
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        let cache = DecisionCache::new(100);
+        let yes = json!({"spiffe": {"peer_id": "spiffe://a/b"}});
+        let no = json!({"spiffe": {"peer_id": "spiffe://a/c"}});
+        // Force both under the hash of `yes`.
+        let hash = cache.hash(&yes, p.revision());
+        {
+            let mut s = cache.shards[(hash as usize) % SHARDS].lock().unwrap();
+            s.by_hash.entry(hash).or_default().push(Cached {
+                revision: p.revision().to_string(),
+                input: no.clone(),
+                decision: p.evaluate(&no),
+            });
+            s.len += 1;
+        }
+        assert!(
+            cache.evaluate(&p, &yes).allow,
+            "the colliding deny was not served"
         );
-        assert_ne!(DecisionCache::key(&d, "r"), DecisionCache::key(&e, "r"));
+        assert!(cache.evaluate(&p, &yes).allow);
+        assert_eq!(cache.len(), 2);
+    }
+
+    /// Inputs that differ outside the bucket fields share a bucket, each
+    /// with its own decision, and the bucket stays bounded.
+    #[test]
+    fn a_bucket_is_bounded_and_keeps_decisions_apart() {
+        let p = Policy::from_rego(
+            "package signet.authz\nimport rego.v1\nallow if input.sni == \"ok\"\n",
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        let cache = DecisionCache::new(10_000);
+        for i in 0..100 {
+            let input = json!({"sni": format!("n{i}")});
+            assert!(!cache.evaluate(&p, &input).allow);
+        }
+        assert_eq!(cache.len(), BUCKET);
+        assert!(cache.evaluate(&p, &json!({"sni": "ok"})).allow);
+        assert!(cache.evaluate(&p, &json!({"sni": "ok"})).allow);
+        assert!(!cache.evaluate(&p, &json!({"sni": "n99"})).allow);
     }
 
     #[test]
