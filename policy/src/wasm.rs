@@ -322,30 +322,49 @@ fn call_builtin(
     id: i32,
     args: &[i32],
 ) -> wasmtime::Result<i32> {
-    let table = caller.data().builtins.clone();
-    let Some((name, f)) = usize::try_from(id)
+    // The function is a plain fn pointer: copied out, so neither the table
+    // (shared by every worker) nor the exports are cloned per call.
+    let Some(f) = usize::try_from(id)
         .ok()
-        .and_then(|i| table.get(i))
+        .and_then(|i| caller.data().builtins.get(i))
         .and_then(Option::as_ref)
+        .map(|(_, f)| *f)
     else {
         return Err(wasmtime::Error::msg(format!("unknown builtin id {id}")));
     };
     let exports = caller
-        .data()
+        .data_mut()
         .exports
-        .clone()
+        .take()
         .ok_or_else(|| wasmtime::Error::msg("builtin called before instantiation finished"))?;
+    let result = run_builtin(caller, &exports, id, f, args);
+    caller.data_mut().exports = Some(exports);
+    result
+}
+
+fn run_builtin(
+    caller: &mut Caller<'_, HostState>,
+    exports: &Exports,
+    id: i32,
+    f: crate::builtins::BuiltinFn,
+    args: &[i32],
+) -> wasmtime::Result<i32> {
     let mut values = Vec::with_capacity(args.len());
     for a in args {
-        values.push(dump_json(&exports, &mut *caller, *a)?);
+        values.push(dump_json(exports, &mut *caller, *a)?);
     }
     match f(&values) {
         Ok(result) => {
             let json =
                 serde_json::to_vec(&result).map_err(|e| wasmtime::Error::msg(e.to_string()))?;
-            load_json(&exports, &mut *caller, &json)
+            load_json(exports, &mut *caller, &json)
         }
         Err(e) => {
+            let name = usize::try_from(id)
+                .ok()
+                .and_then(|i| caller.data().builtins.get(i))
+                .and_then(Option::as_ref)
+                .map_or("?", |(name, _)| name.as_str());
             tracing::debug!(builtin = %name, error = %e, "policy builtin failed; expression is undefined");
             Ok(0)
         }
@@ -547,30 +566,41 @@ impl Worker {
     }
 
     fn eval_inner(&mut self, id: i32, input: &[u8]) -> wasmtime::Result<Value> {
-        match &self.eval {
+        // Borrowed field by field: cloning the typed functions per call would
+        // bump reference counts shared by every worker of the module.
+        let Worker {
+            store,
+            exports,
+            heap_ptr_set,
+            eval,
+            data_addr,
+            data_heap_ptr,
+            ..
+        } = self;
+        let (data_addr, data_heap_ptr) = (*data_addr, *data_heap_ptr);
+        match eval {
             EvalAbi::OneShot(opa_eval) => {
-                let opa_eval = opa_eval.clone();
                 let len = i32::try_from(input.len())
                     .map_err(|_| wasmtime::Error::msg("input too large"))?;
-                let input_addr = self.data_heap_ptr;
+                let input_addr = data_heap_ptr;
                 let end = u64::try_from(input_addr).unwrap_or(0) + input.len() as u64;
-                let size = self.exports.memory.data_size(&self.store) as u64;
+                let size = exports.memory.data_size(&*store) as u64;
                 if end > size {
                     let pages = (end - size).div_ceil(WASM_PAGE);
-                    self.exports.memory.grow(&mut self.store, pages)?;
+                    exports.memory.grow(&mut *store, pages)?;
                 }
                 let offset = usize::try_from(input_addr)
                     .map_err(|_| wasmtime::Error::msg("bad heap pointer"))?;
-                self.exports
+                exports
                     .memory
-                    .write(&mut self.store, offset, input)
+                    .write(&mut *store, offset, input)
                     .map_err(|e| wasmtime::Error::msg(e.to_string()))?;
                 let addr = opa_eval.call(
-                    &mut self.store,
-                    (0, id, self.data_addr, input_addr, len, input_addr + len, 0),
+                    &mut *store,
+                    (0, id, data_addr, input_addr, len, input_addr + len, 0),
                 )?;
-                let text = read_cstr(&self.exports.memory, &self.store, addr)
-                    .map_err(wasmtime::Error::msg)?;
+                let text =
+                    read_cstr(&exports.memory, &*store, addr).map_err(wasmtime::Error::msg)?;
                 serde_json::from_str(&text).map_err(|e| wasmtime::Error::msg(e.to_string()))
             }
             EvalAbi::Context {
@@ -581,34 +611,24 @@ impl Worker {
                 eval,
                 get_result,
             } => {
-                let (ctx_new, set_input, set_data, set_entrypoint, eval, get_result) = (
-                    ctx_new.clone(),
-                    set_input.clone(),
-                    set_data.clone(),
-                    set_entrypoint.clone(),
-                    eval.clone(),
-                    get_result.clone(),
-                );
-                self.heap_ptr_set
-                    .call(&mut self.store, self.data_heap_ptr)?;
-                let exports = self.exports.clone();
-                let input_addr = load_json(&exports, &mut self.store, input)?;
-                let ctx = ctx_new.call(&mut self.store, ())?;
-                set_input.call(&mut self.store, (ctx, input_addr))?;
-                set_data.call(&mut self.store, (ctx, self.data_addr))?;
+                heap_ptr_set.call(&mut *store, data_heap_ptr)?;
+                let input_addr = load_json(exports, &mut *store, input)?;
+                let ctx = ctx_new.call(&mut *store, ())?;
+                set_input.call(&mut *store, (ctx, input_addr))?;
+                set_data.call(&mut *store, (ctx, data_addr))?;
                 if let Some(set_entrypoint) = set_entrypoint {
-                    set_entrypoint.call(&mut self.store, (ctx, id))?;
+                    set_entrypoint.call(&mut *store, (ctx, id))?;
                 } else if id != 0 {
                     return Err(wasmtime::Error::msg("module has no entrypoint selection"));
                 }
-                let rc = eval.call(&mut self.store, ctx)?;
+                let rc = eval.call(&mut *store, ctx)?;
                 if rc != 0 {
                     return Err(wasmtime::Error::msg(format!(
                         "eval returned error code {rc}"
                     )));
                 }
-                let result = get_result.call(&mut self.store, ctx)?;
-                dump_json(&exports, &mut self.store, result)
+                let result = get_result.call(&mut *store, ctx)?;
+                dump_json(exports, &mut *store, result)
             }
         }
     }
