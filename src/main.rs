@@ -97,8 +97,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text", global = true)]
         output: admin_cli::Output,
     },
-    /// Check that the server answers on its admin socket, or with --agent
-    /// that the agent serves identities on its Workload API socket.
+    /// Check that the server answers on its admin socket, with --agent that
+    /// the agent serves identities on its Workload API socket, or with --url
+    /// that an HTTP endpoint (a sidecar's or helper's /ready) answers 2xx.
     Healthcheck {
         /// Check the agent instead of the server.
         #[arg(long)]
