@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::cipher_suite;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use signet_core::tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
 use signet_identity::{SpiffeId, TrustDomain};
 
@@ -111,15 +111,9 @@ pub fn recheck_resumed_client(
     conn: &rustls::ServerConnection,
 ) -> Result<(), rustls::Error> {
     use rustls::server::danger::ClientCertVerifier;
-    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
-        return Ok(());
-    }
-    let (leaf, rest) = conn
-        .peer_certificates()
-        .and_then(|c| c.split_first())
-        .ok_or(rustls::Error::NoCertificatesPresented)?;
-    verifier.verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())?;
-    Ok(())
+    recheck_resumed(conn, |leaf, rest, now| {
+        verifier.verify_client_cert(leaf, rest, now).map(|_| ())
+    })
 }
 
 /// The client side of [`recheck_resumed_client`].
@@ -129,15 +123,31 @@ pub fn recheck_resumed_server(
     name: &ServerName<'_>,
 ) -> Result<(), rustls::Error> {
     use rustls::client::danger::ServerCertVerifier;
-    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+    recheck_resumed(conn, |leaf, rest, now| {
+        verifier
+            .verify_server_cert(leaf, rest, name, &[], now)
+            .map(|_| ())
+    })
+}
+
+/// Runs `verify` on the peer chain of a resumed session; a full handshake
+/// passes untouched.
+fn recheck_resumed(
+    state: &rustls::CommonState,
+    verify: impl FnOnce(
+        &CertificateDer<'_>,
+        &[CertificateDer<'_>],
+        UnixTime,
+    ) -> Result<(), rustls::Error>,
+) -> Result<(), rustls::Error> {
+    if state.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
         return Ok(());
     }
-    let (leaf, rest) = conn
+    let (leaf, rest) = state
         .peer_certificates()
         .and_then(|c| c.split_first())
         .ok_or(rustls::Error::NoCertificatesPresented)?;
-    verifier.verify_server_cert(leaf, rest, name, &[], rustls::pki_types::UnixTime::now())?;
-    Ok(())
+    verify(leaf, rest, UnixTime::now())
 }
 
 /// The name sent as SNI: `--sni`, else the host of `to` when it is a DNS
