@@ -276,10 +276,11 @@ impl Listener {
         peer: SocketAddr,
     ) {
         let local = stream.local_addr().ok();
-        let handshake = tokio::time::timeout(
-            self.limits.handshake_timeout,
-            acceptor.accept(ReadAhead::new(stream)),
-        )
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout, async {
+            let tls = acceptor.accept(ReadAhead::new(stream)).await?;
+            crate::tls::recheck_resumed_client(verifier, tls.get_ref().1)?;
+            Ok::<_, std::io::Error>(tls)
+        })
         .await;
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
@@ -297,13 +298,6 @@ impl Listener {
             }
         };
         let conn = tls.get_ref().1;
-        if let Err(e) = crate::tls::recheck_resumed_client(verifier, conn) {
-            let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-            let class = crate::tls::failure_class(&e);
-            self.count("signet_proxy_handshakes_total", class);
-            tracing::warn!(reason = %e, class, "connection rejected: resumed TLS session no longer verifies");
-            return;
-        }
         self.count("signet_proxy_handshakes_total", "ok");
         self.count_resumed(conn.handshake_kind());
         let Some(peer_leaf) = conn.peer_certificates().and_then(|c| c.first()).cloned() else {
@@ -427,10 +421,13 @@ impl Listener {
             }
         };
         let _ = remote.set_nodelay(true);
-        let handshake = tokio::time::timeout(
-            self.limits.handshake_timeout,
-            connector.connect(name.clone(), ReadAhead::new(remote)),
-        )
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout, async {
+            let tls = connector
+                .connect(name.clone(), ReadAhead::new(remote))
+                .await?;
+            crate::tls::recheck_resumed_server(verifier, tls.get_ref().1, name)?;
+            Ok::<_, std::io::Error>(tls)
+        })
         .await;
         let mut tls = match handshake {
             Ok(Ok(tls)) => tls,
@@ -447,13 +444,6 @@ impl Listener {
                 return;
             }
         };
-        if let Err(e) = crate::tls::recheck_resumed_server(verifier, tls.get_ref().1, name) {
-            let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-            let class = crate::tls::failure_class(&e);
-            self.count("signet_proxy_handshakes_total", class);
-            tracing::warn!(server_id, reason = %e, class, "server rejected: resumed TLS session no longer verifies");
-            return;
-        }
         self.count("signet_proxy_handshakes_total", "ok");
         self.count_resumed(tls.get_ref().1.handshake_kind());
         self.count("signet_proxy_connections_total", "accepted");

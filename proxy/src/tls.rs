@@ -105,11 +105,12 @@ pub fn client_config(
 /// needs every connection checked against today's bundle, clock and
 /// allow-list (the SVID may have expired, its CA may have left the bundle),
 /// so a resumed session is verified again here; a full handshake was
-/// verified already and passes.
+/// verified already and passes. The error is an I/O error, as a failed
+/// handshake's is, and is classed and logged the same way.
 pub fn recheck_resumed_client(
     verifier: &SpiffeClientVerifier,
     conn: &rustls::ServerConnection,
-) -> Result<(), rustls::Error> {
+) -> std::io::Result<()> {
     use rustls::server::danger::ClientCertVerifier;
     recheck_resumed(conn, |leaf, rest, now| {
         verifier.verify_client_cert(leaf, rest, now).map(|_| ())
@@ -121,7 +122,7 @@ pub fn recheck_resumed_server(
     verifier: &SpiffeServerVerifier,
     conn: &rustls::ClientConnection,
     name: &ServerName<'_>,
-) -> Result<(), rustls::Error> {
+) -> std::io::Result<()> {
     use rustls::client::danger::ServerCertVerifier;
     recheck_resumed(conn, |leaf, rest, now| {
         verifier
@@ -139,15 +140,16 @@ fn recheck_resumed(
         &[CertificateDer<'_>],
         UnixTime,
     ) -> Result<(), rustls::Error>,
-) -> Result<(), rustls::Error> {
+) -> std::io::Result<()> {
     if state.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
         return Ok(());
     }
-    let (leaf, rest) = state
+    state
         .peer_certificates()
         .and_then(|c| c.split_first())
-        .ok_or(rustls::Error::NoCertificatesPresented)?;
-    verify(leaf, rest, UnixTime::now())
+        .ok_or(rustls::Error::NoCertificatesPresented)
+        .and_then(|(leaf, rest)| verify(leaf, rest, UnixTime::now()))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The name sent as SNI: `--sni`, else the host of `to` when it is a DNS
