@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
@@ -825,7 +826,20 @@ async fn daemon(
                 .await
                 .with_context(|| format!("health endpoint: cannot listen on {addr}"))?;
             tracing::info!(%addr, "health endpoint: /live /ready");
-            Some(tokio::spawn(serve_health(listener, health_rx)))
+            // The sidecar's admin endpoint, with readiness from the updates
+            // and no metrics of its own.
+            let ready: signet_proxy::admin::Readiness =
+                Arc::new(move || match &*health_rx.borrow() {
+                    Health::Ready(what) => Ok(what.clone()),
+                    Health::Waiting(why) => Err(why.clone()),
+                });
+            let render: signet_proxy::admin::Render = Arc::new(String::new);
+            Some(tokio::spawn(signet_proxy::admin::serve(
+                listener,
+                ready,
+                render,
+                std::future::pending(),
+            )))
         }
         None => None,
     };
@@ -923,54 +937,6 @@ async fn daemon(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// `GET /live`: the process runs. `GET /ready`: the files are written and
-/// the last update succeeded.
-async fn serve_health(listener: tokio::net::TcpListener, health: watch::Receiver<Health>) {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper::{Response, StatusCode};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "health endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Reap finished connections so the set stays bounded by live ones.
-        while connections.try_join_next().is_some() {}
-        let health = health.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                let (status, body) = match (req.method(), req.uri().path()) {
-                    (&hyper::Method::GET, "/live") => (StatusCode::OK, "live\n".to_string()),
-                    (&hyper::Method::GET, "/ready") => match &*health.borrow() {
-                        Health::Ready(what) => (StatusCode::OK, format!("ready: {what}\n")),
-                        Health::Waiting(why) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {why}\n"),
-                        ),
-                    },
-                    _ => (
-                        StatusCode::NOT_FOUND,
-                        "not found: try GET /live or /ready\n".to_string(),
-                    ),
-                };
-                let mut resp = Response::new(Full::new(Bytes::from(body)));
-                *resp.status_mut() = status;
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 #[cfg(test)]
