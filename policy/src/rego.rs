@@ -205,7 +205,7 @@ impl RegoPolicy {
         };
         // Prepare the template (rule analysis, scheduling) once, so pooled
         // clones start prepared; the outcome of this dry run is irrelevant.
-        let _ = policy.eval_interpreter(&regorus::Value::new_object());
+        let _ = policy.eval_interpreter(regorus::Value::new_object());
         Ok(policy)
     }
 
@@ -215,16 +215,16 @@ impl RegoPolicy {
 
     /// Evaluates the entrypoint; `None` when it is undefined.
     pub(crate) fn eval(&self, input: &Value) -> Result<Option<Value>, PolicyError> {
-        let value = self.eval_interpreter(&to_regorus(input))?;
+        let value = self.eval_interpreter(to_regorus(input))?;
         if value == regorus::Value::Undefined {
             return Ok(None);
         }
         from_regorus(&value).map(Some)
     }
 
-    fn eval_interpreter(&self, input: &regorus::Value) -> Result<regorus::Value, PolicyError> {
+    fn eval_interpreter(&self, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
         let mut engine = self.pool.pop().unwrap_or_else(|| self.template.clone());
-        engine.set_input(input.clone());
+        engine.set_input(input);
         let outcome = match &self.query {
             Query::Document(doc) => engine.eval_query(doc.clone(), false).map(|r| {
                 r.result
