@@ -27,3 +27,8 @@ test_other_trust_domain_denied if {
 test_no_peer_denied if {
 	not allow with input as {}
 }
+
+test_pattern_of_another_domain_denied if {
+	# /billing/* is allowed for partner.example only.
+	not allow with input as peer("spiffe://example.org/billing/invoices", "example.org", "/billing/invoices")
+}

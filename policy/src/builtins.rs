@@ -618,114 +618,58 @@ fn time_add_date(args: &[Value]) -> Result<Value, String> {
 
 // ---------------------------------------------------------------- glob, regex
 
-/// `glob.match(pattern, delimiters, match)`: `*` matches within a segment,
-/// `**` across segments, `?` one non-delimiter character, `[...]` a class,
-/// `{a,b}` alternatives. Compiled to a regex.
+/// `glob.match(pattern, delimiters, match)`, with OPA's semantics (see
+/// [`crate::glob`]).
 fn glob_match(args: &[Value]) -> Result<Value, String> {
     let pattern = str_arg(args, 0)?;
-    let delimiters: Vec<char> = match arg(args, 1)? {
-        Value::Null => vec!['.'],
-        Value::Array(items) => {
-            let mut out = Vec::new();
-            for item in items {
-                let s = item.as_str().ok_or("delimiters must be strings")?;
-                out.extend(s.chars());
-            }
-            if out.is_empty() { vec!['.'] } else { out }
-        }
+    let delimiters = match arg(args, 1)? {
+        Value::Null => None,
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|d| crate::glob::single_char(d.as_str()))
+                .collect::<Result<Vec<char>, String>>()?,
+        ),
         _ => return Err("operand 2 must be array or null".into()),
     };
     let subject = str_arg(args, 2)?;
-    let not_delim: String = delimiters
-        .iter()
-        .map(|c| regex::escape(&c.to_string()))
-        .collect();
-    let seg = format!("[^{not_delim}]");
-    let mut re = String::from("^");
-    let mut chars = pattern.chars().peekable();
-    let mut in_alt = 0usize;
-    while let Some(c) = chars.next() {
-        match c {
-            '*' if chars.peek() == Some(&'*') => {
-                chars.next();
-                re.push_str(".*");
-            }
-            '*' => re.push_str(&format!("{seg}*")),
-            '?' => re.push_str(&seg),
-            '[' => {
-                re.push('[');
-                if chars.peek() == Some(&'!') {
-                    chars.next();
-                    re.push('^');
-                }
-                for c in chars.by_ref() {
-                    if c == ']' {
-                        break;
-                    }
-                    if c == '\\' || c == '[' {
-                        re.push('\\');
-                    }
-                    re.push(c);
-                }
-                re.push(']');
-            }
-            '{' => {
-                in_alt += 1;
-                re.push_str("(?:");
-            }
-            '}' if in_alt > 0 => {
-                in_alt -= 1;
-                re.push(')');
-            }
-            ',' if in_alt > 0 => re.push('|'),
-            '\\' => match chars.next() {
-                Some(n) => re.push_str(&regex::escape(&n.to_string())),
-                None => re.push_str("\\\\"),
-            },
-            c => re.push_str(&regex::escape(&c.to_string())),
-        }
-    }
-    re.push('$');
-    let re = regex::Regex::new(&re).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
-    Ok(Value::Bool(re.is_match(subject)))
-}
-
-fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::Regex::new(pattern).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+    crate::glob::glob_match(pattern, delimiters.as_deref(), subject).map(Value::Bool)
 }
 
 fn regex_match(args: &[Value]) -> Result<Value, String> {
-    let re = compile_regex(str_arg(args, 0)?)?;
-    Ok(Value::Bool(re.is_match(str_arg(args, 1)?)))
+    let subject = str_arg(args, 1)?;
+    crate::glob::with_regex(str_arg(args, 0)?, |re| Value::Bool(re.is_match(subject)))
 }
 
 fn regex_is_valid(args: &[Value]) -> Result<Value, String> {
     Ok(Value::Bool(
         args.first()
             .and_then(Value::as_str)
-            .is_some_and(|p| regex::Regex::new(p).is_ok()),
+            .is_some_and(|p| crate::glob::with_regex(p, |_| ()).is_ok()),
     ))
 }
 
 fn regex_split(args: &[Value]) -> Result<Value, String> {
-    let re = compile_regex(str_arg(args, 0)?)?;
     let s = str_arg(args, 1)?;
-    Ok(Value::from(re.split(s).collect::<Vec<_>>()))
+    crate::glob::with_regex(str_arg(args, 0)?, |re| {
+        Value::from(re.split(s).collect::<Vec<_>>())
+    })
 }
 
 fn regex_find_n(args: &[Value]) -> Result<Value, String> {
-    let re = compile_regex(str_arg(args, 0)?)?;
     let s = str_arg(args, 1)?;
     let n = int_arg(args, 2)?;
-    let found = re.find_iter(s).map(|m| m.as_str());
-    let found: Vec<&str> = if n < 0 {
-        found.collect()
-    } else {
-        found
-            .take(usize::try_from(n).unwrap_or(usize::MAX))
-            .collect()
-    };
-    Ok(Value::from(found))
+    crate::glob::with_regex(str_arg(args, 0)?, |re| {
+        let found = re.find_iter(s).map(|m| m.as_str());
+        let found: Vec<&str> = if n < 0 {
+            found.collect()
+        } else {
+            found
+                .take(usize::try_from(n).unwrap_or(usize::MAX))
+                .collect()
+        };
+        Value::from(found)
+    })
 }
 
 #[cfg(test)]
@@ -795,6 +739,10 @@ mod tests {
             json!(true)
         );
         assert_eq!(g("{a,b}-?", json!([]), "b-1"), json!(true));
+        // null: no delimiters at all (OPA), so `*` crosses dots.
+        assert_eq!(g("*.org", Value::Null, "a.b.org"), json!(true));
+        assert_eq!(g("*.org", json!([]), "a.b.org"), json!(false));
+        assert!(glob_match(&[json!("*"), json!(["ab"]), json!("x")]).is_err());
         assert_eq!(
             regex_split(&[json!(","), json!("a,b,c")]).unwrap(),
             json!(["a", "b", "c"])

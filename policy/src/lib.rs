@@ -25,7 +25,9 @@
 pub mod builtins;
 mod cache;
 mod decision;
+mod glob;
 pub mod input;
+mod input_paths;
 mod rego;
 mod wasm;
 mod watch;
