@@ -538,6 +538,19 @@ fn main() {
     let bin = dir.join("signet");
     std::fs::copy(env!("CARGO_BIN_EXE_signet"), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The copy's pages sit in the page cache as written (large folios that a
+    // process maps whole); on a node the binary is read from disk. Flush and
+    // drop them so every process faults its code in as it would there.
+    let dropped = Command::new("dd")
+        .arg(format!("of={}", bin.display()))
+        .args(["oflag=nocache", "conv=notrunc,fdatasync", "count=0"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        dropped,
+        "dd could not drop the binary copy from the page cache"
+    );
     let envoy = envoy_binary(dir);
     let agent = dir.join("agent.sock").display().to_string();
     let admin = dir.join("admin.sock").display().to_string();
@@ -652,6 +665,9 @@ fn main() {
             .env("SIGNET_LOG", "warn")
             .uid(uid)
             .gid(uid);
+        if let Ok(n) = std::env::var("SIGNET_BENCH_PROXY_WORKERS") {
+            c.args(["--workers", &n]);
+        }
         c
     };
     let s_in_pid = procs.spawn("signet-inbound", proxy(&inbound, 65534), dir);

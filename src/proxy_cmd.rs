@@ -42,6 +42,10 @@ struct CommonFlags {
     /// Present this SPIFFE ID's SVID when the workload has several.
     #[arg(long, global = true)]
     svid_id: Option<String>,
+    /// Connection worker threads; each owns the connections it is handed,
+    /// from handshake to close [default: one per core].
+    #[arg(long, global = true)]
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +180,9 @@ impl ProxyArgs {
         }
         if c.svid_id.is_some() {
             file.svid_id = c.svid_id;
+        }
+        if c.workers.is_some() {
+            file.workers = c.workers;
         }
         Ok((ProxyConfig::try_from(file)?, self.check_config))
     }

@@ -43,6 +43,8 @@ pub struct ProxyFile {
     pub drain_timeout: Option<String>,
     /// Which of this workload's SVIDs to present (default: the first).
     pub svid_id: Option<String>,
+    /// Connection worker threads (default: one per core).
+    pub workers: Option<usize>,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerFile>,
 }
@@ -84,6 +86,9 @@ pub struct ProxyConfig {
     pub admin_listen: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub svid_id: Option<SpiffeId>,
+    /// Connection worker threads, each a single-threaded runtime that owns
+    /// its connections (`None`: one per core).
+    pub workers: Option<usize>,
     pub listeners: Vec<ListenerConfig>,
 }
 
@@ -195,6 +200,9 @@ fn socket_addr(problems: &mut Vec<String>, what: &str, value: Option<&str>) -> O
     }
 }
 
+/// More connection workers than this is a typo.
+const MAX_WORKERS: usize = 1024;
+
 impl TryFrom<ProxyFile> for ProxyConfig {
     type Error = ConfigError;
 
@@ -220,6 +228,11 @@ impl TryFrom<ProxyFile> for ProxyConfig {
                     None
                 }
             });
+        if let Some(n) = file.workers
+            && !(1..=MAX_WORKERS).contains(&n)
+        {
+            problems.push(format!("workers: {n}: must be between 1 and {MAX_WORKERS}"));
+        }
         if file.listeners.is_empty() {
             problems.push("no listener: add a [[listener]] table".into());
         }
@@ -244,6 +257,7 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             admin_listen,
             drain_timeout,
             svid_id,
+            workers: file.workers,
             listeners,
         })
     }
@@ -426,6 +440,7 @@ mod tests {
         let c = parse(
             r#"
             admin_listen = "127.0.0.1:9901"
+            workers = 3
             [[listener]]
             name = "in"
             mode = "inbound"
@@ -443,6 +458,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.workers, Some(3));
         assert_eq!(c.listeners[0].limits.idle_timeout, Duration::from_secs(300));
         assert!(matches!(&c.listeners[0].mode, Mode::Inbound(i) if i.http));
         assert!(
@@ -455,6 +471,7 @@ mod tests {
     fn every_problem_is_named() {
         let err = parse(
             r#"
+            workers = 0
             [[listener]]
             mode = "inbound"
             listen = "nowhere"
@@ -470,6 +487,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         for needle in [
+            "workers: 0: must be between 1 and 1024",
             "listener0.listen: \"nowhere\"",
             "listener0.allow_ids: \"spiffe://Bad/x\"",
             "listener0.idle_timeout: \"soon\"",

@@ -20,6 +20,7 @@ mod listener;
 mod read_ahead;
 pub mod relay;
 pub mod tls;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,8 @@ pub struct Proxy {
     active: Vec<Arc<listener::Active>>,
     drain: watch::Sender<bool>,
     abort: watch::Sender<bool>,
+    /// Where connections run; dropped (stopped) with the proxy.
+    workers: Arc<workers::Workers>,
 }
 
 impl Proxy {
@@ -94,6 +97,16 @@ impl Proxy {
             drain: drain_rx,
             abort: abort_rx,
         };
+        let count = config
+            .workers
+            .unwrap_or_else(workers::Workers::default_count);
+        let workers = Arc::new(
+            workers::Workers::start(count).map_err(|e| ProxyError::Setup {
+                name: "proxy".into(),
+                message: format!("cannot start {count} connection workers: {e}"),
+            })?,
+        );
+        tracing::debug!(workers = count, "connection workers started");
         let mut prepared = Vec::new();
         for l in &config.listeners {
             let tcp = TcpListener::bind(l.listen)
@@ -113,6 +126,7 @@ impl Proxy {
             active: Vec::new(),
             drain,
             abort,
+            workers,
         };
         for (tcp, ctx) in prepared {
             let addr = tcp.local_addr().map_err(|e| ProxyError::Setup {
@@ -122,7 +136,7 @@ impl Proxy {
             proxy.addrs.push((ctx.name().to_string(), addr));
             proxy.policies.extend(ctx.policy());
             proxy.active.push(ctx.active());
-            proxy.listeners.spawn(ctx.run(tcp));
+            proxy.listeners.spawn(ctx.run(tcp, proxy.workers.clone()));
         }
         Ok(proxy)
     }

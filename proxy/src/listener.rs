@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::config::{Inbound, Limits, ListenerConfig, Mode, Outbound, PolicyRef, host_port};
 use crate::identity::Identity;
 use crate::relay::relay;
+use crate::workers::Workers;
 use crate::{ProxyError, Shutdown};
 
 /// Open connections of a listener, bounded by its limit.
@@ -175,7 +176,8 @@ impl Listener {
     }
 
     /// Accepts until drained; waits for an identity before the first accept.
-    pub(crate) async fn run(self, tcp: TcpListener) {
+    /// Each accepted connection runs on the next of `workers`.
+    pub(crate) async fn run(self, tcp: TcpListener, workers: Arc<Workers>) {
         let listener = Arc::new(self);
         let name = listener.name.clone();
         tokio::select! {
@@ -206,7 +208,7 @@ impl Listener {
             let _ = stream.set_nodelay(true);
             let l = listener.clone();
             let span = tracing::info_span!("connection", listener = %name, %peer);
-            tokio::spawn(
+            workers.spawn(stream, move |stream| {
                 async move {
                     gauge!("signet_proxy_active_connections", "listener" => l.name.to_string())
                         .increment(1.0);
@@ -217,8 +219,8 @@ impl Listener {
                     gauge!("signet_proxy_active_connections", "listener" => l.name.to_string())
                         .decrement(1.0);
                 }
-                .instrument(span),
-            );
+                .instrument(span)
+            });
         }
     }
 
