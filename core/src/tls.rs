@@ -3,8 +3,9 @@
 //! authorized, and a certificate holder that rotates under live traffic.
 //! TLS itself is rustls on aws-lc-rs; nothing here parses or signs by hand.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -50,26 +51,111 @@ impl SharedBundles {
 /// Decides whether a verified peer ID may connect.
 pub type Authorizer = Arc<dyn Fn(&SpiffeId) -> bool + Send + Sync>;
 
+/// Leaf-only peer chains that verified against one bundle set, so a peer
+/// seen again (a resumed session's recheck, a reconnecting client) costs a
+/// lookup instead of a signature verification. An entry holds only when the
+/// presented leaf is byte for byte the one verified, the bundle set is the
+/// very same (`Arc::ptr_eq` against the set the memo keeps alive, so a
+/// freed set's address cannot be mistaken for a new one), and now is inside
+/// the leaf's validity window; the authorizer runs on every hit. A bundle
+/// change empties the memo. Chains with intermediates are always verified
+/// in full (their validity windows are not kept).
+#[derive(Default)]
+struct VerifiedMemo(Mutex<MemoState>);
+
+#[derive(Default)]
+struct MemoState {
+    bundles: Option<Arc<BundleSet>>,
+    leaves: HashMap<Vec<u8>, MemoEntry>,
+}
+
+struct MemoEntry {
+    id: SpiffeId,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// Leaves remembered per verifier; past this the memo starts over.
+const MEMO_LEAVES: usize = 1024;
+
+impl VerifiedMemo {
+    fn lookup(&self, bundles: &Arc<BundleSet>, leaf: &[u8], now: i64) -> Option<SpiffeId> {
+        let state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state
+            .bundles
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, bundles))
+        {
+            return None;
+        }
+        state
+            .leaves
+            .get(leaf)
+            .filter(|e| e.not_before <= now && now <= e.not_after)
+            .map(|e| e.id.clone())
+    }
+
+    fn remember(&self, bundles: &Arc<BundleSet>, leaf: &[u8], entry: MemoEntry) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state
+            .bundles
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, bundles))
+            || state.leaves.len() >= MEMO_LEAVES
+        {
+            state.leaves.clear();
+            state.bundles = Some(bundles.clone());
+        }
+        state.leaves.insert(leaf.to_vec(), entry);
+    }
+}
+
 fn verify_peer(
     bundles: &SharedBundles,
     authorize: &Authorizer,
+    memo: &VerifiedMemo,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
 ) -> Result<SpiffeId, rustls::Error> {
-    let mut chain = Vec::with_capacity(1 + intermediates.len());
-    chain.push(end_entity.clone());
-    chain.extend(intermediates.iter().cloned());
-    let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
-    let verified = verify_x509_svid(&chain, &*bundles.get(), now)
-        .map_err(|e| rustls::Error::General(format!("peer X509-SVID rejected: {e}")))?;
-    if !authorize(&verified.spiffe_id) {
-        return Err(rustls::Error::General(format!(
-            "peer {} is not authorized",
+    let current = bundles.get();
+    let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let remembered = if intermediates.is_empty() {
+        memo.lookup(&current, end_entity, now_secs)
+    } else {
+        None
+    };
+    let id = match remembered {
+        Some(id) => id,
+        None => {
+            let mut chain = Vec::with_capacity(1 + intermediates.len());
+            chain.push(end_entity.clone());
+            chain.extend(intermediates.iter().cloned());
+            let at = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+            let verified = verify_x509_svid(&chain, &*current, at)
+                .map_err(|e| rustls::Error::General(format!("peer X509-SVID rejected: {e}")))?;
+            if intermediates.is_empty()
+                && let Ok(leaf) = signet_identity::x509_svid::inspect_leaf(end_entity)
+            {
+                memo.remember(
+                    &current,
+                    end_entity,
+                    MemoEntry {
+                        id: verified.spiffe_id.clone(),
+                        not_before: leaf.not_before,
+                        not_after: verified.not_after,
+                    },
+                );
+            }
             verified.spiffe_id
+        }
+    };
+    if !authorize(&id) {
+        return Err(rustls::Error::General(format!(
+            "peer {id} is not authorized"
         )));
     }
-    Ok(verified.spiffe_id)
+    Ok(id)
 }
 
 /// Server side: verifies client X509-SVIDs. With `mandatory == false`
@@ -79,6 +165,7 @@ pub struct SpiffeClientVerifier {
     authorize: Authorizer,
     mandatory: bool,
     algs: WebPkiSupportedAlgorithms,
+    memo: VerifiedMemo,
 }
 
 impl fmt::Debug for SpiffeClientVerifier {
@@ -96,6 +183,7 @@ impl SpiffeClientVerifier {
             authorize,
             mandatory,
             algs: provider().signature_verification_algorithms,
+            memo: VerifiedMemo::default(),
         }
     }
 }
@@ -122,6 +210,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         verify_peer(
             &self.bundles,
             &self.authorize,
+            &self.memo,
             end_entity,
             intermediates,
             now,
@@ -158,6 +247,7 @@ pub struct SpiffeServerVerifier {
     bundles: SharedBundles,
     authorize: Authorizer,
     algs: WebPkiSupportedAlgorithms,
+    memo: VerifiedMemo,
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
@@ -173,6 +263,7 @@ impl SpiffeServerVerifier {
             bundles,
             authorize,
             algs: provider().signature_verification_algorithms,
+            memo: VerifiedMemo::default(),
         }
     }
 }
@@ -189,6 +280,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         verify_peer(
             &self.bundles,
             &self.authorize,
+            &self.memo,
             end_entity,
             intermediates,
             now,
@@ -364,5 +456,122 @@ pub mod danger {
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.algs.supported_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType, date_time_ymd,
+    };
+    use signet_identity::Bundle;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const ID: &str = "spiffe://example.org/peer";
+
+    fn ca() -> (Issuer<'static, KeyPair>, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let pem = params.self_signed(&key).unwrap().pem();
+        (Issuer::new(params, key), pem)
+    }
+
+    /// A leaf for `ID` valid through 2020-2030.
+    fn leaf(ca: &Issuer<'static, KeyPair>) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2030, 1, 1);
+        params.signed_by(&key, ca).unwrap().der().clone()
+    }
+
+    fn bundles(ca_pem: &str) -> BundleSet {
+        let mut set = BundleSet::new();
+        set.insert(
+            Bundle::from_x509_pem("example.org".parse().unwrap(), ca_pem.as_bytes()).unwrap(),
+        );
+        set
+    }
+
+    fn at(year: i32) -> UnixTime {
+        let t = date_time_ymd(year, 6, 1).unix_timestamp();
+        UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(t).unwrap()))
+    }
+
+    /// The verified-leaf memo must never accept what a full verification
+    /// would reject: a CA gone from the bundle, an expired or not yet valid
+    /// leaf, another leaf, a peer the authorizer now refuses.
+    #[test]
+    fn the_memo_never_accepts_what_verification_would_reject() {
+        let (issuer, ca_pem) = ca();
+        let shared = SharedBundles::new(bundles(&ca_pem));
+        let allowed = Arc::new(AtomicBool::new(true));
+        let gate = allowed.clone();
+        let verifier = SpiffeClientVerifier::new(
+            shared.clone(),
+            Arc::new(move |_: &SpiffeId| gate.load(Ordering::SeqCst)),
+            true,
+        );
+        let good = leaf(&issuer);
+        let check = |cert: &CertificateDer<'_>, now| verifier.verify_client_cert(cert, &[], now);
+
+        assert!(check(&good, at(2025)).is_ok());
+        let remembered = |v: &SpiffeClientVerifier| v.memo.0.lock().unwrap().leaves.len();
+        assert_eq!(remembered(&verifier), 1);
+        assert!(
+            check(&good, at(2025)).is_ok(),
+            "a remembered leaf still verifies"
+        );
+        assert!(
+            check(&good, at(2031)).is_err(),
+            "expired after it was remembered"
+        );
+        assert!(check(&good, at(2019)).is_err(), "not yet valid");
+
+        // Another CA's leaf with the same SPIFFE ID is not the remembered one.
+        let (other, _) = ca();
+        assert!(check(&leaf(&other), at(2025)).is_err());
+
+        // The authorizer is asked every time.
+        allowed.store(false, Ordering::SeqCst);
+        assert!(check(&good, at(2025)).is_err(), "authorizer ignored");
+        allowed.store(true, Ordering::SeqCst);
+
+        // The CA leaves the bundle: the remembered leaf no longer verifies,
+        // not even when the old set is put back as a new set (same content,
+        // new identity: verified again, and passes again).
+        let (_, unrelated_pem) = ca();
+        shared.set(bundles(&unrelated_pem));
+        assert!(
+            check(&good, at(2025)).is_err(),
+            "CA removed but leaf accepted"
+        );
+        shared.set(bundles(&ca_pem));
+        assert!(check(&good, at(2025)).is_ok());
+    }
+
+    #[test]
+    fn the_server_side_memo_follows_bundle_changes_too() {
+        let (issuer, ca_pem) = ca();
+        let shared = SharedBundles::new(bundles(&ca_pem));
+        let verifier = SpiffeServerVerifier::new(shared.clone(), Arc::new(|_: &SpiffeId| true));
+        let good = leaf(&issuer);
+        let name = ServerName::try_from("peer").unwrap();
+        let check = || verifier.verify_server_cert(&good, &[], &name, &[], at(2025));
+        assert!(check().is_ok());
+        assert!(check().is_ok());
+        let (_, unrelated_pem) = ca();
+        shared.set(bundles(&unrelated_pem));
+        assert!(check().is_err());
     }
 }

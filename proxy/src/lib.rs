@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 pub use config::{ConfigError, ListenerConfig, ProxyConfig};
 pub use identity::Identity;
@@ -76,7 +75,8 @@ impl Shutdown {
 /// Running listeners.
 #[derive(Debug)]
 pub struct Proxy {
-    listeners: JoinSet<()>,
+    /// Accept loops, one per listener per worker.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
     addrs: Vec<(String, std::net::SocketAddr)>,
     policies: Vec<Arc<signet_policy::PolicyHandle>>,
     active: Vec<Arc<listener::Active>>,
@@ -87,9 +87,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds every listener (so a taken port fails here), loads every
-    /// policy (a broken one refuses to start), and starts accepting once
-    /// `identity` holds an SVID.
+    /// Binds every listener (so a taken port fails here; the sockets are
+    /// one per worker with `SO_REUSEPORT`, so only a process of the same user
+    /// can share the port), loads every policy (a broken one refuses to
+    /// start), and starts accepting once `identity` holds an SVID.
     pub async fn start(config: &ProxyConfig, identity: Identity) -> Result<Proxy, ProxyError> {
         let (drain, drain_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
@@ -109,18 +110,18 @@ impl Proxy {
         tracing::debug!(workers = count, "connection workers started");
         let mut prepared = Vec::new();
         for l in &config.listeners {
-            let tcp = TcpListener::bind(l.listen)
-                .await
-                .map_err(|source| ProxyError::Bind {
+            let sockets = workers::bind_group(l.listen, workers.len()).map_err(|source| {
+                ProxyError::Bind {
                     name: l.name.clone(),
                     addr: l.listen,
                     source,
-                })?;
+                }
+            })?;
             let ctx = listener::Listener::prepare(l, identity.clone(), shutdown.clone())?;
-            prepared.push((tcp, ctx));
+            prepared.push((sockets, Arc::new(ctx)));
         }
         let mut proxy = Proxy {
-            listeners: JoinSet::new(),
+            listeners: Vec::new(),
             addrs: Vec::new(),
             policies: Vec::new(),
             active: Vec::new(),
@@ -128,15 +129,26 @@ impl Proxy {
             abort,
             workers,
         };
-        for (tcp, ctx) in prepared {
-            let addr = tcp.local_addr().map_err(|e| ProxyError::Setup {
-                name: ctx.name().to_string(),
-                message: format!("no local address: {e}"),
-            })?;
+        for (sockets, ctx) in prepared {
+            let addr = sockets
+                .first()
+                .and_then(|s| s.local_addr().ok())
+                .ok_or_else(|| ProxyError::Setup {
+                    name: ctx.name().to_string(),
+                    message: "no local address".into(),
+                })?;
             proxy.addrs.push((ctx.name().to_string(), addr));
             proxy.policies.extend(ctx.policy());
             proxy.active.push(ctx.active());
-            proxy.listeners.spawn(ctx.run(tcp, proxy.workers.clone()));
+            for (i, socket) in sockets.into_iter().enumerate() {
+                let ctx = ctx.clone();
+                proxy.listeners.push(proxy.workers.spawn_on(i, async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(tcp) => ctx.run(tcp, i == 0).await,
+                        Err(e) => tracing::error!(listener = %ctx.name(), error = %e, "worker cannot listen"),
+                    }
+                }));
+            }
         }
         Ok(proxy)
     }
@@ -161,7 +173,9 @@ impl Proxy {
     /// then ends the rest. Returns how many had to be cut.
     pub async fn drain(mut self, timeout: Duration) -> usize {
         self.drain.send_replace(true);
-        while self.listeners.join_next().await.is_some() {}
+        for accept in std::mem::take(&mut self.listeners) {
+            let _ = accept.await;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let open = self.open_connections();

@@ -20,7 +20,6 @@ use tracing::Instrument;
 use crate::config::{Inbound, Limits, ListenerConfig, Mode, Outbound, PolicyRef, host_port};
 use crate::identity::Identity;
 use crate::relay::relay;
-use crate::workers::Workers;
 use crate::{ProxyError, Shutdown};
 
 /// Open connections of a listener, bounded by its limit.
@@ -176,13 +175,17 @@ impl Listener {
     }
 
     /// Accepts until drained; waits for an identity before the first accept.
-    /// Each accepted connection runs on the next of `workers`.
-    pub(crate) async fn run(self, tcp: TcpListener, workers: Arc<Workers>) {
-        let listener = Arc::new(self);
+    /// Accepts on `tcp` until drained, serving each connection on this
+    /// thread (a worker's); waits for an identity before the first accept.
+    /// `announce`: this loop logs when accepting starts (one per listener).
+    pub(crate) async fn run(self: Arc<Self>, tcp: TcpListener, announce: bool) {
+        let listener = self;
         let name = listener.name.clone();
         tokio::select! {
             current = listener.identity.ready() => {
-                tracing::info!(listener = %name, spiffe_id = %current.id, "accepting connections");
+                if announce {
+                    tracing::info!(listener = %name, spiffe_id = %current.id, "accepting connections");
+                }
             }
             () = listener.shutdown.drained() => return,
         }
@@ -208,7 +211,7 @@ impl Listener {
             let _ = stream.set_nodelay(true);
             let l = listener.clone();
             let span = tracing::info_span!("connection", listener = %name, %peer);
-            workers.spawn(stream, move |stream| {
+            tokio::spawn(
                 async move {
                     gauge!("signet_proxy_active_connections", "listener" => l.name.to_string())
                         .increment(1.0);
@@ -219,8 +222,8 @@ impl Listener {
                     gauge!("signet_proxy_active_connections", "listener" => l.name.to_string())
                         .decrement(1.0);
                 }
-                .instrument(span)
-            });
+                .instrument(span),
+            );
         }
     }
 

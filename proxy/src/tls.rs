@@ -2,7 +2,7 @@
 //! TLS 1.2 is asked for, SPIFFE verifiers on both sides. Rejections carry a
 //! reason that the listener logs and counts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -92,12 +92,116 @@ pub fn client_config(
         identity.bundles(),
         Arc::new(move |id: &SpiffeId| *id == want),
     ));
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls12))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_client_cert_resolver(identity.cert());
+    config.resumption = rustls::client::Resumption::store(Arc::new(TicketStore::default()));
     Ok((config, verifier))
+}
+
+/// TLS 1.3 tickets kept per server by [`TicketStore`].
+const TICKETS_PER_SERVER: usize = 64;
+/// Servers remembered by one [`TicketStore`] (an outbound listener has one).
+const TICKET_SERVERS: usize = 32;
+
+/// The outbound side's session store. rustls' default keeps 8 TLS 1.3
+/// tickets per server, and a ticket is used once: with more than 8
+/// connections opening at once, the rest fell back to full handshakes
+/// (about half of them under 32 concurrent openers). The server sends two
+/// tickets per handshake, so a deeper store refills itself and nearly every
+/// new connection resumes. A resumed session is still verified again
+/// ([`recheck_resumed_server`]).
+#[derive(Default)]
+pub struct TicketStore {
+    servers: std::sync::Mutex<HashMap<String, ServerSessions>>,
+}
+
+#[derive(Default)]
+struct ServerSessions {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    tls13: VecDeque<rustls::client::Tls13ClientSessionValue>,
+}
+
+impl std::fmt::Debug for TicketStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketStore").finish_non_exhaustive()
+    }
+}
+
+impl TicketStore {
+    fn edit(&self, server: &ServerName<'_>, edit: impl FnOnce(&mut ServerSessions)) {
+        let server = server.to_str();
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        if !servers.contains_key(server.as_ref()) && servers.len() >= TICKET_SERVERS {
+            // Forget some other server; tickets are only an optimisation.
+            if let Some(other) = servers.keys().next().cloned() {
+                servers.remove(&other);
+            }
+        }
+        edit(servers.entry(server.into_owned()).or_default());
+    }
+
+    fn read<T>(
+        &self,
+        server: &ServerName<'_>,
+        read: impl FnOnce(&mut ServerSessions) -> Option<T>,
+    ) -> Option<T> {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers.get_mut(server.to_str().as_ref()).and_then(read)
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketStore {
+    fn set_kx_hint(&self, server: ServerName<'static>, group: rustls::NamedGroup) {
+        self.edit(&server, |s| s.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, server: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.read(server, |s| s.kx_hint)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.edit(&server, |s| s.tls12 = Some(value));
+    }
+
+    fn tls12_session(
+        &self,
+        server: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.read(server, |s| s.tls12.clone())
+    }
+
+    fn remove_tls12_session(&self, server: &ServerName<'static>) {
+        let _ = self.read(server, |s| s.tls12.take());
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.edit(&server, |s| {
+            if s.tls13.len() >= TICKETS_PER_SERVER {
+                s.tls13.pop_front();
+            }
+            s.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        // Newest first: the longest left to live.
+        self.read(server, |s| s.tls13.pop_back())
+    }
 }
 
 /// A resumed TLS session skips the certificate exchange: rustls hands back
@@ -332,6 +436,42 @@ mod tests {
             client.bundles().set(bundles(&other_ca));
             let third = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
             assert_eq!(third, (Some(rustls::HandshakeKind::Resumed), false, false));
+        }
+
+        /// More connections opening at once than rustls' default store
+        /// keeps tickets for (8) all resume once tickets are banked.
+        #[tokio::test]
+        async fn many_connections_opening_at_once_all_resume() {
+            let (issuer, ca_pem) = ca();
+            let server = Identity::new();
+            server
+                .set(&svid(&issuer, SERVER), bundles(&ca_pem))
+                .unwrap();
+            let client = Identity::new();
+            client
+                .set(&svid(&issuer, CLIENT), bundles(&ca_pem))
+                .unwrap();
+            let (server_cfg, client_verifier) =
+                server_config(&server, allow_list(&[], &[]), false, &[]).unwrap();
+            let (client_cfg, server_verifier) =
+                client_config(&client, &SERVER.parse().unwrap(), false).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+            // Each handshake uses one ticket and brings two.
+            for _ in 0..16 {
+                connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+            }
+            let mut at_once = tokio::task::JoinSet::new();
+            for _ in 0..16 {
+                let (a, c) = (acceptor.clone(), connector.clone());
+                let (cv, sv) = (client_verifier.clone(), server_verifier.clone());
+                at_once.spawn(async move { connect(&a, &c, &cv, &sv).await });
+            }
+            let kinds = at_once.join_all().await;
+            assert_eq!(
+                kinds,
+                vec![(Some(rustls::HandshakeKind::Resumed), true, true); 16]
+            );
         }
     }
 }

@@ -1,20 +1,18 @@
-//! Connection workers: one single-threaded runtime per core, each owning the
-//! connections handed to it from accept to close.
+//! Connection workers: one single-threaded runtime per core, each accepting
+//! on its own socket and owning its connections from accept to close.
 //!
-//! On the process-wide work-stealing runtime a connection's task moves
-//! between threads, and every socket wakeup may land on another core than
-//! the one whose cache holds the connection's TLS state; idle threads also
-//! spin looking for work to steal, taking CPU from the app on the same
-//! machine. Pinning each connection to one thread (as Envoy's workers do)
-//! keeps a transfer on one core: one stream's bulk throughput rose ~15 %
-//! on two cores. Listeners accept on the main runtime and hand each socket
-//! to the next worker in turn; the socket is re-registered with the
-//! worker's own reactor, so its I/O, timers and TLS all run there.
+//! On the process-wide work-stealing runtime a connection's task moved
+//! between threads, and every socket wakeup could land on another core than
+//! the one whose cache held the connection's TLS state; idle threads also
+//! spun looking for work to steal, taking CPU from the app on the same
+//! machine. Here, as with Envoy's workers, every listener has one socket per
+//! worker bound to the same address with `SO_REUSEPORT` (the kernel spreads
+//! new connections across them); a worker accepts on its socket and serves
+//! what it accepts itself: I/O, timers and TLS of a connection all stay on
+//! one thread, and no connection is handed between threads.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -23,7 +21,6 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub(crate) struct Workers {
     handles: Vec<Handle>,
-    next: AtomicUsize,
     /// Dropping a sender ends its worker.
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -50,7 +47,6 @@ impl Workers {
         }
         Ok(Workers {
             handles,
-            next: AtomicUsize::new(0),
             _stop: stop,
         })
     }
@@ -60,69 +56,97 @@ impl Workers {
         std::thread::available_parallelism().map_or(1, usize::from)
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.handles.len()
     }
 
-    /// Runs `serve` for an accepted socket on the next worker.
-    pub(crate) fn spawn<F, Fut>(&self, stream: TcpStream, serve: F)
+    /// Runs `task` on worker `i`.
+    pub(crate) fn spawn_on<F>(&self, i: usize, task: F) -> tokio::task::JoinHandle<()>
     where
-        F: FnOnce(TcpStream) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
     {
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot hand an accepted connection to a worker");
-                return;
-            }
-        };
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[i].spawn(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => serve(stream).await,
-                Err(e) => tracing::warn!(error = %e, "worker cannot take an accepted connection"),
-            }
-        });
+        self.handles[i % self.handles.len()].spawn(task)
     }
 }
+
+/// Binds `count` listening sockets to `addr` with `SO_REUSEPORT` (the first
+/// resolves a port 0, the rest take the same port). They are returned as
+/// std sockets, to be registered with the runtime of the worker that uses
+/// each. Another process can join the group only under the same user.
+pub(crate) fn bind_group(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::new();
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        addr = listener.local_addr()?;
+        sockets.push(listener.into_std()?);
+    }
+    Ok(sockets)
+}
+
+/// Pending connections per worker socket (as tokio's `TcpListener::bind`).
+const LISTEN_BACKLOG: u32 = 1024;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
-    /// Connections go round the workers, each served on its own thread, and
-    /// the sockets work there (timers included).
+    /// A group of sockets shares one port; each, registered on a worker,
+    /// accepts there, and every connection is served by one of them.
     #[tokio::test]
-    async fn sockets_are_served_on_the_workers_in_turn() {
+    async fn every_worker_socket_accepts_on_the_shared_port() {
         let workers = Workers::start(2).unwrap();
         assert_eq!(workers.len(), 2);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut names = Vec::new();
-        for _ in 0..4 {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        assert_eq!(group[1].local_addr().unwrap(), addr);
+        let mut loops = Vec::new();
+        for (i, socket) in group.into_iter().enumerate() {
+            loops.push(workers.spawn_on(i, async move {
+                let listener = tokio::net::TcpListener::from_std(socket).unwrap();
+                loop {
+                    let (mut s, _) = listener.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        let name = std::thread::current().name().unwrap_or("").to_string();
+                        s.write_all(name.as_bytes()).await.unwrap();
+                    });
+                }
+            }));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
             let mut client = TcpStream::connect(addr).await.unwrap();
-            let (server, _) = listener.accept().await.unwrap();
-            workers.spawn(server, |mut s| async move {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                let name = std::thread::current().name().unwrap_or("").to_string();
-                s.write_all(name.as_bytes()).await.unwrap();
-            });
             let mut name = String::new();
             client.read_to_string(&mut name).await.unwrap();
-            names.push(name);
+            assert!(name.starts_with("signet-conn-"), "{name}");
+            seen.insert(name);
         }
-        assert_eq!(
-            names,
-            [
-                "signet-conn-0",
-                "signet-conn-1",
-                "signet-conn-0",
-                "signet-conn-1"
-            ]
-        );
+        // The kernel hashes connections over both sockets.
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        for l in loops {
+            l.abort();
+        }
+    }
+
+    #[test]
+    fn a_port_taken_by_another_socket_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind_group(taken.local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 
     #[test]
