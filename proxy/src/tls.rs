@@ -407,8 +407,18 @@ mod tests {
             (kind, server_ok, client_ok)
         }
 
-        #[tokio::test]
-        async fn a_resumed_session_is_verified_again() {
+        /// Both sides' configs over one CA; the identities are returned
+        /// so a test can change their bundles.
+        struct Pair {
+            server: Identity,
+            client: Identity,
+            acceptor: tokio_rustls::TlsAcceptor,
+            connector: tokio_rustls::TlsConnector,
+            client_verifier: Arc<SpiffeClientVerifier>,
+            server_verifier: Arc<SpiffeServerVerifier>,
+        }
+
+        fn pair() -> Pair {
             let (issuer, ca_pem) = ca();
             let server = Identity::new();
             server
@@ -424,6 +434,27 @@ mod tests {
                 client_config(&client, &SERVER.parse().unwrap(), false).unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
             let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+            Pair {
+                server,
+                client,
+                acceptor,
+                connector,
+                client_verifier,
+                server_verifier,
+            }
+        }
+
+        #[tokio::test]
+        async fn a_resumed_session_is_verified_again() {
+            let Pair {
+                server,
+                client,
+                acceptor,
+                connector,
+                client_verifier,
+                server_verifier,
+                ..
+            } = pair();
 
             let first = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
             assert_eq!(first, (Some(rustls::HandshakeKind::Full), true, true));
@@ -442,21 +473,13 @@ mod tests {
         /// keeps tickets for (8) all resume once tickets are banked.
         #[tokio::test]
         async fn many_connections_opening_at_once_all_resume() {
-            let (issuer, ca_pem) = ca();
-            let server = Identity::new();
-            server
-                .set(&svid(&issuer, SERVER), bundles(&ca_pem))
-                .unwrap();
-            let client = Identity::new();
-            client
-                .set(&svid(&issuer, CLIENT), bundles(&ca_pem))
-                .unwrap();
-            let (server_cfg, client_verifier) =
-                server_config(&server, allow_list(&[], &[]), false, &[]).unwrap();
-            let (client_cfg, server_verifier) =
-                client_config(&client, &SERVER.parse().unwrap(), false).unwrap();
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+            let Pair {
+                acceptor,
+                connector,
+                client_verifier,
+                server_verifier,
+                ..
+            } = pair();
             // Each handshake uses one ticket and brings two.
             for _ in 0..16 {
                 connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
