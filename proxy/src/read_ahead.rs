@@ -3,10 +3,13 @@
 //! rustls asks its socket for at most 4 KiB a read, so a bulk transfer would
 //! cost a system call per 4 KiB. [`ReadAhead`] passes small reads straight
 //! through until one comes back full (more is waiting), then reads 64 KiB at
-//! a time into a buffer of its own and serves rustls from it. The buffer is
-//! freed as soon as the socket runs dry, so idle connections hold none.
-//! Writes pass through untouched.
+//! a time into a buffer and serves rustls from it. The buffer goes back as
+//! soon as the socket runs dry, so idle connections hold none; it goes to a
+//! small per-thread spare list rather than the allocator, because a bulk
+//! transfer runs dry many times a second and a fresh buffer would be
+//! allocated and zeroed each time. Writes pass through untouched.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,6 +17,31 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const AHEAD: usize = 64 * 1024;
+
+/// Read-ahead buffers kept per thread between uses (a connection stays on
+/// its worker thread, so the buffer it gives back is the one it takes next).
+const SPARE_BUFFERS: usize = 4;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Vec<u8> {
+    SPARE
+        .with(|spare| spare.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; AHEAD])
+}
+
+fn give_back(buf: Vec<u8>) {
+    if buf.len() == AHEAD {
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
+}
 
 /// A stream that reads ahead while data keeps coming.
 #[derive(Debug)]
@@ -45,10 +73,16 @@ impl<S> ReadAhead<S> {
         self.pos += n;
     }
 
-    /// Back to pass-through, freeing the buffer.
+    /// Back to pass-through, giving the buffer back.
     fn quiet(&mut self) {
-        self.buf = Vec::new();
+        give_back(std::mem::take(&mut self.buf));
         (self.pos, self.end, self.bulk) = (0, 0, false);
+    }
+}
+
+impl<S> Drop for ReadAhead<S> {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.buf));
     }
 }
 
@@ -70,7 +104,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             return Poll::Ready(Ok(()));
         }
         if me.buf.is_empty() {
-            me.buf = vec![0; AHEAD];
+            me.buf = take_buffer();
         }
         let mut ahead = ReadBuf::new(&mut me.buf);
         match Pin::new(&mut me.inner).poll_read(cx, &mut ahead) {
@@ -195,7 +229,13 @@ mod tests {
         // 1 MB in 4 KiB reads would be 245 reads; read ahead needs ~20.
         let reads = stream.inner.reads;
         assert!(reads < 40, "{reads} reads of the socket");
-        assert!(stream.buf.is_empty(), "freed at end of input");
+        assert!(stream.buf.is_empty(), "given back at end of input");
+        // Given back to this thread's spares, bounded.
+        let spares = SPARE.with(|s| s.borrow().len());
+        assert!(
+            (1..=SPARE_BUFFERS).contains(&spares),
+            "{spares} spare buffers"
+        );
     }
 
     #[test]
