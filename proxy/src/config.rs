@@ -127,7 +127,7 @@ pub struct Inbound {
     pub http: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRef {
     pub path: PathBuf,
     pub entrypoint: String,
@@ -244,7 +244,8 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for l in &listeners {
+        // Port 0 asks the OS for a free port: never a clash.
+        for l in listeners.iter().filter(|l| l.listen.port() != 0) {
             if !seen.insert(l.listen) {
                 problems.push(format!("{}: {} is used twice", l.name, l.listen));
             }
@@ -506,6 +507,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("say who may connect"), "{err}");
+    }
+
+    #[test]
+    fn an_address_used_twice_is_named_but_port_zero_is_not() {
+        let twice = |port: u16| {
+            let l = format!(
+                "[[listener]]\nmode = \"outbound\"\nlisten = \"127.0.0.1:{port}\"\nto = \"a:1\"\nserver_id = \"spiffe://td/x\"\n"
+            );
+            parse(&[l.clone(), l].concat())
+        };
+        let err = twice(9000).unwrap_err().to_string();
+        assert!(
+            err.contains("listener1: 127.0.0.1:9000 is used twice"),
+            "{err}"
+        );
+        assert_eq!(twice(0).unwrap().listeners.len(), 2);
     }
 
     #[test]

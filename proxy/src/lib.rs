@@ -109,6 +109,7 @@ impl Proxy {
         );
         tracing::debug!(workers = count, "connection workers started");
         let mut prepared = Vec::new();
+        let mut loaded = Vec::new();
         for l in &config.listeners {
             let sockets = workers::bind_group(l.listen, workers.len()).map_err(|source| {
                 ProxyError::Bind {
@@ -117,7 +118,8 @@ impl Proxy {
                     source,
                 }
             })?;
-            let ctx = listener::Listener::prepare(l, identity.clone(), shutdown.clone())?;
+            let ctx =
+                listener::Listener::prepare(l, identity.clone(), shutdown.clone(), &mut loaded)?;
             prepared.push((sockets, Arc::new(ctx)));
         }
         let mut proxy = Proxy {
@@ -138,7 +140,11 @@ impl Proxy {
                     message: "no local address".into(),
                 })?;
             proxy.addrs.push((ctx.name().to_string(), addr));
-            proxy.policies.extend(ctx.policy());
+            if let Some(p) = ctx.policy()
+                && !proxy.policies.iter().any(|q| Arc::ptr_eq(q, &p))
+            {
+                proxy.policies.push(p);
+            }
             proxy.active.push(ctx.active());
             for (i, socket) in sockets.into_iter().enumerate() {
                 let ctx = ctx.clone();
@@ -189,5 +195,37 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listeners naming the same policy share one loaded revision (and one
+    /// watcher); another entrypoint is another policy.
+    #[tokio::test]
+    async fn listeners_naming_the_same_policy_share_it() {
+        let policy = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policy/rego/spiffe_allowlist.rego"
+        );
+        let listener = |entrypoint: &str| {
+            format!(
+                "[[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:0\"\nto = \"127.0.0.1:9\"\n\
+                 policy = \"{policy}\"\nentrypoint = \"{entrypoint}\"\n"
+            )
+        };
+        let text = [
+            listener("signet/authz/allow"),
+            listener("signet/authz/allow"),
+            listener("signet/authz"),
+        ]
+        .concat();
+        let file: config::ProxyFile = toml::from_str(&text).unwrap();
+        let config = ProxyConfig::try_from(file).unwrap();
+        let proxy = Proxy::start(&config, Identity::new()).await.unwrap();
+        assert_eq!(proxy.local_addrs().len(), 3);
+        assert_eq!(proxy.policies().len(), 2);
     }
 }

@@ -88,10 +88,14 @@ fn load_policy(name: &str, p: &PolicyRef) -> Result<PolicyHandle, ProxyError> {
 }
 
 impl Listener {
+    /// `loaded`: policies already loaded for other listeners; a listener
+    /// naming the same policy (file, entrypoint, data, cache) shares it, so
+    /// it is compiled, held and watched once.
     pub(crate) fn prepare(
         config: &ListenerConfig,
         identity: Identity,
         shutdown: Shutdown,
+        loaded: &mut Vec<(PolicyRef, Arc<PolicyHandle>)>,
     ) -> Result<Listener, ProxyError> {
         let name: Arc<str> = config.name.as_str().into();
         let setup = |message: String| ProxyError::Setup {
@@ -108,7 +112,16 @@ impl Listener {
                 http,
             }) => {
                 if let Some(p) = policy_ref {
-                    policy = Some(Arc::new(load_policy(&config.name, p)?));
+                    let shared = loaded.iter().find(|(r, _)| r == p).map(|(_, h)| h.clone());
+                    let handle = match shared {
+                        Some(h) => h,
+                        None => {
+                            let h = Arc::new(load_policy(&config.name, p)?);
+                            loaded.push((p.clone(), h.clone()));
+                            h
+                        }
+                    };
+                    policy = Some(handle);
                 }
                 let alpn: &[&[u8]] = if *http { &[b"h2", b"http/1.1"] } else { &[] };
                 let (tls, verifier) = crate::tls::server_config(
