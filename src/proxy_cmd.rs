@@ -42,8 +42,8 @@ struct CommonFlags {
     /// Present this SPIFFE ID's SVID when the workload has several.
     #[arg(long, global = true)]
     svid_id: Option<String>,
-    /// Connection worker threads; each owns the connections it is handed,
-    /// from handshake to close [default: one per core].
+    /// Connection worker threads; each accepts on its own socket of every
+    /// listener and keeps its connections on its thread [default: one per core].
     #[arg(long, global = true)]
     workers: Option<usize>,
 }

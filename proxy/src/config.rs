@@ -86,8 +86,9 @@ pub struct ProxyConfig {
     pub admin_listen: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub svid_id: Option<SpiffeId>,
-    /// Connection worker threads, each a single-threaded runtime that owns
-    /// its connections (`None`: one per core).
+    /// Connection worker threads, each a single-threaded runtime that
+    /// accepts on its own socket of every listener and serves what it
+    /// accepts (`None`: one per core).
     pub workers: Option<usize>,
     pub listeners: Vec<ListenerConfig>,
 }
