@@ -134,15 +134,13 @@ fn verify_peer(
             let at = UNIX_EPOCH + Duration::from_secs(now.as_secs());
             let verified = verify_x509_svid(&chain, &*current, at)
                 .map_err(|e| rustls::Error::General(format!("peer X509-SVID rejected: {e}")))?;
-            if intermediates.is_empty()
-                && let Ok(leaf) = signet_identity::x509_svid::inspect_leaf(end_entity)
-            {
+            if intermediates.is_empty() {
                 memo.remember(
                     &current,
                     end_entity,
                     MemoEntry {
                         id: verified.spiffe_id.clone(),
-                        not_before: leaf.not_before,
+                        not_before: verified.not_before,
                         not_after: verified.not_after,
                     },
                 );

@@ -183,6 +183,8 @@ impl fmt::Debug for X509Svid {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedX509Svid {
     pub spiffe_id: SpiffeId,
+    /// Leaf NotBefore, unix seconds.
+    pub not_before: i64,
     /// Leaf NotAfter, unix seconds.
     pub not_after: i64,
     pub serial: String,
@@ -240,6 +242,7 @@ pub fn verify_x509_svid(
         .map_err(|e| untrusted(e.to_string()))?;
     Ok(VerifiedX509Svid {
         spiffe_id: facts.id,
+        not_before: facts.not_before,
         not_after: facts.not_after,
         serial: facts.serial,
     })

@@ -69,28 +69,24 @@ const DEADLINE_CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(32) {
     None => NonZeroU32::MIN,
 };
 
-/// A JSON document as a regorus value, built directly (no serde round trip,
-/// no clone of the input). Numbers convert as regorus' own deserializer
-/// converts them (`u64`, else `i64`, else `f64`). Object keys come from a
-/// per-thread interner: the same few dozen keys (`attributes`, `source`,
-/// `principal`, ...) arrive in every input, and sharing them saves two
-/// allocator calls per key per evaluation.
+/// The whole of `v` as a regorus value.
 #[cfg(test)]
 fn to_regorus(v: &Value) -> regorus::Value {
-    KEYS.with(|keys| convert(v, &mut keys.borrow_mut()))
+    to_regorus_kept(v, &Keep::All)
 }
 
-/// The part of `v` that `keep` names, as a regorus value (see
-/// [`crate::input_paths`]).
+/// The part of `v` that `keep` names (see [`crate::input_paths`]) as a
+/// regorus value, built directly (no serde round trip, no clone of the
+/// input). Numbers convert as regorus' own deserializer converts them
+/// (`u64`, else `i64`, else `f64`). Object keys come from a per-thread
+/// interner: the same few dozen keys (`attributes`, `source`, `principal`,
+/// ...) arrive in every input, and sharing them saves two allocator calls
+/// per key per evaluation.
 fn to_regorus_kept(v: &Value, keep: &Keep) -> regorus::Value {
     KEYS.with(|keys| convert_kept(v, keep, &mut keys.borrow_mut()))
 }
 
-fn convert_kept(
-    v: &Value,
-    keep: &Keep,
-    keys: &mut HashMap<Box<str>, regorus::Value, FixedState>,
-) -> regorus::Value {
+fn convert_kept(v: &Value, keep: &Keep, keys: &mut Keys) -> regorus::Value {
     match (keep, v) {
         (Keep::Fields(fields), Value::Object(map)) => {
             let mut out = BTreeMap::new();
@@ -111,12 +107,15 @@ fn convert_kept(
 const INTERNED_KEY_LEN: usize = 64;
 const INTERNED_KEYS: usize = 2048;
 
+/// Interned object keys: the key text to its regorus value.
+type Keys = HashMap<Box<str>, regorus::Value, FixedState>;
+
 thread_local! {
-    static KEYS: std::cell::RefCell<HashMap<Box<str>, regorus::Value, FixedState>> =
+    static KEYS: std::cell::RefCell<Keys> =
         std::cell::RefCell::new(HashMap::default());
 }
 
-fn key(k: &str, keys: &mut HashMap<Box<str>, regorus::Value, FixedState>) -> regorus::Value {
+fn key(k: &str, keys: &mut Keys) -> regorus::Value {
     if let Some(v) = keys.get(k) {
         return v.clone();
     }
@@ -127,7 +126,7 @@ fn key(k: &str, keys: &mut HashMap<Box<str>, regorus::Value, FixedState>) -> reg
     v
 }
 
-fn convert(v: &Value, keys: &mut HashMap<Box<str>, regorus::Value, FixedState>) -> regorus::Value {
+fn convert(v: &Value, keys: &mut Keys) -> regorus::Value {
     match v {
         Value::Null => regorus::Value::Null,
         Value::Bool(b) => regorus::Value::Bool(*b),

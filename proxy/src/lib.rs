@@ -83,7 +83,7 @@ pub struct Proxy {
     drain: watch::Sender<bool>,
     abort: watch::Sender<bool>,
     /// Where connections run; dropped (stopped) with the proxy.
-    workers: Arc<workers::Workers>,
+    workers: workers::Workers,
 }
 
 impl Proxy {
@@ -101,12 +101,10 @@ impl Proxy {
         let count = config
             .workers
             .unwrap_or_else(workers::Workers::default_count);
-        let workers = Arc::new(
-            workers::Workers::start(count).map_err(|e| ProxyError::Setup {
-                name: "proxy".into(),
-                message: format!("cannot start {count} connection workers: {e}"),
-            })?,
-        );
+        let workers = workers::Workers::start(count).map_err(|e| ProxyError::Setup {
+            name: "proxy".into(),
+            message: format!("cannot start {count} connection workers: {e}"),
+        })?;
         tracing::debug!(workers = count, "connection workers started");
         let mut prepared = Vec::new();
         let mut loaded = Vec::new();
@@ -125,7 +123,9 @@ impl Proxy {
         let mut proxy = Proxy {
             listeners: Vec::new(),
             addrs: Vec::new(),
-            policies: Vec::new(),
+            // One handle per distinct policy (listeners naming the same
+            // policy share it).
+            policies: loaded.into_iter().map(|(_, handle)| handle).collect(),
             active: Vec::new(),
             drain,
             abort,
@@ -140,11 +140,6 @@ impl Proxy {
                     message: "no local address".into(),
                 })?;
             proxy.addrs.push((ctx.name().to_string(), addr));
-            if let Some(p) = ctx.policy()
-                && !proxy.policies.iter().any(|q| Arc::ptr_eq(q, &p))
-            {
-                proxy.policies.push(p);
-            }
             proxy.active.push(ctx.active());
             for (i, socket) in sockets.into_iter().enumerate() {
                 let ctx = ctx.clone();

@@ -179,10 +179,6 @@ impl Listener {
         &self.name
     }
 
-    pub(crate) fn policy(&self) -> Option<Arc<PolicyHandle>> {
-        self.policy.clone()
-    }
-
     pub(crate) fn active(&self) -> Arc<Active> {
         self.active.clone()
     }
