@@ -13,6 +13,7 @@
 //! Every rejection is logged with its reason and counted.
 
 pub mod admin;
+mod buffers;
 pub mod config;
 mod http;
 pub mod identity;

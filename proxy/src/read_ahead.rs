@@ -4,44 +4,18 @@
 //! cost a system call per 4 KiB. [`ReadAhead`] passes small reads straight
 //! through until one comes back full (more is waiting), then reads 64 KiB at
 //! a time into a buffer and serves rustls from it. The buffer goes back as
-//! soon as the socket runs dry, so idle connections hold none; it goes to a
-//! small per-thread spare list rather than the allocator, because a bulk
-//! transfer runs dry many times a second and a fresh buffer would be
-//! allocated and zeroed each time. Writes pass through untouched.
+//! soon as the socket runs dry, so idle connections hold none (see
+//! [`crate::buffers`]). Writes pass through untouched.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const AHEAD: usize = 64 * 1024;
+use crate::buffers;
 
-/// Read-ahead buffers kept per thread between uses (a connection stays on
-/// its worker thread, so the buffer it gives back is the one it takes next).
-const SPARE_BUFFERS: usize = 4;
-
-thread_local! {
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-fn take_buffer() -> Vec<u8> {
-    SPARE
-        .with(|spare| spare.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; AHEAD])
-}
-
-fn give_back(buf: Vec<u8>) {
-    if buf.len() == AHEAD {
-        SPARE.with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_BUFFERS {
-                spare.push(buf);
-            }
-        });
-    }
-}
+const AHEAD: usize = buffers::SIZE;
 
 /// A stream that reads ahead while data keeps coming.
 #[derive(Debug)]
@@ -75,14 +49,14 @@ impl<S> ReadAhead<S> {
 
     /// Back to pass-through, giving the buffer back.
     fn quiet(&mut self) {
-        give_back(std::mem::take(&mut self.buf));
+        buffers::give_back(std::mem::take(&mut self.buf));
         (self.pos, self.end, self.bulk) = (0, 0, false);
     }
 }
 
 impl<S> Drop for ReadAhead<S> {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.buf));
+        buffers::give_back(std::mem::take(&mut self.buf));
     }
 }
 
@@ -104,7 +78,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             return Poll::Ready(Ok(()));
         }
         if me.buf.is_empty() {
-            me.buf = take_buffer();
+            me.buf = buffers::take();
         }
         let mut ahead = ReadBuf::new(&mut me.buf);
         match Pin::new(&mut me.inner).poll_read(cx, &mut ahead) {
@@ -231,11 +205,7 @@ mod tests {
         assert!(reads < 40, "{reads} reads of the socket");
         assert!(stream.buf.is_empty(), "given back at end of input");
         // Given back to this thread's spares, bounded.
-        let spares = SPARE.with(|s| s.borrow().len());
-        assert!(
-            (1..=SPARE_BUFFERS).contains(&spares),
-            "{spares} spare buffers"
-        );
+        assert!(buffers::spares() >= 1, "given back to the spares");
     }
 
     #[test]
