@@ -120,10 +120,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The proxy serves connections on its own per-core workers; its main
+    // runtime only follows the Workload API, the policy files and the admin
+    // endpoint, which one thread does (two fewer threads and their memory).
+    let mut builder = match cli.command {
+        Command::Proxy(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
