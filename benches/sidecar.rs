@@ -14,7 +14,10 @@
 //! Env: SIGNET_BENCH_SECONDS (per measure, default 5), SIGNET_BENCH_CONNS
 //! (open connections for the RSS measure, default 10000, capped by the
 //! open-file hard limit: each held connection costs a proxy two
-//! descriptors), SIGNET_BENCH_BULK_MIB (default 1024).
+//! descriptors), SIGNET_BENCH_BULK_MIB (default 1024), SIGNET_BENCH_ONLY
+//! (`idle`: idle RSS only; `bulk`: idle RSS and bulk only),
+//! SIGNET_BENCH_HOLD (seconds to keep the processes up after `idle`, to
+//! look at them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -92,10 +95,15 @@ fn http_get(port: u16, path: &str) -> String {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, `RssFile:`).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -713,11 +721,36 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(2)); // let startup allocations settle before reading idle RSS
     let idle = [
-        ("signet inbound", rss_kib(s_in_pid)),
-        ("signet outbound", rss_kib(s_out_pid)),
-        ("Envoy inbound", rss_kib(e_in_pid)),
-        ("Envoy outbound", rss_kib(e_out_pid)),
-    ];
+        ("signet inbound", s_in_pid),
+        ("signet outbound", s_out_pid),
+        ("Envoy inbound", e_in_pid),
+        ("Envoy outbound", e_out_pid),
+    ]
+    .map(|(name, pid)| {
+        let kib = |field| status_kib(pid, field) as f64 / 1024.0;
+        (
+            name,
+            format!(
+                "{:.1} (anonymous {:.1}, file-backed {:.1})",
+                kib("VmRSS:"),
+                kib("RssAnon:"),
+                kib("RssFile:")
+            ),
+        )
+    });
+    let only = std::env::var("SIGNET_BENCH_ONLY").unwrap_or_default();
+    if only == "idle" {
+        println!("Idle RSS after startup (MiB):");
+        for (name, rss) in idle {
+            println!("- {name}: {rss}");
+        }
+        let hold = env_num("SIGNET_BENCH_HOLD", 0);
+        if hold > 0 {
+            println!("signet inbound pid {s_in_pid}, outbound pid {s_out_pid}");
+            std::thread::sleep(Duration::from_secs(hold));
+        }
+        return;
+    }
     let paths = [
         Path3 {
             name: "direct",
@@ -761,6 +794,12 @@ fn main() {
             r[r.len() / 2]
         })
         .collect();
+    if only == "bulk" {
+        for (p, gbps) in paths.iter().zip(&bulk_median) {
+            println!("| {} | {gbps:.2} | | | | |", p.name);
+        }
+        return;
+    }
     let mut direct_lat = (0.0, 0.0);
     for (i, p) in paths.iter().enumerate() {
         let gbps = bulk_median[i];
@@ -831,7 +870,7 @@ fn main() {
             .join(", "),
     );
     println!("\nIdle RSS after startup (MiB):");
-    for (name, kib) in idle {
-        println!("- {name}: {:.1}", kib as f64 / 1024.0);
+    for (name, rss) in idle {
+        println!("- {name}: {rss}");
     }
 }
