@@ -43,9 +43,12 @@ wait_for() { # description, command...
 }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-SIGNET_LOG=warn "$bin" run --data-dir "$dir/data" --admin-socket "$dir/admin.sock" \
+SIGNET_LOG=warn valgrind --tool=callgrind --demangle=no --dump-instr=no \
+    --callgrind-out-file="$dir/run.cg" \
+    "$bin" run --data-dir "$dir/data" --admin-socket "$dir/admin.sock" \
     --socket-path "$dir/agent.sock" --bind-address 127.0.0.1:0 >"$dir/run.log" 2>&1 &
-pids+=($!)
+run_pid=$!
+pids+=($run_pid)
 wait_for "signet run" test -S "$dir/agent.sock" -a -S "$dir/admin.sock"
 "$bin" entry create --socket "$dir/admin.sock" \
     --spiffe-id spiffe://example.org/ns/web/sa/profile --selector "unix:uid:$(id -u)" >/dev/null
@@ -127,23 +130,26 @@ perf_pid=$!
 traffic
 kill -INT "$perf_pid"; wait "$perf_pid" || true
 stop_sidecars
+kill -TERM "$run_pid"
+wait "$run_pid" || true
 perf script -i "$dir/native.perf" -F ip,sym,dso --no-demangle 2>/dev/null |
     awk '$NF ~ /signet\)$/ { print $2 }' | sort | uniq -c | sort -rn | awk '{ print $2 }' >"$dir/native.txt"
 
 # Functions of the signet binary (callgrind `ob=`/`fn=` records), by
 # instructions executed, hottest first; inbound's before outbound's.
-python3 - "$dir/native.txt" "$dir/inbound.cg" "$dir/outbound.cg" >build/symbol-order.txt <<'EOF'
+python3 - "$dir/native.txt" "$dir/inbound.cg" "$dir/outbound.cg" "$dir/run.cg" >build/symbol-order.txt <<'EOF'
 import re, sys
-order = []
-seen = set()
-for path in sys.argv[2:]:
+
+def functions(path):
+    """The signet binary's functions in a callgrind profile, by
+    instructions executed in each, most first."""
     cost = {}
     names = {}
     obs = {}
     ob = fn = None
     call_cost = False
     for line in open(path, errors="replace"):
-        m = re.match(r"(c?ob|c?fn|fl|fi|fe|cfi|cfl|calls)=\((\d+)\)(?: (.*))?", line)
+        m = re.match(r"(c?ob|c?fn|fl|fi|fe|cfi|cfl)=\((\d+)\)(?: (.*))?", line)
         if m:
             kind, ident, name = m.group(1), m.group(2), m.group(3)
             if kind in ("ob", "cob") and name:
@@ -162,16 +168,27 @@ for path in sys.argv[2:]:
             call_cost = False
             continue
         parts = line.split()
-        if fn and parts and parts[0][0] in "0123456789+-*" and len(parts) >= 2:
-            if fn[0] and fn[0].endswith("/signet"):
-                cost[fn[1]] = cost.get(fn[1], 0) + int(parts[1])
-    for name, _ in sorted(cost.items(), key=lambda kv: -kv[1]):
-        if name not in seen and not name.startswith("0x"):
+        if fn and fn[0] and fn[0].endswith("/signet") and len(parts) >= 2 \
+                and parts[0][0] in "0123456789+-*":
+            cost[fn[1]] = cost.get(fn[1], 0) + int(parts[1])
+    ranked = sorted(cost.items(), key=lambda kv: -kv[1])
+    return [name for name, _ in ranked if not name.startswith("0x")]
+
+order = []
+seen = set()
+for path in sys.argv[2:4]:
+    for name in functions(path):
+        if name not in seen:
             seen.add(name)
             order.append(name)
 # Functions only the native run reached, after callgrind's.
 for name in open(sys.argv[1]).read().split():
     if name not in seen and not name.startswith("0x") and name != "[unknown]":
+        seen.add(name)
+        order.append(name)
+# Then the rest of what `signet run` (server and agent) ran.
+for name in functions(sys.argv[4]):
+    if name not in seen:
         seen.add(name)
         order.append(name)
 print("\n".join(order))
