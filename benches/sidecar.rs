@@ -97,6 +97,21 @@ fn http_get(port: u16, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// CPU time a process has used, user and system, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the
+    // 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
@@ -784,17 +799,33 @@ fn main() {
         "## Sidecar vs Envoy (2 cores, {secs} s per measure, TLS 1.3 AES-128-GCM, ECDSA P-256 SVIDs)\n"
     );
     println!(
-        "| Path | bulk Gbit/s (1 stream, {mib} MiB, median of 5 interleaved rounds) | 1 KiB req/s (16 conns) | latency p50 / p99 ms (1 conn) | new conns/s (32 workers, per-connection authz) | RSS with {conns} open conns (in + out, MiB) |"
+        "| Path | bulk Gbit/s (1 stream, {mib} MiB, median of 5 interleaved rounds; proxies' CPU s per GiB) | 1 KiB req/s (16 conns) | latency p50 / p99 ms (1 conn) | new conns/s (32 workers, per-connection authz) | RSS with {conns} open conns (in + out, MiB) |"
     );
     println!("|---|---|---|---|---|---|");
     // Bulk varies from minute to minute on a shared 2-core machine: the
     // paths take turns, five rounds, and each reports its median.
+    // Also the CPU time the two proxies of a path spend per GiB moved: less
+    // noisy than throughput on a shared machine.
     let mut rounds = vec![Vec::new(); paths.len()];
+    let mut cpu = vec![0.0; paths.len()];
     for _ in 0..5 {
         for (i, p) in paths.iter().enumerate() {
+            let before: f64 = p.pids.iter().map(|pid| cpu_secs(*pid)).sum();
             rounds[i].push(rt.block_on(bulk(p.echo, mib)));
+            cpu[i] += p.pids.iter().map(|pid| cpu_secs(*pid)).sum::<f64>() - before;
         }
     }
+    let cpu_per_gib: Vec<String> = paths
+        .iter()
+        .zip(&cpu)
+        .map(|(p, secs)| {
+            if p.pids.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", secs / (5.0 * mib as f64 / 1024.0))
+            }
+        })
+        .collect();
     let bulk_median: Vec<f64> = rounds
         .into_iter()
         .map(|mut r| {
@@ -803,14 +834,15 @@ fn main() {
         })
         .collect();
     if only == "bulk" {
-        for (p, gbps) in paths.iter().zip(&bulk_median) {
-            println!("| {} | {gbps:.2} | | | | |", p.name);
+        for ((p, gbps), cpu) in paths.iter().zip(&bulk_median).zip(&cpu_per_gib) {
+            println!("| {} | {gbps:.2} ({cpu} CPU s/GiB) | | | | |", p.name);
         }
         return;
     }
     let mut direct_lat = (0.0, 0.0);
     for (i, p) in paths.iter().enumerate() {
         let gbps = bulk_median[i];
+        let cpu = &cpu_per_gib[i];
         let rps = rt.block_on(rps(p.http, 16, secs));
         let lat = rt.block_on(latency(p.http, 5000));
         if p.name == "direct" {
@@ -862,7 +894,7 @@ fn main() {
             )
         };
         println!(
-            "| {} | {gbps:.2} | {rps:.0} | {:.3} / {:.3}{added} | {cps} | {rss} |",
+            "| {} | {gbps:.2} ({cpu}) | {rps:.0} | {:.3} / {:.3}{added} | {cps} | {rss} |",
             p.name, lat.0, lat.1
         );
         // Let closed connections leave TIME_WAIT pressure behind before the next path.
