@@ -24,6 +24,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../tests/common/ports.rs"]
+mod ports;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use ports::free_port;
+
 const SIGNET_CLIENT: &str = "spiffe://example.org/ns/web/sa/bench-client";
 const SIGNET_SERVER: &str = "spiffe://example.org/ns/api/sa/bench-server";
 const ENVOY_CLIENT: &str = "spiffe://example.org/ns/web/sa/envoy-client";
@@ -48,24 +53,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A loopback port nothing listens on now, never one this process was
-/// given before (the kernel may hand the same free port to two binds in a
-/// row, and two listeners of one test would then collide).
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
 }
 
 struct Procs(Vec<(String, Child)>);

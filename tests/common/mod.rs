@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod ports;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -250,23 +252,8 @@ fn nix_uid() -> u32 {
         .unwrap()
 }
 
-/// A loopback port nothing listens on now, never one this process was
-/// given before (the kernel may hand the same free port to two binds in a
-/// row, and two listeners of one test would then collide).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
-}
+#[allow(unused_imports)] // not every test binary opens ports
+pub use ports::free_port;
 
 pub fn curl(url: &str) -> (u16, String) {
     let out = Command::new("curl")
