@@ -1,4 +1,4 @@
-//! 64 KiB buffers for bulk transfers, kept per worker thread between uses.
+//! 256 KiB buffers for bulk transfers, kept per worker thread between uses.
 //!
 //! A connection takes one only while data keeps coming (the TLS read-ahead
 //! and each direction of the relay) and gives it back as soon as its side
@@ -10,8 +10,10 @@
 
 use std::cell::RefCell;
 
-/// The size of every buffer.
-pub(crate) const SIZE: usize = 64 * 1024;
+/// The size of every buffer. Bulk throughput on loopback rose with it up to
+/// 256 KiB (a quarter less CPU per GiB than 64 KiB: fewer reads, writes and
+/// wakeups); only connections moving data hold one.
+pub(crate) const SIZE: usize = 256 * 1024;
 
 /// Spare buffers kept per thread; more are freed.
 const SPARES: usize = 4;

@@ -2,7 +2,7 @@
 //!
 //! rustls asks its socket for at most 4 KiB a read, so a bulk transfer would
 //! cost a system call per 4 KiB. [`ReadAhead`] passes small reads straight
-//! through until one comes back full (more is waiting), then reads 64 KiB at
+//! through until one comes back full (more is waiting), then reads 256 KiB at
 //! a time into a buffer and serves rustls from it. The buffer goes back as
 //! soon as the socket runs dry, so idle connections hold none (see
 //! [`crate::buffers`]). Writes pass through untouched.

@@ -90,10 +90,10 @@ pub struct Relayed {
 
 /// The most one read moves. While the writer keeps up, reads land in a
 /// buffer on the stack. Once it pushes back, what it did not take goes to a
-/// held 64 KiB buffer and later reads go straight into that buffer (nothing
+/// held buffer and later reads go straight into that buffer (nothing
 /// is copied twice), until the direction goes quiet and the buffer goes
 /// back: ten thousand idle connections hold no relay buffers at all while a
-/// bulk transfer still moves 64 KiB a read.
+/// bulk transfer still moves 256 KiB a read.
 const READ_SIZE: usize = buffers::SIZE;
 
 /// One direction of the relay: read, write it all out, repeat; at end of
@@ -172,7 +172,7 @@ impl Pipe {
     /// Reads into `read`, then adds what the reader has ready, until it is
     /// full or the reader would wait: a TLS stream hands out one record
     /// (<= 16 KiB) a read, and writing each alone would cost the plaintext
-    /// side four times the system calls of one 64 KiB write. An end of
+    /// side many times the system calls of one large write. An end of
     /// input or error met after data is kept for after the data is written.
     fn read<R: AsyncRead + ?Sized>(
         &mut self,
@@ -462,14 +462,15 @@ mod tests {
     fn a_quiet_pipe_holds_no_buffer_and_a_blocked_one_keeps_its_bytes() {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        let (mut client, mut server) = tokio::io::duplex(4 * READ_SIZE);
         let mut pipe = Pipe::new();
 
         // Data the writer takes at once: relayed, nothing kept.
-        let data = vec![5u8; 100_000];
+        let n = READ_SIZE + READ_SIZE / 2;
+        let data = vec![5u8; n];
         assert!(matches!(
             Pin::new(&mut client).poll_write(&mut cx, &data),
-            Poll::Ready(Ok(100_000))
+            Poll::Ready(Ok(w)) if w == n
         ));
         let mut out = Vec::new();
         let r = pipe.poll_copy(&mut cx, Pin::new(&mut server), Pin::new(&mut out));
@@ -480,12 +481,12 @@ mod tests {
         // A writer that pushes back: what it did not take is kept, in order.
         assert!(matches!(
             Pin::new(&mut client).poll_write(&mut cx, &data),
-            Poll::Ready(Ok(100_000))
+            Poll::Ready(Ok(w)) if w == n
         ));
         let (mut small_in, mut small_out) = tokio::io::duplex(1000);
         let r = pipe.poll_copy(&mut cx, Pin::new(&mut server), Pin::new(&mut small_in));
         assert!(r.is_pending());
-        assert_eq!(pipe.moved, 101_000);
+        assert_eq!(pipe.moved, n as u64 + 1000);
         assert_eq!(pipe.end - pipe.pos, READ_SIZE - 1000);
         assert_eq!(pipe.held.len(), READ_SIZE);
         let mut first = vec![0u8; 1000];
@@ -554,18 +555,15 @@ mod tests {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut reader = Records {
-            left: 200_000,
+            left: 3 * READ_SIZE + 20_000,
             end: None,
         };
         let mut out = Writes::default();
         let mut pipe = Pipe::new();
         let r = pipe.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut out));
         assert!(matches!(r, Poll::Ready(Ok(()))), "{r:?}");
-        assert_eq!(
-            out.0,
-            [READ_SIZE, READ_SIZE, READ_SIZE, 200_000 - 3 * READ_SIZE]
-        );
-        assert_eq!(pipe.moved, 200_000);
+        assert_eq!(out.0, [READ_SIZE, READ_SIZE, READ_SIZE, 20_000]);
+        assert_eq!(pipe.moved, 3 * READ_SIZE as u64 + 20_000);
         assert_eq!(pipe.state, PipeState::Done);
 
         // An error after data: the data is written first, then the error.
