@@ -171,7 +171,12 @@ def functions(path):
         if fn and fn[0] and fn[0].endswith("/signet") and len(parts) >= 2 \
                 and parts[0][0] in "0123456789+-*":
             cost[fn[1]] = cost.get(fn[1], 0) + int(parts[1])
-    ranked = sorted(cost.items(), key=lambda kv: -kv[1])
+    # callgrind tells recursion levels apart as NAME'2, NAME'3, ...
+    merged = {}
+    for name, c in cost.items():
+        name = re.sub(r"'\d+$", "", name)
+        merged[name] = merged.get(name, 0) + c
+    ranked = sorted(merged.items(), key=lambda kv: -kv[1])
     return [name for name, _ in ranked if not name.startswith("0x")]
 
 order = []
