@@ -18,4 +18,8 @@ cargo build --release --bin signet
 copy=$(mktemp -d)
 trap 'rm -rf "$copy"' EXIT
 cp target/release/signet "$copy/signet"
+if command -v nm >/dev/null && [ -f build/symbol-order.txt ]; then
+    missing=$(nm "$copy/signet" | awk 'NR == FNR { have[$NF] = 1; next } !($0 in have) { m++ } END { print m + 0 }' - build/symbol-order.txt)
+    echo "symbol order: $missing of $(wc -l <build/symbol-order.txt) listed functions are not in the binary (regenerate with bench/symbol-order.sh when this grows)"
+fi
 SIGNET_BENCH_BIN="$copy/signet" cargo bench --bench sidecar "$@"
