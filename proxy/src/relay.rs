@@ -88,19 +88,18 @@ pub struct Relayed {
     pub ended_by: Option<String>,
 }
 
-/// The most one read moves. While the writer keeps up, reads land in a
-/// buffer on the stack. Once it pushes back, what it did not take goes to a
-/// held buffer and later reads go straight into that buffer (nothing
-/// is copied twice), until the direction goes quiet and the buffer goes
-/// back: ten thousand idle connections hold no relay buffers at all while a
-/// bulk transfer still moves 256 KiB a read.
-const READ_SIZE: usize = buffers::SIZE;
-
 /// One direction of the relay: read, write it all out, repeat; at end of
 /// input flush and shut the writer down.
+///
+/// It takes a buffer from this thread's spares when it reads and keeps it
+/// while data keeps coming (what the writer does not take at once stays in
+/// it, and the next read waits until it is written); once the reader would
+/// wait, the buffer goes back. So ten thousand idle connections hold no
+/// relay buffers at all while a bulk transfer moves 256 KiB a read, and
+/// nothing is copied twice.
 #[derive(Debug)]
 struct Pipe {
-    /// Empty, or a buffer of `READ_SIZE` while the writer pushes back.
+    /// Empty, or a `buffers::SIZE` buffer while data keeps coming.
     held: Vec<u8>,
     /// Read but not yet written: `held[pos..end]`.
     pos: usize,
@@ -256,48 +255,24 @@ impl Pipe {
                         Some(Err(e)) => return Poll::Ready(Err(e)),
                         None => {}
                     }
+                    // Under load the buffer is kept from read to read; a
+                    // quiet direction gives it back (see `quiet`).
                     if self.held.is_empty() {
-                        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
-                        let mut read = ReadBuf::uninit(&mut stack);
-                        match self.read(cx, reader.as_mut(), &mut read)? {
-                            Read::Wait => return self.quiet(cx, &mut writer),
-                            Read::End => {
-                                self.state = PipeState::ShuttingDown;
-                                continue;
-                            }
-                            Read::Data => {}
+                        self.held = buffers::take();
+                    }
+                    let mut held = std::mem::take(&mut self.held);
+                    let mut read = ReadBuf::new(&mut held);
+                    let got = self.read(cx, reader.as_mut(), &mut read);
+                    let n = read.filled().len();
+                    self.held = held;
+                    match got? {
+                        Read::Wait => return self.quiet(cx, &mut writer),
+                        Read::End => {
+                            buffers::give_back(std::mem::take(&mut self.held));
+                            self.state = PipeState::ShuttingDown;
                         }
-                        let data = read.filled();
-                        let wrote = self.write_some(cx, &mut writer, data)?;
-                        if wrote < data.len() {
-                            let rest = &data[wrote..];
-                            let mut held = buffers::take();
-                            held[..rest.len()].copy_from_slice(rest);
-                            self.held = held;
-                            (self.pos, self.end) = (0, rest.len());
-                            return Poll::Pending;
-                        }
-                    } else {
-                        let mut held = std::mem::take(&mut self.held);
-                        let mut read = ReadBuf::new(&mut held);
-                        let got = self.read(cx, reader.as_mut(), &mut read);
-                        let n = read.filled().len();
-                        self.held = held;
-                        match got? {
-                            Read::Wait => return self.quiet(cx, &mut writer),
-                            Read::End => {
-                                self.state = PipeState::ShuttingDown;
-                                continue;
-                            }
-                            Read::Data => {}
-                        }
-                        let held = std::mem::take(&mut self.held);
-                        let wrote = self.write_some(cx, &mut writer, &held[..n]);
-                        self.held = held;
-                        (self.pos, self.end) = (wrote?, n);
-                        if self.pos < self.end {
-                            return Poll::Pending;
-                        }
+                        // Written at the top of the loop.
+                        Read::Data => (self.pos, self.end) = (0, n),
                     }
                 }
             }
@@ -368,6 +343,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::SIZE as READ_SIZE;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
