@@ -7,7 +7,8 @@
 //! they take a few KiB. GNU ld >= 2.38 and lld support `-z
 //! pack-relative-relocs`; glibc >= 2.36 loads them (the linker falls back to
 //! plain relocations when the C library lacks `GLIBC_ABI_DT_RELR`). The
-//! option is probed with a test link, so older toolchains build as before.
+//! option is probed with a test link through rustc, so older toolchains
+//! build as before.
 //! Set `SIGNET_NO_RELR=1` to build a binary for an older C library.
 //!
 //! It also lays out the code a sidecar runs together at the front of the
@@ -19,7 +20,6 @@
 //! runs. Names the linker does not find are skipped. Set
 //! `SIGNET_NO_SYMBOL_ORDER=1` to link in the compiler's order.
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 fn main() {
@@ -32,7 +32,9 @@ fn main() {
     if target != host || !target.contains("linux-gnu") {
         return;
     }
-    if std::env::var_os("SIGNET_NO_RELR").is_none() && links_with_relr() {
+    if std::env::var_os("SIGNET_NO_RELR").is_none()
+        && rustc_links_with("-Wl,-z,pack-relative-relocs")
+    {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
     let order = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
@@ -76,28 +78,4 @@ fn rustc_links_with(arg: &str) -> bool {
         .is_ok_and(|s| s.success());
     let _ = std::fs::remove_file(&out);
     linked
-}
-
-/// Whether the C compiler driver (the default linker) accepts the option.
-fn links_with_relr() -> bool {
-    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default())
-        .join("relr-probe");
-    let Ok(mut cc) = Command::new("cc")
-        .args(["-x", "c", "-", "-o"])
-        .arg(&out)
-        .arg("-Wl,-z,pack-relative-relocs")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let wrote = cc
-        .stdin
-        .take()
-        .is_some_and(|mut stdin| stdin.write_all(b"int main(void) { return 0; }\n").is_ok());
-    let linked = cc.wait().is_ok_and(|s| s.success());
-    let _ = std::fs::remove_file(&out);
-    wrote && linked
 }
