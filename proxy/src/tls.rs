@@ -375,38 +375,6 @@ mod tests {
             set
         }
 
-        /// One connection; returns how each side's handshake went and
-        /// what each recheck said.
-        async fn connect(
-            acceptor: &tokio_rustls::TlsAcceptor,
-            connector: &tokio_rustls::TlsConnector,
-            client_verifier: &SpiffeClientVerifier,
-            server_verifier: &SpiffeServerVerifier,
-        ) -> (Option<rustls::HandshakeKind>, bool, bool) {
-            let (a, b) = tokio::io::duplex(64 * 1024);
-            let name = ServerName::try_from("127.0.0.1").unwrap();
-            let server = async {
-                let mut tls = acceptor.accept(a).await.unwrap();
-                let conn = tls.get_ref().1;
-                let (kind, ok) = (
-                    conn.handshake_kind(),
-                    recheck_resumed_client(client_verifier, conn).is_ok(),
-                );
-                // A byte after the tickets, so the client has them.
-                tls.write_all(b"x").await.unwrap();
-                tls.flush().await.unwrap();
-                (kind, ok)
-            };
-            let client = async {
-                let mut tls = connector.connect(name.clone(), b).await.unwrap();
-                let mut byte = [0u8; 1];
-                tls.read_exact(&mut byte).await.unwrap();
-                recheck_resumed_server(server_verifier, tls.get_ref().1, &name).is_ok()
-            };
-            let ((kind, server_ok), client_ok) = tokio::join!(server, client);
-            (kind, server_ok, client_ok)
-        }
-
         /// Both sides' configs over one CA; the identities are returned
         /// so a test can change their bundles.
         struct Pair {
@@ -416,6 +384,35 @@ mod tests {
             connector: tokio_rustls::TlsConnector,
             client_verifier: Arc<SpiffeClientVerifier>,
             server_verifier: Arc<SpiffeServerVerifier>,
+        }
+
+        impl Pair {
+            /// One connection; returns how each side's handshake went and
+            /// what each recheck said.
+            async fn connect(&self) -> (Option<rustls::HandshakeKind>, bool, bool) {
+                let (a, b) = tokio::io::duplex(64 * 1024);
+                let name = ServerName::try_from("127.0.0.1").unwrap();
+                let server = async {
+                    let mut tls = self.acceptor.accept(a).await.unwrap();
+                    let conn = tls.get_ref().1;
+                    let (kind, ok) = (
+                        conn.handshake_kind(),
+                        recheck_resumed_client(&self.client_verifier, conn).is_ok(),
+                    );
+                    // A byte after the tickets, so the client has them.
+                    tls.write_all(b"x").await.unwrap();
+                    tls.flush().await.unwrap();
+                    (kind, ok)
+                };
+                let client = async {
+                    let mut tls = self.connector.connect(name.clone(), b).await.unwrap();
+                    let mut byte = [0u8; 1];
+                    tls.read_exact(&mut byte).await.unwrap();
+                    recheck_resumed_server(&self.server_verifier, tls.get_ref().1, &name).is_ok()
+                };
+                let ((kind, server_ok), client_ok) = tokio::join!(server, client);
+                (kind, server_ok, client_ok)
+            }
         }
 
         fn pair() -> Pair {
@@ -446,26 +443,17 @@ mod tests {
 
         #[tokio::test]
         async fn a_resumed_session_is_verified_again() {
-            let Pair {
-                server,
-                client,
-                acceptor,
-                connector,
-                client_verifier,
-                server_verifier,
-                ..
-            } = pair();
-
-            let first = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+            let pair = pair();
+            let first = pair.connect().await;
             assert_eq!(first, (Some(rustls::HandshakeKind::Full), true, true));
-            let second = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+            let second = pair.connect().await;
             assert_eq!(second, (Some(rustls::HandshakeKind::Resumed), true, true));
 
             // The CA leaves both bundles: a resumed session must not carry on.
             let (_, other_ca) = ca();
-            server.bundles().set(bundles(&other_ca));
-            client.bundles().set(bundles(&other_ca));
-            let third = connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+            pair.server.bundles().set(bundles(&other_ca));
+            pair.client.bundles().set(bundles(&other_ca));
+            let third = pair.connect().await;
             assert_eq!(third, (Some(rustls::HandshakeKind::Resumed), false, false));
         }
 
@@ -473,22 +461,15 @@ mod tests {
         /// keeps tickets for (8) all resume once tickets are banked.
         #[tokio::test]
         async fn many_connections_opening_at_once_all_resume() {
-            let Pair {
-                acceptor,
-                connector,
-                client_verifier,
-                server_verifier,
-                ..
-            } = pair();
+            let pair = Arc::new(pair());
             // Each handshake uses one ticket and brings two.
             for _ in 0..16 {
-                connect(&acceptor, &connector, &client_verifier, &server_verifier).await;
+                pair.connect().await;
             }
             let mut at_once = tokio::task::JoinSet::new();
             for _ in 0..16 {
-                let (a, c) = (acceptor.clone(), connector.clone());
-                let (cv, sv) = (client_verifier.clone(), server_verifier.clone());
-                at_once.spawn(async move { connect(&a, &c, &cv, &sv).await });
+                let pair = pair.clone();
+                at_once.spawn(async move { pair.connect().await });
             }
             let kinds = at_once.join_all().await;
             assert_eq!(
