@@ -14,7 +14,6 @@ use signet_core::attest::workload::UnixAttestor;
 use signet_identity::{Bundle, TrustDomain};
 use signet_sds::{SdsOptions, SdsService};
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::api_cli::DEFAULT_AGENT_SOCKET;
 
@@ -259,6 +258,6 @@ pub async fn serve_agent_socket(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(WorkloadApi::new(handle.clone(), attestor.clone()).into_service())
         .add_service(SdsService::new(handle, attestor, sds).into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(signet_core::unix_socket::incoming(listener), stop)
         .await
 }

@@ -1,11 +1,18 @@
 //! Unix domain sockets for the admin API and the Workload API: binding
-//! with the right permissions, and gRPC channels to them.
+//! with the right permissions, accepting connections for a gRPC server (any
+//! `:authority`, see [`authority`]), and gRPC channels to them.
+
+pub mod authority;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use authority::AuthorityRewrite;
 
 /// Binds a socket at `path` with `mode`. A missing parent directory is
 /// created with `dir_mode`; a stale socket file is replaced; any other file
@@ -34,6 +41,15 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListen
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
+}
+
+/// The connections accepted on `listener`, for a tonic server's
+/// `serve_with_incoming`: each reads through [`AuthorityRewrite`], so gRPC
+/// clients of every language are served whatever `:authority` they send.
+pub fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityRewrite<UnixStream>>> {
+    UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityRewrite::new))
 }
 
 /// A gRPC channel to the socket at `path`.

@@ -17,7 +17,7 @@ use signet_identity::{Entry, JwtSvid, selector};
 use tokio::net::UnixListener;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -453,6 +453,6 @@ pub async fn serve_workload_api(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(api.into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(crate::unix_socket::incoming(listener), stop)
         .await
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::{Server, ServerError};
@@ -451,7 +450,7 @@ pub async fn serve_admin(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(AdminService::new(server).into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(crate::unix_socket::incoming(listener), stop)
         .await
 }
 

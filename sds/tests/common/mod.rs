@@ -18,7 +18,6 @@ use signet_core::server::{Server, ServerConfig};
 use signet_core::{SystemClock, datastore};
 use signet_identity::{Entry, Selector, TrustDomain};
 use signet_sds::{SdsOptions, SdsService};
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -90,7 +89,7 @@ pub async fn start() -> Setup {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(sds.into_service())
-            .serve_with_incoming(UnixListenerStream::new(l)),
+            .serve_with_incoming(signet_core::unix_socket::incoming(l)),
     );
     let sel = Selector::parse(&format!("unix:uid:{}", my_uid())).unwrap();
     let entry = server
