@@ -9,7 +9,7 @@ use common::*;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/opa-wasm/envoy-http-authz/policy.wasm"
+    "/policy/tests/fixtures/opa-wasm/envoy-http-authz/policy.wasm"
 );
 
 #[test]

@@ -39,7 +39,7 @@ allow if input.attributes.request.http.headers.authorization == "Basic charlie"
 fn fixtures() -> PathBuf {
     let p = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/opa-wasm"
+        "/tests/fixtures/opa-wasm"
     ));
     assert!(p.is_dir(), "OPA wasm fixtures missing at {}", p.display());
     p

@@ -14,7 +14,7 @@ use signet_policy::{Limits, Policy, PolicyError, PolicyHandle, PolicyOptions, ru
 fn fixture(name: &str) -> PathBuf {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/opa-wasm"
+        "/tests/fixtures/opa-wasm"
     ));
     let p = dir.join(name);
     assert!(p.exists(), "OPA wasm fixture missing: {}", p.display());

@@ -12,11 +12,11 @@ use signet_policy::{Policy, PolicyOptions};
 fn fixtures_dir() -> PathBuf {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/opa-wasm"
+        "/tests/fixtures/opa-wasm"
     ));
     assert!(
         dir.join("README.md").is_file(),
-        "OPA wasm fixtures missing at {} (expected /work/shared/fixtures/opa-wasm)",
+        "OPA wasm fixtures missing at {} (they are part of the repository)",
         dir.display()
     );
     dir

@@ -237,6 +237,19 @@ impl Combined {
     }
 }
 
+/// Fails a test that needs root with a message saying so. Such tests are
+/// also marked `#[ignore = "needs root: ..."]`, so a run as another user
+/// lists them as skipped; `scripts/test` runs them when it runs as root (as
+/// CI does), and running one by hand as another user ends here, not in a
+/// silent pass.
+pub fn require_root() {
+    assert_eq!(
+        uid(),
+        0,
+        "this test needs root: it starts processes under other uids (run scripts/test as root, as CI does)"
+    );
+}
+
 pub fn uid() -> u32 {
     nix_uid()
 }
