@@ -1,7 +1,9 @@
 //! Workload-side commands over the Workload API (`signet api ...`), the
 //! way a workload sees the agent.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -23,6 +25,11 @@ pub struct ApiOpts {
     socket: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// How long `fetch x509` and `fetch jwt` wait for an identity to be
+    /// issued to this process (a new entry takes a moment to reach the
+    /// agent); 0s fails at once.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,16 +119,21 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
         ApiCmd::Fetch {
             what: FetchCmd::X509 { write },
         } => {
-            let mut stream = c
-                .fetch_x509svid(with_header(X509svidRequest {}))
-                .await
-                .map_err(status)?
-                .into_inner();
-            let resp = stream
-                .message()
-                .await
-                .map_err(status)?
-                .context("the agent closed the stream")?;
+            let resp = wait_for_identity(opts.timeout, || {
+                let mut c = c.clone();
+                async move {
+                    let mut stream = c
+                        .fetch_x509svid(with_header(X509svidRequest {}))
+                        .await?
+                        .into_inner();
+                    stream
+                        .message()
+                        .await?
+                        .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
+                }
+            })
+            .await
+            .map_err(status)?;
             print_x509(&resp, write.as_deref(), opts.output)?;
         }
         ApiCmd::Fetch {
@@ -130,14 +142,17 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
                 spiffe_id,
             },
         } => {
-            let r = c
-                .fetch_jwtsvid(with_header(JwtsvidRequest {
-                    audience,
-                    spiffe_id: spiffe_id.unwrap_or_default(),
-                }))
-                .await
-                .map_err(status)?
-                .into_inner();
+            let spiffe_id = spiffe_id.unwrap_or_default();
+            let r = wait_for_identity(opts.timeout, || {
+                let mut c = c.clone();
+                let request = JwtsvidRequest {
+                    audience: audience.clone(),
+                    spiffe_id: spiffe_id.clone(),
+                };
+                async move { Ok(c.fetch_jwtsvid(with_header(request)).await?.into_inner()) }
+            })
+            .await
+            .map_err(status)?;
             match opts.output {
                 Output::Json => println!(
                     "{}",
@@ -229,6 +244,39 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Retries `attempt` while the agent answers PermissionDenied (no identity
+/// issued to this process yet), for up to `timeout`, saying once on stderr
+/// that it waits; any other answer, or the last refusal, is returned.
+async fn wait_for_identity<T, F, Fut>(timeout: Duration, mut attempt: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(20);
+    let mut said = false;
+    loop {
+        match attempt().await {
+            Err(e)
+                if e.code() == tonic::Code::PermissionDenied
+                    && tokio::time::Instant::now() + delay < deadline =>
+            {
+                if !said {
+                    eprintln!(
+                        "waiting up to {} for an identity for this process ({})",
+                        humantime::format_duration(timeout),
+                        e.message()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn print_x509(

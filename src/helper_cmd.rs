@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::admin_cli::Output;
 
 /// How long `--once` waits for the first SVID by default.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reload command may run before it is killed.
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retry delays after a failed write or JWT fetch.
@@ -117,7 +117,7 @@ pub struct HelperSettings {
     #[arg(long)]
     #[serde(default)]
     once: bool,
-    /// How long --once waits for the first SVID, e.g. 30s [default: 30s].
+    /// How long --once waits for the first SVID, e.g. 30s [default: 10s].
     #[arg(long)]
     timeout: Option<String>,
     /// Serve GET /live and /ready (HTTP) on this address, e.g. 127.0.0.1:8088 (not with --once).
@@ -755,6 +755,32 @@ pub async fn run(args: HelperArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Says once on stderr that `--once` waits, when the agent has answered
+/// without an identity for us (the state after "connecting"); never ends.
+async fn say_once_while_waiting(
+    watcher: &X509Watcher,
+    socket: &Path,
+    timeout: Duration,
+) -> std::convert::Infallible {
+    let mut rx = watcher.subscribe();
+    loop {
+        if let X509State::Waiting(why) = &*rx.borrow_and_update()
+            && why != signet_core::workload_client::CONNECTING
+        {
+            eprintln!(
+                "waiting up to {} for an X509-SVID from the Workload API at {}: {why}",
+                humantime::format_duration(timeout),
+                socket.display()
+            );
+            break;
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    std::future::pending().await
+}
+
 /// `--once`: the first SVID (within the timeout), every JWT, one reload.
 async fn once(
     config: &HelperConfig,
@@ -763,7 +789,12 @@ async fn once(
     events: Events,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + config.timeout;
-    let ctx = match tokio::time::timeout_at(deadline, watcher.ready()).await {
+    let waiting = say_once_while_waiting(watcher, socket, config.timeout);
+    let ready = tokio::time::timeout_at(deadline, watcher.ready());
+    let ctx = match tokio::select! {
+        ctx = ready => ctx,
+        never = waiting => match never {},
+    } {
         Ok(Some(ctx)) => ctx,
         Ok(None) | Err(_) => {
             let mut why = match watcher.state() {

@@ -122,7 +122,7 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     // Deleting the entry removes the identity.
     c.admin(&["entry", "delete", "--id", &entry_id]);
     let err = eventually("the identity to go away", || {
-        let out = c.api(&["fetch", "x509"]);
+        let out = c.api(&["fetch", "x509", "--timeout", "0s"]);
         (!out.status.success()).then(|| String::from_utf8(out.stderr).unwrap())
     });
     assert!(err.contains("no identity issued"), "{err}");
@@ -170,16 +170,18 @@ fn callers_are_told_apart_by_the_kernel_not_by_what_they_say() {
     ]));
 
     // This test's uid matches no entry: PermissionDenied.
-    let out = c.api(&["fetch", "x509"]);
+    let out = c.api(&["fetch", "x509", "--timeout", "0s"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no identity issued"));
+}
 
-    if uid() != 0 {
-        eprintln!(
-            "skipped the uid 65534 half: starting a process under another uid needs root (CI runs as root)"
-        );
-        return;
-    }
+#[test]
+#[ignore = "needs root: runs processes under other uids (scripts/test runs it as root)"]
+fn a_process_of_another_uid_gets_that_uids_identity() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    c.entry_for_uid("spiffe://example.org/nobody", 65534);
     // The same command run as uid 65534 gets the nobody identity.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let svid = eventually("the SVID of uid 65534", || {
@@ -196,6 +198,82 @@ fn callers_are_told_apart_by_the_kernel_not_by_what_they_say() {
             .then(|| String::from_utf8(out.stdout).unwrap())
     });
     assert!(svid.contains("spiffe://example.org/nobody"), "{svid}");
+}
+
+#[test]
+fn fetch_and_helper_once_right_after_entry_create_wait_for_the_identity() {
+    // No polling by the test: each command is run once, at once.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    c.entry_for_uid("spiffe://example.org/fresh-jwt", uid());
+    let out = c.api(&["fetch", "jwt", "--audience", "db"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/fresh-jwt"));
+    assert!(stderr.matches("waiting").count() <= 1, "{stderr}");
+
+    let other = tempfile::tempdir().unwrap();
+    let c = Combined::start(other.path(), &[]);
+    c.entry_for_uid("spiffe://example.org/fresh", uid());
+    let out = c.api(&["fetch", "x509"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/fresh"));
+    assert!(stderr.matches("waiting").count() <= 1, "{stderr}");
+
+    let third = tempfile::tempdir().unwrap();
+    let c = Combined::start(third.path(), &[]);
+    c.entry_for_uid("spiffe://example.org/fresh-helper", uid());
+    let files = third.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let out = run(&[
+        "helper",
+        "--once",
+        "--socket",
+        &c.agent,
+        "--dir",
+        files.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.matches("waiting up to").count() <= 1, "{stderr}");
+    let pem = std::fs::read_to_string(files.join("svid.pem")).unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+}
+
+#[test]
+fn fetch_without_an_identity_waits_once_then_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    let out = c.api(&["fetch", "x509", "--timeout", "400ms"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("waiting up to 400ms").count(), 1, "{stderr}");
+    assert!(stderr.contains("no identity issued"), "{stderr}");
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+
+    let out = c.api(&["fetch", "jwt", "--audience", "db", "--timeout", "0s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("waiting"), "{stderr}");
+    assert!(stderr.contains("no identity issued"), "{stderr}");
+
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let out = run(&[
+        "helper",
+        "--once",
+        "--timeout",
+        "500ms",
+        "--socket",
+        &c.agent,
+        "--dir",
+        files.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("waiting up to 500ms").count(), 1, "{stderr}");
+    assert!(stderr.contains("no X509-SVID"), "{stderr}");
 }
 
 #[test]

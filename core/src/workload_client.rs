@@ -196,6 +196,12 @@ impl X509Watcher {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// While no identity has arrived yet, retries stay this frequent: a new
+/// entry's SVID reaches the agent within a fraction of a second.
+const MAX_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+
+/// The waiting reason of a watcher that has not reached the agent yet.
+pub const CONNECTING: &str = "connecting";
 
 /// Starts watching the X509 identity served on `socket`. The task keeps one
 /// FetchX509SVID stream open; when the stream breaks or the agent has no
@@ -203,7 +209,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// keeping the last good context meanwhile. Malformed updates are logged and
 /// skipped, never published.
 pub fn watch_x509(socket: PathBuf) -> X509Watcher {
-    let (tx, rx) = watch::channel(X509State::Waiting("connecting".into()));
+    let (tx, rx) = watch::channel(X509State::Waiting(CONNECTING.into()));
     tokio::spawn(run_watch(socket, tx));
     X509Watcher { rx }
 }
@@ -227,7 +233,12 @@ async fn run_watch(socket: PathBuf, tx: watch::Sender<X509State>) {
             () = tokio::time::sleep(backoff) => {}
             () = tx.closed() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let cap = if tx.borrow().context().is_none() {
+            MAX_BACKOFF_FIRST
+        } else {
+            MAX_BACKOFF
+        };
+        backoff = (backoff * 2).min(cap);
     }
 }
 
