@@ -246,8 +246,8 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Retries `attempt` while the agent answers PermissionDenied (no identity
-/// issued to this process yet), for up to `timeout`, saying once on stderr
+/// Retries `attempt` while the agent answers PermissionDenied with "no
+/// identity issued" (none for this process yet), for up to `timeout`, saying once on stderr
 /// that it waits; any other answer, or the last refusal, is returned.
 async fn wait_for_identity<T, F, Fut>(timeout: Duration, mut attempt: F) -> Result<T, tonic::Status>
 where
@@ -259,8 +259,11 @@ where
     let mut said = false;
     loop {
         match attempt().await {
+            // Only "no identity issued" can change by waiting; a caller
+            // whose attestation failed stays refused.
             Err(e)
                 if e.code() == tonic::Code::PermissionDenied
+                    && e.message() == "no identity issued"
                     && tokio::time::Instant::now() + delay < deadline =>
             {
                 if !said {

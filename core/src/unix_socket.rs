@@ -4,13 +4,21 @@
 
 pub mod authority;
 
+use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::attest::workload::{PeerCred, PinnedPeer, WorkloadAttestError};
 
 pub use authority::AuthorityRewrite;
 
@@ -44,12 +52,98 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListen
 }
 
 /// The connections accepted on `listener`, for a tonic server's
-/// `serve_with_incoming`: each reads through [`AuthorityRewrite`], so gRPC
-/// clients of every language are served whatever `:authority` they send.
+/// `serve_with_incoming`: each peer is pinned as it is accepted (see
+/// [`UnixPeer`]), and each connection reads through [`AuthorityRewrite`], so
+/// gRPC clients of every language are served whatever `:authority` they
+/// send.
 pub fn incoming(
     listener: UnixListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityRewrite<UnixStream>>> {
-    UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityRewrite::new))
+) -> impl tokio_stream::Stream<Item = io::Result<AuthorityRewrite<Accepted>>> {
+    UnixListenerStream::new(listener)
+        .map(|conn| conn.map(|s| AuthorityRewrite::new(Accepted::new(s))))
+}
+
+/// What a server knows of the peer of an accepted Unix-socket connection:
+/// the kernel's credentials, and the process pinned when the connection was
+/// accepted (a request's extensions carry it; security invariant 2).
+#[derive(Debug, Clone)]
+pub struct UnixPeer {
+    pub uds: UdsConnectInfo,
+    pub pin: Result<Arc<PinnedPeer>, WorkloadAttestError>,
+}
+
+/// An accepted connection and its pinned peer.
+#[derive(Debug)]
+pub struct Accepted {
+    stream: UnixStream,
+    peer: UnixPeer,
+}
+
+impl Accepted {
+    fn new(stream: UnixStream) -> Self {
+        let pin = match stream.peer_cred() {
+            Ok(cred) => PinnedPeer::capture(PeerCred {
+                pid: cred.pid().unwrap_or(0),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            })
+            .map(Arc::new),
+            Err(_) => Err(WorkloadAttestError::NoPid),
+        };
+        let uds = stream.connect_info();
+        Accepted {
+            stream,
+            peer: UnixPeer { uds, pin },
+        }
+    }
+}
+
+impl Connected for Accepted {
+    type ConnectInfo = UnixPeer;
+
+    fn connect_info(&self) -> UnixPeer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// A gRPC channel to the socket at `path`.

@@ -34,7 +34,7 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
 use envoy_types::pb::google::protobuf::Any;
-use signet_core::agent::workload_api::{attest_peer, matching};
+use signet_core::agent::workload_api::{Caller, attest_peer, matching};
 use signet_core::agent::{AgentHandle, Snapshot, StreamDemand};
 use signet_core::attest::workload::UnixAttestor;
 use signet_identity::{Bundle, Selector, X509Svid};
@@ -213,8 +213,9 @@ impl SdsService {
         out
     }
 
-    /// The caller's selectors, once per stream: a stream's pid never changes.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
+    /// The caller, attested once per stream and pinned to the process that
+    /// connected (checked again before every response a stream sends).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         if !self.agent.snapshot().borrow().healthy {
             return Err(Status::unavailable(
                 "the agent cannot vouch for identities right now",
@@ -277,7 +278,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let selectors = self.caller(&req)?;
+        let caller = self.caller(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -332,8 +333,12 @@ impl SecretDiscoveryService for SdsService {
                         .await;
                     return;
                 }
-                register_demand(&mut demand, &this.agent, &snapshot, &selectors);
-                let secrets = this.resolve(&snapshot, &selectors, wanted);
+                if let Err(refused) = caller.still_connected() {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
+                register_demand(&mut demand, &this.agent, &snapshot, &caller.selectors);
+                let secrets = this.resolve(&snapshot, &caller.selectors, wanted);
                 let version = version_of(&secrets);
                 if version == sent_version || version == rejected_version {
                     continue;
@@ -360,10 +365,10 @@ impl SecretDiscoveryService for SdsService {
         &self,
         req: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let selectors = self.caller(&req)?;
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let snapshot = self.agent.snapshot().borrow().clone();
-        let secrets = self.resolve(&snapshot, &selectors, &r.resource_names);
+        let secrets = self.resolve(&snapshot, &caller.selectors, &r.resource_names);
         Ok(Response::new(DiscoveryResponse {
             version_info: version_of(&secrets),
             resources: secrets.values().map(pack).collect(),
@@ -377,7 +382,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let selectors = self.caller(&req)?;
+        let caller = self.caller(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -435,12 +440,16 @@ impl SecretDiscoveryService for SdsService {
                         .await;
                     return;
                 }
-                register_demand(&mut demand, &this.agent, &snapshot, &selectors);
+                if let Err(refused) = caller.still_connected() {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
+                register_demand(&mut demand, &this.agent, &snapshot, &caller.selectors);
                 let names: Vec<String> = subscribed
                     .as_ref()
                     .map(|s| s.iter().cloned().collect())
                     .unwrap_or_default();
-                let secrets = this.resolve(&snapshot, &selectors, &names);
+                let secrets = this.resolve(&snapshot, &caller.selectors, &names);
                 let mut resources = Vec::new();
                 for (name, secret) in &secrets {
                     let version = version_of_one(secret);

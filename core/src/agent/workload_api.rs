@@ -18,7 +18,6 @@ use tokio::net::UnixListener;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::{AgentHandle, Snapshot, StreamDemand};
@@ -26,7 +25,8 @@ use crate::api::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
 use crate::api::workload::*;
-use crate::attest::workload::{PeerCred, UnixAttestor};
+use crate::attest::workload::{PinnedPeer, UnixAttestor, WorkloadAttestError};
+use crate::unix_socket::UnixPeer;
 
 /// The metadata key every Workload API request must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -78,9 +78,8 @@ impl WorkloadApi {
         SpiffeWorkloadApiServer::new(self)
     }
 
-    /// Checks the security header and attests the caller; returns its
-    /// selectors.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Vec<signet_identity::Selector>, Status> {
+    /// Checks the security header and attests the caller.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let header = req
             .metadata()
             .get(SECURITY_HEADER)
@@ -95,27 +94,49 @@ impl WorkloadApi {
     }
 }
 
-/// Selectors of the process at the other end of a Unix-socket request,
-/// from the kernel (SO_PEERCRED and /proc). Shared with Envoy SDS, which
-/// sends no security header.
-pub fn attest_peer<T>(
-    req: &Request<T>,
-    attestor: &UnixAttestor,
-) -> Result<Vec<signet_identity::Selector>, Status> {
-    let cred = req
+/// The process at the other end of a Unix-socket request: its selectors,
+/// from the kernel (SO_PEERCRED and /proc), and its pin, taken when the
+/// connection was accepted (security invariant 2).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub selectors: Vec<signet_identity::Selector>,
+    pin: Arc<PinnedPeer>,
+    attestor: Arc<UnixAttestor>,
+}
+
+impl Caller {
+    /// PermissionDenied once the caller is no longer the process that
+    /// connected (exited, pid reused, another executable): checked before
+    /// every message a stream sends.
+    pub fn still_connected(&self) -> Result<(), Status> {
+        self.attestor
+            .verify(&self.pin)
+            .map_err(|e| refused(&self.pin, e))
+    }
+}
+
+/// Attests the caller of a Unix-socket request. Shared with Envoy SDS,
+/// which sends no security header.
+pub fn attest_peer<T>(req: &Request<T>, attestor: &Arc<UnixAttestor>) -> Result<Caller, Status> {
+    let peer = req
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|i| i.peer_cred)
+        .get::<UnixPeer>()
         .ok_or_else(|| Status::internal("the caller's credentials are unavailable"))?;
-    let cred = PeerCred {
-        pid: cred.pid().unwrap_or(0),
-        uid: cred.uid(),
-        gid: cred.gid(),
-    };
-    attestor.attest(cred, None).map_err(|e| {
-        tracing::warn!(pid = cred.pid, error = %e, "workload attestation failed");
+    let pin = peer.pin.clone().map_err(|e| {
+        tracing::warn!(error = %e, "workload attestation failed: the caller could not be pinned when it connected");
         Status::permission_denied(format!("workload attestation failed: {e}"))
+    })?;
+    let selectors = attestor.attest(&pin).map_err(|e| refused(&pin, e))?;
+    Ok(Caller {
+        selectors,
+        pin,
+        attestor: attestor.clone(),
     })
+}
+
+fn refused(pin: &PinnedPeer, e: WorkloadAttestError) -> Status {
+    tracing::warn!(pid = pin.cred().pid, error = %e, "workload attestation failed");
+    Status::permission_denied(format!("workload attestation failed: {e}"))
 }
 
 /// Entries whose selectors all match the caller's.
@@ -287,9 +308,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.caller(&req)?;
+        let caller = self.caller(&req)?;
         let first = self.agent.snapshot().borrow().clone();
-        if matching(&first, &selectors).is_empty() {
+        if matching(&first, &caller.selectors).is_empty() {
             return Err(no_identity());
         }
         // The entries this stream serves are never evicted from the agent's
@@ -297,7 +318,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let demand = self.agent.demand();
         let stream_demand = std::sync::Mutex::new(StreamDemand::new(demand.clone()));
         Ok(Response::new(stream_from(&self.agent, move |s| {
-            let entries = matching(s, &selectors);
+            caller.still_connected()?;
+            let entries = matching(s, &caller.selectors);
             let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
             let missing = entries.iter().any(|e| !s.svids.contains_key(&e.id));
             stream_demand
@@ -313,12 +335,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.caller(&req)?;
-        if matching(&self.agent.snapshot().borrow(), &selectors).is_empty() {
+        let caller = self.caller(&req)?;
+        if matching(&self.agent.snapshot().borrow(), &caller.selectors).is_empty() {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
-            bundles_by_trust_domain(s, &selectors, |b| der_concat(b.x509_authorities())).map(
+            caller.still_connected()?;
+            bundles_by_trust_domain(s, &caller.selectors, |b| der_concat(b.x509_authorities())).map(
                 |bundles| {
                     Some(X509BundlesResponse {
                         crl: Vec::new(),
@@ -333,7 +356,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let selectors = self.caller(&req)?;
+        let selectors = self.caller(&req)?.selectors;
         let r = req.into_inner();
         if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -389,13 +412,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.caller(&req)?;
-        if matching(&self.agent.snapshot().borrow(), &selectors).is_empty() {
+        let caller = self.caller(&req)?;
+        if matching(&self.agent.snapshot().borrow(), &caller.selectors).is_empty() {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
-            bundles_by_trust_domain(s, &selectors, |b| b.jwks_json().to_string().into_bytes())
-                .map(|bundles| Some(JwtBundlesResponse { bundles }))
+            caller.still_connected()?;
+            bundles_by_trust_domain(s, &caller.selectors, |b| {
+                b.jwks_json().to_string().into_bytes()
+            })
+            .map(|bundles| Some(JwtBundlesResponse { bundles }))
         })))
     }
 

@@ -14,13 +14,18 @@
 //! | `systemd:id:<unit>` | `/proc/<pid>/cgroup`, a `.service`/`.scope` unit |
 //! | `container:id:<id>` | `/proc/<pid>/cgroup`, a 64-hex container id (docker, containerd, cri-o, podman) |
 //!
-//! Pid reuse: the process start time (`/proc/<pid>/stat`, field 22) is read
-//! first and again after every other fact; if it changed, or the process is
-//! gone, attestation fails rather than describe another process.
+//! The caller is pinned when its connection is accepted ([`PinnedPeer`]): a
+//! pidfd that reports its exit, its start time (`/proc/<pid>/stat`, field
+//! 22) and the identity (device, inode) of its executable then. Every
+//! attestation checks the pin before and after reading the facts, so a
+//! process that took over the pid (pid reuse), or the connecting process
+//! after it exec'd another binary while a child kept the connection, is
+//! refused rather than described (security invariant 2).
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -44,14 +49,116 @@ pub struct PeerCred {
 pub enum WorkloadAttestError {
     #[error("the caller's pid is unknown (no SO_PEERCRED)")]
     NoPid,
-    #[error("process {pid} exited or its pid was reused during attestation")]
+    #[error("process {pid} exited or its pid was reused since it connected")]
     PidReused { pid: i32 },
+    #[error("process {pid} exited since it connected")]
+    Gone { pid: i32 },
+    #[error("process {pid} runs another executable than when it connected")]
+    ExeChanged { pid: i32 },
     #[error("cannot read /proc/{pid}/{what}: {reason}")]
     Proc {
         pid: i32,
         what: &'static str,
         reason: String,
     },
+}
+
+/// The process at the other end of a connection, as it was when the agent
+/// accepted the connection.
+#[derive(Debug)]
+pub struct PinnedPeer {
+    cred: PeerCred,
+    start_time: u64,
+    exe: Option<ExeId>,
+    /// Readable once the process exits, whatever later takes its pid.
+    pidfd: Option<OwnedFd>,
+}
+
+/// The file a process executes: device and inode of `/proc/<pid>/exe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExeId {
+    dev: u64,
+    ino: u64,
+}
+
+const PROC: &str = "/proc";
+
+impl PinnedPeer {
+    /// Pins the process `cred` names, now (call it when the connection is
+    /// accepted).
+    pub fn capture(cred: PeerCred) -> Result<Self, WorkloadAttestError> {
+        let pid = cred.pid;
+        if pid <= 0 {
+            return Err(WorkloadAttestError::NoPid);
+        }
+        let proc_root = Path::new(PROC);
+        // The pidfd refers to whichever process has the pid now; the start
+        // time read after it, unchanged at the end, says it is the one that
+        // was there before.
+        let pidfd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let start_time = read_start_time(proc_root, pid)?;
+        let exe = exe_id(proc_root, pid);
+        if read_start_time(proc_root, pid)? != start_time {
+            return Err(WorkloadAttestError::PidReused { pid });
+        }
+        Ok(PinnedPeer {
+            cred,
+            start_time,
+            exe,
+            pidfd,
+        })
+    }
+
+    /// The kernel's credentials of the process when it connected.
+    pub fn cred(&self) -> PeerCred {
+        self.cred
+    }
+
+    /// Whether the pinned process has exited (its pidfd is readable).
+    fn exited(&self) -> bool {
+        let Some(fd) = &self.pidfd else {
+            return false;
+        };
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+    }
+}
+
+fn read_start_time(proc_root: &Path, pid: i32) -> Result<u64, WorkloadAttestError> {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))
+        .map_err(|_| WorkloadAttestError::Gone { pid })?;
+    // "pid (comm) state ppid ..." — comm may hold spaces and parentheses,
+    // so split after the last ')'. starttime is field 22 overall, the 20th
+    // after the comm.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| WorkloadAttestError::Proc {
+            pid,
+            what: "stat",
+            reason: "no start time".into(),
+        })
+}
+
+/// The executable's identity, when `/proc/<pid>/exe` may be read (a
+/// kernel thread or a process the agent may not inspect has none).
+fn exe_id(proc_root: &Path, pid: i32) -> Option<ExeId> {
+    let meta = fs::metadata(proc_root.join(pid.to_string()).join("exe")).ok()?;
+    Some(ExeId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
 }
 
 /// Attests callers by their kernel facts.
@@ -78,46 +185,28 @@ impl UnixAttestor {
         }
     }
 
-    /// The start time (clock ticks since boot) of `pid`, to pin the process.
-    pub fn start_time(&self, pid: i32) -> Result<u64, WorkloadAttestError> {
-        let stat = fs::read_to_string(self.proc_root.join(pid.to_string()).join("stat"))
-            .map_err(|_| WorkloadAttestError::PidReused { pid })?;
-        // "pid (comm) state ppid ..." — comm may hold spaces and parentheses,
-        // so split after the last ')'. starttime is field 22 overall, the
-        // 20th after the comm.
-        let after = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .unwrap_or_default();
-        after
-            .split_whitespace()
-            .nth(19)
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| WorkloadAttestError::Proc {
-                pid,
-                what: "stat",
-                reason: "no start time".into(),
-            })
-    }
-
-    /// Selectors for the caller `cred`, whose start time was `pinned` when
-    /// it connected (pass `None` to pin it now).
-    pub fn attest(
-        &self,
-        cred: PeerCred,
-        pinned: Option<u64>,
-    ) -> Result<Vec<Selector>, WorkloadAttestError> {
-        let pid = cred.pid;
-        if pid <= 0 {
-            return Err(WorkloadAttestError::NoPid);
+    /// Whether the process pinned in `pin` is still the one that
+    /// connected: not exited, its pid not reused, the same executable.
+    pub fn verify(&self, pin: &PinnedPeer) -> Result<(), WorkloadAttestError> {
+        let pid = pin.cred.pid;
+        if pin.exited() {
+            return Err(WorkloadAttestError::Gone { pid });
         }
-        let start = match pinned {
-            Some(t) => t,
-            None => self.start_time(pid)?,
-        };
-        if self.start_time(pid)? != start {
+        if read_start_time(&self.proc_root, pid)? != pin.start_time {
             return Err(WorkloadAttestError::PidReused { pid });
         }
+        if exe_id(&self.proc_root, pid) != pin.exe {
+            return Err(WorkloadAttestError::ExeChanged { pid });
+        }
+        Ok(())
+    }
+
+    /// Selectors of the pinned caller, from the kernel's facts about it now;
+    /// refused unless it is still the process that connected.
+    pub fn attest(&self, pin: &PinnedPeer) -> Result<Vec<Selector>, WorkloadAttestError> {
+        self.verify(pin)?;
+        let cred = pin.cred;
+        let pid = cred.pid;
         let dir = self.proc_root.join(pid.to_string());
         let mut out = Vec::new();
         let mut push = |ty: &str, value: String| {
@@ -162,9 +251,7 @@ impl UnixAttestor {
             }
         }
         // The facts must describe the process that connected.
-        if self.start_time(pid)? != start {
-            return Err(WorkloadAttestError::PidReused { pid });
-        }
+        self.verify(pin)?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -264,11 +351,15 @@ mod tests {
         }
     }
 
+    fn pin_me() -> PinnedPeer {
+        PinnedPeer::capture(me()).unwrap()
+    }
+
     #[test]
     fn the_current_process_is_described_by_the_kernel() {
         let a = UnixAttestor::default();
         let sels: Vec<String> = a
-            .attest(me(), None)
+            .attest(&pin_me())
             .unwrap()
             .iter()
             .map(ToString::to_string)
@@ -294,12 +385,13 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: runs a process under another uid (scripts/test runs it as root)"]
     fn a_process_of_another_user_gets_that_users_selectors() {
         use std::os::unix::process::CommandExt;
-        if !nix::unistd::getuid().is_root() {
-            eprintln!("skipped: starting a process under another uid needs root (CI runs as root)");
-            return;
-        }
+        assert!(
+            nix::unistd::getuid().is_root(),
+            "this test needs root: it starts a process under another uid"
+        );
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .uid(65534)
@@ -311,7 +403,7 @@ mod tests {
             uid: 65534,
             gid: 65534,
         };
-        let result = UnixAttestor::default().attest(cred, None);
+        let result = PinnedPeer::capture(cred).and_then(|pin| UnixAttestor::default().attest(&pin));
         let _ = child.kill();
         let _ = child.wait();
         let sels: Vec<String> = result.unwrap().iter().map(ToString::to_string).collect();
@@ -327,34 +419,112 @@ mod tests {
     #[test]
     fn a_changed_start_time_means_another_process() {
         let a = UnixAttestor::default();
-        let start = a.start_time(me().pid).unwrap();
-        assert!(a.attest(me(), Some(start)).is_ok());
+        let pin = pin_me();
+        assert!(a.attest(&pin).is_ok());
+        let other = PinnedPeer {
+            start_time: pin.start_time + 1,
+            pidfd: None,
+            ..pin
+        };
         assert_eq!(
-            a.attest(me(), Some(start + 1)),
+            a.attest(&other),
             Err(WorkloadAttestError::PidReused { pid: me().pid })
         );
     }
 
     #[test]
+    fn another_executable_than_at_connect_time_is_refused() {
+        let a = UnixAttestor::default();
+        let pin = pin_me();
+        let exe = pin.exe.unwrap();
+        let other = PinnedPeer {
+            exe: Some(ExeId {
+                ino: exe.ino + 1,
+                ..exe
+            }),
+            pidfd: None,
+            ..pin
+        };
+        assert_eq!(
+            a.attest(&other),
+            Err(WorkloadAttestError::ExeChanged { pid: me().pid })
+        );
+    }
+
+    #[test]
+    fn an_exec_after_the_pin_is_refused() {
+        // A shell pinned while it runs sh, then exec'ing sleep: same pid,
+        // same start time, another executable.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let cred = PeerCred {
+            pid: child.id() as i32,
+            ..me()
+        };
+        let a = UnixAttestor::default();
+        let pin = PinnedPeer::capture(cred).unwrap();
+        assert!(a.verify(&pin).is_ok());
+        use std::io::Write;
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let result = loop {
+            let r = a.attest(&pin);
+            if r.is_err() || std::time::Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            result,
+            Err(WorkloadAttestError::ExeChanged { pid: cred.pid })
+        );
+    }
+
+    #[test]
     fn an_exited_process_is_not_attested() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
-        child.wait().unwrap();
         let cred = PeerCred { pid, ..me() };
+        let pin = PinnedPeer::capture(cred).unwrap();
+        assert!(UnixAttestor::default().verify(&pin).is_ok());
+        child.kill().unwrap();
+        // Not yet reaped: /proc still shows the zombie, the pidfd says it
+        // exited (once the kernel has finished the exit).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pin.exited() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(
-            UnixAttestor::default().attest(cred, None),
-            Err(WorkloadAttestError::PidReused { pid })
+            UnixAttestor::default().attest(&pin),
+            Err(WorkloadAttestError::Gone { pid })
         );
+        child.wait().unwrap();
         assert_eq!(
-            UnixAttestor::default().attest(PeerCred { pid: 0, ..me() }, None),
+            UnixAttestor::default().attest(&pin),
+            Err(WorkloadAttestError::Gone { pid })
+        );
+        assert!(matches!(
+            PinnedPeer::capture(cred),
+            Err(WorkloadAttestError::Gone { .. })
+        ));
+        assert!(matches!(
+            PinnedPeer::capture(PeerCred { pid: 0, ..me() }),
             Err(WorkloadAttestError::NoPid)
-        );
+        ));
     }
 
     #[test]
     fn executables_over_the_size_limit_are_not_hashed() {
         let a = UnixAttestor::new(PathBuf::from("/proc"), 1);
-        let sels = a.attest(me(), None).unwrap();
+        let sels = a.attest(&pin_me()).unwrap();
         assert!(sels.iter().all(|s| !s.as_str().starts_with("unix:sha256:")));
         assert!(sels.iter().any(|s| s.as_str().starts_with("unix:path:")));
     }

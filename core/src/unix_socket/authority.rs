@@ -152,8 +152,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityRewrite<S> {
     }
 }
 
-impl tonic::transport::server::Connected for AuthorityRewrite<tokio::net::UnixStream> {
-    type ConnectInfo = tonic::transport::server::UdsConnectInfo;
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for AuthorityRewrite<S>
+{
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()

@@ -82,7 +82,7 @@ pub async fn start() -> Setup {
     let sock = dir.path().join("agent.sock");
     let l = bind_agent_socket(&sock).unwrap();
     let sds = SdsService::new(
-        handle,
+        handle.clone(),
         Arc::new(UnixAttestor::default()),
         SdsOptions::default(),
     );
@@ -100,6 +100,16 @@ pub async fn start() -> Setup {
         ))
         .await
         .unwrap();
+    // Tests start from an agent that holds the entry's SVID, so a first
+    // response never races its minting.
+    let mut snapshots = handle.snapshot();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        snapshots.wait_for(|s| s.svids.contains_key(&entry.id)),
+    )
+    .await
+    .expect("the agent mints the entry's SVID")
+    .unwrap();
     Setup {
         dir,
         server,

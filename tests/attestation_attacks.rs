@@ -1,0 +1,244 @@
+//! Attacks on workload attestation (SECURITY.md invariant 2): the caller is
+//! pinned when its connection is accepted, so neither the connecting
+//! process after it exec'd an entitled binary, nor a victim that took over
+//! the connecting process's pid, gets an identity through a connection the
+//! attacker kept.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ENTITLED: &str = "spiffe://example.org/entitled";
+
+/// A copy of `sleep` at a path of its own: the entitled binary.
+fn entitled_binary(dir: &Path) -> PathBuf {
+    let sleep = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v sleep"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let dst = dir.join("entitled");
+    std::fs::copy(sleep.trim(), &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dst
+}
+
+/// Starts the attacker; returns it and the pid the agent saw connect.
+fn attacker(c: &Combined, dir: &Path, relay: &Path, mode: &[&str]) -> (Proc, u32) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/relay_attack.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(&c.agent)
+        .arg(relay)
+        .args(mode)
+        .stdin(std::process::Stdio::piped());
+    let mut py = Proc::spawn("attacker", cmd, dir);
+    let seen = py.wait_for("relaying");
+    let pid = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("relaying "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (py, pid)
+}
+
+fn fetch_through(relay: &Path) -> std::process::Output {
+    run(&[
+        "api",
+        "fetch",
+        "x509",
+        "--timeout",
+        "3s",
+        "--socket",
+        relay.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn exec_after_connect_gets_no_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let c = Combined::start(dir, &[]);
+    let entitled = entitled_binary(dir);
+    let out = c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        ENTITLED,
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+        "--selector",
+        &format!("unix:path:{}", entitled.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let relay = dir.join("relay.sock");
+    let (_py, pid) = attacker(&c, dir, &relay, &["exec", entitled.to_str().unwrap()]);
+    // The connecting process now runs the entitled binary.
+    eventually("the attacker to exec the entitled binary", || {
+        (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == entitled).then_some(())
+    });
+    let out = fetch_through(&relay);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the relayed connection got an identity: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("runs another executable than when it connected"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+    assert!(c.proc.log_text().contains("workload attestation failed"));
+}
+
+#[test]
+fn an_open_stream_is_closed_once_its_caller_execs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let c = Combined::start(dir, &[]);
+    let entitled = entitled_binary(dir);
+    // The attacker (python) has an identity of its own, so a stream opens.
+    let python = std::fs::canonicalize(
+        String::from_utf8(
+            Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .unwrap();
+    for (id, path) in [
+        ("spiffe://example.org/python", python.as_path()),
+        (ENTITLED, entitled.as_path()),
+    ] {
+        let out = c.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--selector",
+            &format!("unix:uid:{}", uid()),
+            "--selector",
+            &format!("unix:path:{}", path.display()),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let relay = dir.join("relay.sock");
+    let (mut py, pid) = attacker(
+        &c,
+        dir,
+        &relay,
+        &["exec-on-input", entitled.to_str().unwrap()],
+    );
+    let mut watch_cmd = signet();
+    watch_cmd.args([
+        "api",
+        "watch",
+        "--output",
+        "json",
+        "--socket",
+        relay.to_str().unwrap(),
+    ]);
+    let mut watch = Proc::spawn("watch", watch_cmd, dir);
+    watch.wait_for("spiffe://example.org/python");
+    {
+        use std::io::Write;
+        let mut stdin = py.child.as_mut().unwrap().stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+    }
+    eventually("the attacker to exec the entitled binary", || {
+        (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == entitled).then_some(())
+    });
+    // A change makes the stream push again: refused, and closed.
+    c.entry_for_uid("spiffe://example.org/push", 65533);
+    let seen = watch.wait_for("runs another executable than when it connected");
+    assert!(!seen.contains(ENTITLED), "{seen}");
+}
+
+/// Starts `bin` under the pid `want` (the kernel hands out the pid after
+/// `ns_last_pid` next, when it is free; other processes forking meanwhile
+/// can take it first, so this retries).
+fn spawn_with_pid(bin: &Path, want: u32) -> Child {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", want - 1)).unwrap();
+        let mut child = Command::new(bin).arg("60").spawn().unwrap();
+        if child.id() == want {
+            return child;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            Instant::now() < deadline,
+            "could not start a process as pid {want}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+#[ignore = "needs root: sets /proc/sys/kernel/ns_last_pid to hand the attacker's pid to a victim (scripts/test runs it as root)"]
+fn a_victim_that_reuses_the_pid_lends_no_identity() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let c = Combined::start(dir, &[]);
+    let entitled = entitled_binary(dir);
+    let out = c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        ENTITLED,
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+        "--selector",
+        &format!("unix:path:{}", entitled.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let relay = dir.join("relay.sock");
+    let (mut py, pid) = attacker(&c, dir, &relay, &["exit"]);
+    // The attacker has exited; reaped, its pid is free.
+    let status = py.child.take().unwrap().wait().unwrap();
+    assert!(status.success());
+    let mut victim = spawn_with_pid(&entitled, pid);
+    let out = fetch_through(&relay);
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the relayed connection got the victim's identity: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("exited since it connected"), "{stderr}");
+}
