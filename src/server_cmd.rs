@@ -13,6 +13,7 @@ use signet_core::agent::workload_api::bind_agent_socket;
 use signet_core::attest::node::NodeAttestor;
 use signet_core::attest::node::join_token::JoinTokenAttestor;
 use signet_core::attest::node::x509pop::X509PopAttestor;
+use signet_core::datastore::redact_url;
 use signet_core::key_manager::disk::DiskKeyManager;
 use signet_core::server::admin::{bind_admin_socket, serve_admin};
 use signet_core::server::node::serve_node;
@@ -241,8 +242,7 @@ pub fn local_agent_id(td: &TrustDomain) -> anyhow::Result<SpiffeId> {
 pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Result<()> {
     let agent_socket = local_agent.as_ref().map(|a| a.socket.clone());
     let combined = agent_socket.is_some();
-    std::fs::create_dir_all(&r.data_dir)
-        .with_context(|| format!("cannot create data dir {}", r.data_dir.display()))?;
+    create_private_dir(&r.data_dir)?;
     let store = datastore::open(&r.datastore)
         .await
         .with_context(|| format!("cannot open the datastore {}", redact_url(&r.datastore)))?;
@@ -421,18 +421,19 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     }
 }
 
-/// Hides a password in a datastore URL.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:[redacted]{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+/// Creates the data dir (keys, datastore, state) with mode 0700, or makes an
+/// existing one 0700: nobody but the server's user may read it.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data dir {}", dir.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make data dir {} private (0700)", dir.display()))?;
     }
+    Ok(())
 }
 
 fn print_banner(
@@ -524,6 +525,11 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite:///x/y.db"), "sqlite:///x/y.db");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        // The banner and its errors use the datastore's redaction, which
+        // also hides a password given as a parameter.
+        let shown = redact_url("postgres://u@h/db?sslmode=require&password=hunter2");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password=[redacted]"), "{shown}");
     }
 
     #[test]

@@ -33,6 +33,25 @@ fn entitled_binary(dir: &Path) -> PathBuf {
     dst
 }
 
+/// Registers `id` for this uid's processes running `bin`.
+fn entry_for_binary(c: &Combined, id: &str, bin: &Path) {
+    let out = c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        id,
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+        "--selector",
+        &format!("unix:path:{}", bin.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts the attacker; returns it and the pid the agent saw connect.
 fn attacker(c: &Combined, dir: &Path, relay: &Path, mode: &[&str]) -> (Proc, u32) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/relay_attack.py");
@@ -72,21 +91,7 @@ fn exec_after_connect_gets_no_identity() {
     let dir = tmp.path();
     let c = Combined::start(dir, &[]);
     let entitled = entitled_binary(dir);
-    let out = c.admin(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        ENTITLED,
-        "--selector",
-        &format!("unix:uid:{}", uid()),
-        "--selector",
-        &format!("unix:path:{}", entitled.display()),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    entry_for_binary(&c, ENTITLED, &entitled);
 
     let relay = dir.join("relay.sock");
     let (_py, pid) = attacker(&c, dir, &relay, &["exec", entitled.to_str().unwrap()]);
@@ -128,26 +133,8 @@ fn an_open_stream_is_closed_once_its_caller_execs() {
         .trim(),
     )
     .unwrap();
-    for (id, path) in [
-        ("spiffe://example.org/python", python.as_path()),
-        (ENTITLED, entitled.as_path()),
-    ] {
-        let out = c.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            id,
-            "--selector",
-            &format!("unix:uid:{}", uid()),
-            "--selector",
-            &format!("unix:path:{}", path.display()),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    entry_for_binary(&c, "spiffe://example.org/python", &python);
+    entry_for_binary(&c, ENTITLED, &entitled);
     let relay = dir.join("relay.sock");
     let (mut py, pid) = attacker(
         &c,
@@ -209,21 +196,7 @@ fn a_victim_that_reuses_the_pid_lends_no_identity() {
     let dir = tmp.path();
     let c = Combined::start(dir, &[]);
     let entitled = entitled_binary(dir);
-    let out = c.admin(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        ENTITLED,
-        "--selector",
-        &format!("unix:uid:{}", uid()),
-        "--selector",
-        &format!("unix:path:{}", entitled.display()),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    entry_for_binary(&c, ENTITLED, &entitled);
 
     let relay = dir.join("relay.sock");
     let (mut py, pid) = attacker(&c, dir, &relay, &["exit"]);

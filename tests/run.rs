@@ -329,6 +329,39 @@ fn bad_input_names_the_problem_and_writes_nothing() {
             &["entry", "create", "--spiffe-id", "spiffe://example.org/a"],
             "at least one selector",
         ),
+        // The server's and agents' own IDs are never handed to workloads
+        // (an agent accepts spiffe://example.org/signet/server as its server).
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/signet/server",
+                "--selector",
+                "unix:uid:1",
+            ],
+            "is reserved",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/signet/agent/join_token/x",
+                "--selector",
+                "unix:uid:1",
+            ],
+            "is reserved",
+        ),
+        (
+            &[
+                "token",
+                "generate",
+                "--spiffe-id",
+                "spiffe://example.org/signet/server",
+            ],
+            "is reserved for Signet's server",
+        ),
         (
             &[
                 "entry",
@@ -381,6 +414,30 @@ fn bad_input_names_the_problem_and_writes_nothing() {
     let out = run(&["run", "--trust-domain", "Example.ORG"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("trust domain character 'E'"));
+}
+
+#[test]
+fn the_data_dir_and_datastore_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // An existing data dir others could read is made private too.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    c.entry_for_uid("spiffe://example.org/private", 4242);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "data dir");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("datastore.sqlite3") {
+            assert_eq!(mode(&path), 0o600, "{name}");
+            files += 1;
+        }
+    }
+    assert!(files >= 1, "no datastore file in {}", data.display());
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
 
-pub use sql::open;
+pub use sql::{open, redact_url};
 
 /// Datastore failures.
 #[derive(Debug, thiserror::Error)]

@@ -326,6 +326,14 @@ impl Server {
         if let Some(id) = &agent_id {
             id.require_member_of(self.trust_domain())
                 .map_err(|e| ServerError::InvalidArgument(format!("agent_id: {e}")))?;
+            if id.is_reserved() && !id.path().starts_with(crate::server::node::AGENT_ID_PREFIX) {
+                return Err(ServerError::InvalidArgument(format!(
+                    "agent_id {id} is reserved for Signet's server: an agent's ID is under spiffe://{}{} or outside {}",
+                    id.trust_domain_str(),
+                    crate::server::node::AGENT_ID_PREFIX,
+                    signet_identity::spiffe_id::RESERVED_PREFIX
+                )));
+            }
         }
         let mut raw = [0u8; 16];
         aws_lc_rs::rand::fill(&mut raw)

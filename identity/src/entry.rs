@@ -71,6 +71,8 @@ pub enum EntryProblem {
     DnsName { name: String, why: &'static str },
     #[error("federates_with names the entry's own trust domain {0}")]
     FederatesWithSelf(String),
+    #[error("spiffe_id {0} is reserved: IDs under /signet name Signet's own server and agents")]
+    ReservedId(String),
 }
 
 /// Every problem found in an entry, not only the first.
@@ -117,6 +119,9 @@ impl Entry {
         }
         if self.spiffe_id.is_trust_domain_id() {
             problems.push(EntryProblem::IdWithoutPath(self.spiffe_id.to_string()));
+        }
+        if self.spiffe_id.is_reserved() {
+            problems.push(EntryProblem::ReservedId(self.spiffe_id.to_string()));
         }
         if self.spiffe_id == self.parent_id {
             problems.push(EntryProblem::SelfParent);

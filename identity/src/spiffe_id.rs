@@ -126,6 +126,10 @@ impl FromStr for TrustDomain {
     }
 }
 
+/// The path under which Signet names its own server and agents
+/// (`/signet/server`, `/signet/agent/...`); no entry may claim it.
+pub const RESERVED_PREFIX: &str = "/signet";
+
 /// A SPIFFE ID: `spiffe://<trust domain>[/<path>]`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpiffeId {
@@ -181,6 +185,13 @@ impl SpiffeId {
     /// The path, empty or starting with `/`.
     pub fn path(&self) -> &str {
         &self.full[SCHEME_PREFIX.len() + self.td_len..]
+    }
+
+    /// True for IDs Signet keeps for its own server and agents:
+    /// `spiffe://<td>/signet` and everything under it.
+    pub fn is_reserved(&self) -> bool {
+        let path = self.path();
+        path == RESERVED_PREFIX || path.starts_with(&format!("{RESERVED_PREFIX}/"))
     }
 
     /// True for the trust domain's own ID (no path).

@@ -103,7 +103,7 @@ impl SqlDatastore {
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let open_err = |reason: String| DatastoreError::Open {
-            url: redact(url),
+            url: redact_url(url),
             reason,
         };
         let dialect = if url.starts_with("sqlite:") {
@@ -132,6 +132,11 @@ impl SqlDatastore {
                 })?;
                 "mode=rw"
             } else {
+                // The datastore holds every entry and node record: only
+                // the server's user may read it (SQLite gives its -wal and
+                // -shm files the same mode).
+                create_private_file(path)
+                    .map_err(|e| open_err(format!("cannot create {path}: {e}")))?;
                 "mode=rwc"
             };
             url.push(if url.contains('?') { '&' } else { '?' });
@@ -410,6 +415,17 @@ async fn check_sqlite_file(path: &str) -> Result<()> {
     )))
 }
 
+/// Creates an empty file readable and writable by its owner only (0600).
+fn create_private_file(path: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
 /// The file a `sqlite:` URL names; `None` for in-memory databases.
 fn sqlite_file(url: &str) -> Option<&str> {
     let rest = url
@@ -419,8 +435,9 @@ fn sqlite_file(url: &str) -> Option<&str> {
     (!path.is_empty() && path != ":memory:" && !path.starts_with("file:")).then_some(path)
 }
 
-/// The URL without its password (userinfo or a `password=` parameter).
-fn redact(url: &str) -> String {
+/// The URL without its password (userinfo or a `password=` parameter): the
+/// one redaction for every place a datastore URL is shown.
+pub fn redact_url(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),
@@ -1046,12 +1063,15 @@ mod tests {
     #[test]
     fn redact_hides_passwords_only() {
         assert_eq!(
-            redact("postgres://u:s3cret@db:5432/signet?sslmode=require&password=p4ss"),
+            redact_url("postgres://u:s3cret@db:5432/signet?sslmode=require&password=p4ss"),
             "postgres://u:[redacted]@db:5432/signet?sslmode=require&password=[redacted]"
         );
-        assert_eq!(redact("postgres://u@db/signet"), "postgres://u@db/signet");
         assert_eq!(
-            redact("sqlite:///var/lib/signet/x.db"),
+            redact_url("postgres://u@db/signet"),
+            "postgres://u@db/signet"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/signet/x.db"),
             "sqlite:///var/lib/signet/x.db"
         );
     }

@@ -16,8 +16,20 @@ use crate::datastore::{AttestedNode, Datastore, EntryFilter, Result, SelectorMat
 /// Longest parent chain followed below the agent.
 pub const MAX_DEPTH: usize = 8;
 
-/// The IDs the agent is a parent as: its own and its node aliases'.
-pub async fn agent_parent_ids(store: &dyn Datastore, node: &AttestedNode) -> Result<Vec<SpiffeId>> {
+/// Whether `entry` still applies at `now` (unix seconds).
+fn live(entry: &Entry, now: i64) -> bool {
+    entry
+        .expires_at
+        .is_none_or(|t| i64::try_from(t).unwrap_or(i64::MAX) > now)
+}
+
+/// The IDs the agent is a parent as at `now`: its own and those of the
+/// node-alias entries, not expired, whose selectors it all has.
+pub async fn agent_parent_ids(
+    store: &dyn Datastore,
+    node: &AttestedNode,
+    now: i64,
+) -> Result<Vec<SpiffeId>> {
     let mut ids = vec![node.spiffe_id.clone()];
     if !node.selectors.is_empty() {
         let filter = EntryFilter {
@@ -26,7 +38,7 @@ pub async fn agent_parent_ids(store: &dyn Datastore, node: &AttestedNode) -> Res
             ..Default::default()
         };
         for alias in store.list_entries(&filter).await? {
-            if !ids.contains(&alias.spiffe_id) {
+            if live(&alias, now) && !ids.contains(&alias.spiffe_id) {
                 ids.push(alias.spiffe_id);
             }
         }
@@ -43,7 +55,7 @@ pub async fn authorized_entries(
     now: i64,
 ) -> Result<Vec<Entry>> {
     let mut visited: HashSet<SpiffeId> = HashSet::new();
-    let mut frontier = agent_parent_ids(store, node).await?;
+    let mut frontier = agent_parent_ids(store, node, now).await?;
     let mut seen_entries: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
     for _ in 0..MAX_DEPTH {
@@ -53,8 +65,7 @@ pub async fn authorized_entries(
         }
         let mut next = Vec::new();
         for entry in store.list_entries_by_parents(&frontier).await? {
-            let live = entry.expires_at.is_none_or(|t| t as i64 > now);
-            if entry.node || !live || !seen_entries.insert(entry.id.clone()) {
+            if entry.node || !live(&entry, now) || !seen_entries.insert(entry.id.clone()) {
                 continue;
             }
             next.push(entry.spiffe_id.clone());
@@ -79,3 +90,6 @@ pub async fn authorized_entry(
         .into_iter()
         .find(|e| e.id == entry_id))
 }
+
+#[cfg(test)]
+mod tests;
