@@ -744,7 +744,11 @@ impl Ca {
         let authority = self.x509_authority();
         let now = self.clock.now();
         let ttl = opts.ttl.unwrap_or(self.config.x509_svid_ttl);
-        let not_after = (now + ttl).min(authority.not_after);
+        // A TTL past the authority's end (or past what SystemTime can
+        // hold) is capped at the authority's NotAfter.
+        let not_after = now
+            .checked_add(ttl)
+            .map_or(authority.not_after, |t| t.min(authority.not_after));
         params.not_before = to_offset(now - BACKDATE);
         params.not_after = to_offset(not_after);
         let leaf = params
@@ -769,7 +773,9 @@ impl Ca {
         }
         let key = self.jwt_key();
         let now = self.clock.now();
-        let exp = (now + ttl.unwrap_or(self.config.jwt_svid_ttl)).min(key.not_after);
+        let exp = now
+            .checked_add(ttl.unwrap_or(self.config.jwt_svid_ttl))
+            .map_or(key.not_after, |t| t.min(key.not_after));
         // A single audience is a string, several an array (as SPIRE emits).
         let aud: Value = match audience {
             [one] => one.as_str().into(),

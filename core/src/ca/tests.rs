@@ -174,6 +174,21 @@ fn not_after_is_capped_at_the_ca() {
         parse(&chain[0]).validity().not_after.timestamp(),
         ca_not_after
     );
+    // A TTL past what SystemTime can hold is capped the same way, never a
+    // panic (the admin API also refuses TTLs over a year).
+    let huge = SvidOptions {
+        ttl: Some(Duration::MAX),
+        ..Default::default()
+    };
+    let chain = ca.sign_x509_svid(&spki(), &workload(), &huge).unwrap();
+    assert_eq!(
+        parse(&chain[0]).validity().not_after.timestamp(),
+        ca_not_after
+    );
+    assert!(
+        ca.sign_jwt_svid(&workload(), &["db".into()], Some(Duration::MAX))
+            .is_ok()
+    );
 }
 
 #[test]

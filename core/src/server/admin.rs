@@ -220,7 +220,7 @@ impl Admin for AdminService {
         } else {
             Some(parse_id("agent_id", &r.agent_id)?)
         };
-        let ttl = (r.ttl > 0).then(|| Duration::from_secs(r.ttl));
+        let ttl = requested_ttl("ttl", r.ttl)?;
         let (token, expires_at) = self.server.create_join_token(ttl, agent_id).await?;
         Ok(Response::new(CreateJoinTokenResponse { token, expires_at }))
     }
@@ -385,7 +385,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let id = parse_id("spiffe_id", &r.spiffe_id)?;
         let opts = SvidOptions {
-            ttl: (r.ttl > 0).then(|| Duration::from_secs(r.ttl)),
+            ttl: requested_ttl("ttl", r.ttl)?,
             dns_names: r.dns_names,
         };
         let ca = self.server.ca();
@@ -411,7 +411,7 @@ impl Admin for AdminService {
     ) -> Result<Response<MintJwtSvidResponse>, Status> {
         let r = req.into_inner();
         let id = parse_id("spiffe_id", &r.spiffe_id)?;
-        let ttl = (r.ttl > 0).then(|| Duration::from_secs(r.ttl));
+        let ttl = requested_ttl("ttl", r.ttl)?;
         let token = self
             .server
             .ca()
@@ -434,6 +434,20 @@ impl Admin for AdminService {
             entries,
             agents,
         }))
+    }
+}
+
+/// A TTL from a request: 0 means the default; more than a year is refused
+/// (the CA caps SVIDs at its own lifetime anyway; this keeps time
+/// arithmetic far from overflow).
+fn requested_ttl(field: &str, secs: u64) -> Result<Option<Duration>, Status> {
+    match secs {
+        0 => Ok(None),
+        s if s > signet_identity::entry::MAX_TTL_SECS => Err(invalid(format!(
+            "{field} of {s} s is over the limit of {} s",
+            signet_identity::entry::MAX_TTL_SECS
+        ))),
+        s => Ok(Some(Duration::from_secs(s))),
     }
 }
 
