@@ -125,6 +125,31 @@ async fn protocol_rules_header_and_permission() {
         client.fetch_jwtsvid(req).await.unwrap_err().code(),
         tonic::Code::InvalidArgument
     );
+    // Audiences are bounded in count and size (each would be signed and
+    // cached by the agent).
+    use signet_core::agent::workload_api::{MAX_AUDIENCE_LEN, MAX_AUDIENCES};
+    for audience in [
+        (0..=MAX_AUDIENCES).map(|i| format!("aud-{i}")).collect(),
+        vec!["x".repeat(MAX_AUDIENCE_LEN + 1)],
+        vec!["x".repeat(1 << 20)],
+    ] {
+        let err = client
+            .fetch_jwtsvid(signet_core::workload_client::with_header(JwtsvidRequest {
+                audience,
+                spiffe_id: String::new(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("at most"), "{err:?}");
+    }
+    let ok = client
+        .fetch_jwtsvid(signet_core::workload_client::with_header(JwtsvidRequest {
+            audience: (0..MAX_AUDIENCES).map(|i| format!("aud-{i}")).collect(),
+            spiffe_id: String::new(),
+        }))
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

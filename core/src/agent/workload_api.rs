@@ -31,6 +31,35 @@ use crate::unix_socket::UnixPeer;
 /// The metadata key every Workload API request must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
+/// Most audiences one JWT-SVID request may name.
+pub const MAX_AUDIENCES: usize = 16;
+/// Longest audience accepted, in bytes.
+pub const MAX_AUDIENCE_LEN: usize = 512;
+/// Most JWT-SVIDs the agent keeps for reuse; past it, expired ones are
+/// dropped and then the oldest.
+const JWT_CACHE_MAX: usize = 1024;
+
+/// Checks the audiences of a JWT-SVID request (security invariant 8: what a
+/// local caller sends is bounded).
+fn check_audience(audience: &[String]) -> Result<(), Status> {
+    if audience.is_empty() || audience.iter().any(String::is_empty) {
+        return Err(Status::invalid_argument("audience must be specified"));
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "{} audiences requested; at most {MAX_AUDIENCES}",
+            audience.len()
+        )));
+    }
+    if let Some(long) = audience.iter().find(|a| a.len() > MAX_AUDIENCE_LEN) {
+        return Err(Status::invalid_argument(format!(
+            "an audience of {} bytes; at most {MAX_AUDIENCE_LEN}",
+            long.len()
+        )));
+    }
+    Ok(())
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A JWT-SVID kept until close to its expiry.
@@ -358,9 +387,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<JwtsvidResponse>, Status> {
         let selectors = self.caller(&req)?.selectors;
         let r = req.into_inner();
-        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
+        check_audience(&r.audience)?;
         let snapshot = self.agent.snapshot().borrow().clone();
         let mut entries = matching(&snapshot, &selectors);
         if !r.spiffe_id.is_empty() {
@@ -388,6 +415,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     })?;
                     let mut cache = self.jwt_cache.lock().await;
                     cache.retain(|_, c| c.expires_at > now);
+                    while cache.len() >= JWT_CACHE_MAX {
+                        let Some(oldest) = cache
+                            .iter()
+                            .min_by_key(|(_, c)| c.issued_at)
+                            .map(|(k, _)| k.clone())
+                        else {
+                            break;
+                        };
+                        cache.remove(&oldest);
+                    }
                     cache.insert(
                         key,
                         CachedJwt {
@@ -431,8 +468,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         self.caller(&req)?;
         let r = req.into_inner();
-        if r.audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
+        if r.audience.is_empty() || r.audience.len() > MAX_AUDIENCE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "one audience of 1 to {MAX_AUDIENCE_LEN} bytes must be specified"
+            )));
         }
         if r.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
