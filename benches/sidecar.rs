@@ -18,7 +18,8 @@
 //! (open connections for the RSS measure, default 10000, capped by the
 //! open-file hard limit: each held connection costs a proxy two
 //! descriptors), SIGNET_BENCH_BULK_MIB (default 1024), SIGNET_BENCH_ONLY
-//! (`idle`: idle memory only; `bulk`: idle memory and bulk only),
+//! (`idle`: idle memory only; `bulk`: idle memory and bulk only; `conns`:
+//! idle memory and the open-connections measure only),
 //! SIGNET_BENCH_HOLD (seconds to keep the processes up after `idle`, to
 //! look at them), SIGNET_BENCH_FLEET (how many inbound proxies of each kind
 //! run at once for the shared-memory measure, default 10).
@@ -902,7 +903,8 @@ fn main() {
     // noisy than throughput on a shared machine.
     let mut rounds = vec![Vec::new(); paths.len()];
     let mut cpu = vec![0.0; paths.len()];
-    for _ in 0..5 {
+    let bulk_rounds = if only == "conns" { 0 } else { 5 };
+    for _ in 0..bulk_rounds {
         for (i, p) in paths.iter().enumerate() {
             let before: f64 = p.pids.iter().map(|pid| cpu_secs(*pid)).sum();
             rounds[i].push(rt.block_on(bulk(p.echo, mib)));
@@ -924,7 +926,7 @@ fn main() {
         .into_iter()
         .map(|mut r| {
             r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
+            r.get(r.len() / 2).copied().unwrap_or(0.0)
         })
         .collect();
     if only == "bulk" {
@@ -937,12 +939,21 @@ fn main() {
     for (i, p) in paths.iter().enumerate() {
         let gbps = bulk_median[i];
         let cpu = &cpu_per_gib[i];
-        let rps = rt.block_on(rps(p.http, 16, secs));
-        let lat = rt.block_on(latency(p.http, 5000));
+        let conns_only = only == "conns";
+        let rps = if conns_only {
+            0.0
+        } else {
+            rt.block_on(rps(p.http, 16, secs))
+        };
+        let lat = if conns_only {
+            (0.0, 0.0)
+        } else {
+            rt.block_on(latency(p.http, 5000))
+        };
         if p.name == "direct" {
             direct_lat = lat;
         }
-        let (cps, failed) = if p.name == "direct" {
+        let (cps, failed) = if p.name == "direct" || conns_only {
             (0.0, 0)
         } else {
             rt.block_on(new_conns(p.echo, 32, secs))

@@ -290,13 +290,17 @@ impl Listener {
         peer: SocketAddr,
     ) {
         let local = stream.local_addr().ok();
-        let handshake = tokio::time::timeout(self.limits.handshake_timeout, async {
+        // Futures only some connections or only the handshake need are
+        // boxed: a connection's task keeps the size of its largest await
+        // point for its whole life (see BENCHMARKS.md, memory per
+        // connection).
+        let mut tls = match Box::pin(tokio::time::timeout(self.limits.handshake_timeout, async {
             let tls = acceptor.accept(ReadAhead::new(stream)).await?;
             crate::tls::recheck_resumed_client(verifier, tls.get_ref().1)?;
             Ok::<_, std::io::Error>(tls)
-        })
-        .await;
-        let mut tls = match handshake {
+        }))
+        .await
+        {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let class = crate::tls::failure_class(&e);
@@ -356,7 +360,7 @@ impl Listener {
                 input,
                 policy: self.policy.clone(),
             };
-            forwarder.serve(tls, ctx, self.shutdown.clone()).await;
+            Box::pin(forwarder.serve(tls, ctx, self.shutdown.clone())).await;
             return;
         }
         if let Some(policy) = &self.policy {
@@ -374,6 +378,9 @@ impl Listener {
             }
             self.count("signet_proxy_decisions_total", "allow");
         }
+        // The leaf's DER was only needed to authorize: give it back before
+        // the connection settles into its (long) relay.
+        drop(peer_leaf);
         let app =
             match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(to)).await {
                 Ok(Ok(s)) => s,
@@ -416,10 +423,10 @@ impl Listener {
         server_id: &str,
         app: TcpStream,
     ) {
-        let remote = match tokio::time::timeout(
+        let remote = match Box::pin(tokio::time::timeout(
             self.limits.connect_timeout,
             TcpStream::connect((host, port)),
-        )
+        ))
         .await
         {
             Ok(Ok(s)) => s,
@@ -435,15 +442,15 @@ impl Listener {
             }
         };
         let _ = remote.set_nodelay(true);
-        let handshake = tokio::time::timeout(self.limits.handshake_timeout, async {
+        let mut tls = match Box::pin(tokio::time::timeout(self.limits.handshake_timeout, async {
             let tls = connector
                 .connect(name.clone(), ReadAhead::new(remote))
                 .await?;
             crate::tls::recheck_resumed_server(verifier, tls.get_ref().1, name)?;
             Ok::<_, std::io::Error>(tls)
-        })
-        .await;
-        let mut tls = match handshake {
+        }))
+        .await
+        {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let class = crate::tls::failure_class(&e);
