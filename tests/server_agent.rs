@@ -116,6 +116,29 @@ async fn entry_ids(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn unauthenticated_attest_messages_are_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    // Evidence past the Attest limit, from a client with no SVID: refused
+    // before the server reads it (it used to accept 64 MiB messages).
+    let huge = "x".repeat(signet_core::server::node::ATTEST_BODY_LIMIT + 1024);
+    let mut c = NodeClient::connect(server.addr, server.bundle(), None)
+        .await
+        .unwrap();
+    match c.attest(AttestWith::JoinToken(&huge)).await {
+        Err(ClientError::Status(s)) => {
+            assert_ne!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+            assert!(!s.message().contains("token"), "read as a token: {s:?}");
+        }
+        other => panic!("expected a refused stream, got {other:?}"),
+    }
+    // A token of normal size still attests on a new connection.
+    let token = server.token();
+    let (_a, id) = agent(&server, AttestWith::JoinToken(&token)).await;
+    assert!(id.starts_with("spiffe://example.org/signet/agent/join_token/"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn join_token_agents_get_exactly_their_entries() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);

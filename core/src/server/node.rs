@@ -40,6 +40,14 @@ pub const AGENT_ID_PREFIX: &str = "/signet/agent/";
 const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most bytes an unauthenticated `Attest` stream may send (its join
+/// token or x509pop evidence and challenge answers); the large batch limit
+/// applies only to agents that present an agent SVID.
+pub const ATTEST_BODY_LIMIT: usize = 64 * 1024;
+/// TLS handshakes in progress at once; connections past it are closed.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+/// The gRPC path of `Attest`.
+const ATTEST_PATH: &str = "/signet.node.Node/Attest";
 /// A subscription re-evaluates at least this often (entry expiry).
 const SUBSCRIPTION_REFRESH: Duration = Duration::from_secs(30);
 
@@ -519,6 +527,7 @@ pub async fn serve_node(
     let (conn_tx, conn_rx) =
         mpsc::channel::<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>(64);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     let accept = {
         let server = server.clone();
         tokio::spawn(async move {
@@ -547,9 +556,14 @@ pub async fn serve_node(
                     }
                     conn = listener.accept() => match conn {
                         Ok((tcp, peer)) => {
+                            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                                log_handshake_failure(peer, "too many handshakes in progress; connection closed");
+                                continue;
+                            };
                             let acceptor = acceptor.clone();
                             let conn_tx = conn_tx.clone();
                             tokio::spawn(async move {
+                                let _permit = permit;
                                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                                     Ok(Ok(tls)) => { let _ = conn_tx.send(Ok(tls)).await; }
                                     Ok(Err(e)) => log_handshake_failure(peer, &e.to_string()),
@@ -567,12 +581,27 @@ pub async fn serve_node(
         .max_decoding_message_size(crate::agent::node_client::MAX_MESSAGE)
         .max_encoding_message_size(crate::agent::node_client::MAX_MESSAGE);
     let result = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(limit_attest_body))
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop)
         .await;
     let _ = stop_tx.send(true);
     let _ = accept.await;
     result.map_err(|e| ServerError::InvalidArgument(format!("agent API: {e}")))
+}
+
+/// Bounds the body of an `Attest` call (anyone may make one, before any
+/// authentication) to [`ATTEST_BODY_LIMIT`] bytes; the stream fails past it.
+fn limit_attest_body(
+    req: tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body> {
+    if req.uri().path() == ATTEST_PATH {
+        req.map(|body| {
+            tonic::body::Body::new(http_body_util::Limited::new(body, ATTEST_BODY_LIMIT))
+        })
+    } else {
+        req
+    }
 }
 
 fn log_handshake_failure(peer: SocketAddr, why: &str) {
