@@ -167,6 +167,90 @@ fn an_open_stream_is_closed_once_its_caller_execs() {
     assert!(!seen.contains(ENTITLED), "{seen}");
 }
 
+/// The executable's hash is cached by (device, inode, size, mtime, ctime):
+/// rewriting a binary in place with other contents of the same size, then
+/// setting its mtime back, must not keep the hash of what it was. The
+/// entitled binary is a copy of curl, which asks the Workload API itself
+/// (HTTP/2 over the socket, a gRPC FetchJWTSVID by hand).
+#[test]
+fn a_rewritten_binary_with_its_mtime_set_back_is_hashed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let c = Combined::start(dir, &[]);
+    let curl = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v curl"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let original = std::fs::read(curl.trim()).unwrap();
+    let copy = dir.join("entitled-curl");
+    std::fs::write(&copy, &original).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sum = Command::new("sha256sum").arg(&copy).output().unwrap();
+    let hash = String::from_utf8(sum.stdout).unwrap()[..64].to_string();
+    let out = c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        ENTITLED,
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+        "--selector",
+        &format!("unix:sha256:{hash}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A gRPC-framed JWTSVIDRequest { audience: ["db"] }.
+    let request = dir.join("request.bin");
+    std::fs::write(&request, [0, 0, 0, 0, 4, 0x0a, 0x02, b'd', b'b']).unwrap();
+    let fetch = || {
+        let out = Command::new(&copy)
+            .args([
+                "--http2-prior-knowledge",
+                "-s",
+                "-m",
+                "5",
+                "--unix-socket",
+                &c.agent,
+            ])
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .args(["-H", "workload.spiffe.io: true", "--data-binary"])
+            .arg(format!("@{}", request.display()))
+            .arg("http://localhost/SpiffeWorkloadAPI/FetchJWTSVID")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(ENTITLED)
+    };
+    eventually("the untouched copy to be served its identity", || {
+        fetch().then_some(())
+    });
+
+    // Other contents, same size, same inode, mtime set back.
+    let mtime = std::fs::metadata(&copy).unwrap().modified().unwrap();
+    let mut changed = original.clone();
+    let needle = b"Usage: curl";
+    let at = changed
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("a string to change in the binary");
+    changed[at] = b'u';
+    std::fs::write(&copy, &changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&copy).unwrap().modified().unwrap(), mtime);
+    assert!(!fetch(), "the rewritten binary kept the entitled hash");
+}
+
 /// Starts `bin` under the pid `want` (the kernel hands out the pid after
 /// `ns_last_pid` next, when it is free; other processes forking meanwhile
 /// can take it first, so this retries).

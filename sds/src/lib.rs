@@ -34,7 +34,7 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
 use envoy_types::pb::google::protobuf::Any;
-use signet_core::agent::workload_api::{Caller, attest_peer, matching};
+use signet_core::agent::workload_api::{Caller, attest_peer, matching, unix_peer};
 use signet_core::agent::{AgentHandle, Snapshot, StreamDemand};
 use signet_core::attest::workload::UnixAttestor;
 use signet_identity::{Bundle, Selector, X509Svid};
@@ -215,13 +215,13 @@ impl SdsService {
 
     /// The caller, attested once per stream and pinned to the process that
     /// connected (checked again before every response a stream sends).
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         if !self.agent.snapshot().borrow().healthy {
             return Err(Status::unavailable(
                 "the agent cannot vouch for identities right now",
             ));
         }
-        attest_peer(req, &self.attestor)
+        attest_peer(unix_peer(req)?, &self.attestor).await
     }
 }
 
@@ -278,7 +278,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -365,7 +365,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         req: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let snapshot = self.agent.snapshot().borrow().clone();
         let secrets = self.resolve(&snapshot, &caller.selectors, &r.resource_names);
@@ -382,7 +382,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();

@@ -108,7 +108,7 @@ impl WorkloadApi {
     }
 
     /// Checks the security header and attests the caller.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let header = req
             .metadata()
             .get(SECURITY_HEADER)
@@ -119,7 +119,7 @@ impl WorkloadApi {
             ));
         }
         vouching(&self.agent.snapshot().borrow())?;
-        attest_peer(req, &self.attestor)
+        attest_peer(unix_peer(req)?, &self.attestor).await
     }
 }
 
@@ -144,18 +144,29 @@ impl Caller {
     }
 }
 
-/// Attests the caller of a Unix-socket request. Shared with Envoy SDS,
-/// which sends no security header.
-pub fn attest_peer<T>(req: &Request<T>, attestor: &Arc<UnixAttestor>) -> Result<Caller, Status> {
-    let peer = req
-        .extensions()
+/// The peer of a Unix-socket request, as pinned when its connection was
+/// accepted.
+pub fn unix_peer<T>(req: &Request<T>) -> Result<UnixPeer, Status> {
+    req.extensions()
         .get::<UnixPeer>()
-        .ok_or_else(|| Status::internal("the caller's credentials are unavailable"))?;
-    let pin = peer.pin.clone().map_err(|e| {
+        .cloned()
+        .ok_or_else(|| Status::internal("the caller's credentials are unavailable"))
+}
+
+/// Attests the caller of a Unix-socket request. Shared with Envoy SDS,
+/// which sends no security header. The /proc reads and executable hashing
+/// run on the blocking pool, a few callers at a time (see
+/// [`UnixAttestor::attest_blocking`]), never on the runtime's threads.
+pub async fn attest_peer(peer: UnixPeer, attestor: &Arc<UnixAttestor>) -> Result<Caller, Status> {
+    let pin = peer.pin.map_err(|e| {
         tracing::warn!(error = %e, "workload attestation failed: the caller could not be pinned when it connected");
         Status::permission_denied(format!("workload attestation failed: {e}"))
     })?;
-    let selectors = attestor.attest(&pin).map_err(|e| refused(&pin, e))?;
+    let selectors = attestor
+        .clone()
+        .attest_blocking(pin.clone())
+        .await
+        .map_err(|e| refused(&pin, e))?;
     Ok(Caller {
         selectors,
         pin,
@@ -337,7 +348,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         let first = self.agent.snapshot().borrow().clone();
         if matching(&first, &caller.selectors).is_empty() {
             return Err(no_identity());
@@ -364,7 +375,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         if matching(&self.agent.snapshot().borrow(), &caller.selectors).is_empty() {
             return Err(no_identity());
         }
@@ -385,7 +396,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let selectors = self.caller(&req)?.selectors;
+        let selectors = self.caller(&req).await?.selectors;
         let r = req.into_inner();
         check_audience(&r.audience)?;
         let snapshot = self.agent.snapshot().borrow().clone();
@@ -449,7 +460,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req).await?;
         if matching(&self.agent.snapshot().borrow(), &caller.selectors).is_empty() {
             return Err(no_identity());
         }
@@ -466,7 +477,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        self.caller(&req)?;
+        self.caller(&req).await?;
         let r = req.into_inner();
         if r.audience.is_empty() || r.audience.len() > MAX_AUDIENCE_LEN {
             return Err(Status::invalid_argument(format!(

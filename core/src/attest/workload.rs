@@ -28,7 +28,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use signet_identity::Selector;
 
@@ -161,13 +161,22 @@ fn exe_id(proc_root: &Path, pid: i32) -> Option<ExeId> {
     })
 }
 
+/// How many attestations (and so executable hashes) run at once.
+pub const MAX_CONCURRENT_ATTESTATIONS: usize = 4;
+
+/// An executable's identity for the hash cache: device, inode, size,
+/// mtime and ctime in ns. A user can set a file's mtime back but not its
+/// ctime, which any change to the file moves.
+type HashKey = (u64, u64, u64, i64, i64);
+
 /// Attests callers by their kernel facts.
 #[derive(Debug)]
 pub struct UnixAttestor {
     proc_root: PathBuf,
     max_hash_size: u64,
-    /// (dev, inode, mtime ns, size) -> sha256 hex
-    hashes: Mutex<HashMap<(u64, u64, i64, u64), String>>,
+    hashes: Mutex<HashMap<HashKey, String>>,
+    /// Bounds attestations in flight (each may hash up to `max_hash_size`).
+    slots: tokio::sync::Semaphore,
 }
 
 impl Default for UnixAttestor {
@@ -182,6 +191,7 @@ impl UnixAttestor {
             proc_root,
             max_hash_size,
             hashes: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS),
         }
     }
 
@@ -199,6 +209,30 @@ impl UnixAttestor {
             return Err(WorkloadAttestError::ExeChanged { pid });
         }
         Ok(())
+    }
+
+    /// [`UnixAttestor::attest`] on the blocking pool, at most
+    /// [`MAX_CONCURRENT_ATTESTATIONS`] at a time: reading /proc and hashing an
+    /// executable of up to `max_hash_size` bytes must not hold a runtime
+    /// thread, and many callers at once must not start many hashes.
+    pub async fn attest_blocking(
+        self: Arc<Self>,
+        pin: Arc<PinnedPeer>,
+    ) -> Result<Vec<Selector>, WorkloadAttestError> {
+        let pid = pin.cred.pid;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| WorkloadAttestError::Gone { pid })?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.attest(&pin))
+            .await
+            .unwrap_or(Err(WorkloadAttestError::Proc {
+                pid,
+                what: "exe",
+                reason: "attestation task failed".into(),
+            }))
     }
 
     /// Selectors of the pinned caller, from the kernel's facts about it now;
@@ -264,11 +298,12 @@ impl UnixAttestor {
         if meta.len() > self.max_hash_size {
             return None;
         }
-        let key = (
+        let key: HashKey = (
             meta.dev(),
             meta.ino(),
-            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             meta.len(),
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         );
         if let Some(h) = self
             .hashes
