@@ -388,3 +388,82 @@ fn a_corrupt_datastore_stops_the_server_and_is_kept() {
         b"this is not a database, and it must survive"
     );
 }
+
+/// Renewals in flight race a ban or an eviction: the ban or eviction
+/// always stands (SECURITY.md invariant 7). Each round attests an agent,
+/// then fires eight renewals over eight connections presenting the same
+/// SVID at the moment the admin API bans or evicts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn renewals_in_flight_never_undo_a_ban_or_an_eviction() {
+    use signet_core::api::admin::{AgentRequest, CreateJoinTokenRequest, ListAgentsRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let mut admin = signet_core::server::admin::connect_admin(server.admin.clone().into())
+        .await
+        .unwrap();
+    let bundle = server.bundle();
+    let mut renewals = 0;
+    for round in 0..150 {
+        let token = admin
+            .create_join_token(CreateJoinTokenRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let mut first = NodeClient::connect(server.addr, bundle.clone(), None)
+            .await
+            .unwrap();
+        let a = first.attest(AttestWith::JoinToken(&token)).await.unwrap();
+        let id = a.svid.spiffe_id().to_string();
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(
+                NodeClient::connect(server.addr, a.bundle.clone(), Some(&a.svid))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len() + 1));
+        let mut tasks = Vec::new();
+        for mut c in clients {
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                c.renew().await.is_ok()
+            }));
+        }
+        let ban = round % 2 == 0;
+        barrier.wait().await;
+        let request = AgentRequest {
+            spiffe_id: id.clone(),
+        };
+        if ban {
+            admin.ban_agent(request).await.unwrap();
+        } else {
+            admin.evict_agent(request).await.unwrap();
+        }
+        for t in tasks {
+            renewals += usize::from(t.await.unwrap());
+        }
+        let agents = admin
+            .list_agents(ListAgentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        let after = agents.iter().find(|n| n.spiffe_id == id);
+        if ban {
+            assert!(
+                after.is_some_and(|n| n.banned),
+                "round {round}: the ban was undone: {after:?}"
+            );
+        } else {
+            assert!(
+                after.is_none(),
+                "round {round}: the eviction was undone: {after:?}"
+            );
+        }
+    }
+    // The race was real: renewals got through before the ban or eviction.
+    assert!(renewals > 0, "no renewal succeeded in any round");
+}

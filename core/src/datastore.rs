@@ -174,6 +174,15 @@ pub trait Datastore: Send + Sync + fmt::Debug {
 
     /// Inserts or replaces an attested node by SPIFFE ID.
     async fn put_node(&self, node: &AttestedNode) -> Result<()>;
+    /// Stores `updated` only if the stored node is still exactly `current`
+    /// (`None`: no node stored), in one atomic step; false when another
+    /// writer changed or deleted it first (security invariant 7: a ban is
+    /// never undone by a renewal in flight). Callers re-read and decide.
+    async fn swap_node(
+        &self,
+        current: Option<&AttestedNode>,
+        updated: &AttestedNode,
+    ) -> Result<bool>;
     async fn get_node(&self, spiffe_id: &SpiffeId) -> Result<Option<AttestedNode>>;
     async fn list_nodes(&self) -> Result<Vec<AttestedNode>>;
     /// Deletes a node (eviction). Returns whether it existed.

@@ -388,14 +388,17 @@ impl Server {
             banned: false,
             can_reattest: false,
         };
-        if let Some(existing) = self.store.get_node(agent_id).await?
-            && existing.banned
-        {
+        let existing = self.store.get_node(agent_id).await?;
+        if existing.as_ref().is_some_and(|n| n.banned) {
             return Err(ServerError::PermissionDenied(format!(
                 "agent {agent_id} is banned"
             )));
         }
-        self.store.put_node(&node).await?;
+        if !self.store.swap_node(existing.as_ref(), &node).await? {
+            return Err(ServerError::PermissionDenied(format!(
+                "agent {agent_id} changed (banned?) while attesting"
+            )));
+        }
         self.wrote();
         Ok((svid, self.own_bundle().await?))
     }

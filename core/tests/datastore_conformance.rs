@@ -278,6 +278,52 @@ async fn nodes_tokens_bundles_journals(store: Arc<dyn Datastore>) {
     assert!(!store.delete_node(&node.spiffe_id).await.unwrap());
     assert!(store.get_node(&node.spiffe_id).await.unwrap().is_none());
 
+    // swap_node writes only over the record as read.
+    assert!(
+        store.swap_node(None, &node).await.unwrap(),
+        "insert when absent"
+    );
+    assert!(!store.swap_node(None, &node).await.unwrap(), "present now");
+    let renewed = AttestedNode {
+        svid_serial: "02".into(),
+        ..node.clone()
+    };
+    assert!(store.swap_node(Some(&node), &banned).await.unwrap());
+    assert!(
+        !store.swap_node(Some(&node), &renewed).await.unwrap(),
+        "a renewal over the pre-ban record changes nothing"
+    );
+    assert_eq!(
+        store.get_node(&node.spiffe_id).await.unwrap().unwrap(),
+        banned
+    );
+    // Many writers over the same record: exactly one wins.
+    let mut racers = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        let (from, to) = (
+            banned.clone(),
+            AttestedNode {
+                svid_serial: format!("r{i}"),
+                ..banned.clone()
+            },
+        );
+        racers.push(tokio::spawn(async move {
+            store.swap_node(Some(&from), &to).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for r in racers {
+        won += usize::from(r.await.unwrap());
+    }
+    assert_eq!(won, 1, "exactly one concurrent swap wins");
+    assert!(store.delete_node(&node.spiffe_id).await.unwrap());
+    assert!(
+        !store.swap_node(Some(&banned), &renewed).await.unwrap(),
+        "gone: nothing re-created"
+    );
+    assert!(store.get_node(&node.spiffe_id).await.unwrap().is_none());
+
     // Join tokens are single use even when raced.
     let token = JoinToken {
         hash: "h1".into(),

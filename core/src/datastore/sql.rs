@@ -792,6 +792,69 @@ impl Datastore for SqlDatastore {
         Ok(())
     }
 
+    async fn swap_node(
+        &self,
+        current: Option<&AttestedNode>,
+        updated: &AttestedNode,
+    ) -> Result<bool> {
+        let data = serde_json::to_string(updated).map_err(|e| corrupt("node", e))?;
+        let id = updated.spiffe_id.to_string();
+        let _w = self.writer().await;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_err("storing a node"))?;
+        let stored: Option<String> = sqlx::query("SELECT data FROM nodes WHERE spiffe_id = $1")
+            .bind(id.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err("reading a node"))?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(query_err("reading a node"))?;
+        let parsed: Option<AttestedNode> = stored
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("node", e))?;
+        if parsed.as_ref() != current {
+            return Ok(false);
+        }
+        // The compare is repeated by the write itself, against the exact
+        // text read, so a writer on another connection (or server) that
+        // got in between makes it change nothing.
+        let written = match &stored {
+            None => sqlx::query(
+                "INSERT INTO nodes (spiffe_id, data) VALUES ($1, $2) ON CONFLICT (spiffe_id) DO NOTHING",
+            )
+            .bind(id.clone())
+            .bind(data)
+            .execute(&mut *tx)
+            .await,
+            Some(raw) => sqlx::query("UPDATE nodes SET data = $1 WHERE spiffe_id = $2 AND data = $3")
+                .bind(data)
+                .bind(id.clone())
+                .bind(raw.clone())
+                .execute(&mut *tx)
+                .await,
+        }
+        .map_err(query_err("storing a node"))?
+        .rows_affected();
+        if written != 1 {
+            return Ok(false);
+        }
+        self.record_change(
+            &mut tx,
+            &ChangeKind::NodeUpdated {
+                spiffe_id: updated.spiffe_id.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(query_err("storing a node"))?;
+        Ok(true)
+    }
+
     async fn get_node(&self, spiffe_id: &SpiffeId) -> Result<Option<AttestedNode>> {
         let row = sqlx::query("SELECT data FROM nodes WHERE spiffe_id = $1")
             .bind(spiffe_id.to_string())

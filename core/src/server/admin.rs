@@ -16,7 +16,7 @@ use crate::api::admin::admin_server::{Admin, AdminServer};
 use crate::api::admin::*;
 use crate::api::{bundle_from_wire, types};
 use crate::ca::SvidOptions;
-use crate::datastore::{DatastoreError, EntryFilter, SelectorMatch};
+use crate::datastore::{AttestedNode, DatastoreError, EntryFilter, SelectorMatch};
 
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Self {
@@ -265,13 +265,26 @@ impl Admin for AdminService {
     ) -> Result<Response<AgentResponse>, Status> {
         let id = parse_id("spiffe_id", &req.into_inner().spiffe_id)?;
         let store = self.server.store();
-        let mut node = store
-            .get_node(&id)
-            .await
-            .map_err(ServerError::from)?
-            .ok_or_else(|| Status::not_found(format!("no agent {id}")))?;
-        node.banned = true;
-        store.put_node(&node).await.map_err(ServerError::from)?;
+        // Read, set, and write only over what was read; a renewal that got
+        // in between is read again, so the ban always lands.
+        let node = loop {
+            let current = store
+                .get_node(&id)
+                .await
+                .map_err(ServerError::from)?
+                .ok_or_else(|| Status::not_found(format!("no agent {id}")))?;
+            let banned = AttestedNode {
+                banned: true,
+                ..current.clone()
+            };
+            if store
+                .swap_node(Some(&current), &banned)
+                .await
+                .map_err(ServerError::from)?
+            {
+                break banned;
+            }
+        };
         self.server.wrote();
         tracing::warn!(agent_id = %id, "agent banned");
         Ok(Response::new(AgentResponse {

@@ -253,9 +253,8 @@ impl NodeService {
                 Status::from(e)
             })?;
         let store = self.server.store();
-        if let Some(existing) = store.get_node(&agent_id).await.map_err(ServerError::from)?
-            && existing.banned
-        {
+        let existing = store.get_node(&agent_id).await.map_err(ServerError::from)?;
+        if existing.as_ref().is_some_and(|n| n.banned) {
             return Err(denied(&agent_id, "is banned"));
         }
         let (svid, expires_at, serial) = self.sign_agent_svid(&agent_id, &params.csr).await?;
@@ -268,7 +267,14 @@ impl NodeService {
             banned: false,
             can_reattest,
         };
-        store.put_node(&node).await.map_err(ServerError::from)?;
+        // Over the record as checked: a ban in between is kept.
+        if !store
+            .swap_node(existing.as_ref(), &node)
+            .await
+            .map_err(ServerError::from)?
+        {
+            return Err(denied(&agent_id, "changed (banned?) while attesting"));
+        }
         self.server.wrote();
         tracing::info!(agent_id = %agent_id, attestor = attestor.name(), "agent attested");
         Ok(AttestResult {
@@ -316,17 +322,29 @@ impl Node for NodeService {
         &self,
         req: Request<RenewAgentSvidRequest>,
     ) -> Result<Response<RenewAgentSvidResponse>, Status> {
-        let mut node = self.peer(&req).await?;
+        let node = self.peer(&req).await?;
         let (svid, expires_at, serial) = self
             .sign_agent_svid(&node.spiffe_id, &req.get_ref().csr)
             .await?;
-        node.svid_serial = serial;
-        node.svid_expires_at = expires_at;
-        self.server
+        let renewed = AttestedNode {
+            svid_serial: serial,
+            svid_expires_at: expires_at,
+            ..node.clone()
+        };
+        // Only over the record as it was checked: a ban, eviction or other
+        // renewal in between wins, and the SVID just signed is dropped.
+        let swapped = self
+            .server
             .store()
-            .put_node(&node)
+            .swap_node(Some(&node), &renewed)
             .await
             .map_err(ServerError::from)?;
+        if !swapped {
+            return Err(denied(
+                &node.spiffe_id,
+                "was banned, evicted or renewed while renewing",
+            ));
+        }
         tracing::info!(agent_id = %node.spiffe_id, "agent SVID renewed");
         Ok(Response::new(RenewAgentSvidResponse { svid: Some(svid) }))
     }
