@@ -424,10 +424,10 @@ fn an_unwritable_file_is_named() {
 fn the_signal_goes_to_the_pid_in_the_pid_file() {
     let tmp = tempfile::tempdir().unwrap();
     let pid_file = tmp.path().join("app.pid");
-    let e = send_signal(Signal::SIGHUP, &pid_file).unwrap_err();
+    let e = send_signal(Signal::SIGHUP, &pid_file, None).unwrap_err();
     assert!(e.contains("cannot read it"), "{e}");
     std::fs::write(&pid_file, "not a pid\n").unwrap();
-    let e = send_signal(Signal::SIGHUP, &pid_file).unwrap_err();
+    let e = send_signal(Signal::SIGHUP, &pid_file, None).unwrap_err();
     assert!(e.contains("not a pid"), "{e}");
 
     let mut child = std::process::Command::new("sleep")
@@ -436,7 +436,7 @@ fn the_signal_goes_to_the_pid_in_the_pid_file() {
         .unwrap();
     // postmaster.pid style: the pid first, other lines after.
     std::fs::write(&pid_file, format!("{}\n/var/lib/data\n", child.id())).unwrap();
-    let done = send_signal(Signal::SIGTERM, &pid_file).unwrap();
+    let done = send_signal(Signal::SIGTERM, &pid_file, None).unwrap();
     assert!(done.contains(&child.id().to_string()), "{done}");
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
