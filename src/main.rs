@@ -120,6 +120,15 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    if matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Server(_)
+            | Command::Agent(AgentArgs { cmd: None, .. })
+            | Command::Proxy(_)
+    ) {
+        raise_open_file_limit();
+    }
     // The proxy serves connections on its own per-core workers; its main
     // runtime only follows the Workload API, the policy files and the admin
     // endpoint, which one thread does (two fewer threads and their memory).
@@ -182,6 +191,22 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Servers raise their soft open-file limit to the hard one: every
+/// connection is a descriptor, and the soft default (often 1,024) is far
+/// below what the hard limit allows.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
 }
 

@@ -13,8 +13,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -51,16 +49,122 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListen
     Ok(listener)
 }
 
+/// Connections one uid (other than root) may hold open on a socket.
+pub const MAX_CONNECTIONS_PER_UID: usize = 128;
+/// Connections all uids together may hold open on one socket; the rest of
+/// the process's descriptors stay for its other sockets (the admin API, the
+/// server, files).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long an accept error (out of descriptors, say) pauses accepting.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The connections accepted on `listener`, for a tonic server's
 /// `serve_with_incoming`: each peer is pinned as it is accepted (see
 /// [`UnixPeer`]), and each connection reads through [`AuthorityRewrite`], so
 /// gRPC clients of every language are served whatever `:authority` they
-/// send.
+/// send, and must send their first request within its deadline.
+///
+/// Bounded (security invariant 8): a connection past
+/// [`MAX_CONNECTIONS_PER_UID`] for its uid (root excepted) or past
+/// [`MAX_CONNECTIONS`] in all is closed at once; an accept error pauses
+/// accepting for a moment instead of spinning.
 pub fn incoming(
     listener: UnixListener,
 ) -> impl tokio_stream::Stream<Item = io::Result<AuthorityRewrite<Accepted>>> {
-    UnixListenerStream::new(listener)
-        .map(|conn| conn.map(|s| AuthorityRewrite::new(Accepted::new(s))))
+    let budget = Arc::new(Budget::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut said_error = false;
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        said_error = false;
+                        stream
+                    }
+                    Err(e) => {
+                        if !said_error {
+                            tracing::warn!(error = %e, "accepting on a Unix socket failed; pausing");
+                            said_error = true;
+                        }
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+            let Some(slot) = budget.take(uid) else {
+                tracing::warn!(
+                    uid,
+                    "connection refused: too many open connections for this uid"
+                );
+                continue;
+            };
+            if tx
+                .send(Ok(AuthorityRewrite::new(Accepted::new(stream, slot))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Open connections per uid on one socket.
+#[derive(Debug, Default)]
+struct Budget {
+    open: std::sync::Mutex<(usize, std::collections::HashMap<u32, usize>)>,
+}
+
+impl Budget {
+    fn take(self: &Arc<Self>, uid: u32) -> Option<Slot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, by_uid) = &mut *open;
+        let mine = by_uid.entry(uid).or_insert(0);
+        if *total >= MAX_CONNECTIONS || (uid != 0 && *mine >= MAX_CONNECTIONS_PER_UID) {
+            if *mine == 0 {
+                by_uid.remove(&uid);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Slot {
+            budget: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// A connection's place in its socket's budget, given back when it closes.
+#[derive(Debug)]
+pub struct Slot {
+    budget: Arc<Budget>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .budget
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, by_uid) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_uid.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// What a server knows of the peer of an accepted Unix-socket connection:
@@ -77,10 +181,11 @@ pub struct UnixPeer {
 pub struct Accepted {
     stream: UnixStream,
     peer: UnixPeer,
+    _slot: Slot,
 }
 
 impl Accepted {
-    fn new(stream: UnixStream) -> Self {
+    fn new(stream: UnixStream, slot: Slot) -> Self {
         let pin = match stream.peer_cred() {
             Ok(cred) => PinnedPeer::capture(PeerCred {
                 pid: cred.pid().unwrap_or(0),
@@ -91,9 +196,20 @@ impl Accepted {
             Err(_) => Err(WorkloadAttestError::NoPid),
         };
         let uds = stream.connect_info();
+        match &pin {
+            Ok(p) => tracing::debug!(
+                pid = p.cred().pid,
+                uid = p.cred().uid,
+                "accepted and pinned a Unix-socket peer"
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "accepted a Unix-socket peer that could not be pinned")
+            }
+        }
         Accepted {
             stream,
             peer: UnixPeer { uds, pin },
+            _slot: slot,
         }
     }
 }

@@ -3,12 +3,13 @@ relays it on a local socket. Run by tests/attestation_attacks.rs.
 
 usage: relay_attack.py AGENT_SOCKET RELAY_SOCKET exec ENTITLED_BINARY
        relay_attack.py AGENT_SOCKET RELAY_SOCKET exec-on-input ENTITLED_BINARY
-       relay_attack.py AGENT_SOCKET RELAY_SOCKET exit
+       relay_attack.py AGENT_SOCKET RELAY_SOCKET exit-on-input
 
 The process connects (so the agent's SO_PEERCRED names its pid), forks a
 child that keeps the connection and relays it on RELAY_SOCKET, prints
 "relaying PID", then either execs ENTITLED_BINARY (same pid, same start
-time, another executable) or exits (so its pid can be reused by a victim).
+time, another executable) or exits (so its pid can be reused by a victim);
+in the -on-input modes only after a line arrives on stdin.
 """
 
 import os
@@ -55,8 +56,8 @@ def main():
     os.read(ready_r, 1)
     conn.close()  # the child's copy keeps the connection open
     print(f"relaying {os.getpid()}", flush=True)
-    if mode == "exec-on-input":
-        sys.stdin.readline()  # the test has a stream open through the relay
+    if mode.endswith("-on-input"):
+        sys.stdin.readline()  # the agent has accepted, or a stream is open
     if mode.startswith("exec"):
         entitled = sys.argv[4]
         os.execv(entitled, [entitled, "60"])

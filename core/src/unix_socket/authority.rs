@@ -29,6 +29,7 @@
 //! TCP listeners never use this adapter: their authority rules are `h2`'s.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -62,6 +63,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The authority every request is given.
 pub const AUTHORITY: &[u8] = b"localhost";
 
+/// A connection that has not sent a complete first request (preface and
+/// header block) by then is closed: idle connections cannot hold the
+/// server's descriptors.
+pub const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection whose client-to-server HTTP/2 header blocks carry
 /// `:authority: localhost`, whatever the client sent.
 #[derive(Debug)]
@@ -69,14 +75,24 @@ pub struct AuthorityRewrite<S> {
     inner: S,
     rewriter: Rewriter,
     eof: bool,
+    /// Until the first header block arrives.
+    first_request: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> AuthorityRewrite<S> {
+    /// Wraps `inner`, which must send its first request within
+    /// [`FIRST_REQUEST_TIMEOUT`] (call inside a Tokio runtime).
     pub fn new(inner: S) -> Self {
+        Self::with_deadline(inner, FIRST_REQUEST_TIMEOUT)
+    }
+
+    /// Wraps `inner`, which must send its first request within `deadline`.
+    pub fn with_deadline(inner: S, deadline: std::time::Duration) -> Self {
         AuthorityRewrite {
             inner,
             rewriter: Rewriter::default(),
             eof: false,
+            first_request: Some(Box::pin(tokio::time::sleep(deadline))),
         }
     }
 
@@ -92,6 +108,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRewrite<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.rewriter.blocks > 0 {
+            this.first_request = None;
+        } else if let Some(deadline) = this.first_request.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!("closing a Unix-socket connection that sent no request in time");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 request within the first-request deadline",
+            )));
+        }
         loop {
             if this.rewriter.output.has_remaining() {
                 let n = this.rewriter.output.len().min(buf.remaining());
@@ -206,6 +233,8 @@ struct Block {
 /// can to `output`.
 struct Rewriter {
     phase: Phase,
+    /// Header blocks rewritten so far.
+    blocks: u64,
     input: BytesMut,
     output: BytesMut,
     decoder: loona_hpack::Decoder<'static>,
@@ -228,6 +257,7 @@ impl Default for Rewriter {
         decoder.set_max_allowed_table_size(MAX_TABLE_SIZE);
         Rewriter {
             phase: Phase::Preface,
+            blocks: 0,
             input: BytesMut::new(),
             output: BytesMut::new(),
             decoder,
@@ -380,6 +410,7 @@ impl Rewriter {
             return Err(FrameError::HeaderListTooLarge { stream });
         }
         self.write_block(&block, &encoded);
+        self.blocks += 1;
         Ok(())
     }
 

@@ -390,6 +390,48 @@ fn malformed_input_ends_the_connection() {
     ));
 }
 
+#[tokio::test]
+async fn a_connection_without_a_first_request_is_closed_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Duration::from_millis(200);
+    // Silent after connecting, or after the preface alone: closed.
+    for sent in [&b""[..], PREFACE] {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(sent).await.unwrap();
+        let mut conn = AuthorityRewrite::with_deadline(server, deadline);
+        let mut buf = vec![0u8; 1024];
+        let started = std::time::Instant::now();
+        let err = loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => panic!("end of stream instead of the deadline"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= deadline);
+    }
+    // A first request in time: the connection stays open past the deadline.
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    client
+        .write_all(&connection(&[request_block(b"/s", b"/x")]))
+        .await
+        .unwrap();
+    let mut conn = AuthorityRewrite::with_deadline(server, deadline);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1024];
+    while got.len() < PREFACE.len() + 9 {
+        let n = conn.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    let late = tokio::time::timeout(deadline * 3, conn.read(&mut buf)).await;
+    match late {
+        Err(_) => {}                 // still waiting for more: open
+        Ok(Ok(n)) => assert!(n > 0), // the rest of the request
+        Ok(Err(e)) => panic!("closed after its first request: {e}"),
+    }
+}
+
 proptest! {
     /// Whatever a client sends after the preface, the rewriter returns a
     /// result or an error; it never panics.
