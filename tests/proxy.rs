@@ -263,6 +263,40 @@ server_id = "{BACKEND}"
     assert_eq!(code, 403);
     let (code, _) = curl(&format!("http://127.0.0.1:{out_http}/admin"));
     assert_eq!(code, 403);
+
+    // The policy sees the request the app gets: dot segments, encoded
+    // dots and encoded slashes cannot smuggle /admin past a /api/v1/**
+    // rule (each of these reached /admin/secret.txt before).
+    for (path, want) in [
+        ("/api/v1/../../admin/secret.txt", 403),
+        ("/api/v1/%2e%2e/%2e%2e/admin/secret.txt", 403),
+        ("/api/v1/..%2f..%2fadmin/secret.txt", 400),
+        ("/api/v1/..%5c..%5cadmin/secret.txt", 400),
+    ] {
+        let (code, body) = curl_with(&[
+            "--path-as-is",
+            &format!("http://127.0.0.1:{out_http}{path}"),
+        ]);
+        assert_eq!(code, want, "{path}: {body}");
+    }
+    // Allowed after normalization: the app gets the normalized path.
+    let (code, body) = curl_with(&[
+        "--path-as-is",
+        &format!("http://127.0.0.1:{out_http}/api/v1/x/../hello//there?q=1"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("path: /api/v1/hello/there?q=1"), "{body}");
+    // An absolute-form target: policy and app both see its host.
+    let (code, body) = curl_with(&[
+        "--request-target",
+        "http://public.example.org/api/v1/hello",
+        "-H",
+        "Host: admin.internal",
+        &format!("http://127.0.0.1:{out_http}/"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("host: public.example.org"), "{body}");
+    assert!(!body.contains("admin.internal"), "{body}");
     eventually("the denial in the inbound log", || {
         inbound
             .log_text()

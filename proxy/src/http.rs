@@ -106,6 +106,14 @@ impl Forwarder {
 
     async fn request(&self, mut req: Request<Incoming>, ctx: &ConnContext) -> Response<Body> {
         let listener = self.listener.to_string();
+        // The policy decides on exactly the request the app receives: one
+        // normalized path, one host (security invariant 9).
+        if let Err(e) = normalize_request(&mut req) {
+            counter!("signet_proxy_requests_total", "listener" => listener, "result" => "bad_request")
+                .increment(1);
+            tracing::warn!(peer_id = %ctx.peer_id, reason = %e, "request rejected: malformed target");
+            return plain_owned(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
+        }
         if let Some(policy) = &ctx.policy {
             let doc = ctx.input.clone().http(describe(&req)).build();
             let started = Instant::now();
@@ -193,6 +201,129 @@ impl Forwarder {
     }
 }
 
+/// Why a request target was refused (answered 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TargetError {
+    #[error("the path has an encoded slash or backslash (%2F, %5C) or a backslash")]
+    EscapedSlash,
+    #[error("the path has a malformed percent-encoding")]
+    BadPercent,
+    #[error("the path does not start with '/'")]
+    NotAbsolute,
+    #[error("more than one Host header")]
+    ManyHosts,
+    #[error("the :authority and the Host header name different hosts")]
+    HostMismatch,
+    #[error("the normalized target is not a valid URI")]
+    Invalid,
+}
+
+/// Rewrites `req` into the one form both the policy and the app see, as
+/// Envoy's `normalize_path`, `merge_slashes` and
+/// `path_with_escaped_slashes_action: REJECT_REQUEST` do:
+/// - the path: percent-encoded unreserved characters decoded (RFC 3986
+///   §6.2.2.2), other percent-encodings upper-cased (§6.2.2.1), repeated
+///   slashes merged, dot segments removed (§5.2.4); an encoded slash or
+///   backslash, or a backslash, is refused (apps disagree on what they mean);
+/// - the host, from one place: the authority of an absolute-form or
+///   HTTP/2 request, else the one Host header; an HTTP/2 request whose
+///   `host` header names another host is refused. The app receives it as
+///   `Host`, and the target in origin form (path and query).
+pub(crate) fn normalize_request<B>(req: &mut Request<B>) -> Result<(), TargetError> {
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(hyper::header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err(TargetError::ManyHosts);
+    }
+    let header_host = hosts.first().map(|h| h.as_bytes().to_vec());
+    let host = match req.uri().authority() {
+        Some(authority) => {
+            if req.version() == hyper::Version::HTTP_2
+                && header_host
+                    .as_deref()
+                    .is_some_and(|h| !h.eq_ignore_ascii_case(authority.as_str().as_bytes()))
+            {
+                return Err(TargetError::HostMismatch);
+            }
+            // An absolute-form target's authority wins over Host (RFC 9112
+            // §3.2.2), for the app too.
+            Some(authority.as_str().as_bytes().to_vec())
+        }
+        None => header_host,
+    };
+    let path = normalize_path(req.uri().path())?;
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    *req.uri_mut() = target.parse().map_err(|_| TargetError::Invalid)?;
+    if let Some(host) = host {
+        let value = HeaderValue::from_bytes(&host).map_err(|_| TargetError::Invalid)?;
+        req.headers_mut().insert(hyper::header::HOST, value);
+    }
+    Ok(())
+}
+
+/// The normalized form of an origin-form path (see [`normalize_request`]).
+pub(crate) fn normalize_path(path: &str) -> Result<String, TargetError> {
+    if !path.starts_with('/') {
+        return Err(TargetError::NotAbsolute);
+    }
+    if path.contains('\\') {
+        return Err(TargetError::EscapedSlash);
+    }
+    // Percent-encodings first: decoded unreserved characters can form dot
+    // segments ("%2e%2e"), which are then removed like literal ones.
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(TargetError::BadPercent)?;
+            let text = std::str::from_utf8(hex).map_err(|_| TargetError::BadPercent)?;
+            let byte = u8::from_str_radix(text, 16).map_err(|_| TargetError::BadPercent)?;
+            match byte {
+                b'/' | b'\\' => return Err(TargetError::EscapedSlash),
+                b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                    decoded.push(char::from(b))
+                }
+                b => decoded.push_str(&format!("%{b:02X}")),
+            }
+            i += 3;
+        } else {
+            decoded.push(char::from(bytes[i]));
+            i += 1;
+        }
+    }
+    // Merge slashes, then remove dot segments.
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (n, segment) in segments.iter().enumerate() {
+        match *segment {
+            "" => trailing_slash = n == last,
+            "." => trailing_slash = n == last,
+            ".." => {
+                out.pop();
+                trailing_slash = n == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut normalized = String::with_capacity(decoded.len());
+    for s in &out {
+        normalized.push('/');
+        normalized.push_str(s);
+    }
+    if normalized.is_empty() || trailing_slash {
+        normalized.push('/');
+    }
+    Ok(normalized)
+}
+
 /// The request as the policy sees it.
 fn describe(req: &Request<Incoming>) -> HttpRequest {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
@@ -250,10 +381,111 @@ fn denial(decision: &signet_policy::Decision) -> Response<Body> {
     resp
 }
 
+fn plain_owned(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp
+}
+
 fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
         body.as_bytes(),
     ))));
     *resp.status_mut() = status;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_as_envoy_does() {
+        let ok = [
+            ("/", "/"),
+            ("/api/v1/hello", "/api/v1/hello"),
+            ("/api/v1/../../admin/secret.txt", "/admin/secret.txt"),
+            (
+                "/api/v1/%2e%2e/%2E%2E/admin/secret.txt",
+                "/admin/secret.txt",
+            ),
+            ("/api/./v1/./x", "/api/v1/x"),
+            ("//api///v1//x", "/api/v1/x"),
+            ("/api/v1/", "/api/v1/"),
+            ("/api/v1/.", "/api/v1/"),
+            ("/api/v1/..", "/api/"),
+            ("/../../..", "/"),
+            ("/%61pi/%7Euser", "/api/~user"),
+            ("/a%20b/%c3%a9", "/a%20b/%C3%A9"),
+        ];
+        for (path, want) in ok {
+            assert_eq!(normalize_path(path).unwrap(), want, "{path}");
+        }
+        let refused = [
+            (
+                "/api/v1/..%2f..%2fadmin/secret.txt",
+                TargetError::EscapedSlash,
+            ),
+            ("/api/v1/..%2F..%2Fadmin", TargetError::EscapedSlash),
+            ("/api/v1/..%5c..%5cadmin", TargetError::EscapedSlash),
+            ("/api/v1\\..\\admin", TargetError::EscapedSlash),
+            ("/api/%zz", TargetError::BadPercent),
+            ("/api/%2", TargetError::BadPercent),
+            ("api", TargetError::NotAbsolute),
+        ];
+        for (path, want) in refused {
+            assert_eq!(normalize_path(path), Err(want), "{path}");
+        }
+    }
+
+    fn request(version: hyper::Version, target: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(target);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn one_host_from_one_place() {
+        // Absolute form: the target's authority is the host, for the app too.
+        let mut r = request(
+            hyper::Version::HTTP_11,
+            "http://public.example.org/api/v1/../x?q=1",
+            &["admin.internal"],
+        );
+        normalize_request(&mut r).unwrap();
+        assert_eq!(r.uri().to_string(), "/api/x?q=1");
+        assert_eq!(r.headers()["host"], "public.example.org");
+        assert_eq!(describe_host(&r), "public.example.org");
+
+        // Origin form: the one Host header.
+        let mut r = request(hyper::Version::HTTP_11, "/a", &["app.internal"]);
+        normalize_request(&mut r).unwrap();
+        assert_eq!(r.headers()["host"], "app.internal");
+
+        // Two Host headers: refused.
+        let mut r = request(hyper::Version::HTTP_11, "/a", &["a", "b"]);
+        assert_eq!(normalize_request(&mut r), Err(TargetError::ManyHosts));
+
+        // HTTP/2: :authority and host must agree.
+        let mut r = request(
+            hyper::Version::HTTP_2,
+            "https://a.example/x",
+            &["b.example"],
+        );
+        assert_eq!(normalize_request(&mut r), Err(TargetError::HostMismatch));
+        let mut r = request(
+            hyper::Version::HTTP_2,
+            "https://a.example/x",
+            &["A.example"],
+        );
+        normalize_request(&mut r).unwrap();
+        assert_eq!(r.headers()["host"], "a.example");
+    }
+
+    fn describe_host(r: &Request<()>) -> String {
+        r.headers()["host"].to_str().unwrap().to_string()
+    }
 }

@@ -284,7 +284,7 @@ pub fn start_app(port: u16, dir: &Path) -> Proc {
         "import http.server\n\
          class H(http.server.BaseHTTPRequestHandler):\n\
          \x20   def do_GET(self):\n\
-         \x20       body = ''.join(f'{{k.lower()}}: {{v}}\\n' for k, v in self.headers.items()).encode()\n\
+         \x20       body = (f'path: {{self.path}}\\n' + ''.join(f'{{k.lower()}}: {{v}}\\n' for k, v in self.headers.items())).encode()\n\
          \x20       self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)\n\
          \x20   def log_message(self, *a): pass\n\
          print('ready', flush=True)\n\
