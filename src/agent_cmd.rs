@@ -218,6 +218,7 @@ pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
         .context("agent start")?;
     let listener = bind_agent_socket(&socket)
         .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
+    let identity = signet_core::unix_socket::socket_identity(&socket);
     let mut rx = stop_rx.clone();
     let stop = async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -241,7 +242,7 @@ pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
         let _ = agent_task.await;
     })
     .await;
-    let _ = std::fs::remove_file(&socket);
+    signet_core::unix_socket::remove_if_ours(&socket, identity);
     println!("signet agent stopped");
     Ok(())
 }

@@ -243,6 +243,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     let agent_socket = local_agent.as_ref().map(|a| a.socket.clone());
     let combined = agent_socket.is_some();
     create_private_dir(&r.data_dir)?;
+    let _lock = lock_data_dir(&r.data_dir)?;
     let store = datastore::open(&r.datastore)
         .await
         .with_context(|| format!("cannot open the datastore {}", redact_url(&r.datastore)))?;
@@ -275,6 +276,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     }
     let admin_listener = bind_admin_socket(&r.admin_socket)
         .with_context(|| format!("cannot bind the admin socket {}", r.admin_socket.display()))?;
+    let admin_identity = signet_core::unix_socket::socket_identity(&r.admin_socket);
     let node_listener = tokio::net::TcpListener::bind(r.bind_address)
         .await
         .with_context(|| format!("cannot listen on {} for agents", r.bind_address))?;
@@ -285,6 +287,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let mut agent_identity = None;
     tasks.spawn({
         let server = server.clone();
         let stop = stopped(stop_rx.clone());
@@ -344,6 +347,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
         .await?;
         let listener = bind_agent_socket(socket)
             .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
+        agent_identity = signet_core::unix_socket::socket_identity(socket);
         tasks.spawn(async move {
             let _ = agent_task.await;
             Ok(())
@@ -392,9 +396,9 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     {
         tracing::warn!("drain took longer than 10 s; stopping anyway");
     }
-    let _ = std::fs::remove_file(&r.admin_socket);
+    signet_core::unix_socket::remove_if_ours(&r.admin_socket, admin_identity);
     if let Some(socket) = &agent_socket {
-        let _ = std::fs::remove_file(socket);
+        signet_core::unix_socket::remove_if_ours(socket, agent_identity);
     }
     println!("signet stopped");
     Ok(())
@@ -418,6 +422,39 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
             (std::net::Ipv6Addr::LOCALHOST, addr.port()).into()
         }
         _ => addr,
+    }
+}
+
+/// Locks the data dir for this process's life (released by the kernel when
+/// it exits, however it exits): two servers on one key directory and CA
+/// journal would overwrite each other's.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            file.set_len(0)?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another signet (pid {}) is using the data dir {}; stop it, or give this one another --data-dir",
+                pid.trim(),
+                dir.display()
+            )
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
     }
 }
 

@@ -417,6 +417,84 @@ fn bad_input_names_the_problem_and_writes_nothing() {
 }
 
 #[test]
+fn a_second_signet_run_never_takes_over_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    c.entry_for_uid("spiffe://example.org/first", uid());
+    let pid = c.proc.pid().to_string();
+    // Same data dir and sockets: refused on the data dir lock.
+    let again = run(&[
+        "run",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--admin-socket",
+        &c.admin,
+        "--socket-path",
+        &c.agent,
+        "--bind-address",
+        "127.0.0.1:0",
+    ]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains(&format!("another signet (pid {pid}) is using the data dir")),
+        "{err}"
+    );
+    // Another data dir, the same sockets: refused, the sockets untouched.
+    let other = tempfile::tempdir().unwrap();
+    let again = run(&[
+        "run",
+        "--data-dir",
+        other.path().join("data").to_str().unwrap(),
+        "--admin-socket",
+        &c.admin,
+        "--socket-path",
+        &c.agent,
+        "--bind-address",
+        "127.0.0.1:0",
+    ]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains(&format!(
+            "another process is serving {} (pid {pid})",
+            c.admin
+        )),
+        "{err}"
+    );
+    // The first still serves both sockets.
+    let shown = c.admin(&["entry", "show"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("spiffe://example.org/first"));
+    let fetched = c.api(&["fetch", "x509"]);
+    assert!(String::from_utf8_lossy(&fetched.stdout).contains("spiffe://example.org/first"));
+}
+
+#[test]
+fn printing_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    for i in 0..50 {
+        c.entry_for_uid(&format!("spiffe://example.org/many/{i}"), 4242);
+    }
+    // The reader keeps one line and goes away; signet must not panic.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} entry show --socket {} 2>{}/stderr | head -1",
+            env!("CARGO_BIN_EXE_signet"),
+            c.admin,
+            dir.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+#[test]
 fn the_data_dir_and_datastore_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

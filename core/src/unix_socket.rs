@@ -21,8 +21,9 @@ use crate::attest::workload::{PeerCred, PinnedPeer, WorkloadAttestError};
 pub use authority::AuthorityRewrite;
 
 /// Binds a socket at `path` with `mode`. A missing parent directory is
-/// created with `dir_mode`; a stale socket file is replaced; any other file
-/// at the path is left alone and reported.
+/// created with `dir_mode`; a stale socket file (nobody answers on it) is
+/// replaced; a socket another process serves, or any other file at the
+/// path, is left alone and reported.
 pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
@@ -31,7 +32,21 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListen
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {
+            if let Ok(live) = std::os::unix::net::UnixStream::connect(path) {
+                let pid = rustix::net::sockopt::socket_peercred(&live)
+                    .map(|c| format!(" (pid {})", c.pid.as_raw_nonzero()))
+                    .unwrap_or_default();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "another process is serving {}{pid}; stop it, or choose another path",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -47,6 +62,29 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListen
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
+}
+
+/// The identity of the socket file at `path`: device, inode, and change
+/// time (an inode number freed by an unlink is often given to the next
+/// file made).
+pub type SocketIdentity = (u64, u64, i64, i64);
+
+/// The identity of the socket at `path`, if a socket is there.
+pub fn socket_identity(path: &Path) -> Option<SocketIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.file_type()
+        .is_socket()
+        .then(|| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// Removes the socket at `path` if it is still the one this process bound
+/// (`identity`, from [`socket_identity`] right after binding): a server
+/// never deletes a socket another process bound there since.
+pub fn remove_if_ours(path: &Path, identity: Option<SocketIdentity>) {
+    if identity.is_some() && socket_identity(path) == identity {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Connections one uid (other than root) may hold open on a socket.
@@ -333,8 +371,32 @@ mod tests {
             & 0o777;
         assert_eq!(dir_mode, 0o700);
         drop(_l);
-        // A stale socket is replaced.
-        bind(&path, 0o600, 0o700).unwrap();
+        // A stale socket (nobody answers) is replaced; a live one is not.
+        let live = bind(&path, 0o600, 0o700).unwrap();
+        let err = bind(&path, 0o600, 0o700).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(
+            err.to_string().contains(&format!(
+                "another process is serving {} (pid {})",
+                path.display(),
+                std::process::id()
+            )),
+            "{err}"
+        );
+        let before = socket_identity(&path);
+        assert!(before.is_some());
+        drop(live);
+        // Another bind there since: the first's cleanup leaves it alone.
+        // (A file made first takes the inode number the unlink frees.)
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(dir.path().join("placeholder"), "").unwrap();
+        let _second = bind(&path, 0o600, 0o700).unwrap();
+        let second = socket_identity(&path);
+        assert_ne!(before, second);
+        remove_if_ours(&path, before);
+        assert!(path.exists(), "removed a socket another bind made");
+        remove_if_ours(&path, second);
+        assert!(!path.exists());
         let file = dir.path().join("not-a-socket");
         std::fs::write(&file, "keep me").unwrap();
         assert!(bind(&file, 0o600, 0o700).is_err());
