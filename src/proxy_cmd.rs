@@ -104,6 +104,11 @@ struct InboundFlags {
     /// peer identity to the app in x-forwarded-client-cert.
     #[arg(long)]
     http: bool,
+    /// HTTP mode: pass %2F and %5C in request paths to the app instead of
+    /// answering 400 (insecure: the policy and the app may read such a
+    /// path differently).
+    #[arg(long, requires = "http")]
+    insecure_keep_escaped_slashes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +160,7 @@ impl ProxyArgs {
                 entrypoint: i.entrypoint,
                 policy_data: i.policy_data,
                 http: i.http,
+                insecure_keep_escaped_slashes: i.insecure_keep_escaped_slashes,
                 ..listener_file("inbound", i.listener)
             }),
             Some(ProxyMode::Outbound(o)) => file.listeners.push(ListenerFile {

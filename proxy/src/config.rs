@@ -68,6 +68,11 @@ pub struct ListenerFile {
     pub policy_data: Option<PathBuf>,
     #[serde(default)]
     pub http: bool,
+    /// HTTP mode: pass encoded slashes and backslashes (%2F, %5C) in paths
+    /// to the app instead of answering 400. Insecure: the policy and the
+    /// app may read such a path differently.
+    #[serde(default)]
+    pub insecure_keep_escaped_slashes: bool,
     pub server_id: Option<String>,
     pub sni: Option<String>,
     #[serde(default)]
@@ -126,6 +131,8 @@ pub struct Inbound {
     pub policy: Option<PolicyRef>,
     /// Authorize and forward per HTTP request (HTTP/1.1 and HTTP/2).
     pub http: bool,
+    /// HTTP mode: keep %2F and %5C in paths rather than refuse them.
+    pub insecure_keep_escaped_slashes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,6 +349,12 @@ fn check_listener(
                     problems.push(format!("{}: only for outbound listeners", at(key.0)));
                 }
             }
+            if l.insecure_keep_escaped_slashes && !l.http {
+                problems.push(format!(
+                    "{}: only with http = true",
+                    at("insecure_keep_escaped_slashes")
+                ));
+            }
             to.map(|to| {
                 Mode::Inbound(Inbound {
                     to,
@@ -349,6 +362,7 @@ fn check_listener(
                     allow_trust_domains,
                     policy,
                     http: l.http,
+                    insecure_keep_escaped_slashes: l.insecure_keep_escaped_slashes,
                 })
             })
         }
@@ -381,6 +395,10 @@ fn check_listener(
                 ("allow_trust_domains", !l.allow_trust_domains.is_empty()),
                 ("policy", l.policy.is_some()),
                 ("http", l.http),
+                (
+                    "insecure_keep_escaped_slashes",
+                    l.insecure_keep_escaped_slashes,
+                ),
             ] {
                 if key.1 {
                     problems.push(format!("{}: only for inbound listeners", at(key.0)));
@@ -480,10 +498,12 @@ mod tests {
             to = "127.0.0.1:8080"
             allow_ids = ["spiffe://Bad/x"]
             idle_timeout = "soon"
+            insecure_keep_escaped_slashes = true
             [[listener]]
             mode = "outbound"
             listen = "127.0.0.1:9000"
             to = "no-port"
+            insecure_keep_escaped_slashes = true
             "#,
         )
         .unwrap_err()
@@ -495,6 +515,8 @@ mod tests {
             "listener0.idle_timeout: \"soon\"",
             "listener1.to: \"no-port\"",
             "listener1.server_id: missing",
+            "listener0.insecure_keep_escaped_slashes: only with http = true",
+            "listener1.insecure_keep_escaped_slashes: only for inbound listeners",
         ] {
             assert!(err.contains(needle), "{needle} not in {err}");
         }

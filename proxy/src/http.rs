@@ -45,6 +45,7 @@ const HOP_BY_HOP: [&str; 7] = [
 pub(crate) struct Forwarder {
     listener: Arc<str>,
     to: SocketAddr,
+    keep_escaped_slashes: bool,
     client: Client<HttpConnector, Incoming>,
 }
 
@@ -60,7 +61,12 @@ pub(crate) struct ConnContext {
 }
 
 impl Forwarder {
-    pub(crate) fn new(listener: Arc<str>, to: SocketAddr, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        listener: Arc<str>,
+        to: SocketAddr,
+        connect_timeout: Duration,
+        keep_escaped_slashes: bool,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -70,6 +76,7 @@ impl Forwarder {
         Forwarder {
             listener,
             to,
+            keep_escaped_slashes,
             client,
         }
     }
@@ -108,7 +115,7 @@ impl Forwarder {
         let listener = self.listener.to_string();
         // The policy decides on exactly the request the app receives: one
         // normalized path, one host (security invariant 9).
-        if let Err(e) = normalize_request(&mut req) {
+        if let Err(e) = normalize_request(&mut req, self.keep_escaped_slashes) {
             counter!("signet_proxy_requests_total", "listener" => listener, "result" => "bad_request")
                 .increment(1);
             tracing::warn!(peer_id = %ctx.peer_id, reason = %e, "request rejected: malformed target");
@@ -229,7 +236,10 @@ pub(crate) enum TargetError {
 ///   HTTP/2 request, else the one Host header; an HTTP/2 request whose
 ///   `host` header names another host is refused. The app receives it as
 ///   `Host`, and the target in origin form (path and query).
-pub(crate) fn normalize_request<B>(req: &mut Request<B>) -> Result<(), TargetError> {
+pub(crate) fn normalize_request<B>(
+    req: &mut Request<B>,
+    keep_escaped_slashes: bool,
+) -> Result<(), TargetError> {
     let hosts: Vec<&HeaderValue> = req.headers().get_all(hyper::header::HOST).iter().collect();
     if hosts.len() > 1 {
         return Err(TargetError::ManyHosts);
@@ -250,7 +260,7 @@ pub(crate) fn normalize_request<B>(req: &mut Request<B>) -> Result<(), TargetErr
         }
         None => header_host,
     };
-    let path = normalize_path(req.uri().path())?;
+    let path = normalize_path(req.uri().path(), keep_escaped_slashes)?;
     let target = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -263,8 +273,13 @@ pub(crate) fn normalize_request<B>(req: &mut Request<B>) -> Result<(), TargetErr
     Ok(())
 }
 
-/// The normalized form of an origin-form path (see [`normalize_request`]).
-pub(crate) fn normalize_path(path: &str) -> Result<String, TargetError> {
+/// The normalized form of an origin-form path (see [`normalize_request`]);
+/// with `keep_escaped_slashes`, %2F and %5C stay encoded instead of being
+/// refused.
+pub(crate) fn normalize_path(
+    path: &str,
+    keep_escaped_slashes: bool,
+) -> Result<String, TargetError> {
     if !path.starts_with('/') {
         return Err(TargetError::NotAbsolute);
     }
@@ -282,7 +297,7 @@ pub(crate) fn normalize_path(path: &str) -> Result<String, TargetError> {
             let text = std::str::from_utf8(hex).map_err(|_| TargetError::BadPercent)?;
             let byte = u8::from_str_radix(text, 16).map_err(|_| TargetError::BadPercent)?;
             match byte {
-                b'/' | b'\\' => return Err(TargetError::EscapedSlash),
+                b'/' | b'\\' if !keep_escaped_slashes => return Err(TargetError::EscapedSlash),
                 b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
                     decoded.push(char::from(b))
                 }
@@ -420,7 +435,7 @@ mod tests {
             ("/a%20b/%c3%a9", "/a%20b/%C3%A9"),
         ];
         for (path, want) in ok {
-            assert_eq!(normalize_path(path).unwrap(), want, "{path}");
+            assert_eq!(normalize_path(path, false).unwrap(), want, "{path}");
         }
         let refused = [
             (
@@ -435,8 +450,18 @@ mod tests {
             ("api", TargetError::NotAbsolute),
         ];
         for (path, want) in refused {
-            assert_eq!(normalize_path(path), Err(want), "{path}");
+            assert_eq!(normalize_path(path, false), Err(want), "{path}");
         }
+        // With the insecure option, encoded slashes pass, still encoded.
+        assert_eq!(
+            normalize_path("/a/..%2f..%2Fb/%5c", true).unwrap(),
+            "/a/..%2F..%2Fb/%5C"
+        );
+        // A raw backslash is refused either way.
+        assert_eq!(
+            normalize_path("/api\\x", true),
+            Err(TargetError::EscapedSlash)
+        );
     }
 
     fn request(version: hyper::Version, target: &str, hosts: &[&str]) -> Request<()> {
@@ -455,19 +480,22 @@ mod tests {
             "http://public.example.org/api/v1/../x?q=1",
             &["admin.internal"],
         );
-        normalize_request(&mut r).unwrap();
+        normalize_request(&mut r, false).unwrap();
         assert_eq!(r.uri().to_string(), "/api/x?q=1");
         assert_eq!(r.headers()["host"], "public.example.org");
         assert_eq!(describe_host(&r), "public.example.org");
 
         // Origin form: the one Host header.
         let mut r = request(hyper::Version::HTTP_11, "/a", &["app.internal"]);
-        normalize_request(&mut r).unwrap();
+        normalize_request(&mut r, false).unwrap();
         assert_eq!(r.headers()["host"], "app.internal");
 
         // Two Host headers: refused.
         let mut r = request(hyper::Version::HTTP_11, "/a", &["a", "b"]);
-        assert_eq!(normalize_request(&mut r), Err(TargetError::ManyHosts));
+        assert_eq!(
+            normalize_request(&mut r, false),
+            Err(TargetError::ManyHosts)
+        );
 
         // HTTP/2: :authority and host must agree.
         let mut r = request(
@@ -475,13 +503,16 @@ mod tests {
             "https://a.example/x",
             &["b.example"],
         );
-        assert_eq!(normalize_request(&mut r), Err(TargetError::HostMismatch));
+        assert_eq!(
+            normalize_request(&mut r, false),
+            Err(TargetError::HostMismatch)
+        );
         let mut r = request(
             hyper::Version::HTTP_2,
             "https://a.example/x",
             &["A.example"],
         );
-        normalize_request(&mut r).unwrap();
+        normalize_request(&mut r, false).unwrap();
         assert_eq!(r.headers()["host"], "a.example");
     }
 

@@ -110,6 +110,7 @@ impl Listener {
                 allow_trust_domains,
                 policy: policy_ref,
                 http,
+                insecure_keep_escaped_slashes: keep_escaped_slashes,
             }) => {
                 if let Some(p) = policy_ref {
                     let shared = loaded.iter().find(|(r, _)| r == p).map(|(_, h)| h.clone());
@@ -140,6 +141,7 @@ impl Listener {
                             name.clone(),
                             *to,
                             config.limits.connect_timeout,
+                            *keep_escaped_slashes,
                         ))
                     }),
                 }
