@@ -288,6 +288,60 @@ async fn x509pop_agents_reattest_and_receive_node_alias_entries() {
         "unix:uid:1000",
         false,
     );
+    // Invariant 1, end to end: an alias with two selectors of which the
+    // node has one, an expired alias the node matches, and an expired
+    // workload entry of the node itself grant nothing.
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/cluster/c",
+        "--parent-id",
+        "spiffe://example.org/signet/server",
+        "--selector",
+        "x509pop:subject:cn:node-1",
+        "--selector",
+        "x509pop:subject:cn:node-2",
+        "--node",
+    ]);
+    let under_c = server.entry(
+        "spiffe://example.org/cluster/c/web",
+        "spiffe://example.org/cluster/c",
+        "unix:uid:1000",
+        false,
+    );
+    let past = "1000000000";
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/cluster/d",
+        "--parent-id",
+        "spiffe://example.org/signet/server",
+        "--selector",
+        "x509pop:subject:cn:node-1",
+        "--node",
+        "--expires-at",
+        past,
+    ]);
+    server.entry(
+        "spiffe://example.org/cluster/d/web",
+        "spiffe://example.org/cluster/d",
+        "unix:uid:1000",
+        false,
+    );
+    server.json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/expired-own",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        "unix:uid:1000",
+        "--expires-at",
+        past,
+    ]);
     let mut agent = NodeClient::connect(server.addr, attested.bundle.clone(), Some(&attested.svid))
         .await
         .unwrap();
@@ -296,6 +350,8 @@ async fn x509pop_agents_reattest_and_receive_node_alias_entries() {
         entry_ids(&mut stream).await,
         ["spiffe://example.org/cluster/a/web"]
     );
+    // Nor can the agent have it minted by naming its entry id.
+    assert!(denied(agent.mint_x509(&under_c).await).contains("not authorized"));
 
     // x509pop may attest again after eviction; a ban stops it.
     server.admin(&["agent", "evict", "--spiffe-id", &agent_id]);
