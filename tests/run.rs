@@ -495,6 +495,43 @@ fn printing_into_a_closed_pipe_exits_quietly() {
 }
 
 #[test]
+#[ignore = "needs root: another user's directory (scripts/test runs it as root)"]
+fn sockets_are_never_served_from_a_directory_another_user_controls() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A local user made the socket directory first (as /tmp/signet could be).
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    // And one anybody may write to.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (sockets, want) in [
+        (&theirs, "belongs to uid 65534"),
+        (&open, "other users may write to it"),
+    ] {
+        let out = run(&[
+            "run",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--admin-socket",
+            sockets.join("admin.sock").to_str().unwrap(),
+            "--socket-path",
+            sockets.join("agent.sock").to_str().unwrap(),
+            "--bind-address",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(!sockets.join("admin.sock").exists());
+    }
+}
+
+#[test]
 fn the_data_dir_and_datastore_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

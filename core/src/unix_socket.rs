@@ -21,15 +21,17 @@ use crate::attest::workload::{PeerCred, PinnedPeer, WorkloadAttestError};
 pub use authority::AuthorityRewrite;
 
 /// Binds a socket at `path` with `mode`. A missing parent directory is
-/// created with `dir_mode`; a stale socket file (nobody answers on it) is
+/// created with `dir_mode`; the directory must be one nobody else controls
+/// (see [`check_socket_dir`]); a stale socket file (nobody answers on it) is
 /// replaced; a socket another process serves, or any other file at the
 /// path, is left alone and reported.
 pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
+        }
+        check_socket_dir(dir)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -62,6 +64,48 @@ pub fn bind(path: &Path, mode: u32, dir_mode: u32) -> std::io::Result<UnixListen
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
+}
+
+/// Refuses a socket directory another user could have prepared to swap
+/// sockets in (security invariant 8): the directory, and each parent up to
+/// the first sticky root-owned one (such as `/tmp`), must belong to this
+/// process's user or to root and be writable by nobody else.
+pub fn check_socket_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let dir = std::fs::canonicalize(dir)?;
+    let mut at = Some(dir.as_path());
+    while let Some(d) = at {
+        let m = std::fs::metadata(d)?;
+        let mode = m.mode();
+        if m.uid() == 0 && mode & 0o1000 != 0 {
+            // A sticky directory of root's: others may create entries in it,
+            // but not replace ours.
+            return Ok(());
+        }
+        if m.uid() != me && m.uid() != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "refusing to serve a socket under {}: it belongs to uid {}, neither this user (uid {me}) nor root, who could swap the socket; remove it or choose another path",
+                    d.display(),
+                    m.uid()
+                ),
+            ));
+        }
+        if mode & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "refusing to serve a socket under {}: other users may write to it (mode {:o}) and swap the socket; make it writable by its owner only or choose another path",
+                    d.display(),
+                    mode & 0o7777
+                ),
+            ));
+        }
+        at = d.parent();
+    }
+    Ok(())
 }
 
 /// The identity of the socket file at `path`: device, inode, and change
@@ -338,6 +382,27 @@ pub fn endpoint_path(addr: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_dirs_others_control_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        check_socket_dir(&mine).unwrap();
+        // Group- or world-writable: refused, whoever owns it.
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_socket_dir(&mine).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("other users may write to it (mode 777)"),
+            "{err}"
+        );
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(check_socket_dir(&mine).is_err());
+        // A sticky root-owned directory (like /tmp) ends the walk.
+        check_socket_dir(Path::new("/tmp")).unwrap();
+    }
 
     #[test]
     fn endpoint_addresses() {
