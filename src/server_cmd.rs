@@ -277,6 +277,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     let admin_listener = bind_admin_socket(&r.admin_socket)
         .with_context(|| format!("cannot bind the admin socket {}", r.admin_socket.display()))?;
     let admin_identity = signet_core::unix_socket::socket_identity(&r.admin_socket);
+    let mut watched = vec![(r.admin_socket.clone(), admin_identity)];
     let node_listener = tokio::net::TcpListener::bind(r.bind_address)
         .await
         .with_context(|| format!("cannot listen on {} for agents", r.bind_address))?;
@@ -348,6 +349,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
         let listener = bind_agent_socket(socket)
             .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
         agent_identity = signet_core::unix_socket::socket_identity(socket);
+        watched.push((socket.clone(), agent_identity));
         tasks.spawn(async move {
             let _ = agent_task.await;
             Ok(())
@@ -360,6 +362,14 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
                     .await
                     .context("agent socket")
             }
+        });
+    }
+
+    for (path, identity) in watched {
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            signet_core::unix_socket::watch_socket(path, identity, stop).await;
+            Ok(())
         });
     }
 

@@ -464,9 +464,18 @@ fn a_second_signet_run_never_takes_over_the_first() {
     );
     // The first still serves both sockets.
     let shown = c.admin(&["entry", "show"]);
+    assert!(shown.status.success());
     assert!(String::from_utf8_lossy(&shown.stdout).contains("spiffe://example.org/first"));
     let fetched = c.api(&["fetch", "x509"]);
     assert!(String::from_utf8_lossy(&fetched.stdout).contains("spiffe://example.org/first"));
+    // Its socket removed behind its back, the first says so.
+    std::fs::remove_file(&c.agent).unwrap();
+    eventually("the removed socket in the log", || {
+        c.proc
+            .log_text()
+            .contains("this server's socket was removed")
+            .then_some(())
+    });
 }
 
 #[test]

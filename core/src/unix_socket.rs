@@ -131,6 +131,39 @@ pub fn remove_if_ours(path: &Path, identity: Option<SocketIdentity>) {
     }
 }
 
+/// Logs (once per change) when the socket this process bound at `path`
+/// (`identity`) is removed or replaced by another, so an operator learns
+/// why clients no longer reach this server; returns when `stop` resolves.
+pub async fn watch_socket(
+    path: PathBuf,
+    identity: Option<SocketIdentity>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut lost = false;
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let now = socket_identity(&path);
+        match (now == identity, lost) {
+            (false, false) => {
+                let what = if now.is_some() {
+                    "replaced by another"
+                } else {
+                    "removed"
+                };
+                tracing::error!(socket = %path.display(), "this server's socket was {what}: clients can no longer reach it there; restart it to bind the socket again");
+                lost = true;
+            }
+            (true, true) => lost = false,
+            _ => {}
+        }
+    }
+}
+
 /// Connections one uid (other than root) may hold open on a socket.
 pub const MAX_CONNECTIONS_PER_UID: usize = 128;
 /// Connections all uids together may hold open on one socket; the rest of
