@@ -52,6 +52,13 @@ fn entry_for_binary(c: &Combined, id: &str, bin: &Path) {
     );
 }
 
+/// Lets an attacker in an -on-input mode go on (exec or exit).
+fn go_on(py: &mut Proc) {
+    use std::io::Write;
+    let mut stdin = py.child.as_mut().unwrap().stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+}
+
 /// Waits until the agent logs that it accepted and pinned `pid`.
 fn wait_until_pinned(c: &Combined, pid: u32) {
     eventually("the agent to accept the attacker's connection", || {
@@ -116,11 +123,7 @@ fn exec_after_connect_gets_no_identity() {
     // Once the agent has accepted (and pinned) the connection, the
     // connecting process execs the entitled binary.
     wait_until_pinned(&c, pid);
-    {
-        use std::io::Write;
-        let mut stdin = py.child.as_mut().unwrap().stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-    }
+    go_on(&mut py);
     eventually("the attacker to exec the entitled binary", || {
         (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == entitled).then_some(())
     });
@@ -178,11 +181,7 @@ fn an_open_stream_is_closed_once_its_caller_execs() {
     ]);
     let mut watch = Proc::spawn("watch", watch_cmd, dir);
     watch.wait_for("spiffe://example.org/python");
-    {
-        use std::io::Write;
-        let mut stdin = py.child.as_mut().unwrap().stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-    }
+    go_on(&mut py);
     eventually("the attacker to exec the entitled binary", || {
         (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == entitled).then_some(())
     });
@@ -310,11 +309,7 @@ fn a_victim_that_reuses_the_pid_lends_no_identity() {
     let relay = dir.join("relay.sock");
     let (mut py, pid) = attacker(&c, dir, &relay, &["exit-on-input"]);
     wait_until_pinned(&c, pid);
-    {
-        use std::io::Write;
-        let mut stdin = py.child.as_mut().unwrap().stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-    }
+    go_on(&mut py);
     // The attacker has exited; reaped, its pid is free.
     let status = py.child.take().unwrap().wait().unwrap();
     assert!(status.success());

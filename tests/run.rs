@@ -422,18 +422,21 @@ fn a_second_signet_run_never_takes_over_the_first() {
     let c = Combined::start(dir.path(), &[]);
     c.entry_for_uid("spiffe://example.org/first", uid());
     let pid = c.proc.pid().to_string();
+    let run_beside = |data: &std::path::Path| {
+        run(&[
+            "run",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--admin-socket",
+            &c.admin,
+            "--socket-path",
+            &c.agent,
+            "--bind-address",
+            "127.0.0.1:0",
+        ])
+    };
     // Same data dir and sockets: refused on the data dir lock.
-    let again = run(&[
-        "run",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--admin-socket",
-        &c.admin,
-        "--socket-path",
-        &c.agent,
-        "--bind-address",
-        "127.0.0.1:0",
-    ]);
+    let again = run_beside(&dir.path().join("data"));
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(
@@ -442,17 +445,7 @@ fn a_second_signet_run_never_takes_over_the_first() {
     );
     // Another data dir, the same sockets: refused, the sockets untouched.
     let other = tempfile::tempdir().unwrap();
-    let again = run(&[
-        "run",
-        "--data-dir",
-        other.path().join("data").to_str().unwrap(),
-        "--admin-socket",
-        &c.admin,
-        "--socket-path",
-        &c.agent,
-        "--bind-address",
-        "127.0.0.1:0",
-    ]);
+    let again = run_beside(&other.path().join("data"));
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(
