@@ -329,6 +329,29 @@ fn bad_input_names_the_problem_and_writes_nothing() {
             &["entry", "create", "--spiffe-id", "spiffe://example.org/a"],
             "at least one selector",
         ),
+        // Selectors no attestor produces could never match: refused.
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--selector",
+                "uinx:uid:0",
+            ],
+            "no attestor produces uinx:uid",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--selector",
+                "unix:uid:abc",
+            ],
+            "must be a number",
+        ),
         // The server's and agents' own IDs are never handed to workloads
         // (an agent accepts spiffe://example.org/signet/server as its server).
         (

@@ -61,6 +61,8 @@ pub enum EntryProblem {
     SelfParent,
     #[error("at least one selector is required")]
     NoSelectors,
+    #[error("{0}")]
+    UnknownSelector(String),
     #[error("selector {0} is listed twice")]
     DuplicateSelector(String),
     #[error("{field} of {secs} s is over the limit of {MAX_TTL_SECS} s")]
@@ -130,6 +132,9 @@ impl Entry {
             problems.push(EntryProblem::NoSelectors);
         }
         for (i, s) in self.selectors.iter().enumerate() {
+            if let Err(why) = s.check_known() {
+                problems.push(EntryProblem::UnknownSelector(why));
+            }
             if self.selectors[..i].contains(s) {
                 problems.push(EntryProblem::DuplicateSelector(s.to_string()));
             }

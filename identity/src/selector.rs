@@ -37,7 +37,64 @@ pub struct Selector {
     type_len: usize,
 }
 
+/// The selector types and keys Signet's attestors produce, for the error
+/// that names them.
+pub const KNOWN_SELECTORS: &str = "unix:uid:<n>, unix:gid:<n>, unix:user:<name>, unix:group:<name>, unix:supplementary_gid:<n>, unix:path:</abs/path>, unix:sha256:<64 hex>, systemd:id:<unit>, container:id:<64 hex>, x509pop:subject:cn:<cn>, x509pop:serialnumber:<hex>, x509pop:san:dns:<name>, x509pop:san:uri:<uri>, x509pop:ca:fingerprint:<hex>";
+
 impl Selector {
+    /// Checks that an attestor of Signet's can produce this selector: a
+    /// known type and key, and a value of the right form (an entry with
+    /// another could never match). The reason names what was expected.
+    pub fn check_known(&self) -> Result<(), String> {
+        let value = self.value();
+        let (key, rest) = value.split_once(':').unwrap_or((value, ""));
+        let digits = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 10
+                && v.bytes().all(|b| b.is_ascii_digit())
+                && v.parse::<u32>().is_ok()
+        };
+        let hex64 = |v: &str| {
+            v.len() == 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        let hex = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
+        let expected = match (self.selector_type(), key) {
+            ("unix", "uid" | "gid" | "supplementary_gid") => {
+                (!digits(rest)).then_some("a number (0 to 4294967295)")
+            }
+            ("unix", "user" | "group") => rest.is_empty().then_some("a name"),
+            ("unix", "path") => (!rest.starts_with('/')).then_some("an absolute path"),
+            ("unix", "sha256") => (!hex64(rest)).then_some("64 lowercase hex digits"),
+            ("systemd", "id") => rest.is_empty().then_some("a unit name"),
+            ("container", "id") => (!hex64(rest)).then_some("64 lowercase hex digits"),
+            ("x509pop", "subject") => rest
+                .strip_prefix("cn:")
+                .is_none_or(str::is_empty)
+                .then_some("cn:<common name>"),
+            ("x509pop", "san") => rest
+                .strip_prefix("dns:")
+                .or_else(|| rest.strip_prefix("uri:"))
+                .is_none_or(str::is_empty)
+                .then_some("dns:<name> or uri:<uri>"),
+            ("x509pop", "serialnumber") => (!hex(rest)).then_some("hex digits"),
+            ("x509pop", "ca") => {
+                (!rest.strip_prefix("fingerprint:").is_some_and(hex)).then_some("fingerprint:<hex>")
+            }
+            _ => {
+                return Err(format!(
+                    "selector {self}: no attestor produces {}:{key}; known: {KNOWN_SELECTORS}",
+                    self.selector_type()
+                ));
+            }
+        };
+        match expected {
+            Some(what) => Err(format!("selector {self}: the value must be {what}")),
+            None => Ok(()),
+        }
+    }
+
     /// Parses `type:value`.
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
         if s.len() > MAX_SELECTOR_LEN {
@@ -138,6 +195,46 @@ impl<'de> Deserialize<'de> for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_selectors_an_attestor_produces_are_known() {
+        let h = "ab".repeat(32);
+        for ok in [
+            "unix:uid:0".to_string(),
+            "unix:gid:1000".into(),
+            "unix:supplementary_gid:27".into(),
+            "unix:user:nobody".into(),
+            "unix:group:www-data".into(),
+            "unix:path:/usr/bin/app".into(),
+            format!("unix:sha256:{h}"),
+            "systemd:id:nginx.service".into(),
+            format!("container:id:{h}"),
+            "x509pop:subject:cn:node-1".into(),
+            "x509pop:san:dns:node-1.example".into(),
+            "x509pop:san:uri:spiffe://x/y".into(),
+            "x509pop:serialnumber:01ab".into(),
+            "x509pop:ca:fingerprint:0a1b".into(),
+        ] {
+            assert_eq!(Selector::parse(&ok).unwrap().check_known(), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("uinx:uid:0", "no attestor produces uinx:uid"),
+            ("unix:uidd:0", "no attestor produces unix:uidd"),
+            ("k8s:ns:default", "known: unix:uid"),
+            ("unix:uid:abc", "must be a number"),
+            ("unix:uid:", "must be a number"),
+            ("unix:uid:99999999999", "must be a number"),
+            ("unix:user:", "must be a name"),
+            ("unix:path:usr/bin/app", "an absolute path"),
+            ("unix:sha256:abc", "64 lowercase hex"),
+            ("container:id:xyz", "64 lowercase hex"),
+            ("x509pop:subject:o:acme", "cn:<common name>"),
+        ] {
+            let err = Selector::parse(bad).unwrap().check_known().unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn value_keeps_its_colons() {
