@@ -84,6 +84,13 @@ fn socket_path(opts: &ApiOpts) -> anyhow::Result<PathBuf> {
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {
+    if e.code() == tonic::Code::PermissionDenied && e.message() == "no identity issued" {
+        // Say who asked, and what would register it.
+        let uid = rustix::process::getuid().as_raw();
+        return anyhow::anyhow!(
+            "no identity issued (PermissionDenied) to this process (uid {uid}); an entry that would match it:\n  signet entry create --spiffe-id spiffe://<trust-domain>/<name> --selector unix:uid:{uid}"
+        );
+    }
     anyhow::anyhow!("{} ({:?})", e.message(), e.code())
 }
 

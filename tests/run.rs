@@ -251,6 +251,24 @@ fn fetch_without_an_identity_waits_once_then_fails_clearly() {
     assert_eq!(stderr.matches("waiting up to 400ms").count(), 1, "{stderr}");
     assert!(stderr.contains("no identity issued"), "{stderr}");
     assert!(stderr.contains("PermissionDenied"), "{stderr}");
+    // The error names the caller and the entry that would match it; the
+    // agent's debug log shows what it observed.
+    let me = uid();
+    assert!(
+        stderr.contains(&format!("to this process (uid {me})")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("signet entry create --spiffe-id spiffe://<trust-domain>/<name> --selector unix:uid:{me}")),
+        "{stderr}"
+    );
+    assert!(
+        c.proc
+            .log_text()
+            .lines()
+            .any(|l| l.contains("caller attested") && l.contains(&format!("unix:uid:{me}"))),
+        "no attested caller in the agent log"
+    );
 
     let out = c.api(&["fetch", "jwt", "--audience", "db", "--timeout", "0s"]);
     assert!(!out.status.success());

@@ -167,6 +167,13 @@ pub async fn attest_peer(peer: UnixPeer, attestor: &Arc<UnixAttestor>) -> Result
         .attest_blocking(pin.clone())
         .await
         .map_err(|e| refused(&pin, e))?;
+    // What a refused caller looked like, for whoever wonders why.
+    tracing::debug!(
+        pid = pin.cred().pid,
+        uid = pin.cred().uid,
+        selectors = %selectors.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+        "caller attested"
+    );
     Ok(Caller {
         selectors,
         pin,
