@@ -130,6 +130,11 @@ impl PinnedPeer {
     }
 }
 
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`).
+pub fn start_ticks(pid: i32) -> Result<u64, WorkloadAttestError> {
+    read_start_time(Path::new(PROC), pid)
+}
+
 fn read_start_time(proc_root: &Path, pid: i32) -> Result<u64, WorkloadAttestError> {
     let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))
         .map_err(|_| WorkloadAttestError::Gone { pid })?;
