@@ -9,11 +9,9 @@ use serde_json::{Value, json};
 use signet_core::api::admin::*;
 use signet_core::api::types;
 use signet_core::server::admin::connect_admin;
+use signet_core::unix_socket::{SocketRole, explain_connect_error};
 use signet_identity::bundle::certificates_to_pem;
 use signet_identity::{Bundle, CertificateDer, TrustDomain};
-
-/// Default admin socket of `signet server` and `signet run`.
-pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/signet/private/admin.sock";
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum Output {
@@ -24,9 +22,8 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct AdminOpts {
-    /// Admin socket of the server (or of `signet run`).
-    #[arg(long, env = "SIGNET_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, global = true)]
-    socket: PathBuf,
+    #[arg(long, alias = "socket", global = true, value_parser = crate::sockets::socket_arg, help = crate::sockets::ADMIN_SOCKET_HELP)]
+    admin_socket: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
@@ -363,19 +360,44 @@ fn bundle_text(b: &types::Bundle, format: BundleFormat) -> anyhow::Result<String
     })
 }
 
+/// The admin socket this command talks to, for errors that name it.
+static ADMIN_SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 async fn client(
     opts: &AdminOpts,
 ) -> anyhow::Result<admin_client::AdminClient<tonic::transport::Channel>> {
-    connect_admin(opts.socket.clone()).await.with_context(|| {
-        format!(
-            "cannot reach the admin socket {} (is signet server or signet run running?)",
-            opts.socket.display()
+    let location = crate::sockets::locate(SocketRole::Admin, opts.admin_socket.clone(), None)?;
+    let path = location.client_path();
+    let _ = ADMIN_SOCKET.set(path.clone());
+    connect_admin(path.clone()).await.map_err(|e| {
+        let hint = if path.exists() {
+            ""
+        } else {
+            "; is signet server or signet run running?"
+        };
+        anyhow::anyhow!(
+            "cannot reach the admin API: {} ({}{hint})",
+            explain_connect_error(&path, &e),
+            location.origin()
         )
     })
 }
 
-/// Turns a gRPC status into an error that names the problem.
+/// Turns a gRPC status into an error that names the problem; Unimplemented
+/// means the socket serves something else than the admin API.
 fn status(e: tonic::Status) -> anyhow::Error {
+    if e.code() == tonic::Code::Unimplemented {
+        let path = ADMIN_SOCKET
+            .get()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the socket".into());
+        return anyhow::anyhow!(
+            "{path} does not serve the admin API (it answered Unimplemented): is it an agent socket? Give the server's admin socket, the one `signet run` or `signet server` prints as \"admin socket\" (--admin-socket)"
+        );
+    }
+    if e.message().is_empty() {
+        return anyhow::anyhow!("the server answered {:?}", e.code());
+    }
     anyhow::anyhow!("{}", e.message())
 }
 

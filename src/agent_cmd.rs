@@ -15,7 +15,7 @@ use signet_identity::{Bundle, TrustDomain};
 use signet_sds::{SdsOptions, SdsService};
 use tokio::sync::watch;
 
-use crate::api_cli::DEFAULT_AGENT_SOCKET;
+use signet_core::unix_socket::SocketRole;
 
 /// Agent settings: every config-file key is also a flag of the same name.
 #[derive(Debug, Default, Args, Deserialize)]
@@ -68,9 +68,10 @@ pub struct AgentSettings {
     /// Most workload SVIDs kept in memory; streamed entries are always kept [default: 1000].
     #[arg(long)]
     svid_cache_size: Option<usize>,
-    /// Workload API socket [default: /tmp/signet/agent.sock].
-    #[arg(long)]
-    socket_path: Option<PathBuf>,
+    /// The Workload API's socket (see --help).
+    #[arg(long, alias = "socket-path", value_parser = crate::sockets::socket_arg, long_help = crate::sockets::AGENT_SOCKET_HELP)]
+    #[serde(alias = "socket_path")]
+    agent_socket: Option<PathBuf>,
 }
 
 impl AgentSettings {
@@ -81,6 +82,7 @@ impl AgentSettings {
     /// Reads the file, lets flags override it, applies defaults and reports
     /// every problem at once.
     pub fn resolve(mut self) -> anyhow::Result<ResolvedAgent> {
+        let mut socket_in_file = None;
         if let Some(path) = self.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -97,7 +99,7 @@ impl AgentSettings {
             self.x509pop_cert = self.x509pop_cert.or(file.x509pop_cert);
             self.x509pop_key = self.x509pop_key.or(file.x509pop_key);
             self.data_dir = self.data_dir.or(file.data_dir);
-            self.socket_path = self.socket_path.or(file.socket_path);
+            socket_in_file = file.agent_socket;
             self.svid_cache_size = self.svid_cache_size.or(file.svid_cache_size);
             self.sds_trusted_ca |= file.sds_trusted_ca;
         }
@@ -105,6 +107,11 @@ impl AgentSettings {
         let td = TrustDomain::parse(self.trust_domain.as_deref().unwrap_or("example.org"))
             .map_err(|e| problems.push(format!("trust_domain: {e}")))
             .ok();
+        let socket =
+            crate::sockets::locate(SocketRole::Agent, self.agent_socket.take(), socket_in_file)
+                .map_err(|e| problems.push(e.to_string()))
+                .map(|l| l.server_path())
+                .unwrap_or_default();
         let mut servers = Vec::new();
         if self.server_address.is_empty() {
             problems.push("server_address: at least one is required (IP:PORT)".into());
@@ -187,9 +194,7 @@ impl AgentSettings {
         };
         Ok(ResolvedAgent {
             config,
-            socket: self
-                .socket_path
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET)),
+            socket,
             sds: SdsOptions {
                 spiffe_validator: !self.sds_trusted_ca,
             },
@@ -219,11 +224,20 @@ pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
     let listener = bind_agent_socket(&socket)
         .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
     let identity = signet_core::unix_socket::socket_identity(&socket);
-    let mut rx = stop_rx.clone();
-    let stop = async move {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api = tokio::spawn(serve_agent_socket(handle, listener, sds, stop));
+    let api = tokio::spawn(serve_agent_socket(
+        handle,
+        listener,
+        sds,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(signet_core::unix_socket::watch_socket(
+        socket.clone(),
+        identity,
+        stopped(stop_rx.clone()),
+    ));
     println!("signet agent is running");
     println!(
         "  agent socket   {} (SPIFFE_ENDPOINT_SOCKET=unix://{})",

@@ -2,30 +2,27 @@
 //! way a workload sees the agent.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use signet_core::agent::workload_api::connect;
 use signet_core::api::workload::*;
-use signet_core::workload_client::{resolve_socket, split_der, with_header};
+use signet_core::unix_socket::SocketRole;
+use signet_core::workload_client::{connect_to, split_der, status_error, with_header};
 use signet_identity::bundle::certificates_to_pem;
 use signet_identity::{PrivateKey, X509Svid};
 
 use crate::admin_cli::Output;
 
-pub use signet_core::workload_client::DEFAULT_AGENT_SOCKET;
-
 #[derive(Debug, Args)]
 pub struct ApiOpts {
-    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
+    #[arg(long, alias = "socket", global = true, value_parser = crate::sockets::socket_arg, help = crate::sockets::AGENT_SOCKET_HELP)]
+    agent_socket: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
-    /// How long `fetch x509` and `fetch jwt` wait for an identity to be
+    /// How long `fetch x509`, `fetch jwt` and `fetch bundle` wait for an identity to be
     /// issued to this process (a new entry takes a moment to reach the
     /// agent); 0s fails at once.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -79,11 +76,7 @@ pub enum ValidateCmd {
     },
 }
 
-fn socket_path(opts: &ApiOpts) -> anyhow::Result<PathBuf> {
-    Ok(resolve_socket(opts.socket.as_deref())?)
-}
-
-fn status(e: tonic::Status) -> anyhow::Error {
+fn status(path: &Path, e: tonic::Status) -> anyhow::Error {
     if e.code() == tonic::Code::PermissionDenied && e.message() == "no identity issued" {
         // Say who asked, and what would register it.
         let uid = rustix::process::getuid().as_raw();
@@ -91,53 +84,39 @@ fn status(e: tonic::Status) -> anyhow::Error {
             "no identity issued (PermissionDenied) to this process (uid {uid}); an entry that would match it:\n  signet entry create --spiffe-id spiffe://<trust-domain>/<name> --selector unix:uid:{uid}"
         );
     }
-    anyhow::anyhow!("{} ({:?})", e.message(), e.code())
+    status_error(path, e).into()
 }
 
 /// The agent is healthy when it answers the Workload API with identities or
 /// with PermissionDenied (none for this caller); Unavailable means it can
 /// no longer vouch for identities (banned, evicted, cannot renew).
 pub async fn health(socket: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = resolve_socket(socket.as_deref())?;
-    let mut c = connect(path.clone())
-        .await
-        .with_context(|| format!("agent is unhealthy: cannot reach {}", path.display()))?;
+    let location = crate::sockets::locate(SocketRole::Agent, socket, None)?;
+    let (mut c, path) = connect_to(&location).await.context("agent is unhealthy")?;
+    let unhealthy = |e| anyhow::Error::from(status_error(&path, e)).context("agent is unhealthy");
     match c.fetch_x509svid(with_header(X509svidRequest {})).await {
         Ok(mut stream) => match stream.get_mut().message().await {
             Ok(_) => println!("Agent is healthy"),
             Err(e) if e.code() == tonic::Code::PermissionDenied => println!("Agent is healthy"),
-            Err(e) => bail!("agent is unhealthy: {}", e.message()),
+            Err(e) => return Err(unhealthy(e)),
         },
         Err(e) if e.code() == tonic::Code::PermissionDenied => println!("Agent is healthy"),
-        Err(e) => bail!("agent is unhealthy: {}", e.message()),
+        Err(e) => return Err(unhealthy(e)),
     }
     Ok(())
 }
 
 pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
-    let path = socket_path(&opts)?;
-    let mut c = connect(path.clone()).await.with_context(|| {
-        format!(
-            "cannot reach the Workload API at {} (is the agent running?)",
-            path.display()
-        )
-    })?;
+    let location = crate::sockets::locate(SocketRole::Agent, opts.agent_socket.clone(), None)?;
+    let (mut c, path) = connect_to(&location).await?;
+    let status = |e| status(&path, e);
     match cmd {
         ApiCmd::Fetch {
             what: FetchCmd::X509 { write },
         } => {
             let resp = wait_for_identity(opts.timeout, || {
                 let mut c = c.clone();
-                async move {
-                    let mut stream = c
-                        .fetch_x509svid(with_header(X509svidRequest {}))
-                        .await?
-                        .into_inner();
-                    stream
-                        .message()
-                        .await?
-                        .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
-                }
+                async move { first(c.fetch_x509svid(with_header(X509svidRequest {})).await).await }
             })
             .await
             .map_err(status)?;
@@ -176,16 +155,18 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
         ApiCmd::Fetch {
             what: FetchCmd::Bundle,
         } => {
-            let mut stream = c
-                .fetch_x509_bundles(with_header(X509BundlesRequest {}))
-                .await
-                .map_err(status)?
-                .into_inner();
-            let resp = stream
-                .message()
-                .await
-                .map_err(status)?
-                .context("the agent closed the stream")?;
+            let resp = wait_for_identity(opts.timeout, || {
+                let mut c = c.clone();
+                async move {
+                    first(
+                        c.fetch_x509_bundles(with_header(X509BundlesRequest {}))
+                            .await,
+                    )
+                    .await
+                }
+            })
+            .await
+            .map_err(status)?;
             let mut tds: Vec<_> = resp.bundles.iter().collect();
             tds.sort();
             for (td, der) in tds {
@@ -244,13 +225,22 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                c = connect(path.clone()).await.with_context(|| {
-                    format!("cannot reach the Workload API at {}", path.display())
-                })?;
+                c = connect_to(&location).await?.0;
             }
         }
     }
     Ok(())
+}
+
+/// The first message of a stream the agent opened.
+async fn first<T>(
+    opened: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<T, tonic::Status> {
+    opened?
+        .into_inner()
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
 }
 
 /// Retries `attempt` while the agent answers PermissionDenied with "no

@@ -205,7 +205,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &dir.join("data").display().to_string(),
             "--admin-socket",
             &admin_sock,
-            "--socket-path",
+            "--agent-socket",
             &agent_sock,
             "--bind-address",
             "127.0.0.1:0",
@@ -236,7 +236,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .arg(format!("unix:uid:{uid}"))
             .arg("--selector")
             .arg(format!("unix:path:{}", bin.display()))
-            .args(["--socket", &admin_sock])
+            .args(["--admin-socket", &admin_sock])
             .output()?;
         if !out.status.success() {
             bail!(
@@ -273,7 +273,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &policy.display().to_string(),
             "--entrypoint",
             "demo/allow",
-            "--socket",
+            "--agent-socket",
             &agent_sock,
             "--admin-listen",
             &format!("127.0.0.1:{in_admin}"),
@@ -294,7 +294,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &format!("127.0.0.1:{inbound}"),
             "--server-id",
             BACKEND,
-            "--socket",
+            "--agent-socket",
             &agent_sock,
             "--admin-listen",
             &format!("127.0.0.1:{out_admin}"),

@@ -23,9 +23,8 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::json;
 use signet_core::atomic_file::{self, Owner};
-use signet_core::workload_client::{
-    X509Context, X509State, X509Watcher, fetch_jwt, resolve_socket, watch_x509,
-};
+use signet_core::unix_socket::{SocketLocation, SocketRole};
+use signet_core::workload_client::{X509Context, X509State, X509Watcher, fetch_jwt, watch_x509};
 use signet_identity::JwtSvid;
 use tokio::sync::watch;
 
@@ -60,9 +59,14 @@ pub struct HelperArgs {
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HelperSettings {
-    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    #[arg(long, alias = "socket", value_parser = crate::sockets::socket_arg, help = crate::sockets::AGENT_SOCKET_HELP)]
+    #[serde(alias = "socket")]
+    agent_socket: Option<PathBuf>,
+    /// `--agent-socket` when given as a flag: it comes before the
+    /// environment, which comes before the file's `agent_socket`.
+    #[arg(skip)]
+    #[serde(skip)]
+    agent_socket_flag: Option<PathBuf>,
     /// Directory to write the files into (must exist).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -160,8 +164,8 @@ impl HelperSettings {
         macro_rules! take {
             ($($f:ident),*) => { $( if flags.$f.is_some() { self.$f = flags.$f; } )* };
         }
+        self.agent_socket_flag = flags.agent_socket;
         take!(
-            socket,
             dir,
             svid_file,
             key_file,
@@ -191,7 +195,7 @@ impl HelperSettings {
 /// A checked helper configuration.
 #[derive(Debug, Clone)]
 pub struct HelperConfig {
-    pub socket: Option<PathBuf>,
+    pub agent_socket: SocketLocation,
     pub dir: PathBuf,
     pub svid_file: String,
     pub key_file: String,
@@ -353,14 +357,18 @@ impl TryFrom<HelperSettings> for HelperConfig {
                 None
             }
         });
-        if !problems.is_empty() {
+        let agent_socket =
+            crate::sockets::locate(SocketRole::Agent, s.agent_socket_flag, s.agent_socket)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok();
+        let (Some(agent_socket), true) = (agent_socket, problems.is_empty()) else {
             bail!(
                 "invalid helper configuration:\n  - {}",
                 problems.join("\n  - ")
             );
-        }
+        };
         Ok(HelperConfig {
-            socket: s.socket,
+            agent_socket,
             dir,
             svid_file,
             key_file,
@@ -434,7 +442,7 @@ fn parse_signal(text: &str) -> Result<Signal, String> {
     Signal::from_str(&name).map_err(|_| "not a signal name such as HUP, USR1 or TERM".into())
 }
 
-fn lookup_user(text: &str) -> Result<u32, String> {
+pub(crate) fn lookup_user(text: &str) -> Result<u32, String> {
     if let Ok(uid) = text.parse::<u32>() {
         return Ok(uid);
     }
@@ -565,7 +573,7 @@ fn write_x509(
 /// (at half its lifetime).
 async fn write_jwt(
     config: &HelperConfig,
-    socket: &Path,
+    socket: &SocketLocation,
     target: &JwtTarget,
 ) -> anyhow::Result<(JwtSvid, SystemTime)> {
     let svids = fetch_jwt(
@@ -797,18 +805,18 @@ fn proc_start(pid: i32) -> Option<i64> {
 
 pub async fn run(args: HelperArgs) -> anyhow::Result<()> {
     let (config, check, output) = args.resolve()?;
-    let socket = resolve_socket(config.socket.as_deref())?;
+    let socket = config.agent_socket.clone();
     probe_dir(&config.dir, config.owner)?;
     if check {
         println!(
             "configuration is valid (writing into {}, Workload API at {})",
             config.dir.display(),
-            socket.display()
+            socket.client_path().display()
         );
         return Ok(());
     }
     let events = Events(output);
-    tracing::info!(socket = %socket.display(), dir = %config.dir.display(), "waiting for an X509-SVID");
+    tracing::info!(socket = %socket.client_path().display(), dir = %config.dir.display(), "waiting for an X509-SVID");
     let watcher = watch_x509(socket.clone());
     if config.once {
         once(&config, &socket, &watcher, events).await
@@ -821,7 +829,7 @@ pub async fn run(args: HelperArgs) -> anyhow::Result<()> {
 /// without an identity for us (the state after "connecting"); never ends.
 async fn say_once_while_waiting(
     watcher: &X509Watcher,
-    socket: &Path,
+    socket: &SocketLocation,
     timeout: Duration,
 ) -> std::convert::Infallible {
     let mut rx = watcher.subscribe();
@@ -832,7 +840,7 @@ async fn say_once_while_waiting(
             eprintln!(
                 "waiting up to {} for an X509-SVID from the Workload API at {}: {why}",
                 humantime::format_duration(timeout),
-                socket.display()
+                socket.client_path().display()
             );
             break;
         }
@@ -846,7 +854,7 @@ async fn say_once_while_waiting(
 /// `--once`: the first SVID (within the timeout), every JWT, one reload.
 async fn once(
     config: &HelperConfig,
-    socket: &Path,
+    socket: &SocketLocation,
     watcher: &X509Watcher,
     events: Events,
 ) -> anyhow::Result<()> {
@@ -859,16 +867,13 @@ async fn once(
     } {
         Ok(Some(ctx)) => ctx,
         Ok(None) | Err(_) => {
-            let mut why = match watcher.state() {
+            let why = match watcher.state() {
                 X509State::Waiting(why) => why,
                 X509State::Ready(_) => "the watcher stopped".into(),
             };
-            if !socket.exists() {
-                why.push_str(" (no socket there: is the agent running?)");
-            }
             bail!(
                 "no X509-SVID from the Workload API at {} within {:?}: {why}",
-                socket.display(),
+                socket.client_path().display(),
                 config.timeout
             );
         }
@@ -908,7 +913,7 @@ enum Health {
 /// half-life, reloads after each change, until SIGTERM or Ctrl-C.
 async fn daemon(
     config: HelperConfig,
-    socket: PathBuf,
+    socket: SocketLocation,
     watcher: X509Watcher,
     events: Events,
 ) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ mod helper_cmd;
 mod policy_cli;
 mod proxy_cmd;
 mod server_cmd;
+mod sockets;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,18 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `signet_core=debug`.
     #[arg(long, global = true, env = "SIGNET_LOG", default_value = "info")]
     log: String,
+
+    /// Also accept agent and admin sockets served by this user (uid or
+    /// name; repeatable). Clients refuse sockets served by anyone but
+    /// themselves or root, which any local user could have put there.
+    #[arg(
+        long,
+        global = true,
+        env = "SIGNET_TRUST_SOCKET_OWNER",
+        value_delimiter = ',',
+        value_name = "USER"
+    )]
+    trust_socket_owner: Vec<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -109,8 +122,7 @@ enum Command {
         /// container health checks in images without a shell or curl.
         #[arg(long, conflicts_with = "agent", value_name = "URL")]
         url: Option<String>,
-        /// Agent socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
-        #[arg(long, requires = "agent")]
+        #[arg(long, requires = "agent", value_parser = sockets::socket_arg, help = sockets::AGENT_SOCKET_HELP)]
         agent_socket: Option<PathBuf>,
         #[command(flatten)]
         opts: AdminOpts,
@@ -121,6 +133,13 @@ fn main() -> ExitCode {
     exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    match sockets::trusted_owners(&cli.trust_socket_owner) {
+        Ok(uids) => signet_core::unix_socket::trust_socket_owners(uids),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     if matches!(
         cli.command,
         Command::Run(_)
@@ -148,13 +167,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(r) => {
                 let local = server_cmd::LocalAgent {
-                    socket: r.socket_path,
                     svid_cache_size: r.svid_cache_size,
                     sds: signet_sds::SdsOptions {
                         spiffe_validator: !r.sds_trusted_ca,
                     },
                 };
-                serve(r.server, Some(local)).await
+                serve(r.server.with_local_agent(r.agent_socket), Some(local)).await
             }
             Command::Server(s) => serve(s, None).await,
             Command::Agent(AgentArgs {
@@ -234,9 +252,8 @@ fn raise_open_file_limit() {
 struct RunArgs {
     #[command(flatten)]
     server: ServerSettings,
-    /// Workload API socket of the local agent.
-    #[arg(long, env = "SIGNET_AGENT_SOCKET", default_value = api_cli::DEFAULT_AGENT_SOCKET)]
-    socket_path: PathBuf,
+    #[arg(long, alias = "socket-path", value_parser = sockets::socket_arg, help = sockets::AGENT_SOCKET_HELP)]
+    agent_socket: Option<PathBuf>,
     /// Envoy SDS: send trust bundles as plain trusted_ca PEM instead of the SPIFFE validator.
     #[arg(long)]
     sds_trusted_ca: bool,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use signet_core::workload_client::{X509State, resolve_socket, watch_x509};
+use signet_core::unix_socket::{SocketLocation, SocketRole};
+use signet_core::workload_client::{X509State, watch_x509};
 use signet_proxy::config::{ListenerFile, ProxyFile};
 use signet_proxy::{Identity, Proxy, ProxyConfig};
 
@@ -30,9 +31,8 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Args, Default)]
 struct CommonFlags {
-    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/signet/agent.sock].
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
+    #[arg(long, alias = "socket", global = true, value_parser = crate::sockets::socket_arg, help = crate::sockets::AGENT_SOCKET_HELP)]
+    agent_socket: Option<PathBuf>,
     /// Serve /live, /ready and /metrics (Prometheus) on this address.
     #[arg(long, global = true)]
     admin_listen: Option<String>,
@@ -141,7 +141,7 @@ fn listener_file(mode: &str, f: ListenerFlags) -> ListenerFile {
 }
 
 impl ProxyArgs {
-    fn resolve(self) -> anyhow::Result<(ProxyConfig, bool)> {
+    fn resolve(self) -> anyhow::Result<(ProxyConfig, SocketLocation, bool)> {
         let mut file = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -175,9 +175,7 @@ impl ProxyArgs {
             None => {}
         }
         let c = self.common;
-        if c.socket.is_some() {
-            file.socket = c.socket;
-        }
+        let socket_flag = c.agent_socket;
         if c.admin_listen.is_some() {
             file.admin_listen = c.admin_listen;
         }
@@ -190,13 +188,15 @@ impl ProxyArgs {
         if c.workers.is_some() {
             file.workers = c.workers;
         }
-        Ok((ProxyConfig::try_from(file)?, self.check_config))
+        let config = ProxyConfig::try_from(file)?;
+        let socket =
+            crate::sockets::locate(SocketRole::Agent, socket_flag, config.agent_socket.clone())?;
+        Ok((config, socket, self.check_config))
     }
 }
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let (config, check) = args.resolve()?;
-    let socket = resolve_socket(config.socket.as_deref())?;
+    let (config, socket, check) = args.resolve()?;
     if check {
         for l in &config.listeners {
             if let signet_proxy::config::Mode::Inbound(i) = &l.mode
@@ -216,8 +216,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             }
         }
         println!(
-            "configuration is valid ({} listener(s))",
-            config.listeners.len()
+            "configuration is valid ({} listener(s); Workload API at {})",
+            config.listeners.len(),
+            socket.client_path().display()
         );
         return Ok(());
     }

@@ -22,8 +22,8 @@ use signet_core::{KeyType, SystemClock, UpstreamAuthority, datastore};
 use signet_identity::{SpiffeId, TrustDomain};
 use tokio::sync::watch;
 
-use crate::admin_cli::DEFAULT_ADMIN_SOCKET;
-use crate::api_cli::DEFAULT_AGENT_SOCKET;
+use crate::sockets::{flag_to_reach, locate};
+use signet_core::unix_socket::SocketRole;
 
 /// Server settings: every key of the config file is also a flag of the
 /// same name (`trust_domain` = `--trust-domain`); flags win.
@@ -47,9 +47,16 @@ pub struct ServerSettings {
     /// Datastore URL: sqlite://PATH or postgres://... [default: sqlite in the data dir].
     #[arg(long, env = "SIGNET_DATASTORE")]
     datastore: Option<String>,
-    /// Admin API socket (created mode 0600) [default: /tmp/signet/private/admin.sock].
-    #[arg(long, env = "SIGNET_ADMIN_SOCKET")]
+    /// The admin API's socket, created mode 0600 (see --help).
+    #[arg(long, value_parser = crate::sockets::socket_arg, long_help = crate::sockets::ADMIN_SOCKET_HELP)]
     admin_socket: Option<PathBuf>,
+    /// `signet run` only: the local agent's socket (its flag is `signet
+    /// run --agent-socket`).
+    #[arg(skip)]
+    agent_socket: Option<PathBuf>,
+    #[arg(skip)]
+    #[serde(skip)]
+    local_agent: Option<LocalAgentSocket>,
     /// Address of the server-agent API (mTLS) [default: 127.0.0.1:8081; port 0 picks one].
     #[arg(long, env = "SIGNET_BIND_ADDRESS")]
     bind_address: Option<String>,
@@ -100,6 +107,8 @@ pub struct Resolved {
     pub data_dir: PathBuf,
     pub datastore: String,
     pub admin_socket: PathBuf,
+    /// The local agent's socket, for `signet run`.
+    pub agent_socket: Option<PathBuf>,
     pub upstream: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
 }
 
@@ -109,14 +118,26 @@ macro_rules! merge {
     };
 }
 
+/// `signet run`'s `--agent-socket`, if given.
+#[derive(Debug, Default)]
+struct LocalAgentSocket(Option<PathBuf>);
+
 impl ServerSettings {
+    /// For `signet run`: the server also runs a local agent, whose socket
+    /// comes from `flag`, the environment, the config file or the default.
+    pub fn with_local_agent(mut self, flag: Option<PathBuf>) -> Self {
+        self.local_agent = Some(LocalAgentSocket(flag));
+        self
+    }
+
     /// Reads the config file (if any), lets flags override it, applies
     /// defaults and reports every problem at once.
     pub fn resolve(mut self) -> anyhow::Result<Resolved> {
+        let mut file = ServerSettings::default();
         if let Some(path) = self.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
-            let mut file: ServerSettings = toml::from_str(&text)
+            file = toml::from_str(&text)
                 .with_context(|| format!("config file {} is invalid", path.display()))?;
             merge!(
                 self,
@@ -124,7 +145,6 @@ impl ServerSettings {
                 trust_domain,
                 data_dir,
                 datastore,
-                admin_socket,
                 bind_address,
                 x509pop_ca_bundle,
                 server_id,
@@ -144,6 +164,28 @@ impl ServerSettings {
         let td = TrustDomain::parse(self.trust_domain.as_deref().unwrap_or("example.org"))
             .map_err(|e| problems.push(format!("trust_domain: {e}")))
             .ok();
+        let admin_socket = locate(
+            SocketRole::Admin,
+            self.admin_socket.take(),
+            file.admin_socket,
+        )
+        .map_err(|e| problems.push(e.to_string()))
+        .map(|l| l.server_path())
+        .unwrap_or_default();
+        let agent_socket = match self.local_agent.take() {
+            Some(LocalAgentSocket(flag)) => locate(SocketRole::Agent, flag, file.agent_socket)
+                .map_err(|e| problems.push(e.to_string()))
+                .map(|l| l.server_path())
+                .ok(),
+            None => {
+                if file.agent_socket.is_some() {
+                    problems.push(
+                        "agent_socket: only `signet run` serves an agent socket; a server's agents serve their own".into(),
+                    );
+                }
+                None
+            }
+        };
         let mut duration = |name: &str, v: &Option<String>, default: &str| {
             humantime::parse_duration(v.as_deref().unwrap_or(default))
                 .map_err(|e| {
@@ -220,9 +262,8 @@ impl ServerSettings {
             x509pop_ca_bundle: self.x509pop_ca_bundle,
             data_dir,
             datastore,
-            admin_socket: self
-                .admin_socket
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+            admin_socket,
+            agent_socket,
             upstream,
         })
     }
@@ -240,7 +281,7 @@ pub fn local_agent_id(td: &TrustDomain) -> anyhow::Result<SpiffeId> {
 /// Runs a server (and, for `signet run`, the local agent with its Workload
 /// API on `agent_socket`) until SIGINT or SIGTERM, then drains.
 pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Result<()> {
-    let agent_socket = local_agent.as_ref().map(|a| a.socket.clone());
+    let agent_socket = local_agent.as_ref().and(r.agent_socket.clone());
     let combined = agent_socket.is_some();
     create_private_dir(&r.data_dir)?;
     let _lock = lock_data_dir(&r.data_dir)?;
@@ -417,7 +458,6 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
 /// The agent inside `signet run`.
 #[derive(Debug)]
 pub struct LocalAgent {
-    pub socket: PathBuf,
     pub svid_cache_size: usize,
     pub sds: signet_sds::SdsOptions,
 }
@@ -496,11 +536,7 @@ fn print_banner(
     let until = humantime::format_rfc3339_seconds(authority.not_after());
     let bundle = ca.bundle();
     let sock = admin_socket.display();
-    let socket_flag = if admin_socket == Path::new(DEFAULT_ADMIN_SOCKET) {
-        String::new()
-    } else {
-        format!(" --socket {sock}")
-    };
+    let socket_flag = flag_to_reach(SocketRole::Admin, admin_socket);
     let cfg = server.config();
     let td = server.trust_domain();
     println!(
@@ -542,11 +578,7 @@ fn print_banner(
         "  signet entry create{socket_flag} --spiffe-id spiffe://{td}/web --selector unix:uid:$(id -u)"
     );
     if let Some(agent) = agent_socket {
-        let api_flag = if agent == Path::new(DEFAULT_AGENT_SOCKET) {
-            String::new()
-        } else {
-            format!(" --socket {}", agent.display())
-        };
+        let api_flag = flag_to_reach(SocketRole::Agent, agent);
         println!("  signet api fetch x509{api_flag}");
         println!("  signet api fetch jwt{api_flag} --audience db");
     }

@@ -180,7 +180,6 @@ fn postgres_serves_and_authenticates_with_helper_written_svids_across_rotation()
         dir,
         "db-helper.toml",
         &[
-            ("/tmp/signet/agent.sock", &c.agent),
             ("/run/signet/postgres", db_certs.to_str().unwrap()),
             (
                 "/var/lib/postgresql/15/main",
@@ -200,7 +199,7 @@ fn postgres_serves_and_authenticates_with_helper_written_svids_across_rotation()
     let mut cmd = Command::new(&db_bin);
     cmd.args(["helper", "--output", "json", "--config"])
         .arg(&db_cfg)
-        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", c.agent))
         .env("SIGNET_LOG", "info");
     let mut db_helper = Proc::spawn("db-helper", cmd, dir);
     db_helper.wait_for("\"x509_written\"");
@@ -260,15 +259,12 @@ fn postgres_serves_and_authenticates_with_helper_written_svids_across_rotation()
         let cfg = helper_config(
             dir,
             "app-helper.toml",
-            &[
-                ("/tmp/signet/agent.sock", &c.agent),
-                ("/run/signet/app", certs.to_str().unwrap()),
-            ],
+            &[("/run/signet/app", certs.to_str().unwrap())],
         );
         let out = Command::new(bin)
             .args(["helper", "--once", "--output", "json", "--config"])
             .arg(&cfg)
-            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", c.agent))
             .env("SIGNET_LOG", "warn")
             .output()
             .unwrap();

@@ -196,7 +196,7 @@ name = "tcp"
 mode = "inbound"
 listen = "127.0.0.1:{in_tcp}"
 to = "127.0.0.1:{echo}"
-allow_ids = ["{FRONTEND}"]
+allow_id = ["{FRONTEND}"]
 "#,
             policy = policy.display()
         ),

@@ -13,37 +13,64 @@ use tonic::Request;
 
 use crate::agent::workload_api::{SECURITY_HEADER, connect};
 use crate::api::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
-use crate::unix_socket::endpoint_path;
+use crate::unix_socket::{SocketLocation, explain_connect_error};
 
-/// Where `signet run` and `signet agent` put the agent socket by default.
-pub const DEFAULT_AGENT_SOCKET: &str = "/tmp/signet/agent.sock";
+type Client = crate::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("SPIFFE_ENDPOINT_SOCKET {0}")]
-    Endpoint(String),
-    #[error("cannot reach the Workload API at {path}: {source}")]
-    Connect {
-        path: PathBuf,
-        source: tonic::transport::Error,
-    },
-    #[error("the Workload API answered {}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    /// Why the socket could not be reached, from
+    /// [`explain_connect_error`].
+    #[error("cannot reach the Workload API: {0}")]
+    Connect(String),
+    #[error(
+        "{0} does not serve the Workload API (it answered Unimplemented): is it a server's admin socket? Give the agent socket, the one `signet run` or `signet agent` prints as \"agent socket\""
+    )]
+    NotWorkloadApi(PathBuf),
+    #[error("{} ({:?})", .0.message(), .0.code())]
+    Status(tonic::Status),
     #[error("the agent sent a malformed {what}: {why}")]
     Malformed { what: &'static str, why: String },
     #[error("the agent returned no SVID")]
     NoSvid,
 }
 
-/// The socket to use: an explicit path, else `SPIFFE_ENDPOINT_SOCKET`
-/// (`unix:///abs/path`), else [`DEFAULT_AGENT_SOCKET`].
-pub fn resolve_socket(explicit: Option<&Path>) -> Result<PathBuf, ClientError> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status(status)
     }
-    match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
-        Ok(addr) if !addr.is_empty() => endpoint_path(&addr).map_err(ClientError::Endpoint),
-        _ => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
+}
+
+/// Connects to the Workload API where `location` says it is (looked up
+/// again on each call); a failure says why in words.
+pub async fn connect_to(location: &SocketLocation) -> Result<(Client, PathBuf), ClientError> {
+    let path = location.client_path();
+    match connect(path.clone()).await {
+        Ok(client) => Ok((client, path)),
+        Err(e) => {
+            let hint = if path.exists() {
+                ""
+            } else {
+                "; is the agent running?"
+            };
+            Err(ClientError::Connect(format!(
+                "{} ({}{hint})",
+                explain_connect_error(&path, &e),
+                location.origin()
+            )))
+        }
+    }
+}
+
+/// The error for a status the Workload API answered at `path`:
+/// Unimplemented means the socket serves something else.
+pub fn status_error(path: &Path, status: tonic::Status) -> ClientError {
+    if status.code() == tonic::Code::Unimplemented {
+        ClientError::NotWorkloadApi(path.to_path_buf())
+    } else {
+        ClientError::Status(status)
     }
 }
 
@@ -208,13 +235,13 @@ pub const CONNECTING: &str = "connecting";
 /// identity for us yet it retries with backoff (100 ms doubling to 5 s),
 /// keeping the last good context meanwhile. Malformed updates are logged and
 /// skipped, never published.
-pub fn watch_x509(socket: PathBuf) -> X509Watcher {
+pub fn watch_x509(socket: SocketLocation) -> X509Watcher {
     let (tx, rx) = watch::channel(X509State::Waiting(CONNECTING.into()));
     tokio::spawn(run_watch(socket, tx));
     X509Watcher { rx }
 }
 
-async fn run_watch(socket: PathBuf, tx: watch::Sender<X509State>) {
+async fn run_watch(socket: SocketLocation, tx: watch::Sender<X509State>) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let outcome = tokio::select! {
@@ -228,7 +255,7 @@ async fn run_watch(socket: PathBuf, tx: watch::Sender<X509State>) {
         if tx.borrow().context().is_none() {
             tx.send_replace(X509State::Waiting(why.clone()));
         }
-        tracing::warn!(socket = %socket.display(), "Workload API: {why}; retrying in {backoff:?}");
+        tracing::warn!(socket = %socket.client_path().display(), "Workload API: {why}; retrying in {backoff:?}");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = tx.closed() => return,
@@ -243,20 +270,15 @@ async fn run_watch(socket: PathBuf, tx: watch::Sender<X509State>) {
 }
 
 async fn stream_once(
-    socket: &Path,
+    socket: &SocketLocation,
     tx: &watch::Sender<X509State>,
     backoff: &mut Duration,
 ) -> Result<(), ClientError> {
-    let mut client =
-        connect(socket.to_path_buf())
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: socket.to_path_buf(),
-                source,
-            })?;
+    let (mut client, path) = connect_to(socket).await?;
     let mut stream = client
         .fetch_x509svid(with_header(X509svidRequest {}))
-        .await?
+        .await
+        .map_err(|s| status_error(&path, s))?
         .into_inner();
     while let Some(resp) = stream.message().await? {
         match X509Context::from_response(&resp) {
@@ -277,23 +299,18 @@ async fn stream_once(
 
 /// Fetches JWT-SVIDs for `audience` (all identities, or only `spiffe_id`).
 pub async fn fetch_jwt(
-    socket: &Path,
+    socket: &SocketLocation,
     audience: Vec<String>,
     spiffe_id: Option<String>,
 ) -> Result<Vec<(String, String)>, ClientError> {
-    let mut client =
-        connect(socket.to_path_buf())
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: socket.to_path_buf(),
-                source,
-            })?;
+    let (mut client, path) = connect_to(socket).await?;
     let resp = client
         .fetch_jwtsvid(with_header(JwtsvidRequest {
             audience,
             spiffe_id: spiffe_id.unwrap_or_default(),
         }))
-        .await?
+        .await
+        .map_err(|s| status_error(&path, s))?
         .into_inner();
     Ok(resp
         .svids

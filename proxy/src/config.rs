@@ -36,8 +36,9 @@ pub enum ConfigError {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyFile {
-    /// Workload API socket.
-    pub socket: Option<PathBuf>,
+    /// Agent socket (Workload API); `socket` is its older name.
+    #[serde(alias = "socket")]
+    pub agent_socket: Option<PathBuf>,
     /// Health and metrics endpoint (`/ready`, `/live`, `/metrics`).
     pub admin_listen: Option<String>,
     pub drain_timeout: Option<String>,
@@ -59,9 +60,12 @@ pub struct ListenerFile {
     pub mode: Option<String>,
     pub listen: Option<String>,
     pub to: Option<String>,
-    #[serde(default)]
+    /// Named as the flag (`--allow-id`); `allow_ids` is the older name.
+    #[serde(default, rename = "allow_id", alias = "allow_ids")]
     pub allow_ids: Vec<String>,
-    #[serde(default)]
+    /// Named as the flag (`--allow-trust-domain`); `allow_trust_domains`
+    /// is the older name.
+    #[serde(default, rename = "allow_trust_domain", alias = "allow_trust_domains")]
     pub allow_trust_domains: Vec<String>,
     pub policy: Option<PathBuf>,
     pub entrypoint: Option<String>,
@@ -87,7 +91,9 @@ pub struct ListenerFile {
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    pub socket: Option<PathBuf>,
+    /// The agent socket the config file names, if any (flags and the
+    /// environment come first).
+    pub agent_socket: Option<PathBuf>,
     pub admin_listen: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub svid_id: Option<SpiffeId>,
@@ -262,7 +268,7 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             return Err(ConfigError::Invalid(problems));
         }
         Ok(ProxyConfig {
-            socket: file.socket,
+            agent_socket: file.agent_socket,
             admin_listen,
             drain_timeout,
             svid_id,
@@ -316,14 +322,14 @@ fn check_listener(
             for s in &l.allow_ids {
                 match SpiffeId::parse(s) {
                     Ok(id) => allow_ids.push(id),
-                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("allow_ids"))),
+                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("allow_id"))),
                 }
             }
             let mut allow_trust_domains = Vec::new();
             for s in &l.allow_trust_domains {
                 match TrustDomain::parse(s) {
                     Ok(td) => allow_trust_domains.push(td),
-                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("allow_trust_domains"))),
+                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("allow_trust_domain"))),
                 }
             }
             let policy = l.policy.clone().map(|path| PolicyRef {
@@ -337,7 +343,7 @@ fn check_listener(
             });
             if l.allow_ids.is_empty() && l.allow_trust_domains.is_empty() && policy.is_none() {
                 problems.push(format!(
-                    "{name}: say who may connect: allow_ids, allow_trust_domains or policy \
+                    "{name}: say who may connect: allow_id, allow_trust_domain or policy \
                      (--allow-id, --allow-trust-domain, --policy)"
                 ));
             }
@@ -391,8 +397,8 @@ fn check_listener(
                 }
             };
             for key in [
-                ("allow_ids", !l.allow_ids.is_empty()),
-                ("allow_trust_domains", !l.allow_trust_domains.is_empty()),
+                ("allow_id", !l.allow_ids.is_empty()),
+                ("allow_trust_domain", !l.allow_trust_domains.is_empty()),
                 ("policy", l.policy.is_some()),
                 ("http", l.http),
                 (
@@ -466,7 +472,7 @@ mod tests {
             mode = "inbound"
             listen = "0.0.0.0:8443"
             to = "127.0.0.1:8080"
-            allow_trust_domains = ["example.org"]
+            allow_trust_domains = ["example.org"]  # the older name still reads
             http = true
             idle_timeout = "5m"
             [[listener]]
@@ -478,6 +484,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
+        assert!(
+            matches!(&c.listeners[0].mode, Mode::Inbound(i) if i.allow_trust_domains.len() == 1)
+        );
         assert_eq!(c.workers, Some(3));
         assert_eq!(c.listeners[0].limits.idle_timeout, Duration::from_secs(300));
         assert!(matches!(&c.listeners[0].mode, Mode::Inbound(i) if i.http));
@@ -496,7 +505,7 @@ mod tests {
             mode = "inbound"
             listen = "nowhere"
             to = "127.0.0.1:8080"
-            allow_ids = ["spiffe://Bad/x"]
+            allow_id = ["spiffe://Bad/x"]
             idle_timeout = "soon"
             insecure_keep_escaped_slashes = true
             [[listener]]
@@ -511,7 +520,7 @@ mod tests {
         for needle in [
             "workers: 0: must be between 1 and 1024",
             "listener0.listen: \"nowhere\"",
-            "listener0.allow_ids: \"spiffe://Bad/x\"",
+            "listener0.allow_id: \"spiffe://Bad/x\"",
             "listener0.idle_timeout: \"soon\"",
             "listener1.to: \"no-port\"",
             "listener1.server_id: missing",

@@ -209,13 +209,14 @@ fn flags_override_the_file() {
     .unwrap();
     let flags = HelperSettings {
         dir: Some("/flag".into()),
+        agent_socket: Some("/flag.sock".into()),
         jwt_audience: vec!["b".into()],
         once: true,
         ..HelperSettings::default()
     };
     let c = HelperConfig::try_from(file.merge(flags)).unwrap();
     assert_eq!(c.dir, PathBuf::from("/flag"));
-    assert_eq!(c.socket, Some(PathBuf::from("/file.sock")));
+    assert_eq!(c.agent_socket.client_path(), PathBuf::from("/flag.sock"));
     assert_eq!(c.jwts[0].audience, "b");
     assert_eq!(c.cert_mode, 0o640);
     assert!(c.once);

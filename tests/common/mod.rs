@@ -17,8 +17,15 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn signet() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_signet"));
-    c.env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .env("SIGNET_LOG", "info,signet_core=debug");
+    for var in [
+        "SPIFFE_ENDPOINT_SOCKET",
+        "SIGNET_AGENT_SOCKET",
+        "SIGNET_ADMIN_SOCKET",
+        "SIGNET_TRUST_SOCKET_OWNER",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("SIGNET_LOG", "info,signet_core=debug");
     c
 }
 
@@ -188,7 +195,7 @@ impl Combined {
             .args([
                 "--admin-socket",
                 &admin,
-                "--socket-path",
+                "--agent-socket",
                 &agent,
                 "--bind-address",
                 "127.0.0.1:0",
@@ -207,7 +214,7 @@ impl Combined {
     /// Runs an admin command against this instance.
     pub fn admin(&self, args: &[&str]) -> Output {
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--socket", &self.admin]);
+        all.extend(["--admin-socket", &self.admin]);
         run(&all)
     }
 
@@ -232,7 +239,7 @@ impl Combined {
     pub fn api(&self, args: &[&str]) -> Output {
         let mut all = vec!["api"];
         all.extend(args);
-        all.extend(["--socket", &self.agent]);
+        all.extend(["--agent-socket", &self.agent]);
         run(&all)
     }
 }
