@@ -24,15 +24,30 @@ pub enum PolicyCmd {
         /// Entrypoint, e.g. signet/authz/allow.
         #[arg(long)]
         entrypoint: Option<String>,
+        /// `value`: the entrypoint's value as JSON, as `opa eval` gives it
+        /// (nothing on stdout when undefined); `decision`: what Signet
+        /// makes of it (allow, reason, status, headers).
+        #[arg(long, value_enum, default_value = "value")]
+        format: EvalFormat,
     },
     /// Load a policy and report its engine, entrypoints and builtins.
     Check {
+        /// The policy: .wasm, OPA bundle .tar.gz, .rego or a directory.
         policy: PathBuf,
+        /// Entrypoint to check for, e.g. signet/authz/allow [default: the
+        /// bundle's first, else signet/authz/allow].
         #[arg(long)]
         entrypoint: Option<String>,
     },
     /// Run the Rego test_* rules of a directory, like `opa test`.
     Test { dir: PathBuf },
+}
+
+/// What `policy eval` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EvalFormat {
+    Value,
+    Decision,
 }
 
 fn read_json(path: &PathBuf) -> anyhow::Result<Value> {
@@ -64,14 +79,28 @@ pub fn run(cmd: PolicyCmd, output: Output) -> anyhow::Result<()> {
             input,
             data,
             entrypoint,
+            format,
         } => {
             let input = read_json(&input)?;
             let data = data.as_ref().map(read_json).transpose()?;
-            let decision = signet_policy::eval(&policy, &options(entrypoint, data), &input)
+            let loaded = signet_policy::Policy::load(&policy, &options(entrypoint, data))
                 .with_context(|| format!("cannot load policy {}", policy.display()))?;
-            // Decisions are data: always JSON.
-            println!("{}", serde_json::to_string_pretty(&decision)?);
+            // Values and decisions are data: always JSON.
             let _ = output;
+            match format {
+                EvalFormat::Decision => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&loaded.evaluate(&input))?
+                    )
+                }
+                EvalFormat::Value => match loaded.evaluate_value(&input).with_context(|| {
+                    format!("evaluating {} of {}", loaded.entrypoint(), policy.display())
+                })? {
+                    Some(value) => println!("{}", serde_json::to_string_pretty(&value)?),
+                    None => eprintln!("{} is undefined for this input", loaded.entrypoint()),
+                },
+            }
         }
         PolicyCmd::Check { policy, entrypoint } => {
             let info = signet_policy::check(&policy, &options(entrypoint, None))

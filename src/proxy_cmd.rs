@@ -23,7 +23,7 @@ pub struct ProxyArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Check the configuration (and load its policies), then exit.
-    #[arg(long)]
+    #[arg(long, global = true)]
     check_config: bool,
     #[command(flatten)]
     common: CommonFlags,

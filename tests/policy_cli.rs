@@ -33,6 +33,115 @@ fn check_reports_the_module() {
     assert_eq!(out["entrypoints"][0], "example");
 }
 
+const REGO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/rego");
+const INPUT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/policy/examples/connection-input.json"
+);
+
+#[test]
+fn eval_prints_the_entrypoints_value_as_opa_eval_does() {
+    let eval = |entrypoint: &str, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "eval",
+            "--policy",
+            REGO,
+            "--entrypoint",
+            entrypoint,
+            "--input",
+            INPUT,
+        ];
+        args.extend(extra);
+        ok(&args)
+    };
+    assert_eq!(eval("signet/authz/allow", &[]).trim(), "true");
+    let callers: serde_json::Value =
+        serde_json::from_str(&eval("signet/authz/allowed_callers", &[])).unwrap();
+    assert_eq!(callers["partner.example"][0], "/billing/*");
+    let decision: serde_json::Value =
+        serde_json::from_str(&eval("signet/authz/allow", &["--format", "decision"])).unwrap();
+    assert_eq!(decision["allow"], true);
+    // Undefined: nothing on stdout, a note on stderr.
+    let out = run(&[
+        "policy",
+        "eval",
+        "--policy",
+        REGO,
+        "--entrypoint",
+        "signet/http/request_path",
+        "--input",
+        INPUT,
+    ]);
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signet/http/request_path is undefined"));
+}
+
+#[test]
+fn a_misspelt_entrypoint_fails_every_check_naming_the_valid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_cfg = dir.path().join("proxy.toml");
+    std::fs::write(
+        &proxy_cfg,
+        format!(
+            "[[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:1\"\nto = \"127.0.0.1:2\"\npolicy = \"{REGO}\"\nentrypoint = \"signet/authz/alow\"\n"
+        ),
+    )
+    .unwrap();
+    let flags = [
+        "proxy",
+        "inbound",
+        "--listen",
+        "127.0.0.1:1",
+        "--to",
+        "127.0.0.1:2",
+        "--policy",
+        REGO,
+        "--entrypoint",
+        "signet/authz/alow",
+    ];
+    let mut checked = flags.to_vec();
+    checked.push("--check-config");
+    let mut started = flags.to_vec();
+    started.extend(["--agent-socket", "/nonexistent/agent.sock"]);
+    for args in [
+        vec!["policy", "check", REGO, "--entrypoint", "signet/authz/alow"],
+        vec![
+            "policy",
+            "eval",
+            "--policy",
+            REGO,
+            "--entrypoint",
+            "signet/authz/alow",
+            "--input",
+            INPUT,
+        ],
+        vec![
+            "proxy",
+            "--config",
+            proxy_cfg.to_str().unwrap(),
+            "--check-config",
+        ],
+        checked,
+        started,
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} passed");
+        assert!(
+            err.contains("did you mean signet/authz/allow?")
+                && err.contains("valid entrypoints: signet/authz/allow,"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.matches("not found").count(), 1, "said once: {err}");
+    }
+}
+
 #[test]
 fn eval_gives_the_policys_decision() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,6 +158,8 @@ fn eval_gives_the_policys_decision() {
             "example",
             "--input",
             input.to_str().unwrap(),
+            "--format",
+            "decision",
         ]))
         .unwrap()
     };

@@ -87,7 +87,11 @@ pub enum PolicyError {
     #[error("policy needs builtin {0:?}, which this host does not provide")]
     MissingBuiltin(String),
     /// The configured entrypoint is not in the policy.
-    #[error("entrypoint {entrypoint:?} not found (available: {available:?})")]
+    #[error(
+        "entrypoint {entrypoint:?} not found{}; valid entrypoints: {}",
+        closest(entrypoint, available).map(|c| format!(" (did you mean {c}?)")).unwrap_or_default(),
+        available.join(", ")
+    )]
     UnknownEntrypoint {
         /// The entrypoint asked for.
         entrypoint: String,
@@ -231,6 +235,33 @@ pub fn eval(
     input: &Value,
 ) -> Result<Decision, PolicyError> {
     Ok(Policy::load(path, options)?.evaluate(input))
+}
+
+/// The entrypoint of `available` nearest to the misspelt `wanted`, if one
+/// is a typo away (at most two edits, or a third of its length).
+fn closest<'a>(wanted: &str, available: &'a [String]) -> Option<&'a str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut diagonal = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let above = row[j + 1];
+                row[j + 1] = (diagonal + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(above + 1);
+                diagonal = above;
+            }
+        }
+        row[b.len()]
+    };
+    available
+        .iter()
+        .map(|a| (distance(wanted, a), a))
+        .filter(|(d, _)| *d <= 2.max(wanted.len() / 3))
+        .min()
+        .map(|(_, a)| a.as_str())
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, PolicyError> {

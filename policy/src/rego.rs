@@ -180,6 +180,41 @@ pub(crate) fn rule_path(entrypoint: &str) -> String {
     }
 }
 
+/// Every rule the loaded modules declare, as `data.<package>.<rule>`
+/// (sorted): what an entrypoint may name.
+fn declared_rules(engine: &mut regorus::Engine) -> Vec<String> {
+    use regorus::unstable::{Rule, RuleHead};
+    let mut rules: Vec<String> = engine
+        .get_modules()
+        .iter()
+        .flat_map(|module| {
+            let package = module.package.refr.span().text().to_string();
+            module.policy.iter().map(move |rule| {
+                let head = match rule.as_ref() {
+                    Rule::Spec { head, .. } => match head {
+                        RuleHead::Compr { refr, .. }
+                        | RuleHead::Set { refr, .. }
+                        | RuleHead::Func { refr, .. } => refr,
+                    },
+                    Rule::Default { refr, .. } => refr,
+                };
+                // `p.q[x]` declares p.q; a quoted key is left as written.
+                let name = head.span().text();
+                let name = name.split('[').next().unwrap_or(name).trim();
+                format!("data.{package}.{name}")
+            })
+        })
+        .collect();
+    rules.sort();
+    rules.dedup();
+    rules
+}
+
+/// `data.signet.authz.allow` as users write entrypoints: `signet/authz/allow`.
+fn entrypoint_name(rule: &str) -> String {
+    rule.strip_prefix("data.").unwrap_or(rule).replace('.', "/")
+}
+
 /// The `.rego` files of `path` (a file, or a directory walked recursively),
 /// sorted, with their contents.
 pub(crate) fn read_sources(path: &Path) -> Result<Vec<(PathBuf, String)>, PolicyError> {
@@ -258,15 +293,26 @@ impl RegoPolicy {
         let packages = template
             .get_packages()
             .map_err(|e| PolicyError::Rego(format!("{e}")))?;
-        let (pkg, _) = rule.rsplit_once('.').unwrap_or(("data", &rule));
+        let rules = declared_rules(&mut template);
         let prefix = format!("{rule}.");
-        let known = packages
-            .iter()
-            .any(|p| p == pkg || p == &rule || p.starts_with(&prefix));
-        if !known && rule != "data" {
+        // A package (or a parent of one), a rule, or a path inside a rule's value.
+        let known = rule == "data"
+            || packages
+                .iter()
+                .any(|p| p == &rule || p.starts_with(&prefix))
+            || rules.iter().any(|r| {
+                r == &rule || r.starts_with(&prefix) || rule.starts_with(&format!("{r}."))
+            });
+        if !known {
+            // Test rules are entrypoints too, but not what anyone means.
+            let available = rules
+                .iter()
+                .map(|r| entrypoint_name(r))
+                .filter(|r| !r.rsplit('/').next().unwrap_or(r).starts_with("test_"))
+                .collect();
             return Err(PolicyError::UnknownEntrypoint {
                 entrypoint: entrypoint.to_string(),
-                available: packages,
+                available,
             });
         }
         let query = if rule == "data" {
@@ -278,8 +324,11 @@ impl RegoPolicy {
                 // A package path the wrapper cannot name: query it instead.
                 Err(_) => Query::Document(rule),
             }
-        } else {
+        } else if rules.contains(&rule) {
             Query::Rule(rule)
+        } else {
+            // A path inside a rule's value (or a parent of packages).
+            Query::Document(rule)
         };
         let policy = RegoPolicy {
             pool: ArrayQueue::new(limits.pool_size.max(1)),

@@ -215,6 +215,42 @@ fn undefined_entrypoint_denies() {
 }
 
 #[test]
+fn a_misspelt_rego_entrypoint_is_refused_naming_the_valid_ones() {
+    let rego = "package signet.authz\nimport rego.v1\ndefault allow := false\nallow if input.x == 1\nresult := {\"allowed\": allow}\ntest_allow if allow with input as {\"x\": 1}\n";
+    let load = |entrypoint: &str| {
+        Policy::from_rego(rego, &PolicyOptions::default().with_entrypoint(entrypoint))
+    };
+    let err = load("signet/authz/alow").unwrap_err().to_string();
+    assert!(err.contains("\"signet/authz/alow\" not found"), "{err}");
+    assert!(err.contains("did you mean signet/authz/allow?"), "{err}");
+    assert!(
+        err.contains("valid entrypoints: signet/authz/allow, signet/authz/result"),
+        "{err}"
+    );
+    assert!(!err.contains("test_allow"), "{err}");
+    // A rule in a package that does not exist, and no near match.
+    let err = load("other/allow").unwrap_err().to_string();
+    assert!(!err.contains("did you mean"), "{err}");
+    // What exists loads: a rule, its package, a path inside a rule's value,
+    // in either spelling.
+    for ok in [
+        "signet/authz/allow",
+        "signet/authz",
+        "signet/authz/result/allowed",
+        "data.signet.authz.allow",
+    ] {
+        assert!(load(ok).is_ok(), "{ok}: {:?}", load(ok).err());
+    }
+    assert_eq!(
+        load("signet/authz/result/allowed")
+            .unwrap()
+            .evaluate_value(&json!({"x": 1}))
+            .unwrap(),
+        Some(json!(true))
+    );
+}
+
+#[test]
 fn rego_evaluation_error_denies_with_reason() {
     let p = Policy::from_rego(
         "package signet.authz\nimport rego.v1\nallow := x if { x := input.a / input.b }\n",

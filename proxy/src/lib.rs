@@ -35,14 +35,16 @@ pub use identity::Identity;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyError {
-    #[error("listener {name}: cannot listen on {addr}: {source}")]
+    // The cause is the error's source, not part of its message: a chain
+    // printed with `{:#}` would say it twice.
+    #[error("listener {name}: cannot listen on {addr}")]
     Bind {
         name: String,
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("listener {name}: policy {path}: {source}")]
+    #[error("listener {name}: policy {path}")]
     Policy {
         name: String,
         path: std::path::PathBuf,
