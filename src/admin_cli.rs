@@ -53,15 +53,16 @@ pub struct EntryFields {
     /// Trust domain whose bundle the workload also receives (repeatable).
     #[arg(long = "federates-with")]
     federates_with: Vec<String>,
-    /// The workload may use the admin API.
-    #[arg(long)]
-    admin: bool,
-    /// The workload is a downstream (nested) server.
-    #[arg(long)]
-    downstream: bool,
-    /// A node-alias entry: agents with all these node selectors become this ID as a parent.
-    #[arg(long)]
-    node: bool,
+    /// The workload may use the admin API (`--admin=false` to unset on update).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    admin: Option<bool>,
+    /// The workload is a downstream (nested) server (`=false` to unset).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    downstream: Option<bool>,
+    /// A node-alias entry: agents with all these node selectors become this
+    /// ID as a parent (`=false` to unset).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    node: Option<bool>,
     /// Unix time after which the entry no longer applies.
     #[arg(long)]
     expires_at: Option<i64>,
@@ -69,21 +70,43 @@ pub struct EntryFields {
 
 impl EntryFields {
     fn to_wire(&self, id: String) -> types::Entry {
-        types::Entry {
+        self.overlay(types::Entry {
             id,
-            spiffe_id: self.spiffe_id.clone().unwrap_or_default(),
-            parent_id: self.parent_id.clone().unwrap_or_default(),
-            selectors: self.selectors.clone(),
-            x509_ttl: self.x509_ttl.map(|d| d.as_secs()).unwrap_or(0),
-            jwt_ttl: self.jwt_ttl.map(|d| d.as_secs()).unwrap_or(0),
-            dns_names: self.dns_names.clone(),
-            federates_with: self.federates_with.clone(),
-            admin: self.admin,
-            downstream: self.downstream,
-            node: self.node,
-            expires_at: self.expires_at.unwrap_or(0),
-            revision: 0,
+            ..types::Entry::default()
+        })
+    }
+
+    /// `entry` with the fields given as flags replaced (a list flag
+    /// replaces the whole list); the others kept.
+    fn overlay(&self, mut entry: types::Entry) -> types::Entry {
+        fn set<T: Clone>(field: &mut T, value: Option<&T>) {
+            if let Some(v) = value {
+                *field = v.clone();
+            }
         }
+        fn set_list(field: &mut Vec<String>, value: &[String]) {
+            if !value.is_empty() {
+                *field = value.to_vec();
+            }
+        }
+        set(&mut entry.spiffe_id, self.spiffe_id.as_ref());
+        set(&mut entry.parent_id, self.parent_id.as_ref());
+        set_list(&mut entry.selectors, &self.selectors);
+        set(
+            &mut entry.x509_ttl,
+            self.x509_ttl.map(|d| d.as_secs()).as_ref(),
+        );
+        set(
+            &mut entry.jwt_ttl,
+            self.jwt_ttl.map(|d| d.as_secs()).as_ref(),
+        );
+        set_list(&mut entry.dns_names, &self.dns_names);
+        set_list(&mut entry.federates_with, &self.federates_with);
+        set(&mut entry.admin, self.admin.as_ref());
+        set(&mut entry.downstream, self.downstream.as_ref());
+        set(&mut entry.node, self.node.as_ref());
+        set(&mut entry.expires_at, self.expires_at.as_ref());
+        entry
     }
 }
 
@@ -114,17 +137,27 @@ pub enum EntryCmd {
         #[arg(long)]
         federates_with: Option<String>,
     },
-    /// Replace an entry (all fields are set from the flags).
+    /// Change the fields given as flags of an entry; the others stay (a
+    /// list flag such as --selector replaces that whole list).
     Update {
+        /// The entry's ID (`signet entry show` prints it).
         #[arg(long)]
         id: String,
         #[command(flatten)]
         fields: EntryFields,
     },
-    /// Delete an entry.
+    /// Delete an entry, by --id or by --spiffe-id (with --parent-id when
+    /// several entries have that SPIFFE ID).
     Delete {
+        /// The entry's ID.
+        #[arg(long, required_unless_present = "spiffe_id", conflicts_with_all = ["spiffe_id", "parent_id"])]
+        id: Option<String>,
+        /// The SPIFFE ID of the entry to delete.
         #[arg(long)]
-        id: String,
+        spiffe_id: Option<String>,
+        /// With --spiffe-id: the entry's parent ID.
+        #[arg(long, requires = "spiffe_id")]
+        parent_id: Option<String>,
     },
     /// Count entries.
     Count,
@@ -453,19 +486,26 @@ pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
             }
         }
         EntryCmd::Update { id, fields } => {
-            let r = c
-                .update_entry(UpdateEntryRequest {
-                    entry: Some(fields.to_wire(id)),
-                })
-                .await
-                .map_err(status)?;
-            let e = r.into_inner().entry.unwrap_or_default();
+            let e = update_entry(&mut c, &id, &fields).await?;
             match opts.output {
                 Output::Json => println!("{}", entry_json(&e)),
                 Output::Text => print_entry(&e),
             }
         }
-        EntryCmd::Delete { id } => {
+        EntryCmd::Delete {
+            id,
+            spiffe_id,
+            parent_id,
+        } => {
+            let id = match (id, spiffe_id) {
+                (Some(id), _) => id,
+                (None, Some(spiffe_id)) => {
+                    the_entry(&mut c, &spiffe_id, parent_id.as_deref())
+                        .await?
+                        .id
+                }
+                (None, None) => bail!("give --id or --spiffe-id"),
+            };
             let r = c
                 .delete_entry(DeleteEntryRequest { id })
                 .await
@@ -513,6 +553,78 @@ pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+type AdminClient = admin_client::AdminClient<tonic::transport::Channel>;
+
+/// Reads the entry, applies the flags given and writes it back if nobody
+/// changed it meanwhile (the revision read); retried a few times when
+/// someone did.
+async fn update_entry(
+    c: &mut AdminClient,
+    id: &str,
+    fields: &EntryFields,
+) -> anyhow::Result<types::Entry> {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let current = c
+            .list_entries(ListEntriesRequest {
+                id: id.to_string(),
+                ..ListEntriesRequest::default()
+            })
+            .await
+            .map_err(status)?
+            .into_inner()
+            .entries
+            .into_iter()
+            .next()
+            .with_context(|| format!("no entry with id {id}"))?;
+        match c
+            .update_entry(UpdateEntryRequest {
+                entry: Some(fields.overlay(current)),
+            })
+            .await
+        {
+            Ok(r) => return Ok(r.into_inner().entry.unwrap_or_default()),
+            Err(e) if e.code() == tonic::Code::Aborted && attempt < ATTEMPTS => continue,
+            Err(e) => return Err(status(e)),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// The one entry with `spiffe_id` (and `parent_id`, if given); refuses
+/// none and several, listing them.
+async fn the_entry(
+    c: &mut AdminClient,
+    spiffe_id: &str,
+    parent_id: Option<&str>,
+) -> anyhow::Result<types::Entry> {
+    let mut found = c
+        .list_entries(ListEntriesRequest {
+            spiffe_id: spiffe_id.to_string(),
+            parent_id: parent_id.unwrap_or_default().to_string(),
+            ..ListEntriesRequest::default()
+        })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .entries;
+    let under = parent_id
+        .map(|p| format!(" under parent {p}"))
+        .unwrap_or_default();
+    match found.len() {
+        0 => bail!("no entry has SPIFFE ID {spiffe_id}{under}"),
+        1 => Ok(found.remove(0)),
+        n => bail!(
+            "{n} entries have SPIFFE ID {spiffe_id}{under}: {}; say which with --parent-id or --id",
+            found
+                .iter()
+                .map(|e| format!("{} (parent {})", e.id, e.parent_id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 pub async fn token(cmd: TokenCmd, opts: AdminOpts) -> anyhow::Result<()> {

@@ -740,3 +740,115 @@ fn operators_mint_svids_and_jwts() {
     let out = c.admin(&["x509", "mint", "--spiffe-id", "spiffe://other.org/db"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in this CA's trust domain"));
 }
+
+#[test]
+fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    let web = "spiffe://example.org/web";
+    let created = json(&c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        web,
+        "--selector",
+        "unix:uid:1",
+        "--dns-name",
+        "web.internal",
+        "--output",
+        "json",
+    ]));
+    let id = created["id"].as_str().unwrap().to_string();
+    let parent = created["parent_id"].as_str().unwrap().to_string();
+    assert!(!parent.is_empty());
+
+    // Only the TTL changes: no --spiffe-id, no --parent-id needed, the DNS
+    // name and selectors stay.
+    let updated = json(&c.admin(&[
+        "entry",
+        "update",
+        "--id",
+        &id,
+        "--x509-ttl",
+        "2h",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(updated["x509_ttl"], 7200);
+    assert_eq!(updated["spiffe_id"], web);
+    assert_eq!(updated["parent_id"], parent.as_str());
+    assert_eq!(updated["dns_names"], serde_json::json!(["web.internal"]));
+    assert_eq!(updated["selectors"], serde_json::json!(["unix:uid:1"]));
+    // A list flag replaces its list; a flag turns on, =false off.
+    let updated = json(&c.admin(&[
+        "entry",
+        "update",
+        "--id",
+        &id,
+        "--selector",
+        "unix:uid:2",
+        "--admin",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(updated["selectors"], serde_json::json!(["unix:uid:2"]));
+    assert_eq!(updated["admin"], true);
+    assert_eq!(updated["x509_ttl"], 7200);
+    let updated = json(&c.admin(&[
+        "entry",
+        "update",
+        "--id",
+        &id,
+        "--admin=false",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(updated["admin"], false);
+    let out = c.admin(&["entry", "update", "--id", "no-such-id", "--x509-ttl", "1h"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no entry with id no-such-id"));
+
+    // Two entries with one SPIFFE ID: delete by it alone is refused,
+    // naming both; with --parent-id it picks one.
+    let other_parent = "spiffe://example.org/node/other";
+    json(&c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        web,
+        "--parent-id",
+        other_parent,
+        "--selector",
+        "unix:uid:3",
+        "--output",
+        "json",
+    ]));
+    let out = c.admin(&["entry", "delete", "--spiffe-id", web]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 entries have SPIFFE ID spiffe://example.org/web")
+            && err.contains(&id)
+            && err.contains("--parent-id"),
+        "{err}"
+    );
+    let deleted = json(&c.admin(&[
+        "entry",
+        "delete",
+        "--spiffe-id",
+        web,
+        "--parent-id",
+        other_parent,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(deleted["deleted"]["parent_id"], other_parent);
+    let deleted = json(&c.admin(&["entry", "delete", "--spiffe-id", web, "--output", "json"]));
+    assert_eq!(deleted["deleted"]["id"], id.as_str());
+    let out = c.admin(&["entry", "delete", "--spiffe-id", web]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no entry has SPIFFE ID spiffe://example.org/web"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

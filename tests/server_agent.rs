@@ -523,3 +523,55 @@ async fn renewals_in_flight_never_undo_a_ban_or_an_eviction() {
     // The race was real: renewals got through before the ban or eviction.
     assert!(renewals > 0, "no renewal succeeded in any round");
 }
+
+#[test]
+fn a_standalone_server_says_what_a_parent_is_and_why_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    // No local agent to default to: the error says what a parent is.
+    let out = run(&[
+        "entry",
+        "create",
+        "--admin-socket",
+        &server.admin,
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--selector",
+        "unix:uid:1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("parent_id is required") && err.contains("signet agent list"),
+        "{err}"
+    );
+    // A join token nobody issued: the agent says so, and stops.
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, server.admin(&["bundle", "show"])).unwrap();
+    let mut agent = signet()
+        .args([
+            "agent",
+            "--server-address",
+            &server.addr.to_string(),
+            "--trust-bundle",
+        ])
+        .arg(&bundle)
+        .args(["--join-token", "not-a-token", "--data-dir"])
+        .arg(dir.path().join("agent"))
+        .arg("--agent-socket")
+        .arg(dir.path().join("agent.sock"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = eventually("the refused agent to exit", || agent.try_wait().unwrap());
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut agent.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("the server refused this agent")
+            && err.contains("join token is unknown or already used")
+            && !err.contains("banned"),
+        "{err}"
+    );
+}

@@ -170,7 +170,7 @@ pub enum AgentError {
     NoServer,
     #[error("the local agent cannot be attested: {0}")]
     Local(String),
-    #[error("the agent was banned or evicted and cannot attest again: {0}")]
+    #[error("the server refused this agent: {0}")]
     Refused(String),
 }
 

@@ -107,7 +107,11 @@ impl Admin for AdminService {
         if wire.parent_id.is_empty() {
             match &self.server.config().default_parent_id {
                 Some(parent) => wire.parent_id = parent.to_string(),
-                None => return Err(invalid("parent_id is required")),
+                None => {
+                    return Err(invalid(
+                        "parent_id is required (--parent-id): the SPIFFE ID of the agent the workload runs on (`signet agent list` shows them; `signet token generate --spiffe-id ID` fixes an agent's ID before it attests), or of a node-alias entry that groups agents (`signet entry create --node --spiffe-id ID --selector ...`)",
+                    ));
+                }
             }
         }
         let entry = Entry::try_from(&wire).map_err(|e| invalid(e.to_string()))?;
