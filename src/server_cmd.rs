@@ -548,6 +548,7 @@ fn print_banner(
         }
     );
     println!("  trust domain   {td}");
+    let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     println!("  data dir       {}", data_dir.display());
     println!("  datastore      {}", redact_url(datastore));
     println!("  admin socket   {sock} (mode 0600)");
@@ -560,7 +561,12 @@ fn print_banner(
         );
     }
     println!(
-        "  CA             {} key, active until {until}; bundle sequence {}",
+        "  CA             {}: {} key, active until {until}; bundle sequence {}",
+        if server.resumed_ca() {
+            "resumed from the datastore"
+        } else {
+            "new CA created (a new trust bundle: agents and peers of an earlier one will not trust it)"
+        },
         cfg.ca.key_type,
         bundle.sequence()
     );

@@ -852,3 +852,51 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_banner_says_where_the_state_is_and_whether_the_ca_is_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |extra: &[&str]| {
+        let mut cmd = signet();
+        cmd.current_dir(dir.path())
+            .args([
+                "run",
+                "--data-dir",
+                "state",
+                "--admin-socket",
+                "admin.sock",
+                "--agent-socket",
+                "agent.sock",
+                "--bind-address",
+                "127.0.0.1:0",
+            ])
+            .args(extra);
+        cmd
+    };
+    let mut first = Proc::spawn("signet-run-1", start(&[]), dir.path());
+    let banner = first.wait_for("Press Ctrl-C");
+    let absolute = dir.path().join("state");
+    assert!(
+        banner.contains(&format!("data dir       {}\n", absolute.display())),
+        "{banner}"
+    );
+    assert!(banner.contains("new CA created"), "{banner}");
+    assert!(first.signal_and_wait("TERM").success());
+
+    let mut again = Proc::spawn("signet-run-2", start(&[]), dir.path());
+    let banner = again.wait_for("Press Ctrl-C");
+    assert!(banner.contains("resumed from the datastore"), "{banner}");
+    assert!(!banner.contains("new CA created"), "{banner}");
+    assert!(again.signal_and_wait("TERM").success());
+
+    // The same state under another trust domain: refused, saying what to do.
+    let out = start(&["--trust-domain", "other.org"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to trust domain example.org, not other.org")
+            && err.contains("--trust-domain example.org")
+            && err.contains("--data-dir"),
+        "{err}"
+    );
+}

@@ -590,8 +590,11 @@ impl Ca {
         }
         if journal.trust_domain != config.trust_domain.as_str() {
             return Err(bad(format!(
-                "it belongs to trust domain {}, not {}",
-                journal.trust_domain, config.trust_domain
+                "it belongs to trust domain {}, not {}: this data dir (or datastore) holds the other trust domain's CA; start with --trust-domain {}, or give {} a place of its own with --data-dir (or --datastore)",
+                journal.trust_domain,
+                config.trust_domain,
+                journal.trust_domain,
+                config.trust_domain
             )));
         }
         let load = |key_id: &str| -> Result<KeyPair, CaError> {

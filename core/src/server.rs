@@ -80,6 +80,8 @@ pub struct Server {
     revision: watch::Sender<u64>,
     /// Poked after local writes so the feed is read at once.
     wrote: Notify,
+    /// The CA came from the datastore's journal (false: created at start).
+    resumed: bool,
 }
 
 impl fmt::Debug for Server {
@@ -101,7 +103,9 @@ impl Server {
         keys: Arc<dyn KeyManager>,
         upstream: Option<UpstreamAuthority>,
     ) -> Result<Arc<Self>, ServerError> {
-        let ca = match store.get_ca_journal(&config.server_id).await? {
+        let journal = store.get_ca_journal(&config.server_id).await?;
+        let resumed = journal.is_some();
+        let ca = match journal {
             Some(json) => {
                 let journal: CaJournal =
                     serde_json::from_str(&json).map_err(|e| ServerError::Journal(e.to_string()))?;
@@ -117,6 +121,7 @@ impl Server {
             clock,
             revision: watch::Sender::new(revision),
             wrote: Notify::new(),
+            resumed,
         });
         server.persist_ca().await?;
         Ok(server)
@@ -132,6 +137,12 @@ impl Server {
 
     pub fn ca(&self) -> &Ca {
         &self.ca
+    }
+
+    /// Whether the CA was resumed from the datastore (false: a new CA was
+    /// created when this server started).
+    pub fn resumed_ca(&self) -> bool {
+        self.resumed
     }
 
     pub fn store(&self) -> &Arc<dyn Datastore> {
