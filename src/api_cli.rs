@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use signet_core::api::workload::*;
 use signet_core::unix_socket::SocketRole;
-use signet_core::workload_client::{connect_to, split_der, status_error, with_header};
+use signet_core::workload_client::{X509Context, connect_to, split_der, status_error, with_header};
 use signet_identity::bundle::certificates_to_pem;
 use signet_identity::{PrivateKey, X509Svid};
 
@@ -50,9 +50,14 @@ pub enum ApiCmd {
 pub enum FetchCmd {
     /// X509-SVIDs of this process's identities.
     X509 {
-        /// Write svid.pem, svid_key.pem (0600) and bundle.pem into DIR.
+        /// Write svid.pem, svid_key.pem (0600) and bundle.pem into DIR
+        /// (created 0700 if missing).
         #[arg(long)]
         write: Option<PathBuf>,
+        /// With --write: the SPIFFE ID whose SVID to write when the workload
+        /// has several [default: the first, by SPIFFE ID].
+        #[arg(long, requires = "write")]
+        svid_id: Option<String>,
     },
     /// A JWT-SVID for an audience.
     Jwt {
@@ -112,7 +117,7 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
     let status = |e| status(&path, e);
     match cmd {
         ApiCmd::Fetch {
-            what: FetchCmd::X509 { write },
+            what: FetchCmd::X509 { write, svid_id },
         } => {
             let resp = wait_for_identity(opts.timeout, || {
                 let mut c = c.clone();
@@ -120,7 +125,7 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
             })
             .await
             .map_err(status)?;
-            print_x509(&resp, write.as_deref(), opts.output)?;
+            print_x509(&resp, write.as_deref(), svid_id.as_deref(), opts.output)?;
         }
         ApiCmd::Fetch {
             what: FetchCmd::Jwt {
@@ -205,7 +210,7 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
                         .await?
                         .into_inner();
                     while let Some(resp) = stream.message().await? {
-                        print_x509(&resp, None, opts.output)
+                        print_x509(&resp, None, None, opts.output)
                             .map_err(|e| tonic::Status::internal(e.to_string()))?;
                         backoff = std::time::Duration::from_millis(100);
                     }
@@ -282,9 +287,9 @@ where
 fn print_x509(
     resp: &X509svidResponse,
     write: Option<&std::path::Path>,
+    svid_id: Option<&str>,
     out: Output,
 ) -> anyhow::Result<()> {
-    let first = resp.svids.first().context("the agent returned no SVID")?;
     for s in &resp.svids {
         let svid = X509Svid::new(
             split_der(&s.x509_svid)?,
@@ -304,14 +309,39 @@ fn print_x509(
         }
     }
     if let Some(dir) = write {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("--write {}: cannot create it", dir.display()))?;
+        }
         if !dir.is_dir() {
             bail!("--write {}: not a directory", dir.display());
         }
-        let svid = X509Svid::new(
-            split_der(&first.x509_svid)?,
-            PrivateKey::from_pkcs8_der(first.x509_svid_key.clone()),
-        )?;
-        let bundle_pem = certificates_to_pem(&split_der(&first.bundle)?);
+        let ctx = X509Context::from_response(resp)?;
+        if let Some(warning) = ctx.ambiguity(svid_id) {
+            eprintln!("warning: {warning}");
+        }
+        let svid = ctx.svid(svid_id).with_context(|| {
+            format!(
+                "--svid-id {}: not among this workload's identities ({})",
+                svid_id.unwrap_or_default(),
+                ctx.svids
+                    .iter()
+                    .map(|s| s.spiffe_id().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let own_td = svid.spiffe_id().trust_domain();
+        let bundle_pem = ctx
+            .bundles
+            .iter()
+            .find(|b| *b.trust_domain() == own_td)
+            .map(|b| b.x509_pem())
+            .context("the agent sent no bundle for the SVID's trust domain")?;
         signet_core::atomic_file::write(&dir.join("svid.pem"), svid.chain_pem().as_bytes(), 0o644)?;
         signet_core::atomic_file::write(
             &dir.join("svid_key.pem"),

@@ -554,6 +554,11 @@ fn write_x509(
     if last == Some(&written) {
         return Ok(None);
     }
+    if last.is_none_or(|l| l.spiffe_id != written.spiffe_id)
+        && let Some(warning) = ctx.ambiguity(config.svid_id.as_deref())
+    {
+        tracing::warn!("{warning}");
+    }
     let write = |name: &str, contents: &[u8], mode: u32| {
         let path = config.dir.join(name);
         atomic_file::write_owned(&path, contents, mode, config.owner)

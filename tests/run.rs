@@ -900,3 +900,86 @@ fn the_banner_says_where_the_state_is_and_whether_the_ca_is_new() {
         "{err}"
     );
 }
+
+#[test]
+fn the_default_svid_is_the_first_by_spiffe_id_and_several_are_pointed_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    let uid = uid();
+    // Created in the other order: the default does not depend on it.
+    c.entry_for_uid("spiffe://example.org/zeta", uid);
+    c.entry_for_uid("spiffe://example.org/alpha", uid);
+    let first_id = || {
+        let out = c.api(&["fetch", "x509", "--output", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next()?).ok()?;
+        (text.lines().count() == 2).then(|| first["spiffe_id"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        eventually("both SVIDs", first_id),
+        "spiffe://example.org/alpha"
+    );
+
+    // --write: the directory is made (0700), the choice is said, and
+    // --svid-id picks another.
+    let out_dir = dir.path().join("made/here");
+    let out = c.api(&["fetch", "x509", "--write", out_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 identities are issued to this workload")
+            && err.contains("using spiffe://example.org/alpha")
+            && err.contains("--svid-id"),
+        "{err}"
+    );
+    let mode = std::fs::metadata(&out_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let written = || {
+        signet_identity::X509Svid::from_pem(
+            &std::fs::read(out_dir.join("svid.pem")).unwrap(),
+            &std::fs::read(out_dir.join("svid_key.pem")).unwrap(),
+        )
+        .unwrap()
+        .spiffe_id()
+        .to_string()
+    };
+    assert_eq!(written(), "spiffe://example.org/alpha");
+    let out = c.api(&[
+        "fetch",
+        "x509",
+        "--write",
+        out_dir.to_str().unwrap(),
+        "--svid-id",
+        "spiffe://example.org/zeta",
+    ]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("identities are issued"));
+    assert_eq!(written(), "spiffe://example.org/zeta");
+
+    // The helper says so too, in its log.
+    let helper_dir = dir.path().join("helper");
+    std::fs::create_dir(&helper_dir).unwrap();
+    let out = run(&[
+        "helper",
+        "--once",
+        "--dir",
+        helper_dir.to_str().unwrap(),
+        "--agent-socket",
+        &c.agent,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 identities are issued to this workload"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

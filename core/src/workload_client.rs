@@ -154,6 +154,22 @@ impl X509Context {
         }
     }
 
+    /// When no SVID was named (`wanted` is `None`) and several are offered:
+    /// a warning naming them, the one used (the first: the agent orders
+    /// them by SPIFFE ID) and how to choose.
+    pub fn ambiguity(&self, wanted: Option<&str>) -> Option<String> {
+        if wanted.is_some() || self.svids.len() < 2 {
+            return None;
+        }
+        let ids: Vec<&str> = self.svids.iter().map(|s| s.spiffe_id().as_str()).collect();
+        Some(format!(
+            "{} identities are issued to this workload ({}); using {}, the first by SPIFFE ID; name the one to use with --svid-id (svid_id in a config file)",
+            ids.len(),
+            ids.join(", "),
+            ids[0]
+        ))
+    }
+
     /// The bundle of this workload's own trust domain.
     pub fn own_bundle(&self) -> Option<&Bundle> {
         let td = self.default_svid().spiffe_id().trust_domain();

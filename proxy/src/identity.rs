@@ -61,9 +61,15 @@ impl Identity {
         let identity = self.clone();
         let mut rx = watcher.subscribe();
         tokio::spawn(async move {
+            let mut warned = None;
             loop {
                 let state = rx.borrow_and_update().clone();
                 if let Some(ctx) = state.context() {
+                    let ambiguity = ctx.ambiguity(svid_id.as_ref().map(SpiffeId::as_str));
+                    if ambiguity.is_some() && ambiguity != warned {
+                        tracing::warn!("{}", ambiguity.as_deref().unwrap_or_default());
+                    }
+                    warned = ambiguity;
                     match ctx.svid(svid_id.as_ref().map(SpiffeId::as_str)) {
                         Some(svid) => {
                             let changed =

@@ -186,16 +186,22 @@ fn refused(pin: &PinnedPeer, e: WorkloadAttestError) -> Status {
     Status::permission_denied(format!("workload attestation failed: {e}"))
 }
 
-/// Entries whose selectors all match the caller's.
+/// Entries whose selectors all match the caller's, ordered by SPIFFE ID
+/// (then entry id): the first is the caller's default SVID, the same on
+/// every agent and after every restart, whatever order entries arrive in.
 pub fn matching<'a>(
     snapshot: &'a Snapshot,
     selectors: &[signet_identity::Selector],
 ) -> Vec<&'a Entry> {
-    snapshot
+    let mut found: Vec<&Entry> = snapshot
         .entries
         .iter()
         .filter(|e| selector::all_match(&e.selectors, selectors))
-        .collect()
+        .collect();
+    found.sort_by(|a, b| {
+        (a.spiffe_id.as_str(), a.id.as_str()).cmp(&(b.spiffe_id.as_str(), b.id.as_str()))
+    });
+    found
 }
 
 /// Unavailable while the agent cannot vouch for identities (banned,
