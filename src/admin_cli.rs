@@ -123,17 +123,22 @@ pub enum EntryCmd {
     },
     /// List entries, filtered by any of the flags.
     Show {
+        /// Only the entry with this ID.
         #[arg(long)]
         id: Option<String>,
+        /// Only entries with this SPIFFE ID.
         #[arg(long)]
         spiffe_id: Option<String>,
+        /// Only entries with this parent ID.
         #[arg(long)]
         parent_id: Option<String>,
+        /// Only entries with these selectors (repeatable; see --match).
         #[arg(long = "selector")]
         selectors: Vec<String>,
         /// How --selector matches: exact, subset, superset or any.
         #[arg(long = "match", default_value = "exact")]
         match_mode: String,
+        /// Only entries federating with this trust domain.
         #[arg(long)]
         federates_with: Option<String>,
     },
@@ -182,18 +187,27 @@ pub enum AgentCmd {
     List,
     /// Show one agent.
     Show {
+        /// The agent's SPIFFE ID (`signet agent list` shows them).
         #[arg(long)]
         spiffe_id: String,
     },
     /// Forget an agent: it must attest again (x509pop can, join tokens cannot).
     Evict {
+        /// The agent's SPIFFE ID.
         #[arg(long)]
         spiffe_id: String,
+        /// Needed to evict `signet run`'s own local agent.
+        #[arg(long)]
+        yes: bool,
     },
     /// Refuse an agent for good.
     Ban {
+        /// The agent's SPIFFE ID.
         #[arg(long)]
         spiffe_id: String,
+        /// Needed to ban `signet run`'s own local agent.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -207,27 +221,35 @@ pub enum BundleFormat {
 pub enum BundleCmd {
     /// Show the own bundle (or a federated one with --trust-domain).
     Show {
+        /// A federated trust domain whose bundle to show [default: the own one].
         #[arg(long)]
         trust_domain: Option<String>,
+        /// pem: the X.509 authorities; spiffe: the SPIFFE bundle (JWKS, with
+        /// the JWT keys and the sequence number).
         #[arg(long, value_enum, default_value = "pem")]
         format: BundleFormat,
     },
     /// List every bundle (own and federated).
     List {
+        /// pem or spiffe (see `bundle show --help`).
         #[arg(long, value_enum, default_value = "pem")]
         format: BundleFormat,
     },
     /// Set a federated trust domain's bundle from a file (or - for stdin).
     Set {
+        /// The federated trust domain, e.g. partner.example.
         #[arg(long)]
         trust_domain: String,
+        /// The bundle file (- for stdin).
         #[arg(long)]
         path: PathBuf,
+        /// The file's format: pem (X.509 authorities) or spiffe (SPIFFE bundle JSON).
         #[arg(long, value_enum, default_value = "pem")]
         format: BundleFormat,
     },
     /// Delete a federated trust domain's bundle.
     Delete {
+        /// The federated trust domain.
         #[arg(long)]
         trust_domain: String,
     },
@@ -237,10 +259,13 @@ pub enum BundleCmd {
 pub enum X509Cmd {
     /// Mint an X509-SVID; the key is generated here and never sent.
     Mint {
+        /// The SPIFFE ID to mint for (in the server's trust domain).
         #[arg(long)]
         spiffe_id: String,
+        /// Lifetime, e.g. 1h [default: the server's X509-SVID TTL].
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// DNS SAN (repeatable); the first is also the certificate's CN.
         #[arg(long = "dns-name")]
         dns_names: Vec<String>,
         /// Write svid.pem, svid_key.pem (0600) and bundle.pem into DIR.
@@ -253,10 +278,13 @@ pub enum X509Cmd {
 pub enum JwtCmd {
     /// Mint a JWT-SVID.
     Mint {
+        /// The SPIFFE ID to mint for (the token's `sub`).
         #[arg(long)]
         spiffe_id: String,
+        /// Audience (`aud`; repeatable, at least one).
         #[arg(long = "audience", required = true)]
         audience: Vec<String>,
+        /// Lifetime, e.g. 5m [default: the server's JWT-SVID TTL].
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<std::time::Duration>,
     },
@@ -365,6 +393,26 @@ fn node_json(n: &types::AttestedNode) -> Value {
     })
 }
 
+/// Evicting or banning `signet run`'s local agent cuts off every workload
+/// of the host: only with --yes.
+fn refuse_local_agent_unless(spiffe_id: &str, yes: bool, what: &str) -> anyhow::Result<()> {
+    if !yes && spiffe_id.ends_with(crate::server_cmd::LOCAL_AGENT_PATH) {
+        bail!(
+            "{spiffe_id} is the local agent of `signet run`: to {what} it stops every workload on this host from getting identities (until signet run restarts); add --yes if that is what you want"
+        );
+    }
+    Ok(())
+}
+
+/// Unix seconds as an RFC 3339 UTC time, for text output.
+fn rfc3339(unix: i64) -> String {
+    u64::try_from(unix)
+        .ok()
+        .and_then(|s| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 fn print_node(out: Output, n: &types::AttestedNode) {
     match out {
         Output::Json => println!("{}", node_json(n)),
@@ -372,7 +420,7 @@ fn print_node(out: Output, n: &types::AttestedNode) {
             println!("SPIFFE ID     : {}", n.spiffe_id);
             println!("Attestor      : {}", n.attestor);
             println!("SVID serial   : {}", n.svid_serial);
-            println!("SVID expires  : {}", n.svid_expires_at);
+            println!("SVID expires  : {}", rfc3339(n.svid_expires_at));
             println!("Banned        : {}", n.banned);
             println!("Can re-attest : {}", n.can_reattest);
             for s in &n.selectors {
@@ -385,7 +433,14 @@ fn print_node(out: Output, n: &types::AttestedNode) {
 
 fn bundle_text(b: &types::Bundle, format: BundleFormat) -> anyhow::Result<String> {
     Ok(match format {
-        BundleFormat::Spiffe => String::from_utf8(b.spiffe_json.clone())?,
+        BundleFormat::Spiffe => {
+            // JSON output ends with a newline, as every other output does.
+            let mut text = String::from_utf8(b.spiffe_json.clone())?;
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text
+        }
         BundleFormat::Pem => {
             let bundle = signet_core::api::bundle_from_wire(b).map_err(anyhow::Error::msg)?;
             bundle.x509_pem()
@@ -454,7 +509,7 @@ pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
                     .create_entry(CreateEntryRequest { entry: Some(wire) })
                     .await
                 {
-                    Ok(r) => created.push(r.into_inner().entry.unwrap_or_default()),
+                    Ok(r) => created.push(with_warnings(r.into_inner(), &format!("entry {i}: "))),
                     Err(e) => {
                         failed += 1;
                         eprintln!("entry {i}: {}", e.message());
@@ -479,7 +534,7 @@ pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(status)?;
-            let e = r.into_inner().entry.unwrap_or_default();
+            let e = with_warnings(r.into_inner(), "");
             match opts.output {
                 Output::Json => println!("{}", entry_json(&e)),
                 Output::Text => print_entry(&e),
@@ -557,6 +612,14 @@ pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
 
 type AdminClient = admin_client::AdminClient<tonic::transport::Channel>;
 
+/// The entry of a create or update answer, its warnings said on stderr.
+fn with_warnings(r: EntryResponse, prefix: &str) -> types::Entry {
+    for w in &r.warnings {
+        eprintln!("{prefix}warning: {w}");
+    }
+    r.entry.unwrap_or_default()
+}
+
 /// Reads the entry, applies the flags given and writes it back if nobody
 /// changed it meanwhile (the revision read); retried a few times when
 /// someone did.
@@ -585,7 +648,7 @@ async fn update_entry(
             })
             .await
         {
-            Ok(r) => return Ok(r.into_inner().entry.unwrap_or_default()),
+            Ok(r) => return Ok(with_warnings(r.into_inner(), "")),
             Err(e) if e.code() == tonic::Code::Aborted && attempt < ATTEMPTS => continue,
             Err(e) => return Err(status(e)),
         }
@@ -686,7 +749,8 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
                 .with_context(|| format!("no attested agent {spiffe_id}"))?;
             print_node(opts.output, a);
         }
-        AgentCmd::Evict { spiffe_id } => {
+        AgentCmd::Evict { spiffe_id, yes } => {
+            refuse_local_agent_unless(&spiffe_id, yes, "evict")?;
             let r = c
                 .evict_agent(AgentRequest { spiffe_id })
                 .await
@@ -698,7 +762,8 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
                 Output::Text => println!("Evicted agent {}", a.spiffe_id),
             }
         }
-        AgentCmd::Ban { spiffe_id } => {
+        AgentCmd::Ban { spiffe_id, yes } => {
+            refuse_local_agent_unless(&spiffe_id, yes, "ban")?;
             let r = c
                 .ban_agent(AgentRequest { spiffe_id })
                 .await

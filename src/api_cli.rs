@@ -20,6 +20,7 @@ use crate::admin_cli::Output;
 pub struct ApiOpts {
     #[arg(long, alias = "socket", global = true, value_parser = crate::sockets::socket_arg, help = crate::sockets::AGENT_SOCKET_HELP)]
     agent_socket: Option<PathBuf>,
+    /// Output format: text, or json (one object per line).
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
     /// How long `fetch x509`, `fetch jwt` and `fetch bundle` wait for an identity to be
@@ -61,8 +62,11 @@ pub enum FetchCmd {
     },
     /// A JWT-SVID for an audience.
     Jwt {
+        /// Audience (`aud`; repeatable, at least one).
         #[arg(long = "audience", required = true)]
         audience: Vec<String>,
+        /// Only this identity's JWT-SVID, when the workload has several
+        /// [default: one per identity].
         #[arg(long)]
         spiffe_id: Option<String>,
     },
@@ -74,8 +78,10 @@ pub enum FetchCmd {
 pub enum ValidateCmd {
     /// Validate a JWT-SVID for an audience.
     Jwt {
+        /// The audience the token must name.
         #[arg(long)]
         audience: String,
+        /// The JWT-SVID (compact serialization).
         #[arg(long)]
         token: String,
     },

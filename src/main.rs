@@ -11,6 +11,7 @@ mod agent_cmd;
 mod api_cli;
 mod demo_cmd;
 mod helper_cmd;
+mod logging;
 mod policy_cli;
 mod proxy_cmd;
 mod server_cmd;
@@ -54,6 +55,12 @@ enum Command {
     /// Run the server (CA, datastore, admin API, agent API).
     Server(ServerSettings),
     /// Run an agent (node attestation, Workload API socket); or manage agents: list, show, evict, ban.
+    ///
+    /// Run an agent: `signet agent --server-address IP:PORT --trust-bundle
+    /// FILE --join-token TOKEN` (the options under "Run an agent").
+    ///
+    /// Or manage the agents a server knows: `signet agent list|show|evict|ban`
+    /// (the commands below, with the options under "Manage agents").
     Agent(AgentArgs),
     /// Workload side: fetch SVIDs and bundles, validate JWTs, watch updates.
     Api {
@@ -107,6 +114,7 @@ enum Command {
     Policy {
         #[command(subcommand)]
         cmd: policy_cli::PolicyCmd,
+        /// Output format of check and test: text or json.
         #[arg(long, value_enum, default_value = "text", global = true)]
         output: admin_cli::Output,
     },
@@ -132,7 +140,7 @@ enum Command {
 fn main() -> ExitCode {
     exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    logging::init(&cli.log);
     match sockets::trusted_owners(&cli.trust_socket_owner) {
         Ok(uids) => signet_core::unix_socket::trust_socket_owners(uids),
         Err(e) => {
@@ -263,13 +271,16 @@ struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_help_heading = "Manage agents (on the server, through its admin socket)"
+)]
 struct AgentArgs {
     #[command(subcommand)]
     cmd: Option<AgentCmd>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Run an agent")]
     settings: AgentSettings,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Manage agents")]
     opts: AdminOpts,
 }
 
@@ -302,17 +313,41 @@ async fn run_agent(settings: AgentSettings) -> anyhow::Result<()> {
     agent_cmd::serve(resolved).await
 }
 
-/// Human-readable logs on a terminal, JSON lines otherwise.
-fn init_tracing(filter: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command and every flag says what it is in `--help`.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(format!("{name} (the command)"));
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "signet", &mut missing);
+        missing.sort();
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "no help text:\n  {}",
+            missing.join("\n  ")
+        );
     }
 }

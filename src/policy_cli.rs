@@ -13,6 +13,7 @@ use crate::admin_cli::Output;
 pub enum PolicyCmd {
     /// Evaluate a policy (.wasm, OPA bundle .tar.gz, .rego or a directory) on an input.
     Eval {
+        /// The policy: .wasm, OPA bundle .tar.gz, .rego or a directory.
         #[arg(long)]
         policy: PathBuf,
         /// Input document (JSON; - for stdin).
@@ -40,7 +41,10 @@ pub enum PolicyCmd {
         entrypoint: Option<String>,
     },
     /// Run the Rego test_* rules of a directory, like `opa test`.
-    Test { dir: PathBuf },
+    Test {
+        /// The directory of .rego files (with their test_* rules).
+        dir: PathBuf,
+    },
 }
 
 /// What `policy eval` prints.

@@ -273,9 +273,12 @@ impl ServerSettings {
     }
 }
 
+/// The path of the SPIFFE ID of the agent inside `signet run`.
+pub const LOCAL_AGENT_PATH: &str = "/signet/agent/local";
+
 /// The SPIFFE ID of the agent inside `signet run`.
 pub fn local_agent_id(td: &TrustDomain) -> anyhow::Result<SpiffeId> {
-    Ok(td.id_with_path("/signet/agent/local")?)
+    Ok(td.id_with_path(LOCAL_AGENT_PATH)?)
 }
 
 /// Runs a server (and, for `signet run`, the local agent with its Workload

@@ -303,6 +303,15 @@ server_id = "{BACKEND}"
             .contains("request rejected: policy denied")
             .then_some(())
     });
+    // Each decision's audit record is a JSON object inside its log line.
+    let log = inbound.log_text();
+    let audit: serde_json::Value = log
+        .lines()
+        .filter(|l| l.contains("\"signet::policy::audit\""))
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("an audit line");
+    assert!(audit["fields"]["record"].is_object(), "{audit}");
+    assert!(audit["fields"]["record"]["decision"].is_string(), "{audit}");
 
     // Certificates that break one rule each are refused at the handshake
     // and the log says why.

@@ -11,6 +11,13 @@ use std::os::unix::process::CommandExt;
 
 use common::*;
 
+/// The stderr of a command that must have succeeded (its warnings).
+fn stderr_of_success(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -925,12 +932,7 @@ fn the_default_svid_is_the_first_by_spiffe_id_and_several_are_pointed_out() {
     // --svid-id picks another.
     let out_dir = dir.path().join("made/here");
     let out = c.api(&["fetch", "x509", "--write", out_dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr_of_success(&out);
     assert!(
         err.contains("2 identities are issued to this workload")
             && err.contains("using spiffe://example.org/alpha")
@@ -981,5 +983,77 @@ fn the_default_svid_is_the_first_by_spiffe_id_and_several_are_pointed_out() {
         String::from_utf8_lossy(&out.stderr).contains("2 identities are issued to this workload"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_cli_warns_confirms_and_prints_as_people_and_parsers_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    // Valid but suspicious entries are created, with a warning each.
+    let out = c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/typo",
+        "--selector",
+        "unix:user:nobdy",
+        "--x509-ttl",
+        "48h",
+    ]);
+    let err = stderr_of_success(&out);
+    assert!(
+        err.contains(
+            "warning: selector unix:user:nobdy: this server's host has no user named \"nobdy\""
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "warning: x509_ttl 2days is longer than the CA's signing authorities live (1day)"
+        ),
+        "{err}"
+    );
+    let out = c.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/root",
+        "--selector",
+        "unix:user:root",
+        "--selector",
+        "unix:group:root",
+    ]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+
+    // The local agent is evicted or banned only with --yes.
+    let local = "spiffe://example.org/signet/agent/local";
+    for what in ["evict", "ban"] {
+        let out = c.admin(&["agent", what, "--spiffe-id", local]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("local agent of `signet run`") && err.contains("--yes"),
+            "{err}"
+        );
+    }
+    let listed = String::from_utf8_lossy(&c.admin(&["agent", "list"]).stdout).into_owned();
+    assert!(listed.contains("Banned        : false"), "{listed}");
+    // Times in text are RFC 3339.
+    let expires = listed
+        .lines()
+        .find_map(|l| l.strip_prefix("SVID expires  : "))
+        .unwrap();
+    assert!(
+        humantime::parse_rfc3339(expires).is_ok(),
+        "{expires} is not RFC 3339"
+    );
+    // JSON output ends with a newline.
+    let out = c.admin(&["bundle", "show", "--format", "spiffe"]);
+    assert!(
+        out.stdout.ends_with(b"}\n"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

@@ -118,6 +118,7 @@ impl Admin for AdminService {
         let created = self.server.create_entry(entry).await?;
         Ok(Response::new(EntryResponse {
             entry: Some(wire_entry(&created)),
+            warnings: entry_warnings(&self.server, &created),
         }))
     }
 
@@ -133,6 +134,7 @@ impl Admin for AdminService {
         let updated = self.server.update_entry(entry).await?;
         Ok(Response::new(EntryResponse {
             entry: Some(wire_entry(&updated)),
+            warnings: entry_warnings(&self.server, &updated),
         }))
     }
 
@@ -147,6 +149,7 @@ impl Admin for AdminService {
         let deleted = self.server.delete_entry(&id).await?;
         Ok(Response::new(EntryResponse {
             entry: Some(wire_entry(&deleted)),
+            warnings: Vec::new(),
         }))
     }
 
@@ -452,6 +455,43 @@ impl Admin for AdminService {
             agents,
         }))
     }
+}
+
+/// What `entry` will not do as written though it is valid: an X509-SVID
+/// TTL longer than the CA's authorities live (SVIDs end with the authority
+/// that signs them), user and group names this host does not know (an
+/// agent's host may; often a typo).
+fn entry_warnings(server: &Server, entry: &Entry) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let ca_ttl = server.config().ca.ca_ttl;
+    if let Some(ttl) = entry.x509_ttl.map(Duration::from_secs)
+        && ttl > ca_ttl
+    {
+        warnings.push(format!(
+            "x509_ttl {} is longer than the CA's signing authorities live ({}): this entry's X509-SVIDs end with the authority that signs them, at most {} after it was made",
+            humantime::format_duration(ttl),
+            humantime::format_duration(ca_ttl),
+            humantime::format_duration(ca_ttl),
+        ));
+    }
+    for s in &entry.selectors {
+        let (kind, name) = match (s.selector_type(), s.value().split_once(':')) {
+            ("unix", Some(("user", name))) => ("user", name),
+            ("unix", Some(("group", name))) => ("group", name),
+            _ => continue,
+        };
+        let known = if kind == "user" {
+            nix::unistd::User::from_name(name).map(|u| u.is_some())
+        } else {
+            nix::unistd::Group::from_name(name).map(|g| g.is_some())
+        };
+        if matches!(known, Ok(false)) {
+            warnings.push(format!(
+                "selector {s}: this server's host has no {kind} named {name:?}; the entry matches only on agents' hosts that have one (a typo?)"
+            ));
+        }
+    }
+    warnings
 }
 
 /// A TTL from a request: 0 means the default; more than a year is refused

@@ -1,0 +1,80 @@
+//! Logs: human-readable on a terminal, JSON lines otherwise. In JSON, a
+//! policy audit record is an object inside the line (`fields.record`), not
+//! a string holding JSON, so log pipelines can index its fields.
+
+use std::fmt;
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The `tracing` target of policy audit records (`signet_policy::audit`).
+const AUDIT_TARGET: &str = "signet::policy::audit";
+
+pub fn init(filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().map_event_format(RecordAsObject).init();
+    }
+}
+
+/// Wraps the JSON event format: audit events are formatted, then their
+/// `record` field (recorded by `tracing` as a string) is put back as the
+/// JSON object it is. Other events pass through untouched.
+struct RecordAsObject<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for RecordAsObject<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if event.metadata().target() != AUDIT_TARGET {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match record_as_object(&line) {
+            Some(fixed) => writeln!(writer, "{fixed}"),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// The JSON log `line` with `fields.record` parsed, if it holds JSON.
+fn record_as_object(line: &str) -> Option<serde_json::Value> {
+    let mut doc: serde_json::Value = serde_json::from_str(line.trim_end()).ok()?;
+    let record = doc.pointer_mut("/fields/record")?;
+    *record = serde_json::from_str(record.as_str()?).ok()?;
+    Some(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_record_becomes_an_object_and_other_lines_stay() {
+        let line = r#"{"timestamp":"t","level":"INFO","fields":{"message":"policy decision","record":"{\"allow\":true,\"peer\":\"spiffe://a/b\"}","allow":true},"target":"signet::policy::audit"}"#;
+        let doc = record_as_object(line).unwrap();
+        assert_eq!(doc["fields"]["record"]["allow"], true);
+        assert_eq!(doc["fields"]["record"]["peer"], "spiffe://a/b");
+        assert_eq!(doc["fields"]["message"], "policy decision");
+        assert!(record_as_object(r#"{"fields":{"message":"x"}}"#).is_none());
+        assert!(record_as_object(r#"{"fields":{"record":"not json"}}"#).is_none());
+    }
+}
