@@ -1007,8 +1007,8 @@ pub async fn http_health(url: &str) -> anyhow::Result<()> {
         .with_context(|| format!("{url} did not answer within 5 s"))?
 }
 
-pub async fn healthcheck(opts: AdminOpts) -> anyhow::Result<()> {
-    let mut c = client(&opts).await?;
+pub async fn healthcheck(opts: &AdminOpts) -> anyhow::Result<()> {
+    let mut c = client(opts).await?;
     let h = c
         .health(HealthRequest {})
         .await

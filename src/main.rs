@@ -132,6 +132,10 @@ enum Command {
         url: Option<String>,
         #[arg(long, requires = "agent", value_parser = sockets::socket_arg, help = sockets::AGENT_SOCKET_HELP)]
         agent_socket: Option<PathBuf>,
+        /// Keep checking until healthy, for up to this long (e.g. 10s), for
+        /// scripts that start a service and go on once it is ready.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        wait: std::time::Duration,
         #[command(flatten)]
         opts: AdminOpts,
     },
@@ -203,13 +207,22 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy_cmd::run(args).await,
             Command::Helper(args) => helper_cmd::run(args).await,
             Command::Policy { cmd, output } => policy_cli::run(cmd, output),
-            Command::Healthcheck { url: Some(url), .. } => admin_cli::http_health(&url).await,
             Command::Healthcheck {
-                agent: true,
+                url,
+                agent,
                 agent_socket,
-                ..
-            } => api_cli::health(agent_socket).await,
-            Command::Healthcheck { opts, .. } => admin_cli::healthcheck(opts).await,
+                wait,
+                opts,
+            } => {
+                until_healthy(wait, || async {
+                    match (&url, agent) {
+                        (Some(url), _) => admin_cli::http_health(url).await,
+                        (None, true) => api_cli::health(agent_socket.clone()).await,
+                        (None, false) => admin_cli::healthcheck(&opts).await,
+                    }
+                })
+                .await
+            }
         }
     });
     match result {
@@ -311,6 +324,23 @@ async fn run_agent(settings: AgentSettings) -> anyhow::Result<()> {
         return Ok(());
     }
     agent_cmd::serve(resolved).await
+}
+
+/// Runs `check` until it succeeds or `wait` has passed (once when `wait`
+/// is zero); the last failure is the error.
+async fn until_healthy<F, Fut>(wait: std::time::Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match check().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
 }
 
 #[cfg(test)]

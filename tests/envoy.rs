@@ -37,7 +37,7 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
             ("port_value: 8443", format!("port_value: {inbound}")),
             ("port_value: 8080", format!("port_value: {app}")),
             ("port_value: 9901", format!("port_value: {admin_in}")),
-            ("path: /tmp/signet/agent.sock", format!("path: {sock}")),
+            ("path: /run/signet/agent.sock", format!("path: {sock}")),
         ],
         &dir.path().join("inbound.yaml"),
     );
@@ -49,7 +49,7 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
                 ("port_value: 15001", format!("port_value: {listen}")),
                 ("port_value: 8443", format!("port_value: {inbound}")),
                 ("port_value: 9902", format!("port_value: {admin}")),
-                ("path: /tmp/signet/agent.sock", format!("path: {sock}")),
+                ("path: /run/signet/agent.sock", format!("path: {sock}")),
                 ("api_type: GRPC", format!("api_type: {api}")),
             ],
             &dir.path().join(format!("{name}.yaml")),

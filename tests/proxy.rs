@@ -254,13 +254,15 @@ server_id = "{BACKEND}"
         "{body}"
     );
 
-    // The policy denies what its routes do not allow, with its status.
-    let (code, _) = curl_with(&[
+    // The policy denies what its routes do not allow, with its status, and
+    // (it gives no body) a body saying so with its reason.
+    let (code, body) = curl_with(&[
         "-X",
         "POST",
         &format!("http://127.0.0.1:{out_http}/api/v1/hello"),
     ]);
     assert_eq!(code, 403);
+    assert_eq!(body, "access denied by policy: no route for caller\n");
     let (code, _) = curl(&format!("http://127.0.0.1:{out_http}/admin"));
     assert_eq!(code, 403);
 

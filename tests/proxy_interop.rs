@@ -127,7 +127,7 @@ fn envoy_and_sidecars_interoperate_both_ways() {
             ("port_value: 15001", format!("port_value: {envoy_out}")),
             ("port_value: 8443", format!("port_value: {sidecar_in}")),
             ("port_value: 9902", format!("port_value: {envoy_out_admin}")),
-            ("path: /tmp/signet/agent.sock", format!("path: {sock}")),
+            ("path: /run/signet/agent.sock", format!("path: {sock}")),
             (
                 r#"exact: "spiffe://example.org/server""#,
                 format!(r#"exact: "{SIDECAR_IN}""#),
@@ -178,7 +178,7 @@ fn envoy_and_sidecars_interoperate_both_ways() {
             ("port_value: 8443", format!("port_value: {envoy_in}")),
             ("port_value: 8080", format!("port_value: {app}")),
             ("port_value: 9901", format!("port_value: {envoy_in_admin}")),
-            ("path: /tmp/signet/agent.sock", format!("path: {sock}")),
+            ("path: /run/signet/agent.sock", format!("path: {sock}")),
             (
                 r#"name: "spiffe://example.org/server""#,
                 format!(r#"name: "{ENVOY_SERVER}""#),

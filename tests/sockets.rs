@@ -389,6 +389,28 @@ fn clients_refuse_sockets_another_user_serves_unless_trusted() {
     assert!(out.contains("BEGIN CERTIFICATE"), "{out}");
     let out = run(&["--trust-socket-owner", "no-such-user-here", "entry", "show"]);
     assert!(stderr(&out).contains("--trust-socket-owner \"no-such-user-here\": no such user"));
+
+    // The other way round: root's admin socket (0600) as nobody says
+    // permission denied and whose it is, not "is the server running?".
+    let roots = dir.path().join("root");
+    std::fs::create_dir(&roots).unwrap();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Combined::start(&roots, &[]);
+    let out = std::process::Command::new(&bin)
+        .args(["entry", "show", "--admin-socket", &c.admin])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("permission denied on {}", c.admin))
+            && err.contains("owner uid 0")
+            && err.contains("this is uid 65534")
+            && !err.contains("running?"),
+        "{err}"
+    );
 }
 
 #[test]

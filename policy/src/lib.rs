@@ -147,7 +147,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyOptions {
     /// The entrypoint (`pkg/rule`). Default: the bundle manifest's first wasm
-    /// entrypoint, else [`DEFAULT_ENTRYPOINT`].
+    /// entrypoint, else [`DEFAULT_ENTRYPOINT`], else a Wasm module's only
+    /// entrypoint.
     pub entrypoint: Option<String>,
     /// The data document (overrides a bundle's `data.json`).
     pub data: Option<Value>,
@@ -387,9 +388,15 @@ impl Policy {
             .clone()
             .unwrap_or_else(|| Value::Object(Default::default()));
         let policy = wasm::WasmPolicy::new(wasm, &data, options.limits)?;
+        // Unnamed: the default, else a module's only entrypoint.
+        let only = match policy.entrypoints().collect::<Vec<_>>().as_slice() {
+            [only] if policy.entrypoint_id(DEFAULT_ENTRYPOINT).is_none() => Some(only.to_string()),
+            _ => None,
+        };
         let entrypoint = options
             .entrypoint
             .clone()
+            .or(only)
             .unwrap_or_else(|| DEFAULT_ENTRYPOINT.to_string());
         let entrypoint_id =
             policy

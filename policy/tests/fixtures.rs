@@ -167,13 +167,30 @@ fn unknown_entrypoint_is_refused_by_name() {
     let dir = fixtures_dir();
     let err = Policy::load(
         dir.join("envoy-http-authz/policy.wasm"),
-        &PolicyOptions::default(),
+        &PolicyOptions::default().with_entrypoint("exampel"),
     )
-    .expect_err("default entrypoint is absent");
+    .expect_err("the entrypoint is misspelt");
     let msg = err.to_string();
     assert!(
-        msg.contains("signet/authz/allow") && msg.contains("example"),
+        msg.contains("\"exampel\" not found") && msg.contains("did you mean example?"),
         "{msg}"
+    );
+    // Unnamed, a module's only entrypoint is the one (as OPA's SDK takes
+    // entrypoint 0); with several, the default must be among them.
+    let p = Policy::load(
+        dir.join("envoy-http-authz/policy.wasm"),
+        &PolicyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(p.entrypoint(), "example");
+    let several = Policy::load(
+        dir.join("devportal-compliance/policy.wasm"),
+        &PolicyOptions::default(),
+    )
+    .expect_err("five entrypoints, none the default");
+    assert!(
+        several.to_string().contains("signet/authz/allow"),
+        "{several}"
     );
 }
 

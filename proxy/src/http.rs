@@ -379,15 +379,30 @@ fn describe(req: &Request<Incoming>) -> HttpRequest {
 }
 
 /// The policy's answer to a denied request: its status (403 by default),
-/// headers and body, as the OPA-Envoy plugin does.
+/// headers and body, as the OPA-Envoy plugin does. A policy that gives no
+/// body gets a plain-text one saying the request was denied and the
+/// policy's reason, as Envoy's RBAC filter says "RBAC: access denied" (a
+/// policy that wants silence gives an empty body).
 fn denial(decision: &signet_policy::Decision) -> Response<Body> {
     let status = decision
         .http_status
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::FORBIDDEN);
-    let body = decision.body.clone().unwrap_or_default();
+    let (body, default_body) = match &decision.body {
+        Some(body) => (body.clone(), false),
+        None => match &decision.reason {
+            Some(reason) => (format!("access denied by policy: {reason}\n"), true),
+            None => ("access denied by policy\n".to_string(), true),
+        },
+    };
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
+    if default_body {
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
     for (k, v) in &decision.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
             resp.headers_mut().insert(k, v);
