@@ -18,11 +18,15 @@ use std::path::Path;
 use common::*;
 
 /// The documents whose marked blocks run, in this order.
-const DOCS: [(&str, &str); 2] = [
+const DOCS: [(&str, &str); 3] = [
     ("README.md", include_str!("../README.md")),
     (
         "examples/envoy/README.md",
         include_str!("../examples/envoy/README.md"),
+    ),
+    (
+        "examples/postgres/README.md",
+        include_str!("../examples/postgres/README.md"),
     ),
 ];
 const MARK: &str = "<!-- tests/readme.rs: ";
@@ -96,7 +100,7 @@ exec setpriv --reuid "$RUN_UID" --regid "$RUN_UID" --clear-groups sh /run/runner
 
 const RUNNER: &str = r#"
 set -u
-export PATH=/run/bin:/usr/local/bin:/usr/bin:/bin HOME=/run/out
+export PATH=/run/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/out
 cd /run/repo
 signet run > /run/out/run.out 2> /run/out/run.log &
 RUN=$!
@@ -209,6 +213,10 @@ fn check(sections: &BTreeMap<String, String>, socket_dir: &str) {
     let policy = &sections["policy"];
     assert!(policy.lines().any(|l| l == "true"), "{policy}");
     assert!(policy.contains("\"allow\": true"), "{policy}");
+    if let Some(postgres) = sections.get("postgres") {
+        // The app logged in as role app by its SVID.
+        assert!(postgres.lines().any(|l| l == "app"), "{postgres}");
+    }
     if let Some(envoy) = sections.get("envoy") {
         let lines: Vec<&str> = envoy.lines().collect();
         assert!(lines.contains(&"hello through two Envoys"), "{envoy}");
@@ -222,7 +230,7 @@ fn the_readme_marks_the_blocks_this_test_runs() {
         .into_iter()
         .map(|b| (b.name, b.body))
         .collect();
-    for name in ["quickstart", "sidecar", "policy", "envoy"] {
+    for name in ["quickstart", "sidecar", "policy", "envoy", "postgres"] {
         assert!(blocks.contains_key(name), "no block marked {name}");
     }
     // They use the commands the docs promise, not a test's own.
