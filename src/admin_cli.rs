@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use signet_core::api::admin::*;
-use signet_core::api::types;
 use signet_core::server::admin::connect_admin;
-use signet_core::unix_socket::{SocketRole, explain_connect_error};
 use signet_identity::bundle::certificates_to_pem;
 use signet_identity::{Bundle, CertificateDer, TrustDomain};
+use signet_wire::admin::*;
+use signet_wire::types;
+use signet_workload::{SocketRole, explain_connect_error};
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum Output {
@@ -442,7 +442,7 @@ fn bundle_text(b: &types::Bundle, format: BundleFormat) -> anyhow::Result<String
             text
         }
         BundleFormat::Pem => {
-            let bundle = signet_core::api::bundle_from_wire(b).map_err(anyhow::Error::msg)?;
+            let bundle = signet_wire::bundle_from_wire(b).map_err(anyhow::Error::msg)?;
             bundle.x509_pem()
         }
     })

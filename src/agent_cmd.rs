@@ -15,7 +15,7 @@ use signet_identity::{Bundle, TrustDomain};
 use signet_sds::{SdsOptions, SdsService};
 use tokio::sync::watch;
 
-use signet_core::unix_socket::SocketRole;
+use signet_workload::SocketRole;
 
 /// Agent settings: every config-file key is also a flag of the same name.
 #[derive(Debug, Default, Args, Deserialize)]

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use signet_core::api::workload::*;
-use signet_core::unix_socket::SocketRole;
-use signet_core::workload_client::{X509Context, connect_to, split_der, status_error, with_header};
 use signet_identity::bundle::certificates_to_pem;
 use signet_identity::{PrivateKey, X509Svid};
+use signet_wire::workload::*;
+use signet_workload::SocketRole;
+use signet_workload::{X509Context, connect_to, split_der, status_error, with_header};
 
 use crate::admin_cli::Output;
 

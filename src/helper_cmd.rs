@@ -23,9 +23,9 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::json;
 use signet_core::atomic_file::{self, Owner};
-use signet_core::unix_socket::{SocketLocation, SocketRole};
-use signet_core::workload_client::{X509Context, X509State, X509Watcher, fetch_jwt, watch_x509};
 use signet_identity::JwtSvid;
+use signet_workload::{SocketLocation, SocketRole};
+use signet_workload::{X509Context, X509State, X509Watcher, fetch_jwt, watch_x509};
 use tokio::sync::watch;
 
 use crate::admin_cli::Output;
@@ -840,7 +840,7 @@ async fn say_once_while_waiting(
     let mut rx = watcher.subscribe();
     loop {
         if let X509State::Waiting(why) = &*rx.borrow_and_update()
-            && why != signet_core::workload_client::CONNECTING
+            && why != signet_workload::CONNECTING
         {
             eprintln!(
                 "waiting up to {} for an X509-SVID from the Workload API at {}: {why}",

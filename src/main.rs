@@ -146,7 +146,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log);
     match sockets::trusted_owners(&cli.trust_socket_owner) {
-        Ok(uids) => signet_core::unix_socket::trust_socket_owners(uids),
+        Ok(uids) => signet_workload::trust_socket_owners(uids),
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use signet_core::unix_socket::{SocketLocation, SocketRole};
-use signet_core::workload_client::{X509State, watch_x509};
 use signet_proxy::config::{ListenerFile, ProxyFile};
 use signet_proxy::{Identity, Proxy, ProxyConfig};
+use signet_workload::{SocketLocation, SocketRole};
+use signet_workload::{X509State, watch_x509};
 
 /// How often each listener's policy file or directory is checked for changes.
 const POLICY_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

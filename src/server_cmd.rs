@@ -23,7 +23,7 @@ use signet_identity::{SpiffeId, TrustDomain};
 use tokio::sync::watch;
 
 use crate::sockets::{flag_to_reach, locate};
-use signet_core::unix_socket::SocketRole;
+use signet_workload::SocketRole;
 
 /// Server settings: every key of the config file is also a flag of the
 /// same name (`trust_domain` = `--trust-domain`); flags win.

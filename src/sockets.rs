@@ -1,10 +1,10 @@
 //! The socket flags every command shares (one rule, see
-//! `signet_core::unix_socket::location`), and what a client says when a
+//! `signet_workload::location`), and what a client says when a
 //! socket turns out not to be the one it needs.
 
 use std::path::{Path, PathBuf};
 
-use signet_core::unix_socket::{SocketLocation, SocketRole};
+use signet_workload::{SocketLocation, SocketRole};
 
 /// Help of every `--agent-socket` flag.
 pub const AGENT_SOCKET_HELP: &str = "Agent socket (Workload API and SDS): a path or unix:///path \
@@ -20,7 +20,7 @@ pub const ADMIN_SOCKET_HELP: &str = "Admin socket of the server: a path or unix:
 
 /// The value parser of the socket flags.
 pub fn socket_arg(text: &str) -> Result<PathBuf, String> {
-    signet_core::unix_socket::location::parse_socket_path(text)
+    signet_workload::location::parse_socket_path(text)
 }
 
 /// Resolves a socket setting: `flag`, else the environment, else `config`,

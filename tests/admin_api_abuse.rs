@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use rcgen::PublicKeyData;
-use signet_core::api::admin::*;
 use signet_core::server::admin::connect_admin;
+use signet_wire::admin::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_ttls_are_refused_and_the_server_keeps_serving() {

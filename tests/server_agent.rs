@@ -103,7 +103,7 @@ fn denied(r: Result<impl std::fmt::Debug, ClientError>) -> String {
 }
 
 async fn entry_ids(
-    stream: &mut tonic::Streaming<signet_core::api::node::SubscribeResponse>,
+    stream: &mut tonic::Streaming<signet_wire::node::SubscribeResponse>,
 ) -> Vec<String> {
     let msg = tokio::time::timeout(DEADLINE, stream.message())
         .await
@@ -192,7 +192,7 @@ async fn join_token_agents_get_exactly_their_entries() {
     assert!(denied(a.mint_x509(&e_b).await).contains("not authorized"));
     let jwt = a
         .grpc()
-        .mint_jwt_svid(signet_core::api::node::MintJwtSvidRequest {
+        .mint_jwt_svid(signet_wire::node::MintJwtSvidRequest {
             entry_id: e_b.clone(),
             audience: vec!["x".into()],
         })
@@ -451,7 +451,7 @@ fn a_corrupt_datastore_stops_the_server_and_is_kept() {
 /// SVID at the moment the admin API bans or evicts it.
 #[tokio::test(flavor = "multi_thread")]
 async fn renewals_in_flight_never_undo_a_ban_or_an_eviction() {
-    use signet_core::api::admin::{AgentRequest, CreateJoinTokenRequest, ListAgentsRequest};
+    use signet_wire::admin::{AgentRequest, CreateJoinTokenRequest, ListAgentsRequest};
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
     let mut admin = signet_core::server::admin::connect_admin(server.admin.clone().into())

@@ -81,10 +81,10 @@ async fn the_rust_spiffe_crate_works_unchanged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn protocol_rules_header_and_permission() {
-    use signet_core::api::workload::*;
+    use signet_wire::workload::*;
     let dir = tempfile::tempdir().unwrap();
     let c = Combined::start(dir.path(), &[]);
-    let mut client = signet_core::agent::workload_api::connect(c.agent.clone().into())
+    let mut client = signet_workload::connect(c.agent.clone().into())
         .await
         .unwrap();
 
@@ -134,7 +134,7 @@ async fn protocol_rules_header_and_permission() {
         vec!["x".repeat(1 << 20)],
     ] {
         let err = client
-            .fetch_jwtsvid(signet_core::workload_client::with_header(JwtsvidRequest {
+            .fetch_jwtsvid(signet_workload::with_header(JwtsvidRequest {
                 audience,
                 spiffe_id: String::new(),
             }))
@@ -144,7 +144,7 @@ async fn protocol_rules_header_and_permission() {
         assert!(err.message().contains("at most"), "{err:?}");
     }
     let ok = client
-        .fetch_jwtsvid(signet_core::workload_client::with_header(JwtsvidRequest {
+        .fetch_jwtsvid(signet_workload::with_header(JwtsvidRequest {
             audience: (0..MAX_AUDIENCES).map(|i| format!("aud-{i}")).collect(),
             spiffe_id: String::new(),
         }))

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signet_core::agent;
-use signet_core::agent::workload_api::{bind_agent_socket, connect, serve_workload_api};
-use signet_core::api::workload::X509svidRequest;
+use signet_core::agent::workload_api::{bind_agent_socket, serve_workload_api};
 use signet_core::attest::node::NodeAttestor;
 use signet_core::key_manager::memory::MemoryKeyManager;
 use signet_core::server::node::serve_node;
 use signet_core::server::{Server, ServerConfig};
 use signet_core::{SystemClock, datastore};
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
+use signet_wire::workload::X509svidRequest;
+use signet_workload::connect;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]

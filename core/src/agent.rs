@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use signet_identity::{Bundle, BundleSet, BundleSource, Entry, X509Svid};
 use tokio::sync::watch;
 
-use crate::api::bundle_from_wire;
 use crate::atomic_file;
 use node_client::{AttestWith, ClientError, NodeClient};
+use signet_wire::bundle_from_wire;
 
 /// Entries per MintX509Svids call.
 const MINT_BATCH: usize = 500;
@@ -206,7 +206,7 @@ impl AgentHandle {
             )))?;
         let r = client
             .grpc()
-            .mint_jwt_svid(crate::api::node::MintJwtSvidRequest {
+            .mint_jwt_svid(signet_wire::node::MintJwtSvidRequest {
                 entry_id: entry_id.to_owned(),
                 audience: audience.to_vec(),
             })

@@ -102,6 +102,20 @@ pub struct AttestedNode {
     pub can_reattest: bool,
 }
 
+impl From<&AttestedNode> for signet_wire::types::AttestedNode {
+    fn from(n: &AttestedNode) -> Self {
+        Self {
+            spiffe_id: n.spiffe_id.to_string(),
+            attestor: n.attestor.clone(),
+            selectors: n.selectors.iter().map(ToString::to_string).collect(),
+            svid_serial: n.svid_serial.clone(),
+            svid_expires_at: n.svid_expires_at,
+            banned: n.banned,
+            can_reattest: n.can_reattest,
+        }
+    }
+}
+
 /// A join token as stored: only a hash of the token value is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinToken {

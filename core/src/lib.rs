@@ -13,7 +13,6 @@
 //! sequence increases on every change.
 
 pub mod agent;
-pub mod api;
 pub mod atomic_file;
 pub mod attest;
 pub mod ca;
@@ -21,9 +20,7 @@ pub mod clock;
 pub mod datastore;
 pub mod key_manager;
 pub mod server;
-pub mod tls;
 pub mod unix_socket;
-pub mod workload_client;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
 pub use clock::{Clock, ManualClock, SystemClock};

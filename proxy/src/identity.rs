@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use signet_core::tls::{RotatingCert, SharedBundles};
-use signet_core::workload_client::X509Watcher;
 use signet_identity::{BundleSet, SpiffeId, X509Svid};
+use signet_tls::{RotatingCert, SharedBundles};
+use signet_workload::X509Watcher;
 use tokio::sync::watch;
 
 /// What the sidecar presents and trusts. Cheap to clone.

@@ -12,7 +12,7 @@ use signet_policy::{PolicyHandle, PolicyOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::read_ahead::ReadAhead;
-use signet_core::tls::{SpiffeClientVerifier, SpiffeServerVerifier};
+use signet_tls::{SpiffeClientVerifier, SpiffeServerVerifier};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::Instrument;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use signet_core::tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
 use signet_identity::{SpiffeId, TrustDomain};
+use signet_tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
 
 use crate::identity::Identity;
 

@@ -53,7 +53,7 @@ async fn main() {
         let tx = tx.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
-            let channel = signet_core::unix_socket::channel(sock).await.unwrap();
+            let channel = signet_workload::channel(sock).await.unwrap();
             let mut client = SecretDiscoveryServiceClient::new(channel);
             let req = DiscoveryRequest {
                 resource_names: vec!["default".into()],

@@ -23,9 +23,7 @@ async fn next(stream: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResp
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nacked_version_is_not_resent_and_the_next_change_is() {
     let setup = common::start().await;
-    let channel = signet_core::unix_socket::channel(setup.sock.clone())
-        .await
-        .unwrap();
+    let channel = signet_workload::channel(setup.sock.clone()).await.unwrap();
     let mut client = SecretDiscoveryServiceClient::new(channel);
     let req = DiscoveryRequest {
         resource_names: vec![

@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::api::node::node_client::NodeClient as GrpcClient;
-use crate::api::node::*;
-use crate::api::{bundle_from_wire, types};
 use crate::attest::node::x509pop::challenge_message;
 use crate::server::node::SERVER_ID_PATH;
-use crate::tls::{RotatingCert, SharedBundles, SpiffeServerVerifier};
+use signet_tls::{RotatingCert, SharedBundles, SpiffeServerVerifier};
+use signet_wire::node::node_client::NodeClient as GrpcClient;
+use signet_wire::node::*;
+use signet_wire::{bundle_from_wire, types};
 
 /// Largest message accepted from the server.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -90,7 +90,7 @@ impl NodeClient {
     /// `--insecure-bootstrap`. The bundle from attestation is trusted after.
     pub async fn connect_insecure(addr: SocketAddr) -> Result<Self, ClientError> {
         tracing::warn!(server = %addr, "insecure bootstrap: the server's certificate is NOT verified for this attestation");
-        let verifier = Arc::new(crate::tls::danger::InsecureAcceptAnyServer::new());
+        let verifier = Arc::new(signet_tls::danger::InsecureAcceptAnyServer::new());
         Self::connect_with(addr, SharedBundles::default(), verifier, None).await
     }
 
@@ -105,7 +105,7 @@ impl NodeClient {
             cert.set(svid)
                 .map_err(|e| ClientError::Key(e.to_string()))?;
         }
-        let tls = crate::tls::client_config(cert.clone(), verifier)
+        let tls = signet_tls::client_config(cert.clone(), verifier)
             .map_err(|e| ClientError::Key(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let err = |reason: String| ClientError::Connect { addr, reason };

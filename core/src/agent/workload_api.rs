@@ -8,7 +8,7 @@
 //! rotation, entry change and bundle change.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,15 +21,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{AgentHandle, Snapshot, StreamDemand};
-use crate::api::workload::spiffe_workload_api_server::{
-    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
-};
-use crate::api::workload::*;
 use crate::attest::workload::{PinnedPeer, UnixAttestor, WorkloadAttestError};
 use crate::unix_socket::UnixPeer;
+use signet_wire::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+use signet_wire::workload::*;
 
 /// The metadata key every Workload API request must carry.
-pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+pub use signet_wire::WORKLOAD_SECURITY_HEADER as SECURITY_HEADER;
 
 /// Most audiences one JWT-SVID request may name.
 pub const MAX_AUDIENCES: usize = 16;
@@ -514,22 +514,6 @@ impl SpiffeWorkloadApi for WorkloadApi {
 /// attestation, not file permissions, decides who gets what.
 pub fn bind_agent_socket(path: &Path) -> std::io::Result<UnixListener> {
     crate::unix_socket::bind(path, 0o777, 0o755)
-}
-
-/// A Workload API client on the socket at `path`.
-pub async fn connect(
-    path: PathBuf,
-) -> Result<
-    crate::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
-        tonic::transport::Channel,
-    >,
-    tonic::transport::Error,
-> {
-    Ok(
-        crate::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
-            crate::unix_socket::channel(path).await?,
-        ),
-    )
 }
 
 /// Serves the Workload API on `listener` until `stop` resolves.

@@ -11,12 +11,12 @@ use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
 
 use super::{Server, ServerError};
-use crate::api::admin::admin_client::AdminClient;
-use crate::api::admin::admin_server::{Admin, AdminServer};
-use crate::api::admin::*;
-use crate::api::{bundle_from_wire, types};
 use crate::ca::SvidOptions;
 use crate::datastore::{AttestedNode, DatastoreError, EntryFilter, SelectorMatch};
+use signet_wire::admin::admin_client::AdminClient;
+use signet_wire::admin::admin_server::{Admin, AdminServer};
+use signet_wire::admin::*;
+use signet_wire::{bundle_from_wire, types};
 
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Self {
@@ -529,5 +529,5 @@ pub async fn serve_admin(
 pub async fn connect_admin(
     path: PathBuf,
 ) -> Result<AdminClient<tonic::transport::Channel>, tonic::transport::Error> {
-    Ok(AdminClient::new(crate::unix_socket::channel(path).await?))
+    Ok(AdminClient::new(signet_workload::channel(path).await?))
 }

@@ -24,13 +24,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::authz;
 use super::{Server, ServerError};
-use crate::api::node::node_server::{Node, NodeServer};
-use crate::api::node::*;
-use crate::api::types;
 use crate::attest::node::{AttestError, Attested, Challenger, Evidence, NodeAttestor};
 use crate::ca::SvidOptions;
 use crate::datastore::AttestedNode;
-use crate::tls::{RotatingCert, SharedBundles, SpiffeClientVerifier};
+use signet_tls::{RotatingCert, SharedBundles, SpiffeClientVerifier};
+use signet_wire::node::node_server::{Node, NodeServer};
+use signet_wire::node::*;
+use signet_wire::types;
 
 /// Path of the server's own SPIFFE ID.
 pub const SERVER_ID_PATH: &str = "/signet/server";
@@ -538,7 +538,7 @@ pub async fn serve_node(
         }),
         false,
     ));
-    let tls = crate::tls::server_config(cert.clone(), verifier)
+    let tls = signet_tls::server_config(cert.clone(), verifier)
         .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::endpoint_path;
+use crate::socket::endpoint_path;
 
 /// Socket directory of servers run as root.
 pub const ROOT_SOCKET_DIR: &str = "/run/signet";

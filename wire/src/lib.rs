@@ -1,7 +1,13 @@
-//! Generated gRPC code of Signet's server APIs (`proto/signet/*.proto`) and
-//! the conversions between wire messages and identity types.
+//! Signet's wire: the generated gRPC code of its server APIs
+//! (`proto/signet/*.proto`: admin, node) and of the SPIFFE Workload API
+//! (`proto/workload.proto`), and the conversions between wire messages and
+//! identity types. Both ends of every API use this crate.
 
 #![allow(missing_debug_implementations)]
+
+/// The metadata key every Workload API request must carry, `true` (the
+/// SPIFFE Workload API specification's security header).
+pub const WORKLOAD_SECURITY_HEADER: &str = "workload.spiffe.io";
 
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod types {
@@ -25,8 +31,6 @@ pub mod workload {
 }
 
 use signet_identity::{Bundle, BundleError, Entry, Selector, SpiffeId, TrustDomain};
-
-use crate::datastore::AttestedNode;
 
 impl From<&Entry> for types::Entry {
     fn from(e: &Entry) -> Self {
@@ -120,20 +124,6 @@ pub fn bundle_from_wire(w: &types::Bundle) -> Result<Bundle, String> {
     let td = TrustDomain::parse(&w.trust_domain)
         .map_err(|e| format!("trust_domain {:?}: {e}", w.trust_domain))?;
     Bundle::parse_json(td, &w.spiffe_json).map_err(|e| format!("bundle of {}: {e}", w.trust_domain))
-}
-
-impl From<&AttestedNode> for types::AttestedNode {
-    fn from(n: &AttestedNode) -> Self {
-        Self {
-            spiffe_id: n.spiffe_id.to_string(),
-            attestor: n.attestor.clone(),
-            selectors: n.selectors.iter().map(ToString::to_string).collect(),
-            svid_serial: n.svid_serial.clone(),
-            svid_expires_at: n.svid_expires_at,
-            banned: n.banned,
-            can_reattest: n.can_reattest,
-        }
-    }
 }
 
 #[cfg(test)]

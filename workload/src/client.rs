@@ -11,11 +11,13 @@ use signet_identity::{Bundle, BundleSet, CertificateDer, PrivateKey, TrustDomain
 use tokio::sync::watch;
 use tonic::Request;
 
-use crate::agent::workload_api::{SECURITY_HEADER, connect};
-use crate::api::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
-use crate::unix_socket::{SocketLocation, explain_connect_error};
+use signet_wire::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 
-type Client = crate::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+use crate::location::SocketLocation;
+use crate::socket::explain_connect_error;
+use crate::{SECURITY_HEADER, connect};
+
+type Client = signet_wire::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
     tonic::transport::Channel,
 >;
 
