@@ -12,7 +12,7 @@ use signet_identity::bundle::certificates_to_pem;
 use signet_identity::{PrivateKey, X509Svid};
 use signet_wire::workload::*;
 use signet_workload::SocketRole;
-use signet_workload::{X509Context, connect_to, split_der, status_error, with_header};
+use signet_workload::{Backoff, X509Context, connect_to, split_der, status_error, with_header};
 
 use crate::admin_cli::Output;
 
@@ -208,35 +208,45 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
             }
         }
         ApiCmd::Watch => {
-            let mut backoff = std::time::Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let mut client = Some(c);
             loop {
-                let result = async {
-                    let mut stream = c
-                        .fetch_x509svid(with_header(X509svidRequest {}))
-                        .await?
-                        .into_inner();
-                    while let Some(resp) = stream.message().await? {
-                        print_x509(&resp, None, None, opts.output)
-                            .map_err(|e| tonic::Status::internal(e.to_string()))?;
-                        backoff = std::time::Duration::from_millis(100);
+                let why = match client.take() {
+                    None => match connect_to(&location).await {
+                        Ok((c, _)) => {
+                            client = Some(c);
+                            continue;
+                        }
+                        Err(e) => e.to_string(),
+                    },
+                    Some(mut c) => {
+                        let result = async {
+                            let mut stream = c
+                                .fetch_x509svid(with_header(X509svidRequest {}))
+                                .await?
+                                .into_inner();
+                            while let Some(resp) = stream.message().await? {
+                                print_x509(&resp, None, None, opts.output)
+                                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                                backoff.reset();
+                            }
+                            Ok::<(), tonic::Status>(())
+                        }
+                        .await;
+                        match result {
+                            Ok(()) => "the agent closed the stream".to_string(),
+                            Err(e) => format!("{} ({:?})", e.message(), e.code()),
+                        }
                     }
-                    Ok::<(), tonic::Status>(())
-                }
-                .await;
-                let why = match result {
-                    Ok(()) => "the agent closed the stream".to_string(),
-                    Err(e) => format!("{} ({:?})", e.message(), e.code()),
                 };
                 match opts.output {
                     Output::Json => println!("{}", json!({ "waiting": why })),
                     Output::Text => println!("waiting: {why}"),
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                c = connect_to(&location).await?.0;
             }
         }
     }
@@ -263,7 +273,7 @@ where
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(20);
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(250));
     let mut said = false;
     loop {
         match attempt().await {
@@ -272,7 +282,7 @@ where
             Err(e)
                 if e.code() == tonic::Code::PermissionDenied
                     && e.message() == "no identity issued"
-                    && tokio::time::Instant::now() + delay < deadline =>
+                    && tokio::time::Instant::now() + backoff.step() < deadline =>
             {
                 if !said {
                     eprintln!(
@@ -282,8 +292,7 @@ where
                     );
                     said = true;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(250));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             other => return other,
         }

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 use signet_core::atomic_file::{self, Owner};
 use signet_identity::JwtSvid;
-use signet_workload::{SocketLocation, SocketRole};
+use signet_workload::{Backoff, SocketLocation, SocketRole};
 use signet_workload::{X509Context, X509State, X509Watcher, fetch_jwt, watch_x509};
 use tokio::sync::watch;
 
@@ -887,17 +887,17 @@ async fn once(
         events.x509(config, &written);
     }
     for target in &config.jwts {
-        let mut retry = MIN_RETRY;
+        let mut retry = Backoff::new(MIN_RETRY, MAX_RETRY);
         loop {
             match write_jwt(config, socket, target).await {
                 Ok((jwt, _)) => {
                     events.jwt(config, target, &jwt);
                     break;
                 }
-                Err(e) if tokio::time::Instant::now() + retry < deadline => {
-                    tracing::warn!("{e:#}; retrying in {retry:?}");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(MAX_RETRY);
+                Err(e) if tokio::time::Instant::now() + retry.step() < deadline => {
+                    let delay = retry.next_delay();
+                    tracing::warn!("{e:#}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -954,7 +954,7 @@ async fn daemon(
     // Each JWT target's next refresh; all due at start.
     let mut jwt_due: Vec<tokio::time::Instant> =
         vec![tokio::time::Instant::now(); config.jwts.len()];
-    let mut retry = MIN_RETRY;
+    let mut retry = Backoff::new(MIN_RETRY, MAX_RETRY);
     let mut retry_at = far();
     loop {
         let next_jwt = jwt_due.iter().min().copied().unwrap_or_else(far);
@@ -1008,7 +1008,7 @@ async fn daemon(
                     changed = true;
                 }
                 Err(e) => {
-                    *due = tokio::time::Instant::now() + retry;
+                    *due = tokio::time::Instant::now() + retry.step();
                     problem.get_or_insert(format!("{e:#}"));
                 }
             }
@@ -1018,13 +1018,13 @@ async fn daemon(
         }
         match (problem, &last) {
             (Some(why), _) => {
-                tracing::error!("{why}; retrying in {retry:?}");
+                let delay = retry.next_delay();
+                tracing::error!("{why}; retrying in {delay:?}");
                 health_tx.send_replace(Health::Waiting(why));
-                retry_at = tokio::time::Instant::now() + retry;
-                retry = (retry * 2).min(MAX_RETRY);
+                retry_at = tokio::time::Instant::now() + delay;
             }
             (None, Some(w)) => {
-                retry = MIN_RETRY;
+                retry.reset();
                 health_tx.send_replace(Health::Ready(format!(
                     "{} (serial {}) in {}",
                     w.spiffe_id,

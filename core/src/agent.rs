@@ -478,7 +478,8 @@ async fn run(
     demand: Arc<Demand>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        signet_workload::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut server_index = 0usize;
     loop {
         if *stop.borrow() {
@@ -491,7 +492,7 @@ async fn run(
         };
         *shared_client.lock().await = None;
         match outcome {
-            Ok(()) => backoff = Duration::from_millis(200),
+            Ok(()) => backoff.reset(),
             Err(AgentError::Refused(why)) => {
                 tracing::error!(reason = %why, "the server refuses this agent; no longer serving identities");
                 tx.send_modify(|s| {
@@ -522,7 +523,7 @@ async fn run(
                 return;
             }
             Err(e) => {
-                tracing::warn!(server = %addr, error = %e, retry_in = ?backoff, "lost the server; serving cached SVIDs");
+                tracing::warn!(server = %addr, error = %e, retry_within = ?backoff.step(), "lost the server; serving cached SVIDs");
                 server_index += 1;
             }
         }
@@ -539,10 +540,9 @@ async fn run(
             }
         });
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -13,6 +13,7 @@ use tonic::Request;
 
 use signet_wire::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 
+use crate::backoff::Backoff;
 use crate::location::SocketLocation;
 use crate::socket::explain_connect_error;
 use crate::{SECURITY_HEADER, connect};
@@ -260,7 +261,7 @@ pub fn watch_x509(socket: SocketLocation) -> X509Watcher {
 }
 
 async fn run_watch(socket: SocketLocation, tx: watch::Sender<X509State>) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF_FIRST);
     loop {
         let outcome = tokio::select! {
             outcome = stream_once(&socket, &tx, &mut backoff) => outcome,
@@ -272,25 +273,22 @@ async fn run_watch(socket: SocketLocation, tx: watch::Sender<X509State>) {
         };
         if tx.borrow().context().is_none() {
             tx.send_replace(X509State::Waiting(why.clone()));
+        } else {
+            backoff.set_max(MAX_BACKOFF);
         }
-        tracing::warn!(socket = %socket.client_path().display(), "Workload API: {why}; retrying in {backoff:?}");
+        let delay = backoff.next_delay();
+        tracing::warn!(socket = %socket.client_path().display(), "Workload API: {why}; retrying in {delay:?}");
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
             () = tx.closed() => return,
         }
-        let cap = if tx.borrow().context().is_none() {
-            MAX_BACKOFF_FIRST
-        } else {
-            MAX_BACKOFF
-        };
-        backoff = (backoff * 2).min(cap);
     }
 }
 
 async fn stream_once(
     socket: &SocketLocation,
     tx: &watch::Sender<X509State>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<(), ClientError> {
     let (mut client, path) = connect_to(socket).await?;
     let mut stream = client
@@ -301,7 +299,7 @@ async fn stream_once(
     while let Some(resp) = stream.message().await? {
         match X509Context::from_response(&resp) {
             Ok(ctx) => {
-                *backoff = MIN_BACKOFF;
+                backoff.reset();
                 tracing::debug!(
                     id = %ctx.default_svid().spiffe_id(),
                     serial = ctx.default_svid().serial(),

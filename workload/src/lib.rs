@@ -12,10 +12,12 @@
 
 use std::path::PathBuf;
 
+pub mod backoff;
 pub mod client;
 pub mod location;
 pub mod socket;
 
+pub use backoff::Backoff;
 pub use client::*;
 pub use location::{SocketLocation, SocketRole, SocketSource};
 pub use socket::{channel, explain_connect_error, trust_socket_owners};
