@@ -229,4 +229,8 @@ pub trait Datastore: Send + Sync + fmt::Debug {
     async fn current_revision(&self) -> Result<u64>;
     /// Changes with revision > `after`, oldest first, at most `limit`.
     async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<Change>>;
+    /// Deletes changes recorded before `before` (unix seconds), except the
+    /// newest, so [`Datastore::current_revision`] never goes back; returns
+    /// how many went. Followers that fell further behind read the full state.
+    async fn prune_changes(&self, before: i64) -> Result<u64>;
 }

@@ -21,6 +21,10 @@ use crate::clock::Clock;
 use crate::datastore::{Datastore, DatastoreError, JoinToken};
 use crate::key_manager::KeyManager;
 
+/// How long the change feed keeps a change: every server reads it every
+/// second or so; a follower further behind than this reads the full state.
+pub const CHANGE_RETENTION: Duration = Duration::from_secs(3600);
+
 /// Server settings beyond the CA's.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -245,7 +249,8 @@ impl Server {
 
     /// One maintenance step: CA rotation, bundle and journal persistence
     /// (and other servers' rotations, in a shared datastore), expired join
-    /// tokens. Run it every few seconds.
+    /// tokens, changes older than [`CHANGE_RETENTION`]. Run it every few
+    /// seconds.
     pub async fn tick(&self) -> Result<(), ServerError> {
         let r = self.ca.rotate()?;
         if r != crate::ca::Rotation::default() {
@@ -254,6 +259,13 @@ impl Server {
             self.publish_bundle().await?;
         }
         self.store.prune_join_tokens(self.now_secs()).await?;
+        let pruned = self
+            .store
+            .prune_changes(self.now_secs() - CHANGE_RETENTION.as_secs() as i64)
+            .await?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "change feed pruned");
+        }
         Ok(())
     }
 

@@ -438,6 +438,25 @@ async fn change_feed(store: &dyn Datastore) {
     assert_eq!(first.len(), 2);
     let rest = store.changes_since(first[1].revision, 100).await.unwrap();
     assert_eq!(rest, changes[2..]);
+
+    // Pruning: nothing recorded after the cutoff goes; everything before it
+    // goes except the newest change, so the revision never goes back.
+    let newest = store.current_revision().await.unwrap();
+    assert_eq!(store.prune_changes(0).await.unwrap(), 0);
+    assert_eq!(store.changes_since(start, 100).await.unwrap().len(), 3);
+    let far_future = i64::MAX / 2;
+    assert!(store.prune_changes(far_future).await.unwrap() >= 2);
+    assert_eq!(store.current_revision().await.unwrap(), newest);
+    let left = store.changes_since(0, 100).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].revision, newest);
+    // New changes continue above it.
+    let again = store
+        .create_entry(entry("spiffe://example.org/feed2", AGENT, &["f:2"]))
+        .await
+        .unwrap();
+    assert!(store.current_revision().await.unwrap() > newest);
+    store.delete_entry(&again.id).await.unwrap();
 }
 
 async fn suite(store: Arc<dyn Datastore>) {
@@ -506,6 +525,83 @@ async fn sqlite_refuses_corrupt_and_foreign_files_and_leaves_them_alone() {
         err.to_string().contains("`mysql`"),
         "names the scheme: {err}"
     );
+}
+
+/// A database made by a build of schema version 1 (its exact DDL) opens and
+/// is upgraded in place: its entries, nodes and change feed are kept, new
+/// changes are recorded with their time, and the version says 2.
+#[tokio::test]
+async fn a_version_1_database_is_upgraded_and_keeps_its_data() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let url = format!("sqlite://{}", path.display());
+    {
+        let mut c = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        for stmt in [
+            "CREATE TABLE signet_schema (version BIGINT NOT NULL)",
+            "CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent_id TEXT NOT NULL, identity_key TEXT NOT NULL UNIQUE, node BIGINT NOT NULL, revision BIGINT NOT NULL, data TEXT NOT NULL)",
+            "CREATE INDEX entries_spiffe_id ON entries (spiffe_id)",
+            "CREATE INDEX entries_parent_id ON entries (parent_id)",
+            "CREATE TABLE entry_selectors (entry_id TEXT NOT NULL REFERENCES entries (id) ON DELETE CASCADE, selector TEXT NOT NULL, PRIMARY KEY (entry_id, selector))",
+            "CREATE INDEX entry_selectors_selector ON entry_selectors (selector)",
+            "CREATE TABLE nodes (spiffe_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
+            "CREATE TABLE join_tokens (hash TEXT PRIMARY KEY, expires_at BIGINT NOT NULL, agent_id TEXT)",
+            "CREATE TABLE bundles (trust_domain TEXT PRIMARY KEY, data TEXT NOT NULL)",
+            "CREATE TABLE ca_journals (server_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
+            "CREATE TABLE changes (revision INTEGER PRIMARY KEY AUTOINCREMENT, data TEXT NOT NULL)",
+            "INSERT INTO signet_schema (version) VALUES (1)",
+            r#"INSERT INTO entries VALUES ('e1', 'spiffe://example.org/old', 'spiffe://example.org/agent', 'spiffe://example.org/old
+spiffe://example.org/agent
+unix:uid:1', 0, 1, '{"id":"e1","spiffe_id":"spiffe://example.org/old","parent_id":"spiffe://example.org/agent","selectors":["unix:uid:1"],"revision":1}')"#,
+            "INSERT INTO entry_selectors VALUES ('e1', 'unix:uid:1')",
+            r#"INSERT INTO changes (data) VALUES ('{"kind":"entry_created","entry_id":"e1","parent_id":"spiffe://example.org/agent"}')"#,
+        ] {
+            sqlx::query(stmt).execute(&mut c).await.unwrap();
+        }
+    }
+    let store = datastore::open(&url).await.unwrap();
+    let old = store
+        .get_entry("e1")
+        .await
+        .unwrap()
+        .expect("the v1 entry is kept");
+    assert_eq!(old.spiffe_id.as_str(), "spiffe://example.org/old");
+    assert_eq!(store.current_revision().await.unwrap(), 1);
+    let new = store
+        .create_entry(entry("spiffe://example.org/new", AGENT, &["n:1"]))
+        .await
+        .unwrap();
+    assert_eq!(store.current_revision().await.unwrap(), 2);
+    let feed = store.changes_since(0, 10).await.unwrap();
+    assert!(
+        matches!(&feed[0].kind, ChangeKind::EntryCreated { entry_id, .. } if entry_id == "e1"),
+        "{feed:?}"
+    );
+    assert_eq!(feed.len(), 2);
+    drop(store);
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let version: i64 = sqlx::query("SELECT version FROM signet_schema")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    let stamped: i64 = sqlx::query("SELECT created_at FROM changes WHERE revision = 2")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        stamped > 1_700_000_000,
+        "the new change has its time: {stamped}"
+    );
+    drop(c);
+    // Opening again finds it current and changes nothing.
+    let again = datastore::open(&url).await.unwrap();
+    assert_eq!(again.get_entry(&new.id).await.unwrap().unwrap(), new);
 }
 
 #[tokio::test]

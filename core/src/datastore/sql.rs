@@ -30,7 +30,15 @@ use super::{
 };
 
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Forward migrations: `MIGRATIONS[n]` takes a version `n + 1` schema to
+/// version `n + 2`. A new database is made at version 1 and brought up by
+/// these too, so every database takes the same path.
+const MIGRATIONS: &[&[&str]] = &[
+    // 2: when each change was recorded, so the feed can be pruned by age.
+    &["ALTER TABLE changes ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0"],
+];
 
 /// PostgreSQL advisory lock keys ("SIGNET" + a number).
 const MIGRATION_LOCK: i64 = 0x5349_474e_4554_0001;
@@ -59,7 +67,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> DatastoreError {
     DatastoreError::Corrupt(format!("{what}: {e}"))
 }
 
-/// The statements that create schema version 1.
+/// The statements that create schema version 1 (then [`MIGRATIONS`]).
 fn schema(dialect: Dialect) -> Vec<String> {
     let serial = match dialect {
         Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -81,7 +89,7 @@ fn schema(dialect: Dialect) -> Vec<String> {
         "CREATE TABLE bundles (trust_domain TEXT PRIMARY KEY, data TEXT NOT NULL)".into(),
         "CREATE TABLE ca_journals (server_id TEXT PRIMARY KEY, data TEXT NOT NULL)".into(),
         format!("CREATE TABLE changes (revision {serial}, data TEXT NOT NULL)"),
-        format!("INSERT INTO signet_schema (version) VALUES ({SCHEMA_VERSION})"),
+        "INSERT INTO signet_schema (version) VALUES (1)".into(),
     ]
 }
 
@@ -235,12 +243,7 @@ impl SqlDatastore {
                     .await
                     .map_err(query_err("creating the schema"))?;
             }
-            tx.commit()
-                .await
-                .map_err(query_err("creating the schema"))?;
-            return Ok(());
-        }
-        if !tables.iter().any(|t| t == "signet_schema") {
+        } else if !tables.iter().any(|t| t == "signet_schema") {
             return Err(DatastoreError::Schema(format!(
                 "the database has tables ({}) but is not a Signet datastore; refusing to touch it",
                 tables.join(", ")
@@ -257,19 +260,39 @@ impl SqlDatastore {
                     "the schema version table is empty; refusing to touch the database".into(),
                 )
             })?;
-        // Read-only so far: ending the transaction changes nothing.
-        tx.rollback()
-            .await
-            .map_err(query_err("reading the schema version"))?;
-        match version {
-            SCHEMA_VERSION => Ok(()),
-            v if v > SCHEMA_VERSION => Err(DatastoreError::Schema(format!(
-                "schema version {v} is newer than this build understands ({SCHEMA_VERSION}); upgrade signet"
-            ))),
-            v => Err(DatastoreError::Schema(format!(
-                "unknown schema version {v}"
-            ))),
+        if version > SCHEMA_VERSION {
+            return Err(DatastoreError::Schema(format!(
+                "schema version {version} is newer than this build understands ({SCHEMA_VERSION}); upgrade signet"
+            )));
         }
+        if version < 1 {
+            return Err(DatastoreError::Schema(format!(
+                "unknown schema version {version}"
+            )));
+        }
+        // Each migration and the version bump in this one transaction: a
+        // failure leaves the database as it was (PostgreSQL and SQLite DDL
+        // are transactional).
+        for (from, statements) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
+            for stmt in *statements {
+                sqlx::query(sqlx::AssertSqlSafe(*stmt))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err("migrating the schema"))?;
+            }
+            sqlx::query("UPDATE signet_schema SET version = $1")
+                .bind(from as i64 + 2)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("migrating the schema"))?;
+            if version > 0 && !tables.is_empty() {
+                tracing::info!(from = from + 1, to = from + 2, "datastore schema upgraded");
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(query_err("migrating the schema"))?;
+        Ok(())
     }
 
     /// Serializes this process's writes on SQLite (one writer at a time).
@@ -303,8 +326,13 @@ impl SqlDatastore {
                 .await
                 .map_err(query_err("locking the change feed"))?;
         }
-        sqlx::query("INSERT INTO changes (data) VALUES ($1)")
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        sqlx::query("INSERT INTO changes (data, created_at) VALUES ($1, $2)")
             .bind(data)
+            .bind(now)
             .execute(&mut **tx)
             .await
             .map_err(query_err("recording a change"))?;
@@ -1090,6 +1118,19 @@ impl Datastore for SqlDatastore {
             .try_get(0)
             .map_err(query_err("reading the change feed"))?;
         Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn prune_changes(&self, before: i64) -> Result<u64> {
+        let _w = self.writer().await;
+        let done = sqlx::query(
+            "DELETE FROM changes WHERE created_at < $1 \
+             AND revision < (SELECT MAX(revision) FROM changes)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("pruning the change feed"))?;
+        Ok(done.rows_affected())
     }
 
     async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
