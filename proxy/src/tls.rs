@@ -9,7 +9,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use signet_identity::{SpiffeId, TrustDomain};
-use signet_tls::{Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
+use signet_tls::{Authorizer, PeerRejected, SpiffeClientVerifier, SpiffeServerVerifier};
 
 use crate::identity::Identity;
 
@@ -269,16 +269,19 @@ pub fn failure_class(e: &std::io::Error) -> &'static str {
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return "io";
     };
-    match tls {
-        rustls::Error::NoCertificatesPresented => "no_peer_certificate",
-        rustls::Error::General(m) if m.contains("is not authorized") => "not_authorized",
-        rustls::Error::General(m) if m.contains("X509-SVID rejected") => "untrusted_peer",
-        rustls::Error::InvalidCertificate(_) => "untrusted_peer",
-        rustls::Error::PeerIncompatible(_)
-        | rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion) => {
-            "protocol_version"
-        }
-        rustls::Error::AlertReceived(_) => "peer_alert",
+    match (tls, PeerRejected::of(tls)) {
+        (_, Some(PeerRejected::NotAuthorized(_))) => "not_authorized",
+        (_, Some(PeerRejected::Svid(_))) => "untrusted_peer",
+        (rustls::Error::NoCertificatesPresented, _) => "no_peer_certificate",
+        // Expired or not yet valid (rustls' own variants), or refused by
+        // rustls before our verifier ran.
+        (rustls::Error::InvalidCertificate(_), _) => "untrusted_peer",
+        (
+            rustls::Error::PeerIncompatible(_)
+            | rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion),
+            _,
+        ) => "protocol_version",
+        (rustls::Error::AlertReceived(_), _) => "peer_alert",
         _ => "tls",
     }
 }
@@ -286,6 +289,13 @@ pub fn failure_class(e: &std::io::Error) -> &'static str {
 /// Why a handshake failed, for the log: rustls' error, plus what to do
 /// about it when the cause is a TLS version mismatch.
 pub fn failure_reason(e: &std::io::Error) -> String {
+    let rejected = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .and_then(PeerRejected::of);
+    if let Some(rejected) = rejected {
+        return rejected.to_string();
+    }
     if failure_class(e) == "protocol_version" {
         format!(
             "{e} (the peer speaks only TLS 1.2 or older; this listener speaks TLS 1.3 \

@@ -110,6 +110,63 @@ impl VerifiedMemo {
     }
 }
 
+/// Why a peer's certificate was refused, carried inside
+/// `rustls::Error::InvalidCertificate(CertificateError::Other(..))` so that
+/// callers match on the type (metric labels, logs) and the peer gets a
+/// certificate alert. An expired or not yet valid SVID is reported as
+/// rustls' own `ExpiredContext` / `NotValidYetContext` instead, so the
+/// peer gets `certificate_expired`.
+#[derive(thiserror::Error)]
+pub enum PeerRejected {
+    /// The certificate is not a valid X509-SVID of a trusted trust domain.
+    #[error("peer X509-SVID rejected: {0}")]
+    Svid(signet_identity::x509_svid::X509SvidError),
+    /// A valid X509-SVID whose SPIFFE ID this side does not accept.
+    #[error("peer {0} is not authorized")]
+    NotAuthorized(SpiffeId),
+}
+
+/// rustls shows an `Other` certificate error by its Debug form: make that
+/// the readable reason.
+impl fmt::Debug for PeerRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl PeerRejected {
+    /// The rejection of `e`, if it is one of these verifiers'.
+    pub fn of(e: &rustls::Error) -> Option<&PeerRejected> {
+        match e {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                other.0.downcast_ref::<PeerRejected>()
+            }
+            _ => None,
+        }
+    }
+
+    fn into_rustls(self, now: UnixTime) -> rustls::Error {
+        use signet_identity::x509_svid::X509SvidError;
+        let at = |secs: i64| UnixTime::since_unix_epoch(Duration::from_secs(secs.max(0) as u64));
+        let cert = match self {
+            PeerRejected::Svid(X509SvidError::Expired { not_after }) => {
+                rustls::CertificateError::ExpiredContext {
+                    time: now,
+                    not_after: at(not_after),
+                }
+            }
+            PeerRejected::Svid(X509SvidError::NotYetValid { not_before }) => {
+                rustls::CertificateError::NotValidYetContext {
+                    time: now,
+                    not_before: at(not_before),
+                }
+            }
+            other => rustls::CertificateError::Other(rustls::OtherError(Arc::new(other))),
+        };
+        rustls::Error::InvalidCertificate(cert)
+    }
+}
+
 fn verify_peer(
     bundles: &SharedBundles,
     authorize: &Authorizer,
@@ -133,7 +190,7 @@ fn verify_peer(
             chain.extend(intermediates.iter().cloned());
             let at = UNIX_EPOCH + Duration::from_secs(now.as_secs());
             let verified = verify_x509_svid(&chain, &*current, at)
-                .map_err(|e| rustls::Error::General(format!("peer X509-SVID rejected: {e}")))?;
+                .map_err(|e| PeerRejected::Svid(e).into_rustls(now))?;
             if intermediates.is_empty() {
                 memo.remember(
                     &current,
@@ -149,9 +206,7 @@ fn verify_peer(
         }
     };
     if !authorize(&id) {
-        return Err(rustls::Error::General(format!(
-            "peer {id} is not authorized"
-        )));
+        return Err(PeerRejected::NotAuthorized(id).into_rustls(now));
     }
     Ok(id)
 }
@@ -556,6 +611,67 @@ mod tests {
         );
         shared.set(bundles(&ca_pem));
         assert!(check(&good, at(2025)).is_ok());
+    }
+
+    /// Rejections are typed (callers match the type, not text) and give
+    /// the peer a certificate alert: certificate_expired for an expired or
+    /// not yet valid SVID, certificate_unknown otherwise, never the
+    /// handshake_failure a General error sends.
+    #[test]
+    fn rejections_are_typed_and_alert_the_peer_properly() {
+        use rustls::{AlertDescription, CertificateError};
+        let (issuer, ca_pem) = ca();
+        let shared = SharedBundles::new(bundles(&ca_pem));
+        let verifier =
+            SpiffeClientVerifier::new(shared, Arc::new(|id: &SpiffeId| id.as_str() != ID), true);
+        let good = leaf(&issuer);
+        let alert = |e: &rustls::Error| match e {
+            rustls::Error::InvalidCertificate(c) => AlertDescription::from(c.clone()),
+            other => panic!("not a certificate error: {other:?}"),
+        };
+
+        let refused = verifier
+            .verify_client_cert(&good, &[], at(2025))
+            .unwrap_err();
+        assert!(
+            matches!(PeerRejected::of(&refused), Some(PeerRejected::NotAuthorized(id)) if id.as_str() == ID),
+            "{refused:?}"
+        );
+        assert_eq!(alert(&refused), AlertDescription::CertificateUnknown);
+        assert!(
+            refused.to_string().contains("is not authorized"),
+            "{refused}"
+        );
+
+        for (year, what) in [(2031, "expired"), (2019, "not yet valid")] {
+            let e = verifier
+                .verify_client_cert(&good, &[], at(year))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::ExpiredContext { .. }
+                            | CertificateError::NotValidYetContext { .. }
+                    )
+                ),
+                "{what}: {e:?}"
+            );
+            assert_eq!(alert(&e), AlertDescription::CertificateExpired, "{what}");
+        }
+
+        let (other, _) = ca();
+        let untrusted = verifier
+            .verify_client_cert(&leaf(&other), &[], at(2025))
+            .unwrap_err();
+        assert!(
+            matches!(PeerRejected::of(&untrusted), Some(PeerRejected::Svid(_))),
+            "{untrusted:?}"
+        );
+        assert!(
+            untrusted.to_string().contains("does not chain"),
+            "{untrusted}"
+        );
     }
 
     #[test]
