@@ -12,7 +12,7 @@ use signet_policy::{PolicyHandle, PolicyOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::read_ahead::ReadAhead;
-use signet_tls::{SpiffeClientVerifier, SpiffeServerVerifier};
+use signet_tls::SpiffeVerifier;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::Instrument;
@@ -38,13 +38,13 @@ impl Active {
 enum Side {
     Inbound {
         acceptor: TlsAcceptor,
-        verifier: Arc<SpiffeClientVerifier>,
+        verifier: Arc<SpiffeVerifier>,
         to: SocketAddr,
         http: Option<Arc<crate::http::Forwarder>>,
     },
     Outbound {
         connector: TlsConnector,
-        verifier: Arc<SpiffeServerVerifier>,
+        verifier: Arc<SpiffeVerifier>,
         host: String,
         port: u16,
         name: rustls::pki_types::ServerName<'static>,
@@ -285,7 +285,7 @@ impl Listener {
     async fn inbound(
         &self,
         acceptor: &TlsAcceptor,
-        verifier: &SpiffeClientVerifier,
+        verifier: &SpiffeVerifier,
         to: SocketAddr,
         http: Option<Arc<crate::http::Forwarder>>,
         stream: TcpStream,
@@ -419,7 +419,7 @@ impl Listener {
     async fn outbound(
         &self,
         connector: &TlsConnector,
-        verifier: &SpiffeServerVerifier,
+        verifier: &SpiffeVerifier,
         (host, port): (&str, u16),
         name: &rustls::pki_types::ServerName<'static>,
         server_id: &str,

@@ -9,7 +9,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use signet_identity::{SpiffeId, TrustDomain};
-use signet_tls::{Authorizer, PeerRejected, SpiffeClientVerifier, SpiffeServerVerifier};
+use signet_tls::{Authorizer, PeerRejected, SpiffeVerifier};
 
 use crate::identity::Identity;
 
@@ -64,12 +64,8 @@ pub fn server_config(
     authorize: Authorizer,
     tls12: bool,
     alpn: &[&[u8]],
-) -> Result<(rustls::ServerConfig, Arc<SpiffeClientVerifier>), rustls::Error> {
-    let verifier = Arc::new(SpiffeClientVerifier::new(
-        identity.bundles(),
-        authorize,
-        true,
-    ));
+) -> Result<(rustls::ServerConfig, Arc<SpiffeVerifier>), rustls::Error> {
+    let verifier = Arc::new(SpiffeVerifier::new(identity.bundles(), authorize));
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls12))?
         .with_client_cert_verifier(verifier.clone())
@@ -86,9 +82,9 @@ pub fn client_config(
     identity: &Identity,
     server_id: &SpiffeId,
     tls12: bool,
-) -> Result<(rustls::ClientConfig, Arc<SpiffeServerVerifier>), rustls::Error> {
+) -> Result<(rustls::ClientConfig, Arc<SpiffeVerifier>), rustls::Error> {
     let want = server_id.clone();
-    let verifier = Arc::new(SpiffeServerVerifier::new(
+    let verifier = Arc::new(SpiffeVerifier::new(
         identity.bundles(),
         Arc::new(move |id: &SpiffeId| *id == want),
     ));
@@ -212,7 +208,7 @@ impl rustls::client::ClientSessionStore for TicketStore {
 /// verified already and passes. The error is an I/O error, as a failed
 /// handshake's is, and is classed and logged the same way.
 pub fn recheck_resumed_client(
-    verifier: &SpiffeClientVerifier,
+    verifier: &SpiffeVerifier,
     conn: &rustls::ServerConnection,
 ) -> std::io::Result<()> {
     use rustls::server::danger::ClientCertVerifier;
@@ -223,7 +219,7 @@ pub fn recheck_resumed_client(
 
 /// The client side of [`recheck_resumed_client`].
 pub fn recheck_resumed_server(
-    verifier: &SpiffeServerVerifier,
+    verifier: &SpiffeVerifier,
     conn: &rustls::ClientConnection,
     name: &ServerName<'_>,
 ) -> std::io::Result<()> {
@@ -392,8 +388,8 @@ mod tests {
             client: Identity,
             acceptor: tokio_rustls::TlsAcceptor,
             connector: tokio_rustls::TlsConnector,
-            client_verifier: Arc<SpiffeClientVerifier>,
-            server_verifier: Arc<SpiffeServerVerifier>,
+            client_verifier: Arc<SpiffeVerifier>,
+            server_verifier: Arc<SpiffeVerifier>,
         }
 
         impl Pair {

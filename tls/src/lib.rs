@@ -211,37 +211,84 @@ fn verify_peer(
     Ok(id)
 }
 
-/// Server side: verifies client X509-SVIDs. With `mandatory == false`
-/// anonymous clients may connect and APIs decide per call.
-pub struct SpiffeClientVerifier {
+/// Verifies a peer's X509-SVID against the current bundles and asks the
+/// authorizer about its SPIFFE ID, on either side of a connection: as a
+/// server it checks clients (`ClientCertVerifier`), as a client the server
+/// (`ServerCertVerifier`; the TLS server name is not used: SPIFFE
+/// authenticates by SPIFFE ID, not DNS name). Both share one memo of
+/// verified leaves and one set of signature algorithms.
+pub struct SpiffeVerifier {
     bundles: SharedBundles,
     authorize: Authorizer,
+    /// Server side: whether clients must present a certificate (with
+    /// `false`, anonymous clients may connect and APIs decide per call).
     mandatory: bool,
     algs: WebPkiSupportedAlgorithms,
     memo: VerifiedMemo,
 }
 
-impl fmt::Debug for SpiffeClientVerifier {
+impl fmt::Debug for SpiffeVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiffeClientVerifier")
+        f.debug_struct("SpiffeVerifier")
             .field("mandatory", &self.mandatory)
             .finish_non_exhaustive()
     }
 }
 
-impl SpiffeClientVerifier {
-    pub fn new(bundles: SharedBundles, authorize: Authorizer, mandatory: bool) -> Self {
+impl SpiffeVerifier {
+    /// A verifier that requires a certificate from the peer.
+    pub fn new(bundles: SharedBundles, authorize: Authorizer) -> Self {
         Self {
             bundles,
             authorize,
-            mandatory,
+            mandatory: true,
             algs: provider().signature_verification_algorithms,
             memo: VerifiedMemo::default(),
         }
     }
+
+    /// For servers: whether clients must present a certificate.
+    pub fn client_auth_required(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<SpiffeId, rustls::Error> {
+        verify_peer(
+            &self.bundles,
+            &self.authorize,
+            &self.memo,
+            end_entity,
+            intermediates,
+            now,
+        )
+    }
+
+    fn tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
 }
 
-impl ClientCertVerifier for SpiffeClientVerifier {
+impl ClientCertVerifier for SpiffeVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -260,14 +307,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        verify_peer(
-            &self.bundles,
-            &self.authorize,
-            &self.memo,
-            end_entity,
-            intermediates,
-            now,
-        )?;
+        self.verify(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -277,7 +317,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        self.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -286,7 +326,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -294,34 +334,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Client side: verifies the server's X509-SVID; the TLS server name is not
-/// used (SPIFFE authenticates by SPIFFE ID, not DNS name).
-pub struct SpiffeServerVerifier {
-    bundles: SharedBundles,
-    authorize: Authorizer,
-    algs: WebPkiSupportedAlgorithms,
-    memo: VerifiedMemo,
-}
-
-impl fmt::Debug for SpiffeServerVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiffeServerVerifier")
-            .finish_non_exhaustive()
-    }
-}
-
-impl SpiffeServerVerifier {
-    pub fn new(bundles: SharedBundles, authorize: Authorizer) -> Self {
-        Self {
-            bundles,
-            authorize,
-            algs: provider().signature_verification_algorithms,
-            memo: VerifiedMemo::default(),
-        }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl ServerCertVerifier for SpiffeVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -330,14 +343,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_peer(
-            &self.bundles,
-            &self.authorize,
-            &self.memo,
-            end_entity,
-            intermediates,
-            now,
-        )?;
+        self.verify(end_entity, intermediates, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -347,7 +353,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        self.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -356,7 +362,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -424,7 +430,7 @@ impl rustls::client::ResolvesClientCert for RotatingCert {
 /// `verifier`, speaking HTTP/2 (gRPC).
 pub fn server_config(
     cert: Arc<RotatingCert>,
-    verifier: Arc<SpiffeClientVerifier>,
+    verifier: Arc<SpiffeVerifier>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -570,16 +576,15 @@ mod tests {
         let shared = SharedBundles::new(bundles(&ca_pem));
         let allowed = Arc::new(AtomicBool::new(true));
         let gate = allowed.clone();
-        let verifier = SpiffeClientVerifier::new(
+        let verifier = SpiffeVerifier::new(
             shared.clone(),
             Arc::new(move |_: &SpiffeId| gate.load(Ordering::SeqCst)),
-            true,
         );
         let good = leaf(&issuer);
         let check = |cert: &CertificateDer<'_>, now| verifier.verify_client_cert(cert, &[], now);
 
         assert!(check(&good, at(2025)).is_ok());
-        let remembered = |v: &SpiffeClientVerifier| v.memo.0.lock().unwrap().leaves.len();
+        let remembered = |v: &SpiffeVerifier| v.memo.0.lock().unwrap().leaves.len();
         assert_eq!(remembered(&verifier), 1);
         assert!(
             check(&good, at(2025)).is_ok(),
@@ -622,8 +627,7 @@ mod tests {
         use rustls::{AlertDescription, CertificateError};
         let (issuer, ca_pem) = ca();
         let shared = SharedBundles::new(bundles(&ca_pem));
-        let verifier =
-            SpiffeClientVerifier::new(shared, Arc::new(|id: &SpiffeId| id.as_str() != ID), true);
+        let verifier = SpiffeVerifier::new(shared, Arc::new(|id: &SpiffeId| id.as_str() != ID));
         let good = leaf(&issuer);
         let alert = |e: &rustls::Error| match e {
             rustls::Error::InvalidCertificate(c) => AlertDescription::from(c.clone()),
@@ -678,7 +682,7 @@ mod tests {
     fn the_server_side_memo_follows_bundle_changes_too() {
         let (issuer, ca_pem) = ca();
         let shared = SharedBundles::new(bundles(&ca_pem));
-        let verifier = SpiffeServerVerifier::new(shared.clone(), Arc::new(|_: &SpiffeId| true));
+        let verifier = SpiffeVerifier::new(shared.clone(), Arc::new(|_: &SpiffeId| true));
         let good = leaf(&issuer);
         let name = ServerName::try_from("peer").unwrap();
         let check = || verifier.verify_server_cert(&good, &[], &name, &[], at(2025));

@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::attest::node::x509pop::challenge_message;
 use crate::server::node::SERVER_ID_PATH;
-use signet_tls::{RotatingCert, SharedBundles, SpiffeServerVerifier};
+use signet_tls::{RotatingCert, SharedBundles, SpiffeVerifier};
 use signet_wire::node::node_client::NodeClient as GrpcClient;
 use signet_wire::node::*;
 use signet_wire::{bundle_from_wire, types};
@@ -79,7 +79,7 @@ impl NodeClient {
         let expected = td
             .id_with_path(SERVER_ID_PATH)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let verifier = Arc::new(SpiffeServerVerifier::new(
+        let verifier = Arc::new(SpiffeVerifier::new(
             bundles.clone(),
             Arc::new(move |id: &SpiffeId| *id == expected),
         ));

@@ -27,7 +27,7 @@ use super::{Server, ServerError};
 use crate::attest::node::{AttestError, Attested, Challenger, Evidence, NodeAttestor};
 use crate::ca::SvidOptions;
 use crate::datastore::AttestedNode;
-use signet_tls::{RotatingCert, SharedBundles, SpiffeClientVerifier};
+use signet_tls::{RotatingCert, SharedBundles, SpiffeVerifier};
 use signet_wire::node::node_server::{Node, NodeServer};
 use signet_wire::node::*;
 use signet_wire::types;
@@ -531,13 +531,16 @@ pub async fn serve_node(
         bundles.set(set);
     };
     refresh_bundles(&bundles, server.own_bundle().await?);
-    let verifier = Arc::new(SpiffeClientVerifier::new(
-        bundles.clone(),
-        Arc::new(move |id: &SpiffeId| {
-            id.is_member_of(&td) && id.path().starts_with(AGENT_ID_PREFIX)
-        }),
-        false,
-    ));
+    // Anonymous clients may connect: attestation happens over this API.
+    let verifier = Arc::new(
+        SpiffeVerifier::new(
+            bundles.clone(),
+            Arc::new(move |id: &SpiffeId| {
+                id.is_member_of(&td) && id.path().starts_with(AGENT_ID_PREFIX)
+            }),
+        )
+        .client_auth_required(false),
+    );
     let tls = signet_tls::server_config(cert.clone(), verifier)
         .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
