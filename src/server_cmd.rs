@@ -382,14 +382,12 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
         let cache = local_agent
             .as_ref()
             .map_or(agent::DEFAULT_SVID_CACHE_SIZE, |a| a.svid_cache_size);
-        let (handle, agent_task) = agent::start_local(
-            &server,
-            &agent_id,
-            loopback(node_addr),
-            cache,
-            stop_rx.clone(),
-        )
-        .await?;
+        let issued = server
+            .attest_local_agent(&agent_id)
+            .await
+            .context("the local agent's identity")?;
+        let (handle, agent_task) =
+            agent::start_local(issued, loopback(node_addr), cache, stop_rx.clone()).await?;
         let listener = bind_agent_socket(socket)
             .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
         agent_identity = signet_core::unix_socket::socket_identity(socket);

@@ -293,20 +293,15 @@ pub async fn start(
     Ok((handle, task))
 }
 
-/// Starts the combined core's own agent: `server` attests it implicitly
-/// (it runs in the same process) and it reaches the server at
-/// `server_addr` over mTLS like any other agent.
+/// Starts the combined core's own agent with the identity its server
+/// issued it in process (`Server::attest_local_agent`); it reaches the
+/// server at `server_addr` over mTLS like any other agent.
 pub async fn start_local(
-    server: &crate::server::Server,
-    agent_id: &signet_identity::SpiffeId,
+    (svid, bundle): (X509Svid, Bundle),
     server_addr: SocketAddr,
     svid_cache_size: usize,
     stop: watch::Receiver<bool>,
 ) -> Result<(AgentHandle, tokio::task::JoinHandle<()>), AgentError> {
-    let (svid, bundle) = server
-        .attest_local_agent(agent_id)
-        .await
-        .map_err(|e| AgentError::Local(e.to_string()))?;
     let config = AgentConfig {
         servers: vec![server_addr],
         bootstrap_bundle: Some(bundle.clone()),

@@ -361,12 +361,12 @@ impl Server {
         let mut raw = [0u8; 16];
         aws_lc_rs::rand::fill(&mut raw)
             .map_err(|_| ServerError::InvalidArgument("no randomness".into()))?;
-        let token = hex(&raw);
+        let token = crate::attest::node::join_token::hex(&raw);
         let expires_at =
             self.now_secs() + ttl.unwrap_or(self.config.join_token_ttl).as_secs() as i64;
         self.store
             .create_join_token(&JoinToken {
-                hash: token_hash(&token),
+                hash: crate::attest::node::join_token::token_hash(&token),
                 expires_at,
                 agent_id,
             })
@@ -425,13 +425,4 @@ impl Server {
         self.wrote();
         Ok((svid, self.own_bundle().await?))
     }
-}
-
-/// Lowercase hex SHA-256 of a join token: what the datastore keeps.
-pub fn token_hash(token: &str) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

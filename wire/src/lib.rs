@@ -5,6 +5,18 @@
 
 #![allow(missing_debug_implementations)]
 
+/// Constants of the server-agent (node) API both ends hold to.
+pub mod node_api {
+    /// Path of the server's own SPIFFE ID, which agents require of it.
+    pub const SERVER_ID_PATH: &str = "/signet/server";
+    /// Path prefix of agent SPIFFE IDs.
+    pub const AGENT_ID_PREFIX: &str = "/signet/agent/";
+    /// Largest message either end accepts once the agent is authenticated
+    /// (batched SVIDs and entries); the unauthenticated Attest call has a
+    /// far smaller limit.
+    pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+}
+
 /// The metadata key every Workload API request must carry, `true` (the
 /// SPIFFE Workload API specification's security header).
 pub const WORKLOAD_SECURITY_HEADER: &str = "workload.spiffe.io";

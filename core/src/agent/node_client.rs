@@ -14,14 +14,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::attest::node::x509pop::challenge_message;
-use crate::server::node::SERVER_ID_PATH;
 use signet_tls::{RotatingCert, SharedBundles, SpiffeVerifier};
 use signet_wire::node::node_client::NodeClient as GrpcClient;
 use signet_wire::node::*;
+use signet_wire::node_api::{MAX_MESSAGE, SERVER_ID_PATH};
 use signet_wire::{bundle_from_wire, types};
-
-/// Largest message accepted from the server.
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +122,11 @@ impl NodeClient {
             .await
             .map_err(|e| err(format!("{e:?}")))?;
         Ok(Self {
-            grpc: GrpcClient::new(channel),
+            // The server sends batches up to the node API's limit; tonic's
+            // default would refuse those over 4 MiB.
+            grpc: GrpcClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             bundles,
             cert,
         })

@@ -32,10 +32,8 @@ use signet_wire::node::node_server::{Node, NodeServer};
 use signet_wire::node::*;
 use signet_wire::types;
 
-/// Path of the server's own SPIFFE ID.
-pub const SERVER_ID_PATH: &str = "/signet/server";
-/// Path prefix of agent SPIFFE IDs.
-pub const AGENT_ID_PREFIX: &str = "/signet/agent/";
+use signet_wire::node_api::MAX_MESSAGE;
+pub use signet_wire::node_api::{AGENT_ID_PREFIX, SERVER_ID_PATH};
 /// How long an agent has to answer a challenge.
 const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
@@ -599,8 +597,8 @@ pub async fn serve_node(
         })
     };
     let service = NodeServer::new(NodeService::new(server, attestors))
-        .max_decoding_message_size(crate::agent::node_client::MAX_MESSAGE)
-        .max_encoding_message_size(crate::agent::node_client::MAX_MESSAGE);
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     let result = tonic::transport::Server::builder()
         .layer(tower::util::MapRequestLayer::new(limit_attest_body))
         .add_service(service)

@@ -71,8 +71,7 @@ pub async fn start() -> Setup {
     let agent_id = td.id_with_path("/signet/agent/local").unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (handle, _task) = agent::start_local(
-        &server,
-        &agent_id,
+        server.attest_local_agent(&agent_id).await.unwrap(),
         addr,
         agent::DEFAULT_SVID_CACHE_SIZE,
         stop_rx,

@@ -10,7 +10,6 @@ use signet_identity::TrustDomain;
 use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, agent_id};
 use crate::clock::Clock;
 use crate::datastore::Datastore;
-use crate::server::token_hash;
 
 #[derive(Debug)]
 pub struct JoinTokenAttestor {
@@ -76,4 +75,13 @@ impl NodeAttestor for JoinTokenAttestor {
             can_reattest: false,
         })
     }
+}
+
+/// Lowercase hex SHA-256 of a join token: what the datastore keeps.
+pub fn token_hash(token: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
