@@ -32,8 +32,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/common/ports.rs"]
-mod ports;
+use signet_testkit::ports;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

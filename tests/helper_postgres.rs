@@ -8,8 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "../core/tests/common/postgres.rs"]
-mod postgres;
+use signet_testkit::postgres;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "../core/tests/common/postgres.rs"]
-mod postgres;
+use signet_testkit::postgres;
 
 use std::path::Path;
 

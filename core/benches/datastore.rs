@@ -8,8 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/common/postgres.rs"]
-mod postgres;
+use signet_testkit::postgres;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

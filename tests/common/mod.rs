@@ -3,8 +3,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ports;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -273,7 +271,7 @@ fn nix_uid() -> u32 {
 }
 
 #[allow(unused_imports)] // not every test binary opens ports
-pub use ports::free_port;
+pub use signet_testkit::free_port;
 
 pub fn curl(url: &str) -> (u16, String) {
     let out = Command::new("curl")

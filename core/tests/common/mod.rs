@@ -1,3 +1,3 @@
 //! Shared helpers for signet-core's integration tests.
 
-pub mod postgres;
+pub use signet_testkit::postgres;

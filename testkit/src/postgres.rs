@@ -3,11 +3,12 @@
 //! (initdb and postgres refuse root). Missing binaries fail the test with
 //! a message: scripts/test installs them.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::ports::free_port;
+
+#[derive(Debug)]
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -235,12 +236,4 @@ impl Drop for Postgres {
             Command::new(&exe).args(args).output()
         };
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
