@@ -31,16 +31,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn my_uid() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .to_owned()
-}
-
 fn entry(path: &str, parent: &SpiffeId, selector: &str) -> Entry {
     Entry::new(
         SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
@@ -112,7 +102,7 @@ async fn main() {
         std::future::pending(),
     ));
 
-    let uid_sel = format!("unix:uid:{}", my_uid());
+    let uid_sel = format!("unix:uid:{}", signet_testkit::uid());
     server
         .create_entry(entry("/bench", &agent_id, &uid_sel))
         .await

@@ -10,3 +10,14 @@ pub mod postgres;
 
 pub use ports::free_port;
 pub use postgres::Postgres;
+
+/// This process's uid, from /proc (no libc needed).
+pub fn uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}

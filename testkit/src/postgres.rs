@@ -38,12 +38,7 @@ fn find_bin() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        == Some("0")
+    crate::uid() == 0
 }
 
 impl Postgres {

@@ -255,20 +255,7 @@ pub fn require_root() {
     );
 }
 
-pub fn uid() -> u32 {
-    nix_uid()
-}
-
-fn nix_uid() -> u32 {
-    // The test binary's own uid, from /proc (no libc needed).
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
+pub use signet_testkit::uid;
 
 #[allow(unused_imports)] // not every test binary opens ports
 pub use signet_testkit::free_port;

@@ -27,16 +27,6 @@ pub struct Setup {
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-fn my_uid() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .to_owned()
-}
-
 pub async fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = datastore::open(&format!("sqlite://{}", dir.path().join("sds.db").display()))
@@ -90,7 +80,7 @@ pub async fn start() -> Setup {
             .add_service(sds.into_service())
             .serve_with_incoming(signet_core::unix_socket::incoming(l)),
     );
-    let sel = Selector::parse(&format!("unix:uid:{}", my_uid())).unwrap();
+    let sel = Selector::parse(&format!("unix:uid:{}", signet_testkit::uid())).unwrap();
     let entry = server
         .create_entry(Entry::new(
             td.id_with_path("/envoy").unwrap(),
