@@ -908,13 +908,21 @@ pub async fn x509(cmd: X509Cmd, opts: AdminOpts) -> anyhow::Result<()> {
     };
     match (&write, opts.output) {
         (Some(dir), _) => {
-            signet_core::atomic_file::write(&dir.join("svid.pem"), chain_pem.as_bytes(), 0o644)?;
-            signet_core::atomic_file::write(
+            signet_workload::atomic_file::write(
+                &dir.join("svid.pem"),
+                chain_pem.as_bytes(),
+                0o644,
+            )?;
+            signet_workload::atomic_file::write(
                 &dir.join("svid_key.pem"),
                 key_pem.as_bytes(),
-                signet_core::atomic_file::SECRET_MODE,
+                signet_workload::atomic_file::SECRET_MODE,
             )?;
-            signet_core::atomic_file::write(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+            signet_workload::atomic_file::write(
+                &dir.join("bundle.pem"),
+                bundle_pem.as_bytes(),
+                0o644,
+            )?;
             match opts.output {
                 Output::Json => println!(
                     "{}",

@@ -357,13 +357,17 @@ fn print_x509(
             .find(|b| *b.trust_domain() == own_td)
             .map(|b| b.x509_pem())
             .context("the agent sent no bundle for the SVID's trust domain")?;
-        signet_core::atomic_file::write(&dir.join("svid.pem"), svid.chain_pem().as_bytes(), 0o644)?;
-        signet_core::atomic_file::write(
+        signet_workload::atomic_file::write(
+            &dir.join("svid.pem"),
+            svid.chain_pem().as_bytes(),
+            0o644,
+        )?;
+        signet_workload::atomic_file::write(
             &dir.join("svid_key.pem"),
             svid.private_key().to_pem().as_bytes(),
-            signet_core::atomic_file::SECRET_MODE,
+            signet_workload::atomic_file::SECRET_MODE,
         )?;
-        signet_core::atomic_file::write(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+        signet_workload::atomic_file::write(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
         if matches!(out, Output::Text) {
             println!(
                 "Written to {}: svid.pem, svid_key.pem (0600), bundle.pem",

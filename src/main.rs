@@ -10,7 +10,6 @@ mod admin_cli;
 mod agent_cmd;
 mod api_cli;
 mod demo_cmd;
-mod helper_cmd;
 mod logging;
 mod policy_cli;
 mod proxy_cmd;
@@ -109,7 +108,7 @@ enum Command {
     /// The mTLS sidecar: inbound (mTLS -> app) and outbound (app -> mTLS) listeners.
     Proxy(proxy_cmd::ProxyArgs),
     /// SVIDs to files (certificate, key, bundle, JWTs), reloading a program on rotation.
-    Helper(helper_cmd::HelperArgs),
+    Helper(signet_helper::HelperArgs),
     /// For policy authors: evaluate, check and test policies (OPA Wasm or Rego).
     Policy {
         #[command(subcommand)]
@@ -205,7 +204,7 @@ fn main() -> ExitCode {
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,
-            Command::Helper(args) => helper_cmd::run(args).await,
+            Command::Helper(args) => signet_helper::run(args).await,
             Command::Policy { cmd, output } => policy_cli::run(cmd, output),
             Command::Healthcheck {
                 url,

@@ -6,17 +6,7 @@ use std::path::{Path, PathBuf};
 
 use signet_workload::{SocketLocation, SocketRole};
 
-/// Help of every `--agent-socket` flag.
-pub const AGENT_SOCKET_HELP: &str = "Agent socket (Workload API and SDS): a path or unix:///path \
-     [default: $SIGNET_AGENT_SOCKET, else $SPIFFE_ENDPOINT_SOCKET, else the config key \
-     agent_socket, else /run/signet/agent.sock (servers run as root; clients look there first) \
-     or /tmp/signet/agent.sock]";
-
-/// Help of every `--admin-socket` flag.
-pub const ADMIN_SOCKET_HELP: &str = "Admin socket of the server: a path or unix:///path \
-     [default: $SIGNET_ADMIN_SOCKET, else the config key admin_socket, else \
-     /run/signet/private/admin.sock (servers run as root; clients look there first) or \
-     /tmp/signet/private/admin.sock]";
+pub use signet_workload::location::{ADMIN_SOCKET_HELP, AGENT_SOCKET_HELP};
 
 /// The value parser of the socket flags.
 pub fn socket_arg(text: &str) -> Result<PathBuf, String> {
@@ -47,7 +37,7 @@ pub fn trusted_owners(names: &[String]) -> anyhow::Result<Vec<u32>> {
     names
         .iter()
         .map(|n| {
-            crate::helper_cmd::lookup_user(n)
+            signet_helper::lookup_user(n)
                 .map_err(|e| anyhow::anyhow!("--trust-socket-owner {n:?}: {e}"))
         })
         .collect()

@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use signet_identity::{Bundle, BundleSet, BundleSource, Entry, X509Svid};
 use tokio::sync::watch;
 
-use crate::atomic_file;
 use node_client::{AttestWith, ClientError, NodeClient};
 use signet_wire::bundle_from_wire;
+use signet_workload::atomic_file;
 
 /// Entries per MintX509Svids call.
 const MINT_BATCH: usize = 500;

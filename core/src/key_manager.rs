@@ -221,7 +221,7 @@ pub mod disk {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::atomic_file;
+    use signet_workload::atomic_file;
 
     #[derive(Debug)]
     pub struct DiskKeyManager {

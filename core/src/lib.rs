@@ -1,9 +1,9 @@
 //! Signet's core: the certificate authority and the machinery around it.
 //!
 //! Role: CA signing authorities and JWT keys with SPIRE's rotation
-//! schedule ([`ca`]), where private keys live ([`key_manager`]), crash-safe
-//! file writes ([`atomic_file`]) and an injectable clock ([`clock`]). The
-//! server, agent and datastore build on these.
+//! schedule ([`ca`]), where private keys live ([`key_manager`]) and an
+//! injectable clock ([`clock`]); the server, agent and datastore build on
+//! these (crash-safe file writes come from `signet_workload::atomic_file`).
 //!
 //! Depends on: `signet-identity` for the SPIFFE types; rcgen and aws-lc-rs
 //! for keys and certificates; jsonwebtoken for JWT-SVIDs.
@@ -13,7 +13,6 @@
 //! sequence increases on every change.
 
 pub mod agent;
-pub mod atomic_file;
 pub mod attest;
 pub mod ca;
 pub mod clock;

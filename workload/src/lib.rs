@@ -4,7 +4,9 @@
 //! Role: the SPIFFE Workload API client ([`client`]: a FetchX509SVID stream
 //! kept open with backoff, JWT fetches), where the agent and admin sockets
 //! are ([`location`]: one rule for every command), and the channel to them
-//! ([`socket`]: refuses sockets other users serve, explains failures).
+//! ([`socket`]: refuses sockets other users serve, explains failures);
+//! crash-safe file writes for what workloads receive ([`atomic_file`]: temp
+//! file, fsync, rename; keys never readable by others).
 //!
 //! Depends on: `signet-identity` for SVIDs and bundles, `signet-wire` for
 //! the Workload API messages; tonic over tokio Unix sockets. Nothing here
@@ -12,6 +14,7 @@
 
 use std::path::PathBuf;
 
+pub mod atomic_file;
 pub mod backoff;
 pub mod client;
 pub mod location;

@@ -18,6 +18,18 @@ pub const ROOT_SOCKET_DIR: &str = "/run/signet";
 /// Socket directory of servers run as any other user.
 pub const USER_SOCKET_DIR: &str = "/tmp/signet";
 
+/// Help of every `--agent-socket` flag.
+pub const AGENT_SOCKET_HELP: &str = "Agent socket (Workload API and SDS): a path or unix:///path \
+     [default: $SIGNET_AGENT_SOCKET, else $SPIFFE_ENDPOINT_SOCKET, else the config key \
+     agent_socket, else /run/signet/agent.sock (servers run as root; clients look there first) \
+     or /tmp/signet/agent.sock]";
+
+/// Help of every `--admin-socket` flag.
+pub const ADMIN_SOCKET_HELP: &str = "Admin socket of the server: a path or unix:///path \
+     [default: $SIGNET_ADMIN_SOCKET, else the config key admin_socket, else \
+     /run/signet/private/admin.sock (servers run as root; clients look there first) or \
+     /tmp/signet/private/admin.sock]";
+
 /// Which of Signet's two sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketRole {

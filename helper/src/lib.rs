@@ -4,7 +4,7 @@
 //! the pid in a pid file) after every update. `--once` writes once and
 //! exits, for init steps.
 //!
-//! Every write goes through [`signet_core::atomic_file`]: a reader sees the
+//! Every write goes through [`signet_workload::atomic_file`]: a reader sees the
 //! old file or the new one, and the key is never readable by others, not
 //! even briefly. The identity comes from [`watch_x509`], which keeps one
 //! FetchX509SVID stream open and retries with backoff while the agent is
@@ -22,13 +22,19 @@ use clap::Args;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::json;
-use signet_core::atomic_file::{self, Owner};
 use signet_identity::JwtSvid;
+use signet_workload::atomic_file::{self, Owner};
 use signet_workload::{Backoff, SocketLocation, SocketRole};
 use signet_workload::{X509Context, X509State, X509Watcher, fetch_jwt, watch_x509};
 use tokio::sync::watch;
 
-use crate::admin_cli::Output;
+/// How the helper reports what it does on stdout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
 
 /// How long `--once` waits for the first SVID by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +65,7 @@ pub struct HelperArgs {
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HelperSettings {
-    #[arg(long, alias = "socket", value_parser = crate::sockets::socket_arg, help = crate::sockets::AGENT_SOCKET_HELP)]
+    #[arg(long, alias = "socket", value_parser = signet_workload::location::parse_socket_path, help = signet_workload::location::AGENT_SOCKET_HELP)]
     #[serde(alias = "socket")]
     agent_socket: Option<PathBuf>,
     /// `--agent-socket` when given as a flag: it comes before the
@@ -358,7 +364,7 @@ impl TryFrom<HelperSettings> for HelperConfig {
             }
         });
         let agent_socket =
-            crate::sockets::locate(SocketRole::Agent, s.agent_socket_flag, s.agent_socket)
+            SocketLocation::resolve(SocketRole::Agent, s.agent_socket_flag, s.agent_socket)
                 .map_err(|e| problems.push(e.to_string()))
                 .ok();
         let (Some(agent_socket), true) = (agent_socket, problems.is_empty()) else {
@@ -442,7 +448,7 @@ fn parse_signal(text: &str) -> Result<Signal, String> {
     Signal::from_str(&name).map_err(|_| "not a signal name such as HUP, USR1 or TERM".into())
 }
 
-pub(crate) fn lookup_user(text: &str) -> Result<u32, String> {
+pub fn lookup_user(text: &str) -> Result<u32, String> {
     if let Ok(uid) = text.parse::<u32>() {
         return Ok(uid);
     }

@@ -35,7 +35,7 @@ fn defaults_are_the_spiffe_helper_names_and_secure_modes() {
 
 #[test]
 fn the_postgres_examples_are_valid() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postgres");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/postgres");
     for name in ["db-helper.toml", "app-helper.toml"] {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
         // The postgres user may not exist where the unit tests run.
