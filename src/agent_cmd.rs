@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use signet_core::agent::workload_api::{WorkloadApi, bind_agent_socket};
-use signet_core::agent::{self, AgentConfig, NodeAttestation};
-use signet_core::attest::workload::UnixAttestor;
+use signet_agent::attest::UnixAttestor;
+use signet_agent::workload_api::{WorkloadApi, bind_agent_socket};
+use signet_agent::{self as agent, AgentConfig, NodeAttestation};
 use signet_identity::{Bundle, TrustDomain};
 use signet_sds::{SdsOptions, SdsService};
 use tokio::sync::watch;
@@ -223,7 +223,7 @@ pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
         .context("agent start")?;
     let listener = bind_agent_socket(&socket)
         .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
-    let identity = signet_core::unix_socket::socket_identity(&socket);
+    let identity = signet_unix::socket_identity(&socket);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -233,7 +233,7 @@ pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
         sds,
         stopped(stop_rx.clone()),
     ));
-    tokio::spawn(signet_core::unix_socket::watch_socket(
+    tokio::spawn(signet_unix::watch_socket(
         socket.clone(),
         identity,
         stopped(stop_rx.clone()),
@@ -256,7 +256,7 @@ pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
         let _ = agent_task.await;
     })
     .await;
-    signet_core::unix_socket::remove_if_ours(&socket, identity);
+    signet_unix::remove_if_ours(&socket, identity);
     println!("signet agent stopped");
     Ok(())
 }
@@ -273,6 +273,6 @@ pub async fn serve_agent_socket(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(WorkloadApi::new(handle.clone(), attestor.clone()).into_service())
         .add_service(SdsService::new(handle, attestor, sds).into_service())
-        .serve_with_incoming_shutdown(signet_core::unix_socket::incoming(listener), stop)
+        .serve_with_incoming_shutdown(signet_unix::incoming(listener), stop)
         .await
 }

@@ -27,7 +27,7 @@ use server_cmd::ServerSettings;
 #[derive(Debug, Parser)]
 #[command(name = "signet", version, about, long_about = None)]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `signet_core=debug`.
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `signet_agent=debug`.
     #[arg(long, global = true, env = "SIGNET_LOG", default_value = "info")]
     log: String,
 
@@ -278,7 +278,7 @@ struct RunArgs {
     #[arg(long)]
     sds_trusted_ca: bool,
     /// Most workload SVIDs the local agent keeps; streamed entries are always kept.
-    #[arg(long, default_value_t = signet_core::agent::DEFAULT_SVID_CACHE_SIZE)]
+    #[arg(long, default_value_t = signet_agent::DEFAULT_SVID_CACHE_SIZE)]
     svid_cache_size: usize,
 }
 

@@ -8,18 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use signet_core::agent;
-use signet_core::agent::workload_api::bind_agent_socket;
-use signet_core::attest::node::NodeAttestor;
-use signet_core::attest::node::join_token::JoinTokenAttestor;
-use signet_core::attest::node::x509pop::X509PopAttestor;
-use signet_core::datastore::redact_url;
-use signet_core::key_manager::disk::DiskKeyManager;
-use signet_core::server::admin::{bind_admin_socket, serve_admin};
-use signet_core::server::node::serve_node;
-use signet_core::server::{Server, ServerConfig};
-use signet_core::{KeyType, SystemClock, UpstreamAuthority, datastore};
+use signet_agent as agent;
+use signet_agent::workload_api::bind_agent_socket;
 use signet_identity::{SpiffeId, TrustDomain};
+use signet_server::admin::{bind_admin_socket, serve_admin};
+use signet_server::attest::node::NodeAttestor;
+use signet_server::attest::node::join_token::JoinTokenAttestor;
+use signet_server::attest::node::x509pop::X509PopAttestor;
+use signet_server::datastore::redact_url;
+use signet_server::key_manager::disk::DiskKeyManager;
+use signet_server::node::serve_node;
+use signet_server::{KeyType, SystemClock, UpstreamAuthority, datastore};
+use signet_server::{Server, ServerConfig};
 use tokio::sync::watch;
 
 use crate::sockets::{flag_to_reach, locate};
@@ -320,7 +320,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     }
     let admin_listener = bind_admin_socket(&r.admin_socket)
         .with_context(|| format!("cannot bind the admin socket {}", r.admin_socket.display()))?;
-    let admin_identity = signet_core::unix_socket::socket_identity(&r.admin_socket);
+    let admin_identity = signet_unix::socket_identity(&r.admin_socket);
     let mut watched = vec![(r.admin_socket.clone(), admin_identity)];
     let node_listener = tokio::net::TcpListener::bind(r.bind_address)
         .await
@@ -390,7 +390,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
             agent::start_local(issued, loopback(node_addr), cache, stop_rx.clone()).await?;
         let listener = bind_agent_socket(socket)
             .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
-        agent_identity = signet_core::unix_socket::socket_identity(socket);
+        agent_identity = signet_unix::socket_identity(socket);
         watched.push((socket.clone(), agent_identity));
         tasks.spawn(async move {
             let _ = agent_task.await;
@@ -410,7 +410,7 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     for (path, identity) in watched {
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
-            signet_core::unix_socket::watch_socket(path, identity, stop).await;
+            signet_unix::watch_socket(path, identity, stop).await;
             Ok(())
         });
     }
@@ -448,9 +448,9 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
     {
         tracing::warn!("drain took longer than 10 s; stopping anyway");
     }
-    signet_core::unix_socket::remove_if_ours(&r.admin_socket, admin_identity);
+    signet_unix::remove_if_ours(&r.admin_socket, admin_identity);
     if let Some(socket) = &agent_socket {
-        signet_core::unix_socket::remove_if_ours(socket, agent_identity);
+        signet_unix::remove_if_ours(socket, agent_identity);
     }
     println!("signet stopped");
     Ok(())

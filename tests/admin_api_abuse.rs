@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use rcgen::PublicKeyData;
-use signet_core::server::admin::connect_admin;
+use signet_server::admin::connect_admin;
 use signet_wire::admin::*;
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use signet_testkit::postgres;
 use std::path::Path;
 
 use common::*;
-use signet_core::agent::node_client::{AttestWith, NodeClient};
+use signet_agent::node_client::{AttestWith, NodeClient};
 use signet_identity::{Bundle, TrustDomain};
 
 fn start(dir: &Path, name: &str, url: &str) -> (Proc, String, std::net::SocketAddr) {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use signet_core::agent::node_client::{AttestWith, ClientError, NodeClient};
+use signet_agent::node_client::{AttestWith, ClientError, NodeClient};
 use signet_identity::{Bundle, TrustDomain};
 
 struct TestServer {
@@ -121,7 +121,7 @@ async fn unauthenticated_attest_messages_are_small() {
     let server = TestServer::start(dir.path(), &[]);
     // Evidence past the Attest limit, from a client with no SVID: refused
     // before the server reads it (it used to accept 64 MiB messages).
-    let huge = "x".repeat(signet_core::server::node::ATTEST_BODY_LIMIT + 1024);
+    let huge = "x".repeat(signet_server::node::ATTEST_BODY_LIMIT + 1024);
     let mut c = NodeClient::connect(server.addr, server.bundle(), None)
         .await
         .unwrap();
@@ -454,7 +454,7 @@ async fn renewals_in_flight_never_undo_a_ban_or_an_eviction() {
     use signet_wire::admin::{AgentRequest, CreateJoinTokenRequest, ListAgentsRequest};
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
-    let mut admin = signet_core::server::admin::connect_admin(server.admin.clone().into())
+    let mut admin = signet_server::admin::connect_admin(server.admin.clone().into())
         .await
         .unwrap();
     let bundle = server.bundle();

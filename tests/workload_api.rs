@@ -127,7 +127,7 @@ async fn protocol_rules_header_and_permission() {
     );
     // Audiences are bounded in count and size (each would be signed and
     // cached by the agent).
-    use signet_core::agent::workload_api::{MAX_AUDIENCE_LEN, MAX_AUDIENCES};
+    use signet_agent::workload_api::{MAX_AUDIENCE_LEN, MAX_AUDIENCES};
     for audience in [
         (0..=MAX_AUDIENCES).map(|i| format!("aud-{i}")).collect(),
         vec!["x".repeat(MAX_AUDIENCE_LEN + 1)],

@@ -803,7 +803,7 @@ fn proc_uid(pid: i32) -> Option<u32> {
 /// When `pid` started, in seconds since the epoch (boot time from
 /// /proc/stat plus the start time in clock ticks, at 100 a second).
 fn proc_start(pid: i32) -> Option<i64> {
-    let ticks = i64::try_from(signet_core::attest::workload::start_ticks(pid).ok()?).ok()?;
+    let ticks = i64::try_from(signet_unix::peer::start_ticks(pid).ok()?).ok()?;
     let boot: i64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()

@@ -18,6 +18,11 @@ use zeroize::Zeroizing;
 use crate::bundle::{BundleSource, certificates_from_pem, certificates_to_pem};
 use crate::spiffe_id::{IdError, SpiffeId};
 
+/// X509-SVIDs are backdated this much against clock skew (DESIGN.md 3): the
+/// issuer sets NotBefore this far in the past, and whoever computes an
+/// SVID's life adds it back.
+pub const BACKDATE: Duration = Duration::from_secs(10);
+
 /// Why a certificate chain is not a valid X509-SVID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -14,7 +14,7 @@
 //! list means everything the caller may have. Unknown names are left out of
 //! the answer (SPIRE does the same); Envoy keeps waiting for them.
 //!
-//! Depends on: `signet-core` (the agent snapshot, workload attestation),
+//! Depends on: `signet-agent` (the agent snapshot, workload attestation),
 //! `envoy-types` (the SDS protocol and TLS types).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,9 +34,9 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
 use envoy_types::pb::google::protobuf::Any;
-use signet_core::agent::workload_api::{Caller, attest_peer, matching, unix_peer};
-use signet_core::agent::{AgentHandle, Snapshot, StreamDemand};
-use signet_core::attest::workload::UnixAttestor;
+use signet_agent::attest::UnixAttestor;
+use signet_agent::workload_api::{Caller, attest_peer, matching, unix_peer};
+use signet_agent::{AgentHandle, Snapshot, StreamDemand};
 use signet_identity::{Bundle, Selector, X509Svid};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;

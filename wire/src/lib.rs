@@ -15,6 +15,16 @@ pub mod node_api {
     /// (batched SVIDs and entries); the unauthenticated Attest call has a
     /// far smaller limit.
     pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+    /// Prefix an x509pop node signs with the server's nonce, so a signature
+    /// made for this purpose cannot be replayed anywhere else, nor one made
+    /// elsewhere here.
+    pub const CHALLENGE_CONTEXT: &[u8] = b"signet-x509pop-v1:";
+
+    /// The message an x509pop node signs to answer `nonce`.
+    pub fn challenge_message(nonce: &[u8]) -> Vec<u8> {
+        [CHALLENGE_CONTEXT, nonce].concat()
+    }
 }
 
 /// The metadata key every Workload API request must carry, `true` (the

@@ -8,16 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signet_core::agent;
-use signet_core::agent::workload_api::bind_agent_socket;
-use signet_core::attest::node::NodeAttestor;
-use signet_core::attest::workload::UnixAttestor;
-use signet_core::key_manager::memory::MemoryKeyManager;
-use signet_core::server::node::serve_node;
-use signet_core::server::{Server, ServerConfig};
-use signet_core::{SystemClock, datastore};
+use signet_agent as agent;
+use signet_agent::attest::UnixAttestor;
+use signet_agent::workload_api::bind_agent_socket;
 use signet_identity::{Entry, Selector, TrustDomain};
 use signet_sds::{SdsOptions, SdsService};
+use signet_server::attest::node::NodeAttestor;
+use signet_server::key_manager::memory::MemoryKeyManager;
+use signet_server::node::serve_node;
+use signet_server::{Server, ServerConfig};
+use signet_server::{SystemClock, datastore};
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -78,7 +78,7 @@ pub async fn start() -> Setup {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(sds.into_service())
-            .serve_with_incoming(signet_core::unix_socket::incoming(l)),
+            .serve_with_incoming(signet_unix::incoming(l)),
     );
     let sel = Selector::parse(&format!("unix:uid:{}", signet_testkit::uid())).unwrap();
     let entry = server

@@ -1,0 +1,198 @@
+//! Workload API benchmark, in one process wired like `signet run` (server,
+//! loopback mTLS agent API, agent, Workload API on a Unix socket):
+//! - FetchX509SVID first-response latency with 1,000 concurrent streams;
+//! - entry created -> SVID received on a workload's open stream.
+//!
+//! Agent RSS is measured on a separate agent process: `bench/agent_rss.sh`.
+//!
+//! Run: `cargo bench -p signet-agent --bench workload_api`
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signet_agent as agent;
+use signet_agent::workload_api::{bind_agent_socket, serve_workload_api};
+use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
+use signet_server::attest::node::NodeAttestor;
+use signet_server::key_manager::memory::MemoryKeyManager;
+use signet_server::node::serve_node;
+use signet_server::{Server, ServerConfig};
+use signet_server::{SystemClock, datastore};
+use signet_wire::workload::X509svidRequest;
+use signet_workload::connect;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn entry(path: &str, parent: &SpiffeId, selector: &str) -> Entry {
+    Entry::new(
+        SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+        parent.clone(),
+        vec![Selector::parse(selector).unwrap()],
+    )
+}
+
+fn request() -> tonic::Request<X509svidRequest> {
+    let mut r = tonic::Request::new(X509svidRequest {});
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    r
+}
+
+#[tokio::main]
+async fn main() {
+    let streams: usize = std::env::var("SIGNET_BENCH_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = datastore::open(&format!("sqlite://{}", dir.path().join("wl.db").display()))
+        .await
+        .unwrap();
+    let td = TrustDomain::parse("example.org").unwrap();
+    let server = Server::start(
+        ServerConfig::new(td.clone()),
+        store,
+        Arc::new(SystemClock),
+        Arc::new(MemoryKeyManager::default()),
+        None,
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_node(
+        server.clone(),
+        Vec::<Arc<dyn NodeAttestor>>::new(),
+        listener,
+        std::future::pending(),
+    ));
+    {
+        let server = server.clone();
+        tokio::spawn(async move {
+            server
+                .follow_changes(Duration::from_secs(1), std::future::pending())
+                .await
+        });
+    }
+    let agent_id = td.id_with_path("/signet/agent/local").unwrap();
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (handle, _task) = agent::start_local(
+        server.attest_local_agent(&agent_id).await.unwrap(),
+        addr,
+        agent::DEFAULT_SVID_CACHE_SIZE,
+        stop_rx,
+    )
+    .await
+    .unwrap();
+    let sock = dir.path().join("agent.sock");
+    let l = bind_agent_socket(&sock).unwrap();
+    tokio::spawn(serve_workload_api(
+        handle.clone(),
+        l,
+        std::future::pending(),
+    ));
+
+    let uid_sel = format!("unix:uid:{}", signet_testkit::uid());
+    server
+        .create_entry(entry("/bench", &agent_id, &uid_sel))
+        .await
+        .unwrap();
+    // Wait until the identity is served once (also warms the executable-hash cache).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = connect(sock.clone()).await.unwrap();
+        if let Ok(r) = c.fetch_x509svid(request()).await
+            && r.into_inner().message().await.ok().flatten().is_some()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the identity was never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 1) First-response latency with `streams` concurrent streams.
+    let barrier = Arc::new(tokio::sync::Barrier::new(streams));
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let sock = sock.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(sock).await.unwrap();
+            barrier.wait().await;
+            let t = Instant::now();
+            let mut s = c.fetch_x509svid(request()).await.unwrap().into_inner();
+            s.message().await.unwrap().unwrap();
+            let took = t.elapsed();
+            (took, c, s)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut open = Vec::new();
+    for t in tasks {
+        let (took, c, s) = t.await.unwrap();
+        lat.push(took);
+        open.push((c, s));
+    }
+    lat.sort();
+    println!(
+        "FetchX509SVID first response, {streams} streams opened at once (burst): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(*lat.last().unwrap())
+    );
+    // New streams, one at a time, while `streams` stay open.
+    let mut lat = Vec::new();
+    let mut c = connect(sock.clone()).await.unwrap();
+    for _ in 0..500 {
+        let t = Instant::now();
+        let mut s = c.fetch_x509svid(request()).await.unwrap().into_inner();
+        s.message().await.unwrap().unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "FetchX509SVID first response with {streams} streams open (500 new streams): p50 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+
+    // 2) Entry created -> SVID on an open stream (with `streams` streams open).
+    let (_c, mut stream) = open.pop().unwrap();
+    let mut lat = Vec::new();
+    for k in 0..30 {
+        let path = format!("/late/{k}");
+        let t0 = Instant::now();
+        server
+            .create_entry(entry(&path, &agent_id, &uid_sel))
+            .await
+            .unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if msg.svids.iter().any(|s| s.spiffe_id.ends_with(&path)) {
+                lat.push(t0.elapsed());
+                break;
+            }
+        }
+    }
+    lat.sort();
+    println!(
+        "entry created -> SVID on the workload's open stream (30 runs): p50 {:.1} ms, p99 {:.1} ms",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99))
+    );
+    drop(open);
+}

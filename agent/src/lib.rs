@@ -1,0 +1,823 @@
+//! Signet's agent: attests its node to the server, follows the server's
+//! push stream of authorized entries, generates workload keys locally, has
+//! them signed in batches, rotates SVIDs at half-life (±10 % jitter), and
+//! publishes the result to the Workload API ([`workload_api`]) as a
+//! snapshot on a `watch` channel. Workloads are identified by kernel facts
+//! ([`attest`]).
+//!
+//! Outages: the agent keeps serving cached SVIDs until they expire and
+//! reconnects with backoff. Evicted or banned: it stops serving identities
+//! it can no longer vouch for.
+//!
+//! Depends on: `signet-wire` (node and Workload API protocols),
+//! `signet-tls` (the node API client's verifier), `signet-unix` (the
+//! Workload API socket and its pinned callers), `signet-identity`; never on
+//! the server crate (its tests use it to issue).
+
+pub mod attest;
+pub mod node_client;
+pub mod workload_api;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signet_identity::{Bundle, BundleSet, BundleSource, Entry, X509Svid};
+use tokio::sync::watch;
+
+use node_client::{AttestWith, ClientError, NodeClient};
+use signet_wire::bundle_from_wire;
+use signet_workload::atomic_file;
+
+/// Entries per MintX509Svids call.
+const MINT_BATCH: usize = 500;
+
+/// What the Workload API serves from: one consistent view.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Entries authorized for this agent.
+    pub entries: Vec<Entry>,
+    /// Own and federated bundles.
+    pub bundles: BundleSet,
+    /// Current X509-SVID of each entry, by entry id.
+    pub svids: HashMap<String, Arc<X509Svid>>,
+    /// Change-feed revision the entries reflect.
+    pub revision: u64,
+    /// False while the agent cannot vouch for its identities.
+    pub healthy: bool,
+}
+
+/// How the agent proves its node.
+#[derive(Debug, Clone)]
+pub enum NodeAttestation {
+    JoinToken(String),
+    /// Node certificate chain (PEM) and key (PKCS#8 PEM) files.
+    X509Pop {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// The agent SVID is handed over directly (the combined core).
+    Preissued,
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Server addresses, tried in order.
+    pub servers: Vec<SocketAddr>,
+    /// Bundle trusted for the server before the first attestation; `None`
+    /// only with the insecure bootstrap (the server is not verified then).
+    pub bootstrap_bundle: Option<Bundle>,
+    pub attestation: NodeAttestation,
+    /// Where the agent SVID and bundle persist (none: memory only).
+    pub data_dir: Option<PathBuf>,
+    /// Most workload SVIDs kept: entries a workload is streaming are always
+    /// kept; others are minted ahead while there is room, and evicted least
+    /// recently served first.
+    pub svid_cache_size: usize,
+}
+
+/// Default bound of the workload SVID cache.
+pub const DEFAULT_SVID_CACHE_SIZE: usize = 1000;
+
+/// What workloads are asking for: entries with open streams (never
+/// evicted) and when each entry's SVID was last served.
+#[derive(Debug, Default)]
+pub struct Demand {
+    state: std::sync::Mutex<DemandState>,
+    /// Wakes the agent to mint an entry a workload waits for.
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct DemandState {
+    streaming: HashMap<String, usize>,
+    last_served: HashMap<String, std::time::Instant>,
+}
+
+impl Demand {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DemandState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `ids` were just served or wanted; wakes the agent when
+    /// one of them has no SVID yet.
+    pub fn touch(&self, ids: &[String], missing: bool) {
+        let now = std::time::Instant::now();
+        let mut st = self.lock();
+        for id in ids {
+            st.last_served.insert(id.clone(), now);
+        }
+        drop(st);
+        if missing {
+            self.wake.notify_one();
+        }
+    }
+
+    fn is_streaming(&self, id: &str) -> bool {
+        self.lock().streaming.get(id).is_some_and(|n| *n > 0)
+    }
+}
+
+/// Registers the entries one workload stream is serving; unregisters them
+/// when dropped.
+#[derive(Debug)]
+pub struct StreamDemand {
+    demand: Arc<Demand>,
+    ids: Vec<String>,
+}
+
+impl StreamDemand {
+    pub fn new(demand: Arc<Demand>) -> Self {
+        Self {
+            demand,
+            ids: Vec::new(),
+        }
+    }
+
+    /// Replaces the set of entries this stream serves.
+    pub fn set(&mut self, ids: Vec<String>) {
+        if ids == self.ids {
+            return;
+        }
+        let mut st = self.demand.lock();
+        for id in &self.ids {
+            if let Some(n) = st.streaming.get_mut(id) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        for id in &ids {
+            *st.streaming.entry(id.clone()).or_default() += 1;
+        }
+        st.streaming.retain(|_, n| *n > 0);
+        drop(st);
+        self.ids = ids;
+    }
+}
+
+impl Drop for StreamDemand {
+    fn drop(&mut self) {
+        self.set(Vec::new());
+    }
+}
+
+/// Agent failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("agent state in {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("no server address is configured")]
+    NoServer,
+    #[error("the local agent cannot be attested: {0}")]
+    Local(String),
+    #[error("the server refused this agent: {0}")]
+    Refused(String),
+}
+
+/// A running agent's handle: the snapshot the Workload API reads.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    client: Arc<tokio::sync::Mutex<Option<NodeClient>>>,
+    demand: Arc<Demand>,
+}
+
+impl AgentHandle {
+    /// What workloads ask for (the Workload API reports into it).
+    pub fn demand(&self) -> Arc<Demand> {
+        self.demand.clone()
+    }
+
+    pub fn snapshot(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// A JWT-SVID for an authorized entry, minted by the server.
+    pub async fn mint_jwt(
+        &self,
+        entry_id: &str,
+        audience: &[String],
+    ) -> Result<(String, i64), AgentError> {
+        let mut guard = self.client.lock().await;
+        let client = guard
+            .as_mut()
+            .ok_or(AgentError::Client(ClientError::Protocol(
+                "not connected to the server".into(),
+            )))?;
+        let r = client
+            .grpc()
+            .mint_jwt_svid(signet_wire::node::MintJwtSvidRequest {
+                entry_id: entry_id.to_owned(),
+                audience: audience.to_vec(),
+            })
+            .await
+            .map_err(ClientError::from)?
+            .into_inner();
+        Ok((r.token, r.expires_at))
+    }
+}
+
+/// The agent's own identity.
+struct Identity {
+    svid: X509Svid,
+    bundle: Bundle,
+    can_reattest: bool,
+}
+
+fn svid_expired(svid: &X509Svid) -> bool {
+    svid.not_after() <= SystemTime::now()
+}
+
+/// Whether `svid` is past its rotation point: half its life, moved by a
+/// per-SVID jitter of up to ±10 % so a fleet does not rotate in lockstep.
+pub fn rotation_due(svid: &X509Svid, now: SystemTime) -> bool {
+    let Some(leaf) = svid.chain().first() else {
+        return true;
+    };
+    let Ok(info) = signet_identity::x509_svid::inspect_leaf(leaf) else {
+        return true;
+    };
+    // The server backdates NotBefore by 10 s against clock skew; the life
+    // the half-life is taken of starts at issuance.
+    let issued = info.not_before + signet_identity::x509_svid::BACKDATE.as_secs() as i64;
+    let life = (info.not_after - issued).max(1) as f64;
+    // Jitter derived from the serial: stable for one SVID, spread across many.
+    let seed = info
+        .serial
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let jitter = (f64::from(seed % 2001) / 1000.0 - 1.0) * 0.1; // -0.1 ..= 0.1
+    let rotate_at = issued as f64 + life * (0.5 + jitter / 2.0);
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    now >= rotate_at
+}
+
+/// Starts the agent; returns its handle once it has an identity.
+pub async fn start(
+    config: AgentConfig,
+    preissued: Option<(X509Svid, Bundle)>,
+    stop: watch::Receiver<bool>,
+) -> Result<(AgentHandle, tokio::task::JoinHandle<()>), AgentError> {
+    if config.servers.is_empty() {
+        return Err(AgentError::NoServer);
+    }
+    let identity = match preissued {
+        Some((svid, bundle)) => Identity {
+            svid,
+            bundle,
+            can_reattest: false,
+        },
+        None => match load_identity(&config)? {
+            Some(id) => id,
+            None => attest(&config).await?,
+        },
+    };
+    persist_identity(&config, &identity)?;
+    let mut initial = Snapshot {
+        healthy: true,
+        ..Default::default()
+    };
+    initial.bundles.insert(identity.bundle.clone());
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    let client = Arc::new(tokio::sync::Mutex::new(None));
+    let demand = Arc::new(Demand::default());
+    let handle = AgentHandle {
+        snapshot: rx,
+        client: client.clone(),
+        demand: demand.clone(),
+    };
+    let task = tokio::spawn(run(config, identity, tx, client, demand, stop));
+    Ok((handle, task))
+}
+
+/// Starts the combined core's own agent with the identity its server
+/// issued it in process (`Server::attest_local_agent`); it reaches the
+/// server at `server_addr` over mTLS like any other agent.
+pub async fn start_local(
+    (svid, bundle): (X509Svid, Bundle),
+    server_addr: SocketAddr,
+    svid_cache_size: usize,
+    stop: watch::Receiver<bool>,
+) -> Result<(AgentHandle, tokio::task::JoinHandle<()>), AgentError> {
+    let config = AgentConfig {
+        servers: vec![server_addr],
+        bootstrap_bundle: Some(bundle.clone()),
+        attestation: NodeAttestation::Preissued,
+        data_dir: None,
+        svid_cache_size,
+    };
+    start(config, Some((svid, bundle)), stop).await
+}
+
+async fn attest(config: &AgentConfig) -> Result<Identity, AgentError> {
+    let mut last = None;
+    for addr in &config.servers {
+        let connected = match &config.bootstrap_bundle {
+            Some(b) => NodeClient::connect(*addr, b.clone(), None).await,
+            None => NodeClient::connect_insecure(*addr).await,
+        };
+        let mut client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(server = %addr, error = %e, "cannot reach the server to attest");
+                last = Some(e);
+                continue;
+            }
+        };
+        let result = match &config.attestation {
+            NodeAttestation::JoinToken(t) => client.attest(AttestWith::JoinToken(t)).await,
+            NodeAttestation::X509Pop { cert, key } => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).map_err(|e| AgentError::State {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })
+                };
+                let chain = signet_identity::bundle::certificates_from_pem(&read(cert)?)
+                    .map_err(|e| AgentError::State {
+                        path: cert.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .into_iter()
+                    .map(|c| c.to_vec())
+                    .collect();
+                let key_pem = String::from_utf8(read(key)?).map_err(|e| AgentError::State {
+                    path: key.clone(),
+                    reason: e.to_string(),
+                })?;
+                let key_pair =
+                    rcgen::KeyPair::from_pem(&key_pem).map_err(|e| AgentError::State {
+                        path: key.clone(),
+                        reason: e.to_string(),
+                    })?;
+                client
+                    .attest(AttestWith::X509Pop {
+                        chain,
+                        key: &key_pair,
+                    })
+                    .await
+            }
+            NodeAttestation::Preissued => {
+                return Err(AgentError::Refused(
+                    "a preissued agent cannot attest on its own".into(),
+                ));
+            }
+        };
+        match result {
+            Ok(a) => {
+                tracing::info!(agent_id = %a.svid.spiffe_id(), "node attested");
+                return Ok(Identity {
+                    svid: a.svid,
+                    bundle: a.bundle,
+                    can_reattest: a.can_reattest,
+                });
+            }
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::PermissionDenied => {
+                return Err(AgentError::Refused(s.message().to_owned()));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map(AgentError::from).unwrap_or(AgentError::NoServer))
+}
+
+fn state_paths(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("agent_svid.pem"),
+        dir.join("agent_svid_key.pem"),
+        dir.join("bundle.json"),
+        dir.join("agent_state.json"),
+    )
+}
+
+fn load_identity(config: &AgentConfig) -> Result<Option<Identity>, AgentError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(None);
+    };
+    let (svid_path, key_path, bundle_path, state_path) = state_paths(dir);
+    if !svid_path.exists() {
+        return Ok(None);
+    }
+    let err = |p: &PathBuf, reason: String| AgentError::State {
+        path: p.clone(),
+        reason,
+    };
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| err(p, e.to_string()));
+    let svid = X509Svid::from_pem(&read(&svid_path)?, &read(&key_path)?)
+        .map_err(|e| err(&svid_path, e.to_string()))?;
+    let td = svid.spiffe_id().trust_domain();
+    let bundle = Bundle::parse_json(td, &read(&bundle_path)?)
+        .map_err(|e| err(&bundle_path, e.to_string()))?;
+    let can_reattest = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["can_reattest"].as_bool())
+        .unwrap_or(false);
+    if svid_expired(&svid) {
+        tracing::warn!(agent_id = %svid.spiffe_id(), "the stored agent SVID expired; attesting again");
+        return Ok(None);
+    }
+    tracing::info!(agent_id = %svid.spiffe_id(), "resuming with the stored agent SVID (no re-attestation)");
+    Ok(Some(Identity {
+        svid,
+        bundle,
+        can_reattest,
+    }))
+}
+
+fn persist_identity(config: &AgentConfig, id: &Identity) -> Result<(), AgentError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(());
+    };
+    let (svid_path, key_path, bundle_path, state_path) = state_paths(dir);
+    let write = |p: &PathBuf, data: &[u8], mode: u32| {
+        atomic_file::write(p, data, mode).map_err(|e| AgentError::State {
+            path: p.clone(),
+            reason: e.to_string(),
+        })
+    };
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::State {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    write(
+        &key_path,
+        id.svid.private_key().to_pem().as_bytes(),
+        atomic_file::SECRET_MODE,
+    )?;
+    write(&svid_path, id.svid.chain_pem().as_bytes(), 0o644)?;
+    let json = id.bundle.to_json().map_err(|e| AgentError::State {
+        path: bundle_path.clone(),
+        reason: e.to_string(),
+    })?;
+    write(&bundle_path, json.as_bytes(), 0o644)?;
+    write(
+        &state_path,
+        serde_json::json!({ "can_reattest": id.can_reattest })
+            .to_string()
+            .as_bytes(),
+        0o644,
+    )
+}
+
+/// The agent's main loop: connect, subscribe, keep SVIDs fresh; on loss of
+/// the server, back off and reconnect while serving the cache.
+async fn run(
+    config: AgentConfig,
+    mut identity: Identity,
+    tx: watch::Sender<Arc<Snapshot>>,
+    shared_client: Arc<tokio::sync::Mutex<Option<NodeClient>>>,
+    demand: Arc<Demand>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff =
+        signet_workload::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut server_index = 0usize;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let addr = config.servers[server_index % config.servers.len()];
+        let outcome = tokio::select! {
+            r = session(&config, addr, &mut identity, &tx, &shared_client, &demand) => r,
+            _ = stop.changed() => return,
+        };
+        *shared_client.lock().await = None;
+        match outcome {
+            Ok(()) => backoff.reset(),
+            Err(AgentError::Refused(why)) => {
+                tracing::error!(reason = %why, "the server refuses this agent; no longer serving identities");
+                tx.send_modify(|s| {
+                    let mut next = Snapshot {
+                        healthy: false,
+                        bundles: s.bundles.clone(),
+                        ..Default::default()
+                    };
+                    next.revision = s.revision;
+                    *s = Arc::new(next);
+                });
+                if identity.can_reattest
+                    && !matches!(config.attestation, NodeAttestation::Preissued)
+                {
+                    match attest(&config).await {
+                        Ok(id) => {
+                            identity = id;
+                            if let Err(e) = persist_identity(&config, &identity) {
+                                tracing::error!(error = %e, "cannot persist the agent identity");
+                            }
+                            continue;
+                        }
+                        Err(e) => tracing::error!(error = %e, "re-attestation failed"),
+                    }
+                }
+                // Wait for a stop; nothing more can be done without an operator.
+                let _ = stop.changed().await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(server = %addr, error = %e, retry_within = ?backoff.step(), "lost the server; serving cached SVIDs");
+                server_index += 1;
+            }
+        }
+        // Drop SVIDs that expired while the server was away.
+        tx.send_if_modified(|s| {
+            let now = SystemTime::now();
+            if s.svids.values().any(|v| v.not_after() <= now) {
+                let mut next = (**s).clone();
+                next.svids.retain(|_, v| v.not_after() > now);
+                *s = Arc::new(next);
+                true
+            } else {
+                false
+            }
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status(s) if s.code() == tonic::Code::PermissionDenied)
+}
+
+/// One connected session with the server. Returns `Ok` when the agent
+/// renewed its SVID and must reconnect to present it.
+async fn session(
+    config: &AgentConfig,
+    addr: SocketAddr,
+    identity: &mut Identity,
+    tx: &watch::Sender<Arc<Snapshot>>,
+    shared_client: &Arc<tokio::sync::Mutex<Option<NodeClient>>>,
+    demand: &Demand,
+) -> Result<(), AgentError> {
+    let mut client =
+        NodeClient::connect(addr, identity.bundle.clone(), Some(&identity.svid)).await?;
+    let mut updates = client.subscribe().await.map_err(|e| {
+        if is_refusal(&e) {
+            AgentError::Refused(e.to_string())
+        } else {
+            e.into()
+        }
+    })?;
+    *shared_client.lock().await = Some(client.clone());
+    tx.send_modify(|s| {
+        if !s.healthy {
+            let mut next = (**s).clone();
+            next.healthy = true;
+            *s = Arc::new(next);
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            msg = updates.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err(ClientError::Protocol("the server closed the subscription".into()).into()),
+                    Err(s) if s.code() == tonic::Code::PermissionDenied => return Err(AgentError::Refused(s.message().to_owned())),
+                    Err(s) => return Err(ClientError::from(s).into()),
+                };
+                let entries: Vec<Entry> = msg.entries.iter().filter_map(|e| Entry::try_from(e).ok()).collect();
+                let mut bundles = BundleSet::new();
+                for b in &msg.bundles {
+                    match bundle_from_wire(b) {
+                        Ok(b) => bundles.insert(b),
+                        Err(e) => tracing::warn!(error = %e, "ignoring a bundle the server sent"),
+                    }
+                }
+                if let Some(own) = bundles.bundle_for(identity.bundle.trust_domain().as_str()) {
+                    identity.bundle = own.clone();
+                }
+                let previous = tx.borrow().clone();
+                let mut svids = previous.svids.clone();
+                svids.retain(|id, _| entries.iter().any(|e| &e.id == id));
+                // An entry whose SPIFFE ID, TTL or DNS names changed needs a new SVID.
+                for e in &entries {
+                    let old = previous.entries.iter().find(|p| p.id == e.id);
+                    if old.is_some_and(|o| o.revision != e.revision) {
+                        svids.remove(&e.id);
+                    }
+                }
+                let mut next = Snapshot { entries, bundles, svids, revision: msg.revision, healthy: true };
+                mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
+                tx.send_replace(Arc::new(next));
+                if let Err(e) = persist_identity(config, identity) {
+                    tracing::warn!(error = %e, "cannot persist the bundle");
+                }
+            }
+            _ = demand.wake.notified() => {
+                // A workload waits for an entry whose SVID is not cached.
+                let current = tx.borrow().clone();
+                let mut next = (*current).clone();
+                mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
+                if next.svids.len() != current.svids.len() || next.svids.keys().any(|k| !current.svids.contains_key(k)) {
+                    tx.send_replace(Arc::new(next));
+                }
+            }
+            _ = tick.tick() => {
+                let now = SystemTime::now();
+                if rotation_due(&identity.svid, now) {
+                    let renewed = client.renew().await.map_err(|e| if is_refusal(&e) { AgentError::Refused(e.to_string()) } else { e.into() })?;
+                    tracing::info!(agent_id = %renewed.spiffe_id(), serial = renewed.serial(), "agent SVID renewed");
+                    identity.svid = renewed;
+                    persist_identity(config, identity)?;
+                    // The server now knows only the new serial: reconnect with it.
+                    return Ok(());
+                }
+                let current = tx.borrow().clone();
+                if current.svids.values().any(|s| rotation_due(s, now)) {
+                    let mut next = (*current).clone();
+                    next.svids.retain(|_, s| !rotation_due(s, now));
+                    mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
+                    tx.send_replace(Arc::new(next));
+                }
+            }
+        }
+    }
+}
+
+/// Mints the SVIDs the cache should hold and evicts what it should not:
+/// every entry a workload streams gets one; other entries are minted ahead
+/// while there is room under `bound`; beyond the bound, SVIDs no workload
+/// streams are evicted, least recently served first.
+async fn mint_missing(
+    client: &mut NodeClient,
+    snapshot: &mut Snapshot,
+    demand: &Demand,
+    bound: usize,
+) -> Result<(), AgentError> {
+    let mut room = bound.saturating_sub(snapshot.svids.len());
+    let mut missing = Vec::new();
+    for e in &snapshot.entries {
+        if snapshot.svids.contains_key(&e.id) {
+            continue;
+        }
+        if demand.is_streaming(&e.id) {
+            missing.push(e.id.clone());
+        } else if room > 0 {
+            room -= 1;
+            missing.push(e.id.clone());
+        }
+    }
+    // Bounded batches keep every message well under gRPC size limits.
+    for chunk in missing.chunks(MINT_BATCH) {
+        let minted = client.mint_x509_batch(chunk).await?;
+        for (id, svid) in chunk.iter().zip(minted) {
+            tracing::debug!(entry_id = %id, spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "workload SVID minted");
+            snapshot.svids.insert(id.clone(), Arc::new(svid));
+        }
+    }
+    if !missing.is_empty() {
+        tracing::info!(count = missing.len(), "workload SVIDs minted");
+    }
+    for id in evictions(snapshot, demand, bound) {
+        snapshot.svids.remove(&id);
+    }
+    Ok(())
+}
+
+/// SVIDs to drop to get back under `bound`: never one a workload streams;
+/// never served first, then least recently served.
+fn evictions(snapshot: &Snapshot, demand: &Demand, bound: usize) -> Vec<String> {
+    let excess = snapshot.svids.len().saturating_sub(bound);
+    if excess == 0 {
+        return Vec::new();
+    }
+    let st = demand.lock();
+    let mut candidates: Vec<(&String, Option<std::time::Instant>)> = snapshot
+        .svids
+        .keys()
+        .filter(|id| st.streaming.get(*id).is_none_or(|n| *n == 0))
+        .map(|id| (id, st.last_served.get(id).copied()))
+        .collect();
+    candidates.sort_by_key(|(_, t)| *t);
+    candidates
+        .into_iter()
+        .take(excess)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signet_server::ca::{Ca, CaConfig, SvidOptions};
+    use signet_server::clock::ManualClock;
+    use signet_server::key_manager::memory::MemoryKeyManager;
+
+    #[test]
+    fn svids_rotate_between_40_and_60_percent_of_their_life() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = ManualClock::new(start);
+        let td = signet_identity::TrustDomain::parse("example.org").unwrap();
+        let ca = Ca::new(
+            CaConfig::new(td),
+            Arc::new(clock.clone()),
+            Arc::new(MemoryKeyManager::default()),
+            None,
+        )
+        .unwrap();
+        let id = signet_identity::SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let mut points = Vec::new();
+        for _ in 0..50 {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+            let opts = SvidOptions {
+                ttl: Some(Duration::from_secs(1000)),
+                ..Default::default()
+            };
+            let chain = ca.sign_x509_svid(&spki, &id, &opts).unwrap();
+            let svid = X509Svid::new(
+                chain,
+                signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
+            )
+            .unwrap();
+            assert!(
+                !rotation_due(&svid, start + Duration::from_secs(399)),
+                "never before 40 %"
+            );
+            assert!(
+                rotation_due(&svid, start + Duration::from_secs(600)),
+                "always by 60 %"
+            );
+            let at = (400..=600)
+                .find(|s| rotation_due(&svid, start + Duration::from_secs(*s)))
+                .unwrap();
+            points.push(at);
+        }
+        points.sort();
+        points.dedup();
+        assert!(points.len() > 10, "jitter spreads rotation: {points:?}");
+    }
+
+    fn snapshot_with(ids: &[&str]) -> Snapshot {
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = ManualClock::new(start);
+        let td = signet_identity::TrustDomain::parse("example.org").unwrap();
+        let ca = Ca::new(
+            CaConfig::new(td),
+            Arc::new(clock),
+            Arc::new(MemoryKeyManager::default()),
+            None,
+        )
+        .unwrap();
+        let sid = signet_identity::SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let chain = ca
+            .sign_x509_svid(
+                &rcgen::PublicKeyData::subject_public_key_info(&key),
+                &sid,
+                &SvidOptions::default(),
+            )
+            .unwrap();
+        let svid = Arc::new(
+            X509Svid::new(
+                chain,
+                signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
+            )
+            .unwrap(),
+        );
+        let mut s = Snapshot::default();
+        for id in ids {
+            s.svids.insert((*id).to_owned(), svid.clone());
+        }
+        s
+    }
+
+    #[test]
+    fn eviction_spares_streamed_entries_and_takes_the_least_recently_served() {
+        let demand = Arc::new(Demand::default());
+        let snap = snapshot_with(&["a", "b", "c", "d"]);
+        assert!(
+            evictions(&snap, &demand, 4).is_empty(),
+            "nothing over the bound"
+        );
+        demand.touch(&["b".to_owned()], false);
+        demand.touch(&["c".to_owned()], false);
+        let mut streaming = StreamDemand::new(demand.clone());
+        streaming.set(vec!["a".to_owned()]);
+        // Two over: "a" is streamed; "d" was never served; then "b" (older than "c").
+        let mut out = evictions(&snap, &demand, 2);
+        out.sort();
+        assert_eq!(out, ["b", "d"]);
+        // Even far over the bound, a streamed entry stays.
+        assert!(!evictions(&snap, &demand, 0).contains(&"a".to_owned()));
+        drop(streaming);
+        assert!(
+            evictions(&snap, &demand, 0).contains(&"a".to_owned()),
+            "released when the stream ends"
+        );
+    }
+}

@@ -1,3 +1,0 @@
-//! Shared helpers for signet-core's integration tests.
-
-pub use signet_testkit::postgres;

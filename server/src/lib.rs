@@ -1,0 +1,447 @@
+//! Signet's server (control plane): the certificate authority, where its
+//! keys live, the datastore, node attestation, and the admin and node APIs.
+//!
+//! Role: [`Server`] owns the CA ([`ca`]) and the datastore ([`datastore`]),
+//! keeps the CA rotating and its bundle and journal persisted, and follows
+//! the change feed so every API can push what changed. APIs: [`admin`]
+//! (Unix socket, mode 0600) for operators, [`node`] (mTLS over TCP) for
+//! agents, which prove who they are with [`attest::node`].
+//!
+//! Depends on: `signet-identity` for the SPIFFE types, `signet-wire` for the
+//! protocols, `signet-tls` for the node API's verifier, `signet-unix` for
+//! the admin socket; rcgen and aws-lc-rs for keys and certificates,
+//! jsonwebtoken for JWT-SVIDs, sqlx for the datastore.
+//!
+//! Invariants: keys are generated where they are used and stored 0600;
+//! SVIDs are built exactly as DESIGN.md section 3 says; the bundle's
+//! sequence increases on every change; an agent only gets what its
+//! registration entries authorize (DESIGN.md section 6).
+
+pub mod admin;
+pub mod attest;
+pub mod authz;
+pub mod ca;
+pub mod clock;
+pub mod datastore;
+pub mod key_manager;
+pub mod node;
+
+pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use key_manager::{KeyManager, KeyType};
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signet_identity::{Bundle, Entry, SpiffeId, TrustDomain};
+use tokio::sync::{Notify, watch};
+
+use crate::ca::CaJournal;
+use crate::datastore::{Datastore, DatastoreError, JoinToken};
+
+/// How long the change feed keeps a change: every server reads it every
+/// second or so; a follower further behind than this reads the full state.
+pub const CHANGE_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Server settings beyond the CA's.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub ca: CaConfig,
+    /// Names this server's CA journal in a shared datastore.
+    pub server_id: String,
+    /// Default life of join tokens.
+    pub join_token_ttl: Duration,
+    /// Life of agent X509-SVIDs.
+    pub agent_svid_ttl: Duration,
+    /// Parent of entries created without one (the local agent of the
+    /// combined core).
+    pub default_parent_id: Option<SpiffeId>,
+}
+
+impl ServerConfig {
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            ca: CaConfig::new(trust_domain),
+            server_id: "signet-server".into(),
+            join_token_ttl: Duration::from_secs(600),
+            agent_svid_ttl: Duration::from_secs(3600),
+            default_parent_id: None,
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.ca.trust_domain
+    }
+}
+
+/// Server failures, mapped to gRPC statuses at each API's edge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("CA journal in the datastore is unreadable: {0}")]
+    Journal(String),
+}
+
+/// The running server state shared by its APIs.
+pub struct Server {
+    config: ServerConfig,
+    ca: Ca,
+    store: Arc<dyn Datastore>,
+    clock: Arc<dyn Clock>,
+    /// Latest change-feed revision seen; APIs that push wait on it.
+    revision: watch::Sender<u64>,
+    /// Poked after local writes so the feed is read at once.
+    wrote: Notify,
+    /// The CA came from the datastore's journal (false: created at start).
+    resumed: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("trust_domain", self.config.trust_domain())
+            .field("server_id", &self.config.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the CA (resuming from the datastore's journal for this server
+    /// id, or creating one) and publishes the bundle.
+    pub async fn start(
+        config: ServerConfig,
+        store: Arc<dyn Datastore>,
+        clock: Arc<dyn Clock>,
+        keys: Arc<dyn KeyManager>,
+        upstream: Option<UpstreamAuthority>,
+    ) -> Result<Arc<Self>, ServerError> {
+        let journal = store.get_ca_journal(&config.server_id).await?;
+        let resumed = journal.is_some();
+        let ca = match journal {
+            Some(json) => {
+                let journal: CaJournal =
+                    serde_json::from_str(&json).map_err(|e| ServerError::Journal(e.to_string()))?;
+                Ca::restore(config.ca.clone(), clock.clone(), keys, upstream, journal)?
+            }
+            None => Ca::new(config.ca.clone(), clock.clone(), keys, upstream)?,
+        };
+        let revision = store.current_revision().await?;
+        let server = Arc::new(Self {
+            config,
+            ca,
+            store,
+            clock,
+            revision: watch::Sender::new(revision),
+            wrote: Notify::new(),
+            resumed,
+        });
+        server.persist_ca().await?;
+        Ok(server)
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        self.config.trust_domain()
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// Whether the CA was resumed from the datastore (false: a new CA was
+    /// created when this server started).
+    pub fn resumed_ca(&self) -> bool {
+        self.resumed
+    }
+
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    pub fn now_secs(&self) -> i64 {
+        self.clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+
+    /// A receiver that sees every new change-feed revision.
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// Call after a local write so pushes go out without waiting for a poll.
+    pub fn wrote(&self) {
+        self.wrote.notify_one();
+    }
+
+    /// Writes the CA journal and, when its keys changed, the own bundle.
+    async fn persist_ca(&self) -> Result<(), ServerError> {
+        let journal = serde_json::to_string(&self.ca.journal()?)
+            .map_err(|e| ServerError::Journal(e.to_string()))?;
+        self.store
+            .put_ca_journal(&self.config.server_id, &journal)
+            .await?;
+        self.publish_bundle().await
+    }
+
+    /// Stores the own bundle when its keys changed.
+    async fn publish_bundle(&self) -> Result<(), ServerError> {
+        let bundle = self.published_bundle().await?;
+        let stored = self.store.get_bundle(self.trust_domain()).await?;
+        if stored.as_ref().is_none_or(|s| !s.same_keys(&bundle)) {
+            self.store.put_bundle(&bundle).await?;
+            self.wrote();
+        }
+        Ok(())
+    }
+
+    /// The own trust bundle to publish: the keys of every server's CA that
+    /// shares this datastore (their journals' bundles), so agents of one
+    /// server trust SVIDs of all. The sequence moves past the stored one.
+    async fn published_bundle(&self) -> Result<Bundle, ServerError> {
+        let mut bundle = self.ca.bundle();
+        for (server_id, json) in self.store.list_ca_journals().await? {
+            if server_id == self.config.server_id {
+                continue;
+            }
+            let Ok(journal) = serde_json::from_str::<CaJournal>(&json) else {
+                tracing::warn!(
+                    server_id,
+                    "ignoring an unreadable CA journal of another server"
+                );
+                continue;
+            };
+            if journal.trust_domain != self.trust_domain().as_str() {
+                continue;
+            }
+            let Ok(theirs) = Bundle::parse_json(
+                self.trust_domain().clone(),
+                journal.bundle.to_string().as_bytes(),
+            ) else {
+                continue;
+            };
+            // Keys of a server that stopped rotating leave once expired.
+            let now = self.now_secs();
+            for cert in theirs.x509_authorities() {
+                let live = signet_identity::x509_svid::certificate_not_after(cert)
+                    .is_some_and(|t| t > now);
+                if live {
+                    bundle.add_x509_authority(cert.clone());
+                }
+            }
+            for key in theirs.jwt_authorities() {
+                let live = journal.jwt_expiry.get(key.kid()).is_some_and(|t| *t > now);
+                if live && bundle.jwt_authority(key.kid()).is_none() {
+                    bundle.add_jwt_authority(key.clone());
+                }
+            }
+        }
+        let stored = self.store.get_bundle(self.trust_domain()).await?;
+        let seq = match &stored {
+            Some(s) if s.same_keys(&bundle) => s.sequence(),
+            Some(s) => s.sequence().max(bundle.sequence()) + 1,
+            None => bundle.sequence(),
+        };
+        bundle.set_sequence(seq);
+        Ok(bundle)
+    }
+
+    /// One maintenance step: CA rotation, bundle and journal persistence
+    /// (and other servers' rotations, in a shared datastore), expired join
+    /// tokens, changes older than [`CHANGE_RETENTION`]. Run it every few
+    /// seconds.
+    pub async fn tick(&self) -> Result<(), ServerError> {
+        let r = self.ca.rotate()?;
+        if r != crate::ca::Rotation::default() {
+            self.persist_ca().await?;
+        } else {
+            self.publish_bundle().await?;
+        }
+        self.store.prune_join_tokens(self.now_secs()).await?;
+        let pruned = self
+            .store
+            .prune_changes(self.now_secs() - CHANGE_RETENTION.as_secs() as i64)
+            .await?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "change feed pruned");
+        }
+        Ok(())
+    }
+
+    /// Follows the change feed until `stop` resolves: reads it after every
+    /// local write and at least every `poll` (other servers may write to a
+    /// shared database), and publishes the newest revision.
+    pub async fn follow_changes(&self, poll: Duration, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.wrote.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            match self.store.current_revision().await {
+                Ok(rev) => {
+                    self.revision.send_if_modified(|cur| {
+                        let newer = rev > *cur;
+                        if newer {
+                            *cur = rev;
+                        }
+                        newer
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the change feed"),
+            }
+        }
+    }
+
+    /// The own trust bundle as published (every server's CA in a shared
+    /// datastore), falling back to this CA's.
+    pub async fn own_bundle(&self) -> Result<Bundle, ServerError> {
+        Ok(self
+            .store
+            .get_bundle(self.trust_domain())
+            .await?
+            .unwrap_or_else(|| self.ca.bundle()))
+    }
+
+    /// Validates and stores a new entry.
+    pub async fn create_entry(&self, mut entry: Entry) -> Result<Entry, ServerError> {
+        entry.id.clear();
+        entry.revision = 0;
+        entry
+            .check(self.trust_domain())
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let created = self.store.create_entry(entry).await?;
+        self.wrote();
+        tracing::info!(entry_id = %created.id, spiffe_id = %created.spiffe_id, parent_id = %created.parent_id, "entry created");
+        Ok(created)
+    }
+
+    /// Validates and replaces an entry.
+    pub async fn update_entry(&self, entry: Entry) -> Result<Entry, ServerError> {
+        if entry.id.is_empty() {
+            return Err(ServerError::InvalidArgument("entry id is required".into()));
+        }
+        entry
+            .check(self.trust_domain())
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let updated = self.store.update_entry(entry).await?;
+        self.wrote();
+        tracing::info!(entry_id = %updated.id, revision = updated.revision, "entry updated");
+        Ok(updated)
+    }
+
+    pub async fn delete_entry(&self, id: &str) -> Result<Entry, ServerError> {
+        let deleted = self.store.delete_entry(id).await?;
+        self.wrote();
+        tracing::info!(entry_id = %deleted.id, "entry deleted");
+        Ok(deleted)
+    }
+
+    /// Creates a single-use join token; returns its value (only a hash is
+    /// stored) and expiry.
+    pub async fn create_join_token(
+        &self,
+        ttl: Option<Duration>,
+        agent_id: Option<SpiffeId>,
+    ) -> Result<(String, i64), ServerError> {
+        if let Some(id) = &agent_id {
+            id.require_member_of(self.trust_domain())
+                .map_err(|e| ServerError::InvalidArgument(format!("agent_id: {e}")))?;
+            if id.is_reserved() && !id.path().starts_with(crate::node::AGENT_ID_PREFIX) {
+                return Err(ServerError::InvalidArgument(format!(
+                    "agent_id {id} is reserved for Signet's server: an agent's ID is under spiffe://{}{} or outside {}",
+                    id.trust_domain_str(),
+                    crate::node::AGENT_ID_PREFIX,
+                    signet_identity::spiffe_id::RESERVED_PREFIX
+                )));
+            }
+        }
+        let mut raw = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut raw)
+            .map_err(|_| ServerError::InvalidArgument("no randomness".into()))?;
+        let token = crate::attest::node::join_token::hex(&raw);
+        let expires_at =
+            self.now_secs() + ttl.unwrap_or(self.config.join_token_ttl).as_secs() as i64;
+        self.store
+            .create_join_token(&JoinToken {
+                hash: crate::attest::node::join_token::token_hash(&token),
+                expires_at,
+                agent_id,
+            })
+            .await?;
+        Ok((token, expires_at))
+    }
+}
+
+impl Server {
+    /// Issues the combined core's own agent its SVID directly (implicit
+    /// attestation: it runs inside this process) and records the node.
+    pub async fn attest_local_agent(
+        &self,
+        agent_id: &SpiffeId,
+    ) -> Result<(signet_identity::X509Svid, Bundle), ServerError> {
+        use rcgen::PublicKeyData;
+        let key =
+            rcgen::KeyPair::generate().map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let opts = crate::ca::SvidOptions {
+            ttl: Some(self.config.agent_svid_ttl),
+            dns_names: Vec::new(),
+        };
+        let chain = self
+            .ca
+            .sign_x509_svid(&key.subject_public_key_info(), agent_id, &opts)?;
+        let svid = signet_identity::X509Svid::new(
+            chain,
+            signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
+        )
+        .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let expires = svid
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let node = crate::datastore::AttestedNode {
+            spiffe_id: agent_id.clone(),
+            attestor: "local".into(),
+            selectors: Vec::new(),
+            svid_serial: svid.serial().to_owned(),
+            svid_expires_at: expires,
+            banned: false,
+            can_reattest: false,
+        };
+        let existing = self.store.get_node(agent_id).await?;
+        if existing.as_ref().is_some_and(|n| n.banned) {
+            return Err(ServerError::PermissionDenied(format!(
+                "agent {agent_id} is banned"
+            )));
+        }
+        if !self.store.swap_node(existing.as_ref(), &node).await? {
+            return Err(ServerError::PermissionDenied(format!(
+                "agent {agent_id} changed (banned?) while attesting"
+            )));
+        }
+        self.wrote();
+        Ok((svid, self.own_bundle().await?))
+    }
+}
