@@ -396,7 +396,7 @@ fn node_json(n: &types::AttestedNode) -> Value {
 /// Evicting or banning `signet run`'s local agent cuts off every workload
 /// of the host: only with --yes.
 fn refuse_local_agent_unless(spiffe_id: &str, yes: bool, what: &str) -> anyhow::Result<()> {
-    if !yes && spiffe_id.ends_with(crate::server_cmd::LOCAL_AGENT_PATH) {
+    if !yes && spiffe_id.ends_with(signet_server::LOCAL_AGENT_PATH) {
         bail!(
             "{spiffe_id} is the local agent of `signet run`: to {what} it stops every workload on this host from getting identities (until signet run restarts); add --yes if that is what you want"
         );

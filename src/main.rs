@@ -14,6 +14,7 @@ mod logging;
 mod policy_cli;
 mod proxy_cmd;
 mod server_cmd;
+mod signals;
 mod sockets;
 
 use std::path::PathBuf;
@@ -305,7 +306,7 @@ async fn serve(
     if check {
         println!(
             "configuration is valid (trust domain {})",
-            resolved.config.trust_domain()
+            resolved.run.server.trust_domain()
         );
         return Ok(());
     }

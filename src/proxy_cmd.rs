@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use signet_proxy::config::{ListenerFile, ProxyFile};
 use signet_proxy::{Identity, Proxy, ProxyConfig};
+use signet_workload::settings::overlay;
 use signet_workload::{SocketLocation, SocketRole};
 use signet_workload::{X509State, watch_x509};
 
@@ -142,15 +143,18 @@ fn listener_file(mode: &str, f: ListenerFlags) -> ListenerFile {
 
 impl ProxyArgs {
     fn resolve(self) -> anyhow::Result<(ProxyConfig, SocketLocation, bool)> {
-        let mut file = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str::<ProxyFile>(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            }
-            None => ProxyFile::default(),
+        // The socket's flag comes before the environment, the file's after;
+        // a listener given as flags is added to the file's.
+        let c = self.common;
+        let socket_flag = c.agent_socket;
+        let flags = ProxyFile {
+            admin_listen: c.admin_listen,
+            drain_timeout: c.drain_timeout,
+            svid_id: c.svid_id,
+            workers: c.workers,
+            ..ProxyFile::default()
         };
+        let mut file = overlay(&flags, self.config.as_deref())?;
         match self.mode {
             Some(ProxyMode::Inbound(i)) => file.listeners.push(ListenerFile {
                 to: Some(i.to),
@@ -173,20 +177,6 @@ impl ProxyArgs {
                 "say what to proxy: `signet proxy inbound ...`, `signet proxy outbound ...` or `signet proxy --config FILE`"
             ),
             None => {}
-        }
-        let c = self.common;
-        let socket_flag = c.agent_socket;
-        if c.admin_listen.is_some() {
-            file.admin_listen = c.admin_listen;
-        }
-        if c.drain_timeout.is_some() {
-            file.drain_timeout = c.drain_timeout;
-        }
-        if c.svid_id.is_some() {
-            file.svid_id = c.svid_id;
-        }
-        if c.workers.is_some() {
-            file.workers = c.workers;
         }
         let config = ProxyConfig::try_from(file)?;
         let socket =

@@ -2,24 +2,16 @@
 //! signal handling and drain.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use serde::Deserialize;
-use signet_agent as agent;
-use signet_agent::workload_api::bind_agent_socket;
-use signet_identity::{SpiffeId, TrustDomain};
-use signet_server::admin::{bind_admin_socket, serve_admin};
-use signet_server::attest::node::NodeAttestor;
-use signet_server::attest::node::join_token::JoinTokenAttestor;
-use signet_server::attest::node::x509pop::X509PopAttestor;
+use serde::{Deserialize, Serialize};
+use signet_agent::AgentConfig;
+use signet_identity::TrustDomain;
+use signet_sds::SdsService;
 use signet_server::datastore::redact_url;
-use signet_server::key_manager::disk::DiskKeyManager;
-use signet_server::node::serve_node;
-use signet_server::{KeyType, SystemClock, UpstreamAuthority, datastore};
-use signet_server::{Server, ServerConfig};
+use signet_server::{KeyType, LOCAL_AGENT_PATH, RunConfig, Running, ServerConfig, Upstream};
+use signet_workload::settings::overlay;
 use tokio::sync::watch;
 
 use crate::sockets::{flag_to_reach, locate};
@@ -27,7 +19,7 @@ use signet_workload::SocketRole;
 
 /// Server settings: every key of the config file is also a flag of the
 /// same name (`trust_domain` = `--trust-domain`); flags win.
-#[derive(Debug, Default, Args, Deserialize)]
+#[derive(Debug, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Config file (TOML) with any of the keys below.
@@ -101,21 +93,9 @@ pub struct ServerSettings {
 /// Settings checked and defaulted.
 #[derive(Debug)]
 pub struct Resolved {
-    pub config: ServerConfig,
-    pub bind_address: std::net::SocketAddr,
-    pub x509pop_ca_bundle: Option<PathBuf>,
-    pub data_dir: PathBuf,
-    pub datastore: String,
-    pub admin_socket: PathBuf,
+    pub run: RunConfig,
     /// The local agent's socket, for `signet run`.
     pub agent_socket: Option<PathBuf>,
-    pub upstream: Option<(PathBuf, PathBuf, Option<PathBuf>)>,
-}
-
-macro_rules! merge {
-    ($cli:ident, $file:ident, $($f:ident),* $(,)?) => {
-        $( if $cli.$f.is_none() { $cli.$f = $file.$f.take(); } )*
-    };
 }
 
 /// `signet run`'s `--agent-socket`, if given.
@@ -133,52 +113,26 @@ impl ServerSettings {
     /// Reads the config file (if any), lets flags override it, applies
     /// defaults and reports every problem at once.
     pub fn resolve(mut self) -> anyhow::Result<Resolved> {
-        let mut file = ServerSettings::default();
-        if let Some(path) = self.config.clone() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            file = toml::from_str(&text)
-                .with_context(|| format!("config file {} is invalid", path.display()))?;
-            merge!(
-                self,
-                file,
-                trust_domain,
-                data_dir,
-                datastore,
-                bind_address,
-                x509pop_ca_bundle,
-                server_id,
-                ca_key_type,
-                jwt_key_type,
-                ca_ttl,
-                x509_svid_ttl,
-                jwt_svid_ttl,
-                join_token_ttl,
-                jwt_issuer,
-                upstream_cert,
-                upstream_key,
-                upstream_bundle,
-            );
-        }
+        // A socket's flag comes before the environment, the file's after.
+        let admin_flag = self.admin_socket.take();
+        let local_agent = self.local_agent.take();
+        let path = self.config.take();
+        let mut s = overlay(&self, path.as_deref())?;
         let mut problems = Vec::new();
-        let td = TrustDomain::parse(self.trust_domain.as_deref().unwrap_or("example.org"))
+        let td = TrustDomain::parse(s.trust_domain.as_deref().unwrap_or("example.org"))
             .map_err(|e| problems.push(format!("trust_domain: {e}")))
             .ok();
-        let admin_socket = locate(
-            SocketRole::Admin,
-            self.admin_socket.take(),
-            file.admin_socket,
-        )
-        .map_err(|e| problems.push(e.to_string()))
-        .map(|l| l.server_path())
-        .unwrap_or_default();
-        let agent_socket = match self.local_agent.take() {
-            Some(LocalAgentSocket(flag)) => locate(SocketRole::Agent, flag, file.agent_socket)
+        let admin_socket = locate(SocketRole::Admin, admin_flag, s.admin_socket.take())
+            .map_err(|e| problems.push(e.to_string()))
+            .map(|l| l.server_path())
+            .unwrap_or_default();
+        let agent_socket = match local_agent {
+            Some(LocalAgentSocket(flag)) => locate(SocketRole::Agent, flag, s.agent_socket.take())
                 .map_err(|e| problems.push(e.to_string()))
                 .map(|l| l.server_path())
                 .ok(),
             None => {
-                if file.agent_socket.is_some() {
+                if s.agent_socket.is_some() {
                     problems.push(
                         "agent_socket: only `signet run` serves an agent socket; a server's agents serve their own".into(),
                     );
@@ -193,10 +147,10 @@ impl ServerSettings {
                 })
                 .unwrap_or_default()
         };
-        let ca_ttl = duration("ca_ttl", &self.ca_ttl, "24h");
-        let x509_ttl = duration("x509_svid_ttl", &self.x509_svid_ttl, "1h");
-        let jwt_ttl = duration("jwt_svid_ttl", &self.jwt_svid_ttl, "5m");
-        let token_ttl = duration("join_token_ttl", &self.join_token_ttl, "10m");
+        let ca_ttl = duration("ca_ttl", &s.ca_ttl, "24h");
+        let x509_ttl = duration("x509_svid_ttl", &s.x509_svid_ttl, "1h");
+        let jwt_ttl = duration("jwt_svid_ttl", &s.jwt_svid_ttl, "5m");
+        let token_ttl = duration("join_token_ttl", &s.join_token_ttl, "10m");
         let mut key_type = |name: &str, v: &Option<String>| {
             v.as_deref()
                 .unwrap_or("ec-p256")
@@ -204,8 +158,8 @@ impl ServerSettings {
                 .map_err(|e| problems.push(format!("{name}: {e}")))
                 .unwrap_or_default()
         };
-        let ca_key_type = key_type("ca_key_type", &self.ca_key_type);
-        let jwt_key_type = key_type("jwt_key_type", &self.jwt_key_type);
+        let ca_key_type = key_type("ca_key_type", &s.ca_key_type);
+        let jwt_key_type = key_type("jwt_key_type", &s.jwt_key_type);
         for (name, d) in [
             ("ca_ttl", ca_ttl),
             ("x509_svid_ttl", x509_ttl),
@@ -220,10 +174,14 @@ impl ServerSettings {
                 "x509_svid_ttl is longer than ca_ttl; SVIDs would be cut at the CA's expiry".into(),
             );
         }
-        let upstream = match (self.upstream_cert.take(), self.upstream_key.take()) {
-            (Some(c), Some(k)) => Some((c, k, self.upstream_bundle.take())),
+        let upstream = match (s.upstream_cert.take(), s.upstream_key.take()) {
+            (Some(cert), Some(key)) => Some(Upstream {
+                cert,
+                key,
+                bundle: s.upstream_bundle.take(),
+            }),
             (None, None) => {
-                if self.upstream_bundle.is_some() {
+                if s.upstream_bundle.is_some() {
                     problems.push("upstream_bundle needs upstream_cert and upstream_key".into());
                 }
                 None
@@ -233,7 +191,7 @@ impl ServerSettings {
                 None
             }
         };
-        let bind = self.bind_address.as_deref().unwrap_or("127.0.0.1:8081");
+        let bind = s.bind_address.as_deref().unwrap_or("127.0.0.1:8081");
         let bind_address = bind
             .parse::<std::net::SocketAddr>()
             .map_err(|e| problems.push(format!("bind_address {bind:?}: {e} (expected IP:PORT)")))
@@ -241,8 +199,8 @@ impl ServerSettings {
         let (Some(td), Some(bind_address), true) = (td, bind_address, problems.is_empty()) else {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         };
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(".signet"));
-        let datastore = self.datastore.unwrap_or_else(|| {
+        let data_dir = s.data_dir.unwrap_or_else(|| PathBuf::from(".signet"));
+        let datastore = s.datastore.unwrap_or_else(|| {
             format!("sqlite://{}", data_dir.join("datastore.sqlite3").display())
         });
         let mut config = ServerConfig::new(td);
@@ -251,20 +209,22 @@ impl ServerSettings {
         config.ca.ca_ttl = ca_ttl;
         config.ca.x509_svid_ttl = x509_ttl;
         config.ca.jwt_svid_ttl = jwt_ttl;
-        config.ca.jwt_issuer = self.jwt_issuer;
+        config.ca.jwt_issuer = s.jwt_issuer;
         config.join_token_ttl = token_ttl;
-        if let Some(id) = self.server_id {
+        if let Some(id) = s.server_id {
             config.server_id = id;
         }
         Ok(Resolved {
-            config,
-            bind_address,
-            x509pop_ca_bundle: self.x509pop_ca_bundle,
-            data_dir,
-            datastore,
-            admin_socket,
+            run: RunConfig {
+                server: config,
+                bind_address,
+                x509pop_ca_bundle: s.x509pop_ca_bundle,
+                data_dir,
+                datastore,
+                admin_socket,
+                upstream,
+            },
             agent_socket,
-            upstream,
         })
     }
 
@@ -273,187 +233,63 @@ impl ServerSettings {
     }
 }
 
-/// The path of the SPIFFE ID of the agent inside `signet run`.
-pub const LOCAL_AGENT_PATH: &str = "/signet/agent/local";
-
-/// The SPIFFE ID of the agent inside `signet run`.
-pub fn local_agent_id(td: &TrustDomain) -> anyhow::Result<SpiffeId> {
-    Ok(td.id_with_path(LOCAL_AGENT_PATH)?)
-}
-
 /// Runs a server (and, for `signet run`, the local agent with its Workload
-/// API on `agent_socket`) until SIGINT or SIGTERM, then drains.
+/// API and SDS on `agent_socket`) until SIGINT or SIGTERM, then drains.
 pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Result<()> {
-    let agent_socket = local_agent.as_ref().and(r.agent_socket.clone());
-    let combined = agent_socket.is_some();
-    create_private_dir(&r.data_dir)?;
-    let _lock = lock_data_dir(&r.data_dir)?;
-    let store = datastore::open(&r.datastore)
-        .await
-        .with_context(|| format!("cannot open the datastore {}", redact_url(&r.datastore)))?;
-    let keys = Arc::new(DiskKeyManager::new(r.data_dir.join("keys"))?);
-    let upstream = match &r.upstream {
-        Some((c, k, b)) => Some(UpstreamAuthority::load(c, k, b.as_deref())?),
-        None => None,
-    };
-    let mut config = r.config;
-    if combined {
-        config.default_parent_id = Some(local_agent_id(config.trust_domain())?);
-    }
-    let clock = Arc::new(SystemClock);
-    let server = Server::start(config, store.clone(), clock.clone(), keys, upstream).await?;
-    let mut attestors: Vec<Arc<dyn NodeAttestor>> = vec![Arc::new(JoinTokenAttestor::new(
-        server.trust_domain().clone(),
-        store,
-        clock.clone(),
-    ))];
-    if let Some(path) = &r.x509pop_ca_bundle {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read x509pop_ca_bundle {}", path.display()))?;
-        let roots = signet_identity::bundle::certificates_from_pem(&pem)
-            .with_context(|| format!("x509pop_ca_bundle {}", path.display()))?;
-        attestors.push(Arc::new(X509PopAttestor::new(
-            server.trust_domain().clone(),
-            roots,
-            clock,
-        )));
-    }
-    let admin_listener = bind_admin_socket(&r.admin_socket)
-        .with_context(|| format!("cannot bind the admin socket {}", r.admin_socket.display()))?;
-    let admin_identity = signet_unix::socket_identity(&r.admin_socket);
-    let mut watched = vec![(r.admin_socket.clone(), admin_identity)];
-    let node_listener = tokio::net::TcpListener::bind(r.bind_address)
-        .await
-        .with_context(|| format!("cannot listen on {} for agents", r.bind_address))?;
-    let node_addr = node_listener.local_addr()?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut agent_identity = None;
-    tasks.spawn({
-        let server = server.clone();
-        let stop = stopped(stop_rx.clone());
-        async move {
-            serve_admin(server, admin_listener, stop)
-                .await
-                .context("admin API")
+    let shutdown = crate::signals::shutdown()?;
+    match (local_agent, r.agent_socket) {
+        (Some(local), Some(socket)) => serve_combined(r.run, local, socket, shutdown).await?,
+        _ => {
+            let (data_dir, datastore) = (r.run.data_dir.clone(), r.run.datastore.clone());
+            let banner = |s: &Running| print_banner(s, &data_dir, &datastore, None);
+            signet_server::run(r.run, banner, shutdown).await?;
         }
-    });
-    tasks.spawn({
-        let server = server.clone();
-        let stop = stopped(stop_rx.clone());
-        async move {
-            serve_node(server, attestors, node_listener, stop)
-                .await
-                .context("agent API")
-        }
-    });
-    tasks.spawn({
-        let server = server.clone();
-        let stop = stopped(stop_rx.clone());
-        async move {
-            server.follow_changes(Duration::from_secs(1), stop).await;
-            Ok(())
-        }
-    });
-    tasks.spawn({
-        let server = server.clone();
-        let stop = stopped(stop_rx.clone());
-        async move {
-            tokio::pin!(stop);
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = server.tick().await {
-                            tracing::error!(error = %e, "server maintenance failed");
-                        }
-                    }
-                    _ = &mut stop => return Ok(()),
-                }
-            }
-        }
-    });
-    if let Some(socket) = &agent_socket {
-        let agent_id = local_agent_id(server.trust_domain())?;
-        let cache = local_agent
-            .as_ref()
-            .map_or(agent::DEFAULT_SVID_CACHE_SIZE, |a| a.svid_cache_size);
-        let issued = server
-            .attest_local_agent(&agent_id)
-            .await
-            .context("the local agent's identity")?;
-        let (handle, agent_task) =
-            agent::start_local(issued, loopback(node_addr), cache, stop_rx.clone()).await?;
-        let listener = bind_agent_socket(socket)
-            .with_context(|| format!("cannot bind the agent socket {}", socket.display()))?;
-        agent_identity = signet_unix::socket_identity(socket);
-        watched.push((socket.clone(), agent_identity));
-        tasks.spawn(async move {
-            let _ = agent_task.await;
-            Ok(())
-        });
-        let sds = local_agent.as_ref().map(|a| a.sds).unwrap_or_default();
-        tasks.spawn({
-            let stop = stopped(stop_rx.clone());
-            async move {
-                crate::agent_cmd::serve_agent_socket(handle, listener, sds, stop)
-                    .await
-                    .context("agent socket")
-            }
-        });
-    }
-
-    for (path, identity) in watched {
-        let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            signet_unix::watch_socket(path, identity, stop).await;
-            Ok(())
-        });
-    }
-
-    print_banner(
-        &server,
-        &r.data_dir,
-        &r.datastore,
-        &r.admin_socket,
-        node_addr,
-        agent_socket.as_deref(),
-    );
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    let failed = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
-        Some(done) = tasks.join_next() => Some(done),
-    };
-    let _ = stop_tx.send(true);
-    if let Some(done) = failed {
-        // A task ended on its own: that is a failure of the server.
-        return match done {
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(anyhow::anyhow!("a server task stopped unexpectedly")),
-            Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
-        };
-    }
-    tracing::info!("shutting down");
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain took longer than 10 s; stopping anyway");
-    }
-    signet_unix::remove_if_ours(&r.admin_socket, admin_identity);
-    if let Some(socket) = &agent_socket {
-        signet_unix::remove_if_ours(socket, agent_identity);
     }
     println!("signet stopped");
     Ok(())
+}
+
+/// `signet run`: the server, and an agent in the same process that it
+/// issues an identity to and that reaches it over loopback mTLS like any
+/// other agent.
+async fn serve_combined(
+    mut config: RunConfig,
+    local: LocalAgent,
+    socket: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let agent_id = config
+        .server
+        .trust_domain()
+        .id_with_path(LOCAL_AGENT_PATH)?;
+    config.server.default_parent_id = Some(agent_id.clone());
+    let (data_dir, datastore) = (config.data_dir.clone(), config.datastore.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server = signet_server::start(config, stop_rx.clone()).await?;
+    let issued = server
+        .server
+        .attest_local_agent(&agent_id)
+        .await
+        .context("the local agent's identity")?;
+    let agent_config = AgentConfig::local(
+        loopback(server.node_addr),
+        issued.1.clone(),
+        local.svid_cache_size,
+    );
+    let sds = SdsService::on_agent_socket(local.sds);
+    let mut agent = signet_agent::start(agent_config, Some(issued), socket, sds, stop_rx).await?;
+    print_banner(&server, &data_dir, &datastore, Some(&agent.socket));
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        e = server.failed() => Err(anyhow::Error::from(e)),
+        e = agent.failed() => Err(anyhow::Error::from(e)),
+    };
+    let _ = stop_tx.send(true);
+    if result.is_ok() {
+        tracing::info!("shutting down");
+    }
+    tokio::join!(server.drain(), agent.drain());
+    result
 }
 
 /// The agent inside `signet run`.
@@ -476,62 +312,10 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     }
 }
 
-/// Locks the data dir for this process's life (released by the kernel when
-/// it exits, however it exits): two servers on one key directory and CA
-/// journal would overwrite each other's.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {
-            file.set_len(0)?;
-            writeln!(file, "{}", std::process::id())?;
-            Ok(file)
-        }
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
-            anyhow::bail!(
-                "another signet (pid {}) is using the data dir {}; stop it, or give this one another --data-dir",
-                pid.trim(),
-                dir.display()
-            )
-        }
-        Err(e) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
-    }
-}
-
-/// Creates the data dir (keys, datastore, state) with mode 0700, or makes an
-/// existing one 0700: nobody but the server's user may read it.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    let meta = std::fs::metadata(dir)
-        .with_context(|| format!("cannot read data dir {}", dir.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make data dir {} private (0700)", dir.display()))?;
-    }
-    Ok(())
-}
-
-fn print_banner(
-    server: &Server,
-    data_dir: &Path,
-    datastore: &str,
-    admin_socket: &Path,
-    node_addr: std::net::SocketAddr,
-    agent_socket: Option<&Path>,
-) {
+fn print_banner(running: &Running, data_dir: &Path, datastore: &str, agent_socket: Option<&Path>) {
+    let server = &running.server;
+    let admin_socket = &running.admin_socket;
+    let node_addr = running.node_addr;
     let ca = server.ca();
     let authority = ca.x509_authority();
     let until = humantime::format_rfc3339_seconds(authority.not_after());
@@ -653,8 +437,11 @@ mod tests {
             ..Default::default()
         };
         let r = s.resolve().unwrap();
-        assert_eq!(r.config.trust_domain().as_str(), "file.org");
-        assert_eq!(r.config.ca.x509_svid_ttl, Duration::from_secs(600));
+        assert_eq!(r.run.server.trust_domain().as_str(), "file.org");
+        assert_eq!(
+            r.run.server.ca.x509_svid_ttl,
+            std::time::Duration::from_secs(600)
+        );
         std::fs::write(&path, "trust_domian = \"typo.org\"\n").unwrap();
         let err = ServerSettings {
             config: Some(path),

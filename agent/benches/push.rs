@@ -12,12 +12,7 @@ use std::time::{Duration, Instant};
 
 use signet_agent::node_client::{AttestWith, NodeClient};
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
-use signet_server::attest::node::NodeAttestor;
-use signet_server::attest::node::join_token::JoinTokenAttestor;
-use signet_server::key_manager::memory::MemoryKeyManager;
-use signet_server::node::serve_node;
-use signet_server::{Server, ServerConfig};
-use signet_server::{SystemClock, datastore};
+use signet_server::RunConfig;
 use tokio::sync::{Barrier, mpsc};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -35,44 +30,14 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
-    let store = datastore::open(&format!(
-        "sqlite://{}",
-        dir.path().join("push.db").display()
-    ))
-    .await
-    .unwrap();
     let td = TrustDomain::parse("example.org").unwrap();
-    let clock = Arc::new(SystemClock);
-    let server = Server::start(
-        ServerConfig::new(td.clone()),
-        store.clone(),
-        clock.clone(),
-        Arc::new(MemoryKeyManager::default()),
-        None,
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let attestors: Vec<Arc<dyn NodeAttestor>> = vec![Arc::new(JoinTokenAttestor::new(
-        td.clone(),
-        store.clone(),
-        clock,
-    ))];
-    tokio::spawn(serve_node(
-        server.clone(),
-        attestors,
-        listener,
-        std::future::pending(),
-    ));
-    {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server
-                .follow_changes(Duration::from_secs(1), std::future::pending())
-                .await
-        });
-    }
+    // The server as `signet server` runs it (join tokens, tick, follower).
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let running = signet_server::start(RunConfig::in_dir(td.clone(), dir.path()), stop_rx)
+        .await
+        .unwrap();
+    let (server, addr) = (running.server.clone(), running.node_addr);
+    let store = server.store().clone();
 
     // Attest and subscribe n agents.
     let t = Instant::now();

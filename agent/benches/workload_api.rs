@@ -1,5 +1,5 @@
-//! Workload API benchmark, in one process wired like `signet run` (server,
-//! loopback mTLS agent API, agent, Workload API on a Unix socket):
+//! Workload API benchmark, in one process started like `signet run` (server,
+//! loopback mTLS agent API, agent, Workload API and SDS on a Unix socket):
 //! - FetchX509SVID first-response latency with 1,000 concurrent streams;
 //! - entry created -> SVID received on a workload's open stream.
 //!
@@ -12,14 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signet_agent as agent;
-use signet_agent::workload_api::{bind_agent_socket, serve_workload_api};
-use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
-use signet_server::attest::node::NodeAttestor;
-use signet_server::key_manager::memory::MemoryKeyManager;
-use signet_server::node::serve_node;
-use signet_server::{Server, ServerConfig};
-use signet_server::{SystemClock, datastore};
+use signet_identity::{Entry, Selector, SpiffeId};
 use signet_wire::workload::X509svidRequest;
 use signet_workload::connect;
 
@@ -54,59 +47,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let dir = tempfile::tempdir().unwrap();
-    let store = datastore::open(&format!("sqlite://{}", dir.path().join("wl.db").display()))
-        .await
-        .unwrap();
-    let td = TrustDomain::parse("example.org").unwrap();
-    let server = Server::start(
-        ServerConfig::new(td.clone()),
-        store,
-        Arc::new(SystemClock),
-        Arc::new(MemoryKeyManager::default()),
-        None,
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_node(
-        server.clone(),
-        Vec::<Arc<dyn NodeAttestor>>::new(),
-        listener,
-        std::future::pending(),
-    ));
-    {
-        let server = server.clone();
-        tokio::spawn(async move {
-            server
-                .follow_changes(Duration::from_secs(1), std::future::pending())
-                .await
-        });
-    }
-    let agent_id = td.id_with_path("/signet/agent/local").unwrap();
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (handle, _task) = agent::start_local(
-        server.attest_local_agent(&agent_id).await.unwrap(),
-        addr,
-        agent::DEFAULT_SVID_CACHE_SIZE,
-        stop_rx,
-    )
-    .await
-    .unwrap();
-    let sock = dir.path().join("agent.sock");
-    let l = bind_agent_socket(&sock).unwrap();
-    tokio::spawn(serve_workload_api(
-        handle.clone(),
-        l,
-        std::future::pending(),
-    ));
-
+    // Server and local agent as `signet run` starts them.
+    let setup = signet_harness::start_for("/bench").await;
+    let (server, sock, agent_id) = (
+        setup.server.clone(),
+        setup.sock.clone(),
+        setup.agent_id.clone(),
+    );
     let uid_sel = format!("unix:uid:{}", signet_testkit::uid());
-    server
-        .create_entry(entry("/bench", &agent_id, &uid_sel))
-        .await
-        .unwrap();
     // Wait until the identity is served once (also warms the executable-hash cache).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -15,8 +15,11 @@
 //! the server crate (its tests use it to issue).
 
 pub mod attest;
+pub mod lifecycle;
 pub mod node_client;
 pub mod workload_api;
+
+pub use lifecycle::{ExtraServices, Running, run, start, workload_api_only};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,6 +80,22 @@ pub struct AgentConfig {
     /// kept; others are minted ahead while there is room, and evicted least
     /// recently served first.
     pub svid_cache_size: usize,
+}
+
+impl AgentConfig {
+    /// The combined core's own agent: handed the identity its server
+    /// issued it in process (`Server::attest_local_agent`, with `bundle`),
+    /// it reaches the server at `server_addr` over mTLS like any other
+    /// agent and keeps nothing on disk.
+    pub fn local(server_addr: SocketAddr, bundle: Bundle, svid_cache_size: usize) -> Self {
+        AgentConfig {
+            servers: vec![server_addr],
+            bootstrap_bundle: Some(bundle),
+            attestation: NodeAttestation::Preissued,
+            data_dir: None,
+            svid_cache_size,
+        }
+    }
 }
 
 /// Default bound of the workload SVID cache.
@@ -179,6 +198,10 @@ pub enum AgentError {
     Local(String),
     #[error("the server refused this agent: {0}")]
     Refused(String),
+    #[error("cannot bind the agent socket {path}: {reason}")]
+    Socket { path: PathBuf, reason: String },
+    #[error("the agent stopped: {0}")]
+    Stopped(String),
 }
 
 /// A running agent's handle: the snapshot the Workload API reads.
@@ -262,8 +285,9 @@ pub fn rotation_due(svid: &X509Svid, now: SystemTime) -> bool {
     now >= rotate_at
 }
 
-/// Starts the agent; returns its handle once it has an identity.
-pub async fn start(
+/// Starts the agent's loop; returns its handle once it has an identity
+/// (serving it is [`start`]'s).
+pub async fn spawn(
     config: AgentConfig,
     preissued: Option<(X509Svid, Bundle)>,
     stop: watch::Receiver<bool>,
@@ -296,27 +320,8 @@ pub async fn start(
         client: client.clone(),
         demand: demand.clone(),
     };
-    let task = tokio::spawn(run(config, identity, tx, client, demand, stop));
+    let task = tokio::spawn(agent_loop(config, identity, tx, client, demand, stop));
     Ok((handle, task))
-}
-
-/// Starts the combined core's own agent with the identity its server
-/// issued it in process (`Server::attest_local_agent`); it reaches the
-/// server at `server_addr` over mTLS like any other agent.
-pub async fn start_local(
-    (svid, bundle): (X509Svid, Bundle),
-    server_addr: SocketAddr,
-    svid_cache_size: usize,
-    stop: watch::Receiver<bool>,
-) -> Result<(AgentHandle, tokio::task::JoinHandle<()>), AgentError> {
-    let config = AgentConfig {
-        servers: vec![server_addr],
-        bootstrap_bundle: Some(bundle.clone()),
-        attestation: NodeAttestation::Preissued,
-        data_dir: None,
-        svid_cache_size,
-    };
-    start(config, Some((svid, bundle)), stop).await
 }
 
 async fn attest(config: &AgentConfig) -> Result<Identity, AgentError> {
@@ -472,7 +477,7 @@ fn persist_identity(config: &AgentConfig, id: &Identity) -> Result<(), AgentErro
 
 /// The agent's main loop: connect, subscribe, keep SVIDs fresh; on loss of
 /// the server, back off and reconnect while serving the cache.
-async fn run(
+async fn agent_loop(
     config: AgentConfig,
     mut identity: Identity,
     tx: watch::Sender<Arc<Snapshot>>,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use signet_identity::{Entry, JwtSvid, selector};
 use tokio::net::UnixListener;
@@ -514,18 +514,4 @@ impl SpiffeWorkloadApi for WorkloadApi {
 /// attestation, not file permissions, decides who gets what.
 pub fn bind_agent_socket(path: &Path) -> std::io::Result<UnixListener> {
     signet_unix::bind(path, 0o777, 0o755)
-}
-
-/// Serves the Workload API on `listener` until `stop` resolves.
-pub async fn serve_workload_api(
-    agent: AgentHandle,
-    listener: UnixListener,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let api = WorkloadApi::new(agent, Arc::new(UnixAttestor::default()));
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(api.into_service())
-        .serve_with_incoming_shutdown(signet_unix::incoming(listener), stop)
-        .await
 }

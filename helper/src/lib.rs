@@ -20,10 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use nix::sys::signal::Signal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use signet_identity::JwtSvid;
 use signet_workload::atomic_file::{self, Owner};
+use signet_workload::settings::overlay;
 use signet_workload::{Backoff, SocketLocation, SocketRole};
 use signet_workload::{X509Context, X509State, X509Watcher, fetch_jwt, watch_x509};
 use tokio::sync::watch;
@@ -62,7 +63,7 @@ pub struct HelperArgs {
 }
 
 /// The configuration file, and the flags: one key per flag.
-#[derive(Debug, Default, Args, Deserialize)]
+#[derive(Debug, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HelperSettings {
     #[arg(long, alias = "socket", value_parser = signet_workload::location::parse_socket_path, help = signet_workload::location::AGENT_SOCKET_HELP)]
@@ -137,7 +138,7 @@ pub struct HelperSettings {
 
 /// Command arguments: a whitespace-separated string (the flag, or the file
 /// in spiffe-helper's style) or a TOML list (arguments with spaces).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "CmdArgsFile")]
 pub struct CmdArgs(Vec<String>);
 
@@ -161,40 +162,6 @@ impl FromStr for CmdArgs {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(CmdArgs(s.split_whitespace().map(str::to_owned).collect()))
-    }
-}
-
-impl HelperSettings {
-    /// Flags win over the file; lists given as flags replace the file's.
-    fn merge(mut self, flags: HelperSettings) -> HelperSettings {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if flags.$f.is_some() { self.$f = flags.$f; } )* };
-        }
-        self.agent_socket_flag = flags.agent_socket;
-        take!(
-            dir,
-            svid_file,
-            key_file,
-            bundle_file,
-            cert_mode,
-            key_mode,
-            owner,
-            group,
-            cmd,
-            cmd_args,
-            signal,
-            pid_file,
-            jwt_file,
-            svid_id,
-            timeout,
-            health_listen
-        );
-        if !flags.jwt_audience.is_empty() {
-            self.jwt_audience = flags.jwt_audience;
-        }
-        self.include_federated |= flags.include_federated;
-        self.once |= flags.once;
-        self
     }
 }
 
@@ -472,16 +439,12 @@ fn lookup_group(text: &str) -> Result<u32, String> {
 
 impl HelperArgs {
     fn resolve(self) -> anyhow::Result<(HelperConfig, bool, Output)> {
-        let file = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str::<HelperSettings>(&text)
-                    .map_err(|e| anyhow!("{}: {e}", path.display()))?
-            }
-            None => HelperSettings::default(),
-        };
-        let config = HelperConfig::try_from(file.merge(self.settings))?;
+        // The socket's flag comes before the environment, the file's after.
+        let mut flags = self.settings;
+        let socket_flag = flags.agent_socket.take();
+        let mut settings = overlay(&flags, self.config.as_deref())?;
+        settings.agent_socket_flag = socket_flag;
+        let config = HelperConfig::try_from(settings)?;
         Ok((config, self.check_config, self.output))
     }
 }

@@ -203,7 +203,10 @@ fn owner_and_group_take_names_or_numbers() {
 
 #[test]
 fn flags_override_the_file() {
-    let file: HelperSettings = toml::from_str(
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("helper.toml");
+    std::fs::write(
+        &path,
         "dir = \"/file\"\nsocket = \"/file.sock\"\njwt_audience = [\"a\"]\ncert_mode = \"0640\"\n",
     )
     .unwrap();
@@ -214,12 +217,33 @@ fn flags_override_the_file() {
         once: true,
         ..HelperSettings::default()
     };
-    let c = HelperConfig::try_from(file.merge(flags)).unwrap();
+    let args = HelperArgs {
+        config: Some(path),
+        check_config: false,
+        output: Output::Text,
+        settings: flags,
+    };
+    let (c, _, _) = args.resolve().unwrap();
     assert_eq!(c.dir, PathBuf::from("/flag"));
     assert_eq!(c.agent_socket.client_path(), PathBuf::from("/flag.sock"));
     assert_eq!(c.jwts[0].audience, "b");
     assert_eq!(c.cert_mode, 0o640);
     assert!(c.once);
+    // Keys no flag gave come from the file, whatever their type.
+    let file_only = HelperArgs {
+        config: args_path(&tmp),
+        check_config: false,
+        output: Output::Text,
+        settings: HelperSettings::default(),
+    };
+    let (c, _, _) = file_only.resolve().unwrap();
+    assert_eq!(c.dir, PathBuf::from("/file"));
+    assert_eq!(c.jwts[0].audience, "a");
+    assert!(!c.once);
+}
+
+fn args_path(tmp: &tempfile::TempDir) -> Option<PathBuf> {
+    Some(tmp.path().join("helper.toml"))
 }
 
 #[test]

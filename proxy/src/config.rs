@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use signet_identity::{SpiffeId, TrustDomain};
 
 /// Per-listener limits; the defaults suit a sidecar in front of one app.
@@ -33,7 +33,7 @@ pub enum ConfigError {
 }
 
 /// The file as written.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyFile {
     /// Agent socket (Workload API); `socket` is its older name.
@@ -51,7 +51,7 @@ pub struct ProxyFile {
 }
 
 /// One listener as written.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerFile {
     pub name: Option<String>,

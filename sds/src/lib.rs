@@ -147,6 +147,16 @@ impl SdsService {
         SecretDiscoveryServiceServer::new(self)
     }
 
+    /// SDS as a service of the agent socket, beside the Workload API
+    /// (`signet_agent::start`'s `extra`).
+    pub fn on_agent_socket(options: SdsOptions) -> signet_agent::ExtraServices {
+        Box::new(move |agent, attestor| {
+            tonic::service::Routes::new(
+                SdsService::new(agent.clone(), attestor.clone(), options).into_service(),
+            )
+        })
+    }
+
     /// The secrets named (all the caller may have when `names` is empty),
     /// by name; unknown names are left out.
     fn resolve(

@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -22,7 +20,7 @@ async fn next(stream: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResp
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nacked_version_is_not_resent_and_the_next_change_is() {
-    let setup = common::start().await;
+    let setup = signet_harness::start().await;
     let channel = signet_workload::channel(setup.sock.clone()).await.unwrap();
     let mut client = SecretDiscoveryServiceClient::new(channel);
     let req = DiscoveryRequest {

@@ -3,7 +3,8 @@
 //!
 //! Role: [`Server`] owns the CA ([`ca`]) and the datastore ([`datastore`]),
 //! keeps the CA rotating and its bundle and journal persisted, and follows
-//! the change feed so every API can push what changed. APIs: [`admin`]
+//! the change feed so every API can push what changed; [`start`] and
+//! [`run`] wire it all as `signet server` runs it ([`lifecycle`]). APIs: [`admin`]
 //! (Unix socket, mode 0600) for operators, [`node`] (mTLS over TCP) for
 //! agents, which prove who they are with [`attest::node`].
 //!
@@ -24,11 +25,13 @@ pub mod ca;
 pub mod clock;
 pub mod datastore;
 pub mod key_manager;
+pub mod lifecycle;
 pub mod node;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use key_manager::{KeyManager, KeyType};
+pub use lifecycle::{RunConfig, RunError, Running, Upstream, run, start};
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,6 +42,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::ca::CaJournal;
 use crate::datastore::{Datastore, DatastoreError, JoinToken};
+
+/// The path of the SPIFFE ID of the agent inside `signet run`, which
+/// [`Server::attest_local_agent`] issues its identity to.
+pub const LOCAL_AGENT_PATH: &str = "/signet/agent/local";
 
 /// How long the change feed keeps a change: every server reads it every
 /// second or so; a follower further behind than this reads the full state.

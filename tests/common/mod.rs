@@ -23,7 +23,10 @@ pub fn signet() -> Command {
     ] {
         c.env_remove(var);
     }
-    c.env("SIGNET_LOG", "info,signet_server=debug,signet_agent=debug");
+    c.env(
+        "SIGNET_LOG",
+        "info,signet_server=debug,signet_agent=debug,signet_unix=debug",
+    );
     c
 }
 

@@ -1,0 +1,146 @@
+//! An agent as `signet agent` runs it: attested (or handed its identity,
+//! inside `signet run`), its loop running, the agent socket bound
+//! world-connectable and serving the Workload API plus the services the
+//! caller adds (Envoy SDS), the socket watched and, at exit, removed if it
+//! is still ours. `signet agent`, `signet run`, the benches and the SDS
+//! tests all start an agent through [`start`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use signet_identity::{Bundle, X509Svid};
+use signet_workload::stopped;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::service::Routes;
+
+use crate::attest::UnixAttestor;
+use crate::workload_api::{WorkloadApi, bind_agent_socket};
+use crate::{AgentConfig, AgentError, AgentHandle};
+
+/// How long in-flight calls get to finish after a stop.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The services served on the agent socket beside the Workload API, built
+/// from the agent's handle and its workload attestor (Envoy SDS is one).
+pub type ExtraServices = Box<dyn FnOnce(&AgentHandle, &Arc<UnixAttestor>) -> Routes + Send>;
+
+/// No services beside the Workload API.
+pub fn workload_api_only() -> ExtraServices {
+    Box::new(|_, _| Routes::default())
+}
+
+/// A started agent: its tasks run until the `stop` given to [`start`]
+/// turns true, or one of them fails ([`Running::failed`]).
+#[derive(Debug)]
+pub struct Running {
+    pub handle: AgentHandle,
+    pub socket: PathBuf,
+    socket_identity: Option<signet_unix::SocketIdentity>,
+    tasks: JoinSet<Result<(), AgentError>>,
+}
+
+/// Starts an agent: returns once it has an identity and its socket is
+/// bound. `preissued`: the identity its server handed it in process
+/// (`signet run`); otherwise it attests as `config.attestation` says, or
+/// resumes the identity kept in its data dir.
+pub async fn start(
+    config: AgentConfig,
+    preissued: Option<(X509Svid, Bundle)>,
+    socket: PathBuf,
+    extra: ExtraServices,
+    stop: watch::Receiver<bool>,
+) -> Result<Running, AgentError> {
+    let (handle, agent_task) = crate::spawn(config, preissued, stop.clone()).await?;
+    let listener = bind_agent_socket(&socket).map_err(|e| AgentError::Socket {
+        path: socket.clone(),
+        reason: e.to_string(),
+    })?;
+    let socket_identity = signet_unix::socket_identity(&socket);
+    let attestor = Arc::new(UnixAttestor::default());
+    let routes = extra(&handle, &attestor)
+        .add_service(WorkloadApi::new(handle.clone(), attestor).into_service());
+    let mut tasks = JoinSet::new();
+    tasks.spawn({
+        let stop = stop.clone();
+        async move {
+            let _ = agent_task.await;
+            if *stop.borrow() {
+                Ok(())
+            } else {
+                Err(AgentError::Stopped("the agent loop ended".into()))
+            }
+        }
+    });
+    tasks.spawn({
+        let stop = stopped(stop.clone());
+        async move {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(signet_unix::incoming(listener), stop)
+                .await
+                .map_err(|e| AgentError::Stopped(format!("agent socket: {e}")))
+        }
+    });
+    tasks.spawn({
+        let path = socket.clone();
+        let stop = stopped(stop);
+        async move {
+            signet_unix::watch_socket(path, socket_identity, stop).await;
+            Ok(())
+        }
+    });
+    Ok(Running {
+        handle,
+        socket,
+        socket_identity,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Resolves when a task ends before the stop: that is a failure of the
+    /// agent. Pending while all run.
+    pub async fn failed(&mut self) -> AgentError {
+        match self.tasks.join_next().await {
+            Some(Ok(Err(e))) => e,
+            Some(Ok(Ok(()))) => AgentError::Stopped("a task stopped unexpectedly".into()),
+            Some(Err(e)) => AgentError::Stopped(format!("a task panicked: {e}")),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// After the stop: waits up to 10 s for in-flight calls, then removes
+    /// the agent socket if it is still ours.
+    pub async fn drain(mut self) {
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN, drain).await.is_err() {
+            tracing::warn!("agent drain took longer than 10 s; stopping anyway");
+        }
+        signet_unix::remove_if_ours(&self.socket, self.socket_identity);
+    }
+}
+
+/// Runs an agent until `shutdown` resolves (then drains) or a task fails;
+/// `ready` is called once it serves.
+pub async fn run(
+    config: AgentConfig,
+    socket: PathBuf,
+    extra: ExtraServices,
+    ready: impl FnOnce(&Running),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut running = start(config, None, socket, extra, stop_rx).await?;
+    ready(&running);
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        e = running.failed() => Err(e),
+    };
+    let _ = stop_tx.send(true);
+    running.drain().await;
+    result
+}

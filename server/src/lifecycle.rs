@@ -1,0 +1,326 @@
+//! A server as `signet server` runs it: the data dir locked and private,
+//! the datastore, keys on disk, the CA (self-signed or under an upstream),
+//! node attestors, the admin API on its socket, the node API on TCP, the
+//! change-feed follower, the 5 s maintenance tick and the socket watch.
+//! `signet server`, `signet run`, `signet demo`, the benches and the SDS
+//! tests all start a server through [`start`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use signet_identity::TrustDomain;
+use signet_workload::stopped;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::{bind_admin_socket, serve_admin};
+use crate::attest::node::NodeAttestor;
+use crate::attest::node::join_token::JoinTokenAttestor;
+use crate::attest::node::x509pop::X509PopAttestor;
+use crate::datastore::{self, redact_url};
+use crate::key_manager::disk::DiskKeyManager;
+use crate::node::serve_node;
+use crate::{Server, ServerConfig, SystemClock, UpstreamAuthority};
+
+/// How often the server rotates its CA and publishes its bundle.
+const TICK: Duration = Duration::from_secs(5);
+/// How often the change feed is read when no local write pokes it.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// How long in-flight calls get to finish after a stop.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Everything a running server needs, checked and defaulted.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub server: ServerConfig,
+    /// Where the node API (mTLS) listens; port 0 picks one.
+    pub bind_address: SocketAddr,
+    /// Roots x509pop node certificates must chain to (enables x509pop).
+    pub x509pop_ca_bundle: Option<PathBuf>,
+    /// Keys, the lock and (by default) the SQLite datastore; made 0700.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://...`.
+    pub datastore: String,
+    /// The admin API's socket, created 0600.
+    pub admin_socket: PathBuf,
+    pub upstream: Option<Upstream>,
+}
+
+impl RunConfig {
+    /// A server of `trust_domain` that keeps everything (keys, SQLite
+    /// datastore, admin socket) in `dir` and takes a loopback port the
+    /// kernel picks for the node API (tests, benches, demos).
+    pub fn in_dir(trust_domain: TrustDomain, dir: &Path) -> Self {
+        RunConfig {
+            server: ServerConfig::new(trust_domain),
+            bind_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            x509pop_ca_bundle: None,
+            data_dir: dir.to_path_buf(),
+            datastore: format!("sqlite://{}", dir.join("datastore.sqlite3").display()),
+            admin_socket: dir.join("admin.sock"),
+            upstream: None,
+        }
+    }
+}
+
+/// An upstream CA our CA becomes the intermediate of.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The upstream's roots, when its certificate is not one.
+    pub bundle: Option<PathBuf>,
+}
+
+/// Why a server could not start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct RunError {
+    what: String,
+    reason: String,
+}
+
+impl RunError {
+    pub fn new(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Adds what was being done to an error.
+trait Doing<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, RunError>;
+}
+
+impl<T, E: std::fmt::Display> Doing<T> for Result<T, E> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, RunError> {
+        self.map_err(|e| RunError::new(what(), e))
+    }
+}
+
+/// A started server: its tasks run until the `stop` given to [`start`]
+/// turns true, or one of them fails ([`Running::failed`]).
+#[derive(Debug)]
+pub struct Running {
+    pub server: Arc<Server>,
+    /// Where the node API listens (the port picked, for port 0).
+    pub node_addr: SocketAddr,
+    pub admin_socket: PathBuf,
+    admin_identity: Option<signet_unix::SocketIdentity>,
+    tasks: JoinSet<Result<(), RunError>>,
+    /// Held for the process's life: the data dir's lock.
+    _lock: std::fs::File,
+}
+
+/// Starts a server: returns once its sockets are bound and its CA is
+/// ready.
+pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Running, RunError> {
+    create_private_dir(&config.data_dir)?;
+    let lock = lock_data_dir(&config.data_dir)?;
+    let store = datastore::open(&config.datastore).await.doing(|| {
+        format!(
+            "cannot open the datastore {}",
+            redact_url(&config.datastore)
+        )
+    })?;
+    let keys_dir = config.data_dir.join("keys");
+    let keys = Arc::new(
+        DiskKeyManager::new(keys_dir.clone())
+            .doing(|| format!("cannot use the key directory {}", keys_dir.display()))?,
+    );
+    let upstream = match &config.upstream {
+        Some(u) => Some(
+            UpstreamAuthority::load(&u.cert, &u.key, u.bundle.as_deref())
+                .doing(|| format!("upstream CA {}", u.cert.display()))?,
+        ),
+        None => None,
+    };
+    let clock = Arc::new(SystemClock);
+    let server = Server::start(config.server, store.clone(), clock.clone(), keys, upstream)
+        .await
+        .doing(|| "cannot start the CA".into())?;
+    let mut attestors: Vec<Arc<dyn NodeAttestor>> = vec![Arc::new(JoinTokenAttestor::new(
+        server.trust_domain().clone(),
+        store,
+        clock.clone(),
+    ))];
+    if let Some(path) = &config.x509pop_ca_bundle {
+        let what = || format!("x509pop_ca_bundle {}", path.display());
+        let pem = std::fs::read(path).doing(what)?;
+        let roots = signet_identity::bundle::certificates_from_pem(&pem).doing(what)?;
+        attestors.push(Arc::new(X509PopAttestor::new(
+            server.trust_domain().clone(),
+            roots,
+            clock,
+        )));
+    }
+    let admin_socket = config.admin_socket;
+    let admin_listener = bind_admin_socket(&admin_socket)
+        .doing(|| format!("cannot bind the admin socket {}", admin_socket.display()))?;
+    let admin_identity = signet_unix::socket_identity(&admin_socket);
+    let node_listener = tokio::net::TcpListener::bind(config.bind_address)
+        .await
+        .doing(|| format!("cannot listen on {} for agents", config.bind_address))?;
+    let node_addr = node_listener
+        .local_addr()
+        .doing(|| "the agent API's address".into())?;
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn({
+        let server = server.clone();
+        let stop = stopped(stop.clone());
+        async move {
+            serve_admin(server, admin_listener, stop)
+                .await
+                .doing(|| "admin API".into())
+        }
+    });
+    tasks.spawn({
+        let server = server.clone();
+        let stop = stopped(stop.clone());
+        async move {
+            serve_node(server, attestors, node_listener, stop)
+                .await
+                .doing(|| "agent API".into())
+        }
+    });
+    tasks.spawn({
+        let server = server.clone();
+        let stop = stopped(stop.clone());
+        async move {
+            server.follow_changes(FOLLOW_POLL, stop).await;
+            Ok(())
+        }
+    });
+    tasks.spawn(maintain(server.clone(), stopped(stop.clone())));
+    tasks.spawn({
+        let path = admin_socket.clone();
+        let stop = stopped(stop);
+        async move {
+            signet_unix::watch_socket(path, admin_identity, stop).await;
+            Ok(())
+        }
+    });
+    Ok(Running {
+        server,
+        node_addr,
+        admin_socket,
+        admin_identity,
+        tasks,
+        _lock: lock,
+    })
+}
+
+/// Rotates the CA and publishes the bundle every [`TICK`] until `stop`.
+async fn maintain(server: Arc<Server>, stop: impl Future<Output = ()>) -> Result<(), RunError> {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = server.tick().await {
+                    tracing::error!(error = %e, "server maintenance failed");
+                }
+            }
+            _ = &mut stop => return Ok(()),
+        }
+    }
+}
+
+impl Running {
+    /// Resolves when a task ends before the stop: that is a failure of the
+    /// server. Pending while all run.
+    pub async fn failed(&mut self) -> RunError {
+        match self.tasks.join_next().await {
+            Some(Ok(Err(e))) => e,
+            Some(Ok(Ok(()))) => RunError::new("server", "a task stopped unexpectedly"),
+            Some(Err(e)) => RunError::new("server", format!("a task panicked: {e}")),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// After the stop: waits up to 10 s for in-flight calls, then removes
+    /// the admin socket if it is still ours.
+    pub async fn drain(mut self) {
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN, drain).await.is_err() {
+            tracing::warn!("drain took longer than 10 s; stopping anyway");
+        }
+        signet_unix::remove_if_ours(&self.admin_socket, self.admin_identity);
+    }
+}
+
+/// Runs a server until `shutdown` resolves (then drains) or a task fails;
+/// `ready` is called once it serves.
+pub async fn run(
+    config: RunConfig,
+    ready: impl FnOnce(&Running),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut running = start(config, stop_rx).await?;
+    ready(&running);
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        e = running.failed() => Err(e),
+    };
+    let _ = stop_tx.send(true);
+    running.drain().await;
+    result
+}
+
+/// Locks the data dir for this process's life (released by the kernel when
+/// it exits, however it exits): two servers on one key directory and CA
+/// journal would overwrite each other's.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, RunError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .doing(|| format!("cannot open {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "{}", std::process::id()))
+                .doing(|| format!("cannot write {}", path.display()))?;
+            Ok(file)
+        }
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(RunError::new(
+                format!(
+                    "another signet (pid {}) is using the data dir {}",
+                    pid.trim(),
+                    dir.display()
+                ),
+                "stop it, or give this one another --data-dir",
+            ))
+        }
+        Err(e) => Err(RunError::new(format!("cannot lock {}", path.display()), e)),
+    }
+}
+
+/// Creates the data dir (keys, datastore, state) with mode 0700, or makes an
+/// existing one 0700: nobody but the server's user may read it.
+fn create_private_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).doing(|| format!("cannot create data dir {}", dir.display()))?;
+    let meta =
+        std::fs::metadata(dir).doing(|| format!("cannot read data dir {}", dir.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .doing(|| format!("cannot make data dir {} private (0700)", dir.display()))?;
+    }
+    Ok(())
+}
