@@ -12,6 +12,7 @@ use signet_sds::SdsService;
 use signet_server::datastore::redact_url;
 use signet_server::{KeyType, LOCAL_AGENT_PATH, RunConfig, Running, ServerConfig, Upstream};
 use signet_workload::settings::overlay;
+use signet_workload::tasks::Service;
 use tokio::sync::watch;
 
 use crate::sockets::{flag_to_reach, locate};

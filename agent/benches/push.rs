@@ -13,15 +13,8 @@ use std::time::{Duration, Instant};
 use signet_agent::node_client::{AttestWith, NodeClient};
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
 use signet_server::RunConfig;
+use signet_testkit::{ms, percentile};
 use tokio::sync::{Barrier, mpsc};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 #[tokio::main]
 async fn main() {

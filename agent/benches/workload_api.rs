@@ -13,16 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signet_identity::{Entry, Selector, SpiffeId};
+use signet_testkit::{ms, percentile};
 use signet_wire::workload::X509svidRequest;
 use signet_workload::connect;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 fn entry(path: &str, parent: &SpiffeId, selector: &str) -> Entry {
     Entry::new(

@@ -243,16 +243,8 @@ fn container_id(part: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn me() -> PeerCred {
-        PeerCred {
-            pid: std::process::id() as i32,
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-        }
-    }
-
     fn pin_me() -> PinnedPeer {
-        PinnedPeer::capture(me()).unwrap()
+        PinnedPeer::capture(PeerCred::of_this_process()).unwrap()
     }
 
     #[test]
@@ -264,7 +256,7 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let cred = me();
+        let cred = PeerCred::of_this_process();
         assert!(sels.contains(&format!("unix:uid:{}", cred.uid)), "{sels:?}");
         assert!(sels.contains(&format!("unix:gid:{}", cred.gid)), "{sels:?}");
         let exe = std::env::current_exe().unwrap();
@@ -327,7 +319,7 @@ mod tests {
             .unwrap();
         let cred = PeerCred {
             pid: child.id() as i32,
-            ..me()
+            ..PeerCred::of_this_process()
         };
         let a = UnixAttestor::default();
         let pin = PinnedPeer::capture(cred).unwrap();
@@ -357,7 +349,10 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let cred = PeerCred { pid, ..me() };
+        let cred = PeerCred {
+            pid,
+            ..PeerCred::of_this_process()
+        };
         let pin = PinnedPeer::capture(cred).unwrap();
         assert!(UnixAttestor::default().verify(&pin).is_ok());
         child.kill().unwrap();
@@ -381,7 +376,10 @@ mod tests {
             Err(WorkloadAttestError::Gone { .. })
         ));
         assert!(matches!(
-            PinnedPeer::capture(PeerCred { pid: 0, ..me() }),
+            PinnedPeer::capture(PeerCred {
+                pid: 0,
+                ..PeerCred::of_this_process()
+            }),
             Err(WorkloadAttestError::NoPid)
         ));
     }

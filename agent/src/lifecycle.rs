@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use signet_identity::{Bundle, X509Svid};
-use signet_workload::stopped;
+use signet_workload::tasks::{Service, Tasks, run_until, stopped};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tonic::service::Routes;
 
 use crate::attest::UnixAttestor;
@@ -33,13 +32,13 @@ pub fn workload_api_only() -> ExtraServices {
 }
 
 /// A started agent: its tasks run until the `stop` given to [`start`]
-/// turns true, or one of them fails ([`Running::failed`]).
+/// turns true, or one of them fails ([`Service::failed`]).
 #[derive(Debug)]
 pub struct Running {
     pub handle: AgentHandle,
     pub socket: PathBuf,
     socket_identity: Option<signet_unix::SocketIdentity>,
-    tasks: JoinSet<Result<(), AgentError>>,
+    tasks: Tasks<AgentError>,
 }
 
 /// Starts an agent: returns once it has an identity and its socket is
@@ -62,7 +61,7 @@ pub async fn start(
     let attestor = Arc::new(UnixAttestor::default());
     let routes = extra(&handle, &attestor)
         .add_service(WorkloadApi::new(handle.clone(), attestor).into_service());
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::default();
     tasks.spawn({
         let stop = stop.clone();
         async move {
@@ -101,23 +100,17 @@ pub async fn start(
     })
 }
 
-impl Running {
-    /// Resolves when a task ends before the stop: that is a failure of the
-    /// agent. Pending while all run.
-    pub async fn failed(&mut self) -> AgentError {
-        match self.tasks.join_next().await {
-            Some(Ok(Err(e))) => e,
-            Some(Ok(Ok(()))) => AgentError::Stopped("a task stopped unexpectedly".into()),
-            Some(Err(e)) => AgentError::Stopped(format!("a task panicked: {e}")),
-            None => std::future::pending().await,
-        }
+impl Service for Running {
+    type Error = AgentError;
+
+    async fn failed(&mut self) -> AgentError {
+        self.tasks.ended().await.unwrap_or_else(AgentError::Stopped)
     }
 
-    /// After the stop: waits up to 10 s for in-flight calls, then removes
-    /// the agent socket if it is still ours.
-    pub async fn drain(mut self) {
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(DRAIN, drain).await.is_err() {
+    /// Waits up to 10 s for in-flight calls, then removes the agent socket
+    /// if it is still ours.
+    async fn drain(mut self) {
+        if !self.tasks.drain(DRAIN).await {
             tracing::warn!("agent drain took longer than 10 s; stopping anyway");
         }
         signet_unix::remove_if_ours(&self.socket, self.socket_identity);
@@ -133,14 +126,7 @@ pub async fn run(
     ready: impl FnOnce(&Running),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut running = start(config, None, socket, extra, stop_rx).await?;
-    ready(&running);
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        e = running.failed() => Err(e),
-    };
-    let _ = stop_tx.send(true);
-    running.drain().await;
-    result
+    let (stop, stop_rx) = watch::channel(false);
+    let started = start(config, None, socket, extra, stop_rx);
+    run_until(started, stop, ready, shutdown).await
 }

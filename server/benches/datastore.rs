@@ -11,11 +11,12 @@
 use signet_testkit::postgres;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use signet_identity::{Entry, Selector, SpiffeId};
 use signet_server::authz;
 use signet_server::datastore::{self, AttestedNode, Datastore};
+use signet_testkit::percentile;
 
 fn entry(i: usize, parent: &SpiffeId) -> Entry {
     Entry::new(
@@ -23,10 +24,6 @@ fn entry(i: usize, parent: &SpiffeId) -> Entry {
         parent.clone(),
         vec![Selector::parse(&format!("unix:uid:{}", i % 5000)).unwrap()],
     )
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn run(name: &str, store: Arc<dyn Datastore>, total: usize) {

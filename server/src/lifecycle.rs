@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use signet_identity::TrustDomain;
-use signet_workload::stopped;
+use signet_workload::tasks::{Service, Tasks, run_until, stopped};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::admin::{bind_admin_socket, serve_admin};
 use crate::attest::node::NodeAttestor;
@@ -104,7 +103,7 @@ impl<T, E: std::fmt::Display> Doing<T> for Result<T, E> {
 }
 
 /// A started server: its tasks run until the `stop` given to [`start`]
-/// turns true, or one of them fails ([`Running::failed`]).
+/// turns true, or one of them fails ([`Service::failed`]).
 #[derive(Debug)]
 pub struct Running {
     pub server: Arc<Server>,
@@ -112,7 +111,7 @@ pub struct Running {
     pub node_addr: SocketAddr,
     pub admin_socket: PathBuf,
     admin_identity: Option<signet_unix::SocketIdentity>,
-    tasks: JoinSet<Result<(), RunError>>,
+    tasks: Tasks<RunError>,
     /// Held for the process's life: the data dir's lock.
     _lock: std::fs::File,
 }
@@ -170,7 +169,7 @@ pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Run
         .local_addr()
         .doing(|| "the agent API's address".into())?;
 
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::default();
     tasks.spawn({
         let server = server.clone();
         let stop = stopped(stop.clone());
@@ -232,23 +231,20 @@ async fn maintain(server: Arc<Server>, stop: impl Future<Output = ()>) -> Result
     }
 }
 
-impl Running {
-    /// Resolves when a task ends before the stop: that is a failure of the
-    /// server. Pending while all run.
-    pub async fn failed(&mut self) -> RunError {
-        match self.tasks.join_next().await {
-            Some(Ok(Err(e))) => e,
-            Some(Ok(Ok(()))) => RunError::new("server", "a task stopped unexpectedly"),
-            Some(Err(e)) => RunError::new("server", format!("a task panicked: {e}")),
-            None => std::future::pending().await,
-        }
+impl Service for Running {
+    type Error = RunError;
+
+    async fn failed(&mut self) -> RunError {
+        self.tasks
+            .ended()
+            .await
+            .unwrap_or_else(|why| RunError::new("server", why))
     }
 
-    /// After the stop: waits up to 10 s for in-flight calls, then removes
-    /// the admin socket if it is still ours.
-    pub async fn drain(mut self) {
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(DRAIN, drain).await.is_err() {
+    /// Waits up to 10 s for in-flight calls, then removes the admin socket
+    /// if it is still ours.
+    async fn drain(mut self) {
+        if !self.tasks.drain(DRAIN).await {
             tracing::warn!("drain took longer than 10 s; stopping anyway");
         }
         signet_unix::remove_if_ours(&self.admin_socket, self.admin_identity);
@@ -262,16 +258,8 @@ pub async fn run(
     ready: impl FnOnce(&Running),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut running = start(config, stop_rx).await?;
-    ready(&running);
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        e = running.failed() => Err(e),
-    };
-    let _ = stop_tx.send(true);
-    running.drain().await;
-    result
+    let (stop, stop_rx) = watch::channel(false);
+    run_until(start(config, stop_rx), stop, ready, shutdown).await
 }
 
 /// Locks the data dir for this process's life (released by the kernel when

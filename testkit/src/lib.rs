@@ -21,3 +21,13 @@ pub fn uid() -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// The `p` quantile (0 to 1) of `sorted` durations, nearest rank (benches).
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `d` in milliseconds (benches).
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -21,6 +21,17 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+impl PeerCred {
+    /// This process's own credentials.
+    pub fn of_this_process() -> Self {
+        PeerCred {
+            pid: std::process::id() as i32,
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        }
+    }
+}
+
 /// Workload attestation failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -169,16 +180,8 @@ mod tests {
         Path::new(PROC)
     }
 
-    fn me() -> PeerCred {
-        PeerCred {
-            pid: std::process::id() as i32,
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-        }
-    }
-
     fn pin_me() -> PinnedPeer {
-        PinnedPeer::capture(me()).unwrap()
+        PinnedPeer::capture(PeerCred::of_this_process()).unwrap()
     }
 
     #[test]
@@ -192,7 +195,9 @@ mod tests {
         };
         assert_eq!(
             other.verify(proc()),
-            Err(WorkloadAttestError::PidReused { pid: me().pid })
+            Err(WorkloadAttestError::PidReused {
+                pid: PeerCred::of_this_process().pid
+            })
         );
     }
 
@@ -210,7 +215,9 @@ mod tests {
         };
         assert_eq!(
             other.verify(proc()),
-            Err(WorkloadAttestError::ExeChanged { pid: me().pid })
+            Err(WorkloadAttestError::ExeChanged {
+                pid: PeerCred::of_this_process().pid
+            })
         );
     }
 }

@@ -20,12 +20,7 @@ pub mod client;
 pub mod location;
 pub mod settings;
 pub mod socket;
-
-/// Resolves once `stop` turns true, or its sender is gone: the stop signal
-/// every long-running task of the server and the agent takes.
-pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
+pub mod tasks;
 
 pub use backoff::Backoff;
 pub use client::*;
