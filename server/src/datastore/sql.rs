@@ -13,8 +13,12 @@
 //! change-feed writer right before it appends its change, so revisions
 //! (from a sequence) become visible in increasing order and a follower
 //! reading `changes_since` never skips a revision that commits late.
+//!
+//! Every mutation the change feed carries is one [`Write`]: the writer
+//! turn, a transaction, the statements, the change record, the commit. The
+//! tables' code is in [`entries`], [`nodes`] (and join tokens), [`bundles`]
+//! (and CA journals) and [`changes`].
 
-use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +28,13 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 use tokio::sync::Mutex;
 
+mod bundles;
+mod changes;
+mod entries;
+mod nodes;
+
 use super::{
     AttestedNode, Change, ChangeKind, Datastore, DatastoreError, EntryFilter, JoinToken, Result,
-    SelectorMatch,
 };
 
 /// Schema version this build writes and understands.
@@ -57,6 +65,27 @@ pub struct SqlDatastore {
     dialect: Dialect,
     /// Serializes this process's writes (SQLite has one writer).
     write: Mutex<()>,
+}
+
+/// A write in progress (see [`SqlDatastore::write`]). Dropped without
+/// [`Write::commit`], it rolls back, then gives up the writer turn.
+struct Write<'a> {
+    store: &'a SqlDatastore,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// What is being done, for errors.
+    op: &'static str,
+    _turn: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Write<'_> {
+    /// Appends `change` (if the write made one) to the change feed in the
+    /// same transaction, then commits.
+    async fn commit(mut self, change: Option<ChangeKind>) -> Result<()> {
+        if let Some(kind) = change {
+            self.store.record_change(&mut self.tx, &kind).await?;
+        }
+        self.tx.commit().await.map_err(query_err(self.op))
+    }
 }
 
 fn query_err(op: &'static str) -> impl Fn(sqlx::Error) -> DatastoreError {
@@ -99,11 +128,6 @@ fn placeholders(from: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn identity_key(e: &Entry) -> String {
-    let (id, parent, selectors) = e.identity_key();
-    format!("{id}\n{parent}\n{}", selectors.join("\n"))
 }
 
 impl SqlDatastore {
@@ -307,106 +331,18 @@ impl SqlDatastore {
         }
     }
 
-    /// Appends a change in the writer's transaction. On PostgreSQL the
-    /// revision comes from a sequence, and sequence values are handed out
-    /// in call order, not commit order: without the lock, a follower could
-    /// read revision 8 before revision 7 commits and skip 7 for good. The
-    /// transaction-scoped lock, taken as the writer's last step and held to
-    /// its commit, makes revisions become visible in increasing order.
-    async fn record_change(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        kind: &ChangeKind,
-    ) -> Result<()> {
-        let data = serde_json::to_string(kind).map_err(|e| corrupt("change", e))?;
-        if self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
-                .bind(CHANGE_FEED_LOCK)
-                .execute(&mut **tx)
-                .await
-                .map_err(query_err("locking the change feed"))?;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        sqlx::query("INSERT INTO changes (data, created_at) VALUES ($1, $2)")
-            .bind(data)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("recording a change"))?;
-        Ok(())
-    }
-
-    fn decode_entry(data: &str) -> Result<Entry> {
-        serde_json::from_str(data).map_err(|e| corrupt("entry", e))
-    }
-
-    async fn entry_by_id(
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        id: &str,
-    ) -> Result<Option<Entry>> {
-        let row = sqlx::query("SELECT data FROM entries WHERE id = $1")
-            .bind(id.to_owned())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(query_err("reading an entry"))?;
-        row.map(|r| {
-            Self::decode_entry(
-                &r.try_get::<String, _>(0)
-                    .map_err(query_err("reading an entry"))?,
-            )
+    /// Starts a write: this process's writer turn (SQLite) and a
+    /// transaction. Every mutation that the change feed must carry goes
+    /// through one and ends with [`Write::commit`].
+    async fn write(&self, op: &'static str) -> Result<Write<'_>> {
+        let turn = self.writer().await;
+        let tx = self.pool.begin().await.map_err(query_err(op))?;
+        Ok(Write {
+            store: self,
+            tx,
+            op,
+            _turn: turn,
         })
-        .transpose()
-    }
-
-    async fn duplicate_of(
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        key: &str,
-        except: &str,
-    ) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT id FROM entries WHERE identity_key = $1 AND id <> $2")
-            .bind(key.to_owned())
-            .bind(except.to_owned())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(query_err("checking for duplicates"))?;
-        row.map(|r| {
-            r.try_get::<String, _>(0)
-                .map_err(query_err("checking for duplicates"))
-        })
-        .transpose()
-    }
-
-    async fn write_selectors(tx: &mut sqlx::Transaction<'_, sqlx::Any>, e: &Entry) -> Result<()> {
-        sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
-            .bind(e.id.clone())
-            .execute(&mut **tx)
-            .await
-            .map_err(query_err("writing selectors"))?;
-        let unique: BTreeSet<String> = e.selectors.iter().map(ToString::to_string).collect();
-        for s in unique {
-            sqlx::query("INSERT INTO entry_selectors (entry_id, selector) VALUES ($1, $2)")
-                .bind(e.id.clone())
-                .bind(s)
-                .execute(&mut **tx)
-                .await
-                .map_err(query_err("writing selectors"))?;
-        }
-        Ok(())
-    }
-
-    /// The id of the entry stored under an identity key, read outside any
-    /// transaction (after a unique violation aborted ours).
-    async fn id_for_key(&self, key: &str) -> Option<String> {
-        sqlx::query("SELECT id FROM entries WHERE identity_key = $1")
-            .bind(key.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.try_get::<String, _>(0).ok())
     }
 
     fn unique_violation(e: &sqlx::Error) -> bool {
@@ -502,322 +438,36 @@ fn random_id() -> Result<String> {
 
 #[async_trait::async_trait]
 impl Datastore for SqlDatastore {
-    async fn create_entry(&self, mut entry: Entry) -> Result<Entry> {
-        if entry.id.is_empty() {
-            entry.id = random_id()?;
-        }
-        entry.revision = 1;
-        let key = identity_key(&entry);
-        let data = serde_json::to_string(&entry).map_err(|e| corrupt("entry", e))?;
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("creating an entry"))?;
-        if let Some(existing_id) = Self::duplicate_of(&mut tx, &key, &entry.id).await? {
-            return Err(DatastoreError::DuplicateEntry { existing_id });
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO entries (id, spiffe_id, parent_id, identity_key, node, revision, data) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(entry.id.clone())
-        .bind(entry.spiffe_id.to_string())
-        .bind(entry.parent_id.to_string())
-        .bind(key.clone())
-        .bind(i64::from(entry.node))
-        .bind(entry.revision as i64)
-        .bind(data)
-        .execute(&mut *tx)
-        .await;
-        if let Err(e) = inserted {
-            if Self::unique_violation(&e) {
-                // Another server won the race for the same identity.
-                drop(tx);
-                let existing_id = self
-                    .id_for_key(&key)
-                    .await
-                    .unwrap_or_else(|| entry.id.clone());
-                return Err(DatastoreError::DuplicateEntry { existing_id });
-            }
-            return Err(query_err("creating an entry")(e));
-        }
-        Self::write_selectors(&mut tx, &entry).await?;
-        self.record_change(
-            &mut tx,
-            &ChangeKind::EntryCreated {
-                entry_id: entry.id.clone(),
-                parent_id: entry.parent_id.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(query_err("creating an entry"))?;
-        Ok(entry)
+    async fn create_entry(&self, entry: Entry) -> Result<Entry> {
+        SqlDatastore::create_entry(self, entry).await
     }
 
-    async fn update_entry(&self, mut entry: Entry) -> Result<Entry> {
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("updating an entry"))?;
-        let old = Self::entry_by_id(&mut tx, &entry.id)
-            .await?
-            .ok_or_else(|| DatastoreError::EntryNotFound(entry.id.clone()))?;
-        if entry.revision != 0 && entry.revision != old.revision {
-            return Err(DatastoreError::Conflict {
-                id: entry.id.clone(),
-                expected: entry.revision,
-            });
-        }
-        let key = identity_key(&entry);
-        if let Some(existing_id) = Self::duplicate_of(&mut tx, &key, &entry.id).await? {
-            return Err(DatastoreError::DuplicateEntry { existing_id });
-        }
-        entry.revision = old.revision + 1;
-        let data = serde_json::to_string(&entry).map_err(|e| corrupt("entry", e))?;
-        let updated = sqlx::query(
-            "UPDATE entries SET spiffe_id = $1, parent_id = $2, identity_key = $3, node = $4, revision = $5, data = $6 \
-             WHERE id = $7 AND revision = $8",
-        )
-        .bind(entry.spiffe_id.to_string())
-        .bind(entry.parent_id.to_string())
-        .bind(key.clone())
-        .bind(i64::from(entry.node))
-        .bind(entry.revision as i64)
-        .bind(data)
-        .bind(entry.id.clone())
-        .bind(old.revision as i64)
-        .execute(&mut *tx)
-        .await;
-        let updated = match updated {
-            Ok(updated) => updated,
-            Err(e) if Self::unique_violation(&e) => {
-                // Another server stored the same identity meanwhile.
-                drop(tx);
-                let existing_id = self
-                    .id_for_key(&key)
-                    .await
-                    .unwrap_or_else(|| String::from("(concurrent)"));
-                return Err(DatastoreError::DuplicateEntry { existing_id });
-            }
-            Err(e) => return Err(query_err("updating an entry")(e)),
-        };
-        if updated.rows_affected() != 1 {
-            return Err(DatastoreError::Conflict {
-                id: entry.id.clone(),
-                expected: old.revision,
-            });
-        }
-        Self::write_selectors(&mut tx, &entry).await?;
-        self.record_change(
-            &mut tx,
-            &ChangeKind::EntryUpdated {
-                entry_id: entry.id.clone(),
-                parent_id: entry.parent_id.clone(),
-                old_parent_id: old.parent_id.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(query_err("updating an entry"))?;
-        Ok(entry)
+    async fn update_entry(&self, entry: Entry) -> Result<Entry> {
+        SqlDatastore::update_entry(self, entry).await
     }
 
     async fn delete_entry(&self, id: &str) -> Result<Entry> {
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("deleting an entry"))?;
-        let old = Self::entry_by_id(&mut tx, id)
-            .await?
-            .ok_or_else(|| DatastoreError::EntryNotFound(id.to_owned()))?;
-        sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
-            .bind(id.to_owned())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("deleting an entry"))?;
-        let deleted = sqlx::query("DELETE FROM entries WHERE id = $1")
-            .bind(id.to_owned())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("deleting an entry"))?
-            .rows_affected();
-        if deleted != 1 {
-            // Deleted by another server since we read it.
-            return Err(DatastoreError::EntryNotFound(id.to_owned()));
-        }
-        self.record_change(
-            &mut tx,
-            &ChangeKind::EntryDeleted {
-                entry_id: id.to_owned(),
-                parent_id: old.parent_id.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(query_err("deleting an entry"))?;
-        Ok(old)
+        SqlDatastore::delete_entry(self, id).await
     }
 
     async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
-        let row = sqlx::query("SELECT data FROM entries WHERE id = $1")
-            .bind(id.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_err("reading an entry"))?;
-        row.map(|r| {
-            Self::decode_entry(
-                &r.try_get::<String, _>(0)
-                    .map_err(query_err("reading an entry"))?,
-            )
-        })
-        .transpose()
+        SqlDatastore::get_entry(self, id).await
     }
 
     async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>> {
-        let mut sql = String::from("SELECT data FROM entries WHERE 1 = 1");
-        let mut binds: Vec<String> = Vec::new();
-        let mut bind = |sql: &mut String, clause: &str, v: String| {
-            binds.push(v);
-            sql.push_str(&clause.replace("{}", &format!("${}", binds.len())));
-        };
-        if let Some(id) = &filter.id {
-            bind(&mut sql, " AND id = {}", id.clone());
-        }
-        if let Some(id) = &filter.spiffe_id {
-            bind(&mut sql, " AND spiffe_id = {}", id.to_string());
-        }
-        if let Some(id) = &filter.parent_id {
-            bind(&mut sql, " AND parent_id = {}", id.to_string());
-        }
-        if filter.node_only {
-            sql.push_str(" AND node = 1");
-        }
-        let wanted: BTreeSet<String> = filter
-            .selectors
-            .as_ref()
-            .map(|(s, _)| s.iter().map(ToString::to_string).collect())
-            .unwrap_or_default();
-        if let Some((_, mode)) = &filter.selectors
-            // Every entry's selectors include the empty set.
-            && !(wanted.is_empty() && *mode == SelectorMatch::Superset)
-        {
-            if wanted.is_empty() {
-                // Entries have at least one selector: none equals, is a
-                // subset of or intersects the empty set.
-                return Ok(Vec::new());
-            }
-            let start = binds.len();
-            let list = placeholders(start, wanted.len());
-            binds.extend(wanted.iter().cloned());
-            match mode {
-                SelectorMatch::Exact | SelectorMatch::Superset => sql.push_str(&format!(
-                    " AND id IN (SELECT entry_id FROM entry_selectors WHERE selector IN ({list}) \
-                     GROUP BY entry_id HAVING COUNT(*) = {})",
-                    wanted.len()
-                )),
-                SelectorMatch::Subset | SelectorMatch::Any => sql.push_str(&format!(
-                    " AND id IN (SELECT entry_id FROM entry_selectors WHERE selector IN ({list}))"
-                )),
-            }
-        }
-        sql.push_str(" ORDER BY id");
-        // Only placeholders and constants are formatted in; values are bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in binds {
-            q = q.bind(b);
-        }
-        let rows = q
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("listing entries"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let e = Self::decode_entry(
-                &r.try_get::<String, _>(0)
-                    .map_err(query_err("listing entries"))?,
-            )?;
-            let has: BTreeSet<String> = e.selectors.iter().map(ToString::to_string).collect();
-            let keep = match &filter.selectors {
-                Some((_, SelectorMatch::Exact)) => has == wanted,
-                Some((_, SelectorMatch::Subset)) => has.is_subset(&wanted),
-                _ => true,
-            } && filter
-                .federates_with
-                .as_ref()
-                .is_none_or(|td| e.federates_with.contains(td));
-            if keep {
-                out.push(e);
-            }
-        }
-        Ok(out)
+        SqlDatastore::list_entries(self, filter).await
     }
 
     async fn count_entries(&self) -> Result<u64> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM entries")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query_err("counting entries"))?
-            .try_get(0)
-            .map_err(query_err("counting entries"))?;
-        Ok(n.max(0) as u64)
+        SqlDatastore::count_entries(self).await
     }
 
     async fn list_entries_by_parents(&self, parents: &[SpiffeId]) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
-        for chunk in parents.chunks(500) {
-            let sql = format!(
-                "SELECT data FROM entries WHERE parent_id IN ({}) ORDER BY id",
-                placeholders(0, chunk.len())
-            );
-            // Only placeholders are formatted in; values are bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for p in chunk {
-                q = q.bind(p.to_string());
-            }
-            for r in q
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_err("listing entries by parent"))?
-            {
-                out.push(Self::decode_entry(
-                    &r.try_get::<String, _>(0)
-                        .map_err(query_err("listing entries by parent"))?,
-                )?);
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        SqlDatastore::list_entries_by_parents(self, parents).await
     }
 
     async fn put_node(&self, node: &AttestedNode) -> Result<()> {
-        let data = serde_json::to_string(node).map_err(|e| corrupt("node", e))?;
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("storing a node"))?;
-        sqlx::query(
-            "INSERT INTO nodes (spiffe_id, data) VALUES ($1, $2) ON CONFLICT (spiffe_id) DO UPDATE SET data = excluded.data",
-        )
-        .bind(node.spiffe_id.to_string())
-        .bind(data)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("storing a node"))?;
-        self.record_change(
-            &mut tx,
-            &ChangeKind::NodeUpdated {
-                spiffe_id: node.spiffe_id.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(query_err("storing a node"))?;
-        Ok(())
+        SqlDatastore::put_node(self, node).await
     }
 
     async fn swap_node(
@@ -825,333 +475,71 @@ impl Datastore for SqlDatastore {
         current: Option<&AttestedNode>,
         updated: &AttestedNode,
     ) -> Result<bool> {
-        let data = serde_json::to_string(updated).map_err(|e| corrupt("node", e))?;
-        let id = updated.spiffe_id.to_string();
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("storing a node"))?;
-        let stored: Option<String> = sqlx::query("SELECT data FROM nodes WHERE spiffe_id = $1")
-            .bind(id.clone())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_err("reading a node"))?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(query_err("reading a node"))?;
-        let parsed: Option<AttestedNode> = stored
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| corrupt("node", e))?;
-        if parsed.as_ref() != current {
-            return Ok(false);
-        }
-        // The compare is repeated by the write itself, against the exact
-        // text read, so a writer on another connection (or server) that
-        // got in between makes it change nothing.
-        let written = match &stored {
-            None => sqlx::query(
-                "INSERT INTO nodes (spiffe_id, data) VALUES ($1, $2) ON CONFLICT (spiffe_id) DO NOTHING",
-            )
-            .bind(id.clone())
-            .bind(data)
-            .execute(&mut *tx)
-            .await,
-            Some(raw) => sqlx::query("UPDATE nodes SET data = $1 WHERE spiffe_id = $2 AND data = $3")
-                .bind(data)
-                .bind(id.clone())
-                .bind(raw.clone())
-                .execute(&mut *tx)
-                .await,
-        }
-        .map_err(query_err("storing a node"))?
-        .rows_affected();
-        if written != 1 {
-            return Ok(false);
-        }
-        self.record_change(
-            &mut tx,
-            &ChangeKind::NodeUpdated {
-                spiffe_id: updated.spiffe_id.clone(),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(query_err("storing a node"))?;
-        Ok(true)
+        SqlDatastore::swap_node(self, current, updated).await
     }
 
     async fn get_node(&self, spiffe_id: &SpiffeId) -> Result<Option<AttestedNode>> {
-        let row = sqlx::query("SELECT data FROM nodes WHERE spiffe_id = $1")
-            .bind(spiffe_id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_err("reading a node"))?;
-        row.map(|r| {
-            let data: String = r.try_get(0).map_err(query_err("reading a node"))?;
-            serde_json::from_str(&data).map_err(|e| corrupt("node", e))
-        })
-        .transpose()
+        SqlDatastore::get_node(self, spiffe_id).await
     }
 
     async fn list_nodes(&self) -> Result<Vec<AttestedNode>> {
-        let rows = sqlx::query("SELECT data FROM nodes ORDER BY spiffe_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("listing nodes"))?;
-        rows.iter()
-            .map(|r| {
-                let data: String = r.try_get(0).map_err(query_err("listing nodes"))?;
-                serde_json::from_str(&data).map_err(|e| corrupt("node", e))
-            })
-            .collect()
+        SqlDatastore::list_nodes(self).await
     }
 
     async fn delete_node(&self, spiffe_id: &SpiffeId) -> Result<bool> {
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("deleting a node"))?;
-        let n = sqlx::query("DELETE FROM nodes WHERE spiffe_id = $1")
-            .bind(spiffe_id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("deleting a node"))?
-            .rows_affected();
-        if n > 0 {
-            self.record_change(
-                &mut tx,
-                &ChangeKind::NodeDeleted {
-                    spiffe_id: spiffe_id.clone(),
-                },
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(query_err("deleting a node"))?;
-        Ok(n > 0)
+        SqlDatastore::delete_node(self, spiffe_id).await
     }
 
     async fn create_join_token(&self, token: &JoinToken) -> Result<()> {
-        let _w = self.writer().await;
-        sqlx::query("INSERT INTO join_tokens (hash, expires_at, agent_id) VALUES ($1, $2, $3)")
-            .bind(token.hash.clone())
-            .bind(token.expires_at)
-            .bind(token.agent_id.as_ref().map(ToString::to_string))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| {
-                if Self::unique_violation(&e) {
-                    DatastoreError::DuplicateToken
-                } else {
-                    query_err("storing a join token")(e)
-                }
-            })?;
-        Ok(())
+        SqlDatastore::create_join_token(self, token).await
     }
 
     async fn take_join_token(&self, hash: &str) -> Result<Option<JoinToken>> {
-        let _w = self.writer().await;
-        let row = sqlx::query(
-            "DELETE FROM join_tokens WHERE hash = $1 RETURNING hash, expires_at, agent_id",
-        )
-        .bind(hash.to_owned())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_err("taking a join token"))?;
-        row.map(|r| {
-            let agent_id: Option<String> =
-                r.try_get(2).map_err(query_err("taking a join token"))?;
-            Ok(JoinToken {
-                hash: r.try_get(0).map_err(query_err("taking a join token"))?,
-                expires_at: r.try_get(1).map_err(query_err("taking a join token"))?,
-                agent_id: agent_id
-                    .map(|a| SpiffeId::parse(&a).map_err(|e| corrupt("join token agent id", e)))
-                    .transpose()?,
-            })
-        })
-        .transpose()
+        SqlDatastore::take_join_token(self, hash).await
     }
 
     async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
-        let _w = self.writer().await;
-        Ok(sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err("pruning join tokens"))?
-            .rows_affected())
+        SqlDatastore::prune_join_tokens(self, now).await
     }
 
     async fn put_bundle(&self, bundle: &Bundle) -> Result<()> {
-        let data = bundle.to_json().map_err(|e| corrupt("bundle", e))?;
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("storing a bundle"))?;
-        sqlx::query(
-            "INSERT INTO bundles (trust_domain, data) VALUES ($1, $2) \
-             ON CONFLICT (trust_domain) DO UPDATE SET data = excluded.data",
-        )
-        .bind(bundle.trust_domain().to_string())
-        .bind(data)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err("storing a bundle"))?;
-        self.record_change(
-            &mut tx,
-            &ChangeKind::BundleUpdated {
-                trust_domain: bundle.trust_domain().clone(),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(query_err("storing a bundle"))?;
-        Ok(())
+        SqlDatastore::put_bundle(self, bundle).await
     }
 
     async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>> {
-        let row = sqlx::query("SELECT data FROM bundles WHERE trust_domain = $1")
-            .bind(td.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_err("reading a bundle"))?;
-        row.map(|r| {
-            let data: String = r.try_get(0).map_err(query_err("reading a bundle"))?;
-            Bundle::parse_json(td.clone(), data.as_bytes()).map_err(|e| corrupt("bundle", e))
-        })
-        .transpose()
+        SqlDatastore::get_bundle(self, td).await
     }
 
     async fn list_bundles(&self) -> Result<Vec<Bundle>> {
-        let rows = sqlx::query("SELECT trust_domain, data FROM bundles ORDER BY trust_domain")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("listing bundles"))?;
-        rows.iter()
-            .map(|r| {
-                let td: String = r.try_get(0).map_err(query_err("listing bundles"))?;
-                let data: String = r.try_get(1).map_err(query_err("listing bundles"))?;
-                let td = TrustDomain::parse(&td).map_err(|e| corrupt("bundle trust domain", e))?;
-                Bundle::parse_json(td, data.as_bytes()).map_err(|e| corrupt("bundle", e))
-            })
-            .collect()
+        SqlDatastore::list_bundles(self).await
     }
 
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<bool> {
-        let _w = self.writer().await;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_err("deleting a bundle"))?;
-        let n = sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
-            .bind(td.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err("deleting a bundle"))?
-            .rows_affected();
-        if n > 0 {
-            self.record_change(
-                &mut tx,
-                &ChangeKind::BundleDeleted {
-                    trust_domain: td.clone(),
-                },
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(query_err("deleting a bundle"))?;
-        Ok(n > 0)
+        SqlDatastore::delete_bundle(self, td).await
     }
 
     async fn put_ca_journal(&self, server_id: &str, journal_json: &str) -> Result<()> {
-        let _w = self.writer().await;
-        sqlx::query(
-            "INSERT INTO ca_journals (server_id, data) VALUES ($1, $2) \
-             ON CONFLICT (server_id) DO UPDATE SET data = excluded.data",
-        )
-        .bind(server_id.to_owned())
-        .bind(journal_json.to_owned())
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("storing the CA journal"))?;
-        Ok(())
+        SqlDatastore::put_ca_journal(self, server_id, journal_json).await
     }
 
     async fn get_ca_journal(&self, server_id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT data FROM ca_journals WHERE server_id = $1")
-            .bind(server_id.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_err("reading the CA journal"))?;
-        row.map(|r| {
-            r.try_get::<String, _>(0)
-                .map_err(query_err("reading the CA journal"))
-        })
-        .transpose()
+        SqlDatastore::get_ca_journal(self, server_id).await
     }
 
     async fn list_ca_journals(&self) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT server_id, data FROM ca_journals ORDER BY server_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("listing CA journals"))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(query_err("listing CA journals"))?,
-                    r.try_get(1).map_err(query_err("listing CA journals"))?,
-                ))
-            })
-            .collect()
+        SqlDatastore::list_ca_journals(self).await
     }
 
     async fn current_revision(&self) -> Result<u64> {
-        let n: Option<i64> = sqlx::query("SELECT MAX(revision) FROM changes")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query_err("reading the change feed"))?
-            .try_get(0)
-            .map_err(query_err("reading the change feed"))?;
-        Ok(n.unwrap_or(0).max(0) as u64)
+        SqlDatastore::current_revision(self).await
     }
 
     async fn prune_changes(&self, before: i64) -> Result<u64> {
-        let _w = self.writer().await;
-        let done = sqlx::query(
-            "DELETE FROM changes WHERE created_at < $1 \
-             AND revision < (SELECT MAX(revision) FROM changes)",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("pruning the change feed"))?;
-        Ok(done.rows_affected())
+        SqlDatastore::prune_changes(self, before).await
     }
 
     async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
-        let rows = sqlx::query(
-            "SELECT revision, data FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2",
-        )
-        .bind(after as i64)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("reading the change feed"))?;
-        rows.iter()
-            .map(|r| {
-                let revision: i64 = r.try_get(0).map_err(query_err("reading the change feed"))?;
-                let data: String = r.try_get(1).map_err(query_err("reading the change feed"))?;
-                Ok(Change {
-                    revision: revision.max(0) as u64,
-                    kind: serde_json::from_str(&data).map_err(|e| corrupt("change", e))?,
-                })
-            })
-            .collect()
+        SqlDatastore::changes_since(self, after, limit).await
     }
 }
 
