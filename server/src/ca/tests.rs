@@ -1,8 +1,11 @@
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rcgen::{CertificateParams, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData,
+};
 use signet_identity::x509_svid::verify_x509_svid;
-use signet_identity::{JwtSvid, X509SvidError};
+use signet_identity::{JwtSvid, SpiffeId, X509SvidError};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use super::*;
