@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod admin_cli;
 mod agent_cmd;
 mod api_cli;
+mod banner;
 mod demo_cmd;
 mod logging;
 mod policy_cli;
