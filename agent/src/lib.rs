@@ -15,10 +15,14 @@
 //! the server crate (its tests use it to issue).
 
 pub mod attest;
+mod demand;
+mod identity;
 pub mod lifecycle;
 pub mod node_client;
 pub mod workload_api;
 
+pub use demand::{Demand, StreamDemand};
+use identity::{Identity, attest, load_identity, persist_identity};
 pub use lifecycle::{ExtraServices, Running, run, start, workload_api_only};
 
 use std::collections::HashMap;
@@ -30,9 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use signet_identity::{Bundle, BundleSet, BundleSource, Entry, X509Svid};
 use tokio::sync::watch;
 
-use node_client::{AttestWith, ClientError, NodeClient};
+use node_client::{ClientError, NodeClient};
 use signet_wire::bundle_from_wire;
-use signet_workload::atomic_file;
 
 /// Entries per MintX509Svids call.
 const MINT_BATCH: usize = 500;
@@ -101,89 +104,6 @@ impl AgentConfig {
 /// Default bound of the workload SVID cache.
 pub const DEFAULT_SVID_CACHE_SIZE: usize = 1000;
 
-/// What workloads are asking for: entries with open streams (never
-/// evicted) and when each entry's SVID was last served.
-#[derive(Debug, Default)]
-pub struct Demand {
-    state: std::sync::Mutex<DemandState>,
-    /// Wakes the agent to mint an entry a workload waits for.
-    wake: tokio::sync::Notify,
-}
-
-#[derive(Debug, Default)]
-struct DemandState {
-    streaming: HashMap<String, usize>,
-    last_served: HashMap<String, std::time::Instant>,
-}
-
-impl Demand {
-    fn lock(&self) -> std::sync::MutexGuard<'_, DemandState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Records that `ids` were just served or wanted; wakes the agent when
-    /// one of them has no SVID yet.
-    pub fn touch(&self, ids: &[String], missing: bool) {
-        let now = std::time::Instant::now();
-        let mut st = self.lock();
-        for id in ids {
-            st.last_served.insert(id.clone(), now);
-        }
-        drop(st);
-        if missing {
-            self.wake.notify_one();
-        }
-    }
-
-    fn is_streaming(&self, id: &str) -> bool {
-        self.lock().streaming.get(id).is_some_and(|n| *n > 0)
-    }
-}
-
-/// Registers the entries one workload stream is serving; unregisters them
-/// when dropped.
-#[derive(Debug)]
-pub struct StreamDemand {
-    demand: Arc<Demand>,
-    ids: Vec<String>,
-}
-
-impl StreamDemand {
-    pub fn new(demand: Arc<Demand>) -> Self {
-        Self {
-            demand,
-            ids: Vec::new(),
-        }
-    }
-
-    /// Replaces the set of entries this stream serves.
-    pub fn set(&mut self, ids: Vec<String>) {
-        if ids == self.ids {
-            return;
-        }
-        let mut st = self.demand.lock();
-        for id in &self.ids {
-            if let Some(n) = st.streaming.get_mut(id) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        for id in &ids {
-            *st.streaming.entry(id.clone()).or_default() += 1;
-        }
-        st.streaming.retain(|_, n| *n > 0);
-        drop(st);
-        self.ids = ids;
-    }
-}
-
-impl Drop for StreamDemand {
-    fn drop(&mut self) {
-        self.set(Vec::new());
-    }
-}
-
 /// Agent failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -245,17 +165,6 @@ impl AgentHandle {
             .into_inner();
         Ok((r.token, r.expires_at))
     }
-}
-
-/// The agent's own identity.
-struct Identity {
-    svid: X509Svid,
-    bundle: Bundle,
-    can_reattest: bool,
-}
-
-fn svid_expired(svid: &X509Svid) -> bool {
-    svid.not_after() <= SystemTime::now()
 }
 
 /// Whether `svid` is past its rotation point: half its life, moved by a
@@ -322,157 +231,6 @@ pub async fn spawn(
     };
     let task = tokio::spawn(agent_loop(config, identity, tx, client, demand, stop));
     Ok((handle, task))
-}
-
-async fn attest(config: &AgentConfig) -> Result<Identity, AgentError> {
-    let mut last = None;
-    for addr in &config.servers {
-        let connected = match &config.bootstrap_bundle {
-            Some(b) => NodeClient::connect(*addr, b.clone(), None).await,
-            None => NodeClient::connect_insecure(*addr).await,
-        };
-        let mut client = match connected {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(server = %addr, error = %e, "cannot reach the server to attest");
-                last = Some(e);
-                continue;
-            }
-        };
-        let result = match &config.attestation {
-            NodeAttestation::JoinToken(t) => client.attest(AttestWith::JoinToken(t)).await,
-            NodeAttestation::X509Pop { cert, key } => {
-                let read = |p: &PathBuf| {
-                    std::fs::read(p).map_err(|e| AgentError::State {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })
-                };
-                let chain = signet_identity::bundle::certificates_from_pem(&read(cert)?)
-                    .map_err(|e| AgentError::State {
-                        path: cert.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .into_iter()
-                    .map(|c| c.to_vec())
-                    .collect();
-                let key_pem = String::from_utf8(read(key)?).map_err(|e| AgentError::State {
-                    path: key.clone(),
-                    reason: e.to_string(),
-                })?;
-                let key_pair =
-                    rcgen::KeyPair::from_pem(&key_pem).map_err(|e| AgentError::State {
-                        path: key.clone(),
-                        reason: e.to_string(),
-                    })?;
-                client
-                    .attest(AttestWith::X509Pop {
-                        chain,
-                        key: &key_pair,
-                    })
-                    .await
-            }
-            NodeAttestation::Preissued => {
-                return Err(AgentError::Refused(
-                    "a preissued agent cannot attest on its own".into(),
-                ));
-            }
-        };
-        match result {
-            Ok(a) => {
-                tracing::info!(agent_id = %a.svid.spiffe_id(), "node attested");
-                return Ok(Identity {
-                    svid: a.svid,
-                    bundle: a.bundle,
-                    can_reattest: a.can_reattest,
-                });
-            }
-            Err(ClientError::Status(s)) if s.code() == tonic::Code::PermissionDenied => {
-                return Err(AgentError::Refused(s.message().to_owned()));
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map(AgentError::from).unwrap_or(AgentError::NoServer))
-}
-
-fn state_paths(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    (
-        dir.join("agent_svid.pem"),
-        dir.join("agent_svid_key.pem"),
-        dir.join("bundle.json"),
-        dir.join("agent_state.json"),
-    )
-}
-
-fn load_identity(config: &AgentConfig) -> Result<Option<Identity>, AgentError> {
-    let Some(dir) = &config.data_dir else {
-        return Ok(None);
-    };
-    let (svid_path, key_path, bundle_path, state_path) = state_paths(dir);
-    if !svid_path.exists() {
-        return Ok(None);
-    }
-    let err = |p: &PathBuf, reason: String| AgentError::State {
-        path: p.clone(),
-        reason,
-    };
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| err(p, e.to_string()));
-    let svid = X509Svid::from_pem(&read(&svid_path)?, &read(&key_path)?)
-        .map_err(|e| err(&svid_path, e.to_string()))?;
-    let td = svid.spiffe_id().trust_domain();
-    let bundle = Bundle::parse_json(td, &read(&bundle_path)?)
-        .map_err(|e| err(&bundle_path, e.to_string()))?;
-    let can_reattest = std::fs::read(&state_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["can_reattest"].as_bool())
-        .unwrap_or(false);
-    if svid_expired(&svid) {
-        tracing::warn!(agent_id = %svid.spiffe_id(), "the stored agent SVID expired; attesting again");
-        return Ok(None);
-    }
-    tracing::info!(agent_id = %svid.spiffe_id(), "resuming with the stored agent SVID (no re-attestation)");
-    Ok(Some(Identity {
-        svid,
-        bundle,
-        can_reattest,
-    }))
-}
-
-fn persist_identity(config: &AgentConfig, id: &Identity) -> Result<(), AgentError> {
-    let Some(dir) = &config.data_dir else {
-        return Ok(());
-    };
-    let (svid_path, key_path, bundle_path, state_path) = state_paths(dir);
-    let write = |p: &PathBuf, data: &[u8], mode: u32| {
-        atomic_file::write(p, data, mode).map_err(|e| AgentError::State {
-            path: p.clone(),
-            reason: e.to_string(),
-        })
-    };
-    std::fs::create_dir_all(dir).map_err(|e| AgentError::State {
-        path: dir.clone(),
-        reason: e.to_string(),
-    })?;
-    write(
-        &key_path,
-        id.svid.private_key().to_pem().as_bytes(),
-        atomic_file::SECRET_MODE,
-    )?;
-    write(&svid_path, id.svid.chain_pem().as_bytes(), 0o644)?;
-    let json = id.bundle.to_json().map_err(|e| AgentError::State {
-        path: bundle_path.clone(),
-        reason: e.to_string(),
-    })?;
-    write(&bundle_path, json.as_bytes(), 0o644)?;
-    write(
-        &state_path,
-        serde_json::json!({ "can_reattest": id.can_reattest })
-            .to_string()
-            .as_bytes(),
-        0o644,
-    )
 }
 
 /// The agent's main loop: connect, subscribe, keep SVIDs fresh; on loss of
