@@ -1,8 +1,14 @@
+use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
 
 use rcgen::{CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use signet_identity::{Bundle, BundleSet, CertificateDer, PrivateKey, TrustDomain, X509Svid};
 
+use super::config::{DEFAULT_TIMEOUT, parse_mode, parse_signal};
+use super::reload::{run_cmd, send_signal};
 use super::*;
 
 fn parse(toml_text: &str) -> anyhow::Result<HelperConfig> {
