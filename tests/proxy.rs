@@ -16,70 +16,37 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use signet_testkit::pki::{Leaf, TestCa};
 
 const FRONTEND: &str = "spiffe://example.org/ns/web/sa/frontend";
 const BACKEND: &str = "spiffe://example.org/ns/api/sa/backend";
 
-/// A root CA this test controls, written as `signet run`'s upstream.
-struct Root {
-    issuer: Issuer<'static, KeyPair>,
+/// A root CA this test controls, written as `<name>.pem`/`<name>.key`
+/// (`signet run`'s upstream).
+fn make_root(dir: &Path, name: &str) -> TestCa {
+    let ca = TestCa::new(name);
+    ca.write(dir, name);
+    ca
 }
 
-impl Root {
-    fn new(dir: &Path, name: &str) -> Root {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-        Root {
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A client certificate for `uris`, written as `<name>.pem`/`<name>.key`.
-    fn leaf(&self, dir: &Path, name: &str, uris: &[&str], ca: bool, expired: bool) -> PathBuf {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = uris
-            .iter()
-            .map(|u| SanType::URI((*u).try_into().unwrap()))
-            .collect();
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
-        if ca {
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages.push(KeyUsagePurpose::KeyCertSign);
-        }
-        let now = SystemTime::now();
-        if expired {
-            params.not_before = (now - Duration::from_secs(7200)).into();
-            params.not_after = (now - Duration::from_secs(3600)).into();
-        } else {
-            params.not_before = (now - Duration::from_secs(60)).into();
-            params.not_after = (now + Duration::from_secs(3600)).into();
-        }
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let path = dir.join(format!("{name}.pem"));
-        std::fs::write(&path, cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-        path
-    }
+/// A certificate `ca` signs for `uris`, written as `<name>.pem`/`<name>.key`.
+fn leaf(
+    ca: &TestCa,
+    dir: &Path,
+    name: &str,
+    uris: &[&str],
+    ca_flag: bool,
+    expired: bool,
+) -> PathBuf {
+    let leaf = Leaf {
+        uris,
+        ca: ca_flag,
+        expired,
+    };
+    ca.leaf(&leaf).write(dir, name)
 }
 
 fn start_sidecar(
@@ -142,7 +109,7 @@ fn sidecars_carry_identity_authorize_rotate_and_refuse() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let root = Root::new(dir, "root");
+    let root = make_root(dir, "root");
     let c = Combined::start(
         dir,
         &[
@@ -317,21 +284,22 @@ server_id = "{BACKEND}"
 
     // Certificates that break one rule each are refused at the handshake
     // and the log says why.
-    let other_root = Root::new(dir, "other-root");
+    let other_root = make_root(dir, "other-root");
     let cases: [(&str, PathBuf, &str); 6] = [
         (
             "expired",
-            root.leaf(dir, "expired", &[FRONTEND], false, true),
+            leaf(&root, dir, "expired", &[FRONTEND], false, true),
             "expired",
         ),
         (
             "untrusted CA",
-            other_root.leaf(dir, "untrusted", &[FRONTEND], false, false),
+            leaf(&other_root, dir, "untrusted", &[FRONTEND], false, false),
             "does not chain",
         ),
         (
             "two URI SANs",
-            root.leaf(
+            leaf(
+                &root,
                 dir,
                 "two-uris",
                 &[FRONTEND, "spiffe://example.org/b"],
@@ -342,12 +310,13 @@ server_id = "{BACKEND}"
         ),
         (
             "CA as leaf",
-            root.leaf(dir, "ca-leaf", &[FRONTEND], true, false),
+            leaf(&root, dir, "ca-leaf", &[FRONTEND], true, false),
             "is a CA",
         ),
         (
             "wrong trust domain",
-            root.leaf(
+            leaf(
+                &root,
                 dir,
                 "other-td",
                 &["spiffe://other.org/ns/web/sa/frontend"],
@@ -358,7 +327,8 @@ server_id = "{BACKEND}"
         ),
         (
             "allow-list miss",
-            root.leaf(
+            leaf(
+                &root,
                 dir,
                 "intruder",
                 &["spiffe://example.org/intruder"],

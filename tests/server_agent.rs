@@ -12,9 +12,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{CertificateParams, DnType, KeyPair};
 use signet_agent::node_client::{AttestWith, ClientError, NodeClient};
 use signet_identity::{Bundle, TrustDomain};
+use signet_testkit::pki::TestCa;
 
 struct TestServer {
     proc: Proc,
@@ -222,15 +223,10 @@ async fn join_token_agents_get_exactly_their_entries() {
     assert!(denied(b.subscribe().await).contains("banned"));
 }
 
-fn node_ca(dir: &Path) -> Issuer<'static, KeyPair> {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, "node CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let cert = p.self_signed(&key).unwrap();
-    std::fs::write(dir.join("nodeca.pem"), cert.pem()).unwrap();
-    Issuer::from_ca_cert_der(cert.der(), key).unwrap()
+fn node_ca(dir: &Path) -> TestCa {
+    let ca = TestCa::new("node CA");
+    ca.write(dir, "nodeca");
+    ca
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +239,7 @@ async fn x509pop_agents_reattest_and_receive_node_alias_entries() {
     let node_key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec!["node-1.example.org".to_string()]).unwrap();
     p.distinguished_name.push(DnType::CommonName, "node-1");
-    let node_cert = p.signed_by(&node_key, &ca).unwrap().der().to_vec();
+    let node_cert = p.signed_by(&node_key, ca.issuer()).unwrap().der().to_vec();
 
     let with = || AttestWith::X509Pop {
         chain: vec![node_cert.clone()],

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use nix::sys::signal::Signal;
 
 use rcgen::{CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
-use signet_identity::{Bundle, BundleSet, CertificateDer, PrivateKey, TrustDomain, X509Svid};
+use signet_identity::{Bundle, BundleSet, PrivateKey, TrustDomain, X509Svid};
+use signet_testkit::pki::TestCa;
 
 use super::config::{DEFAULT_TIMEOUT, parse_mode, parse_signal};
 use super::reload::{run_cmd, send_signal};
@@ -311,13 +312,8 @@ fn svid(id: &str) -> X509Svid {
 }
 
 fn bundle(td: &str) -> Bundle {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").try_into().unwrap())];
-    let cert: CertificateDer<'static> = params.self_signed(&key).unwrap().der().clone();
     let mut b = Bundle::new(TrustDomain::parse(td).unwrap());
-    b.add_x509_authority(cert);
+    b.add_x509_authority(TestCa::for_trust_domain(td).der);
     b
 }
 
