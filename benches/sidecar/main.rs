@@ -32,6 +32,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod envoy;
+
 use signet_testkit::ports;
 
 use std::os::unix::fs::PermissionsExt;
@@ -207,132 +209,6 @@ fn envoy_binary(dir: &Path) -> PathBuf {
     std::fs::copy(&src, &dst).unwrap();
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
     dst
-}
-
-fn sds(name: &str) -> String {
-    format!(
-        r#"{{ name: "{name}", sds_config: {{ resource_api_version: V3, api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [ {{ envoy_grpc: {{ cluster_name: signet_agent }} }} ] }} }} }}"#
-    )
-}
-
-fn envoy_agent_cluster(socket: &str) -> String {
-    format!(
-        r#"  - name: signet_agent
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: signet_agent
-      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ pipe: {{ path: {socket} }} }} }} }} ] }} ]
-"#
-    )
-}
-
-fn plain_cluster(name: &str, port: u16) -> String {
-    format!(
-        r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    # Envoy's default circuit breaker stops at 1024 upstream connections.
-    circuit_breakers: {{ thresholds: [ {{ max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000 }} ] }}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ] }} ]
-"#
-    )
-}
-
-/// Envoy inbound: mTLS with SDS, network RBAC on the peer ID, tcp_proxy.
-fn envoy_inbound(socket: &str, admin: u16, listeners: &[(u16, u16)]) -> String {
-    let mut out = format!(
-        "node: {{ id: bench, cluster: bench }}\nadmin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n"
-    );
-    for (i, (listen, _)) in listeners.iter().enumerate() {
-        out.push_str(&format!(
-            r#"  - name: in{i}
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.rbac
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
-          stat_prefix: rbac{i}
-          rules:
-            action: ALLOW
-            policies:
-              callers:
-                permissions: [ {{ any: true }} ]
-                principals: [ {{ authenticated: {{ principal_name: {{ exact: "{ENVOY_CLIENT}" }} }} }} ]
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: in{i}
-          cluster: backend{i}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificate_sds_secret_configs: [ {cert} ]
-            validation_context_sds_secret_config: {all}
-"#,
-            cert = sds(ENVOY_SERVER),
-            all = sds("ALL"),
-        ));
-    }
-    out.push_str("  clusters:\n");
-    for (i, (_, backend)) in listeners.iter().enumerate() {
-        out.push_str(&plain_cluster(&format!("backend{i}"), *backend));
-    }
-    out.push_str(&envoy_agent_cluster(socket));
-    out
-}
-
-/// Envoy outbound: plaintext in, tcp_proxy to an mTLS upstream that must
-/// present the server's SPIFFE ID.
-fn envoy_outbound(socket: &str, admin: u16, listeners: &[(u16, u16)]) -> String {
-    let mut out = format!(
-        "node: {{ id: bench, cluster: bench }}\nadmin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\nstatic_resources:\n  listeners:\n"
-    );
-    for (i, (listen, _)) in listeners.iter().enumerate() {
-        out.push_str(&format!(
-            r#"  - name: out{i}
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: out{i}
-          cluster: upstream{i}
-"#
-        ));
-    }
-    out.push_str("  clusters:\n");
-    for (i, (_, upstream)) in listeners.iter().enumerate() {
-        out.push_str(&plain_cluster(&format!("upstream{i}"), *upstream));
-        out.push_str(&format!(
-            r#"    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          tls_certificate_sds_secret_configs: [ {cert} ]
-          combined_validation_context:
-            default_validation_context:
-              match_typed_subject_alt_names: [ {{ san_type: URI, matcher: {{ exact: "{ENVOY_SERVER}" }} }} ]
-            validation_context_sds_secret_config: {td}
-"#,
-            cert = sds("default"),
-            td = sds("spiffe://example.org"),
-        ));
-    }
-    out.push_str(&envoy_agent_cluster(socket));
-    out
 }
 
 /// The backend: `e` + echo, or `s` + sink (count until EOF, then reply
@@ -766,12 +642,23 @@ fn main() {
         free_port(),
     );
     let envoy_in_cfg = write(
-        "envoy-in.yaml",
-        envoy_inbound(&agent, e_in_admin, &[(e_in_e, echo), (e_in_h, http)]),
+        "envoy-in.json",
+        envoy::inbound(
+            &agent,
+            e_in_admin,
+            &[(e_in_e, echo), (e_in_h, http)],
+            ENVOY_SERVER,
+            ENVOY_CLIENT,
+        ),
     );
     let envoy_out_cfg = write(
-        "envoy-out.yaml",
-        envoy_outbound(&agent, e_out_admin, &[(e_out_e, e_in_e), (e_out_h, e_in_h)]),
+        "envoy-out.json",
+        envoy::outbound(
+            &agent,
+            e_out_admin,
+            &[(e_out_e, e_in_e), (e_out_h, e_in_h)],
+            ENVOY_SERVER,
+        ),
     );
     let envoy_cmd = |cfg: &Path, uid: u32| {
         let mut c = Command::new(&envoy);
@@ -822,8 +709,14 @@ fn main() {
             signet_pids.push(extra.spawn(&format!("signet-inbound-{i}"), proxy(&cfg, 65534), dir));
             let (e_e, e_h, e_admin) = (free_port(), free_port(), free_port());
             let ecfg = write(
-                &format!("envoy-in-{i}.yaml"),
-                envoy_inbound(&agent, e_admin, &[(e_e, echo), (e_h, http)]),
+                &format!("envoy-in-{i}.json"),
+                envoy::inbound(
+                    &agent,
+                    e_admin,
+                    &[(e_e, echo), (e_h, http)],
+                    ENVOY_SERVER,
+                    ENVOY_CLIENT,
+                ),
             );
             envoy_pids.push(extra.spawn(
                 &format!("envoy-inbound-{i}"),
