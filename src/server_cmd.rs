@@ -11,7 +11,7 @@ use signet_identity::TrustDomain;
 use signet_sds::SdsService;
 use signet_server::{KeyType, LOCAL_AGENT_PATH, RunConfig, Running, ServerConfig, Upstream};
 use signet_workload::settings::overlay;
-use signet_workload::tasks::Service;
+use signet_workload::tasks::{Service, run_until};
 use tokio::sync::watch;
 
 use crate::banner::print_banner;
@@ -254,19 +254,42 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
 /// issues an identity to and that reaches it over loopback mTLS like any
 /// other agent.
 async fn serve_combined(
-    mut config: RunConfig,
+    config: RunConfig,
     local: LocalAgent,
     socket: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let (data_dir, datastore) = (config.data_dir.clone(), config.datastore.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let banner =
+        |c: &Combined| print_banner(&c.server, &data_dir, &datastore, Some(&c.agent.socket));
+    run_until(
+        start_combined(config, local, socket, stop_rx),
+        stop,
+        banner,
+        shutdown,
+    )
+    .await
+}
+
+/// The server and its local agent, run and stopped together.
+struct Combined {
+    server: Running,
+    agent: signet_agent::Running,
+}
+
+async fn start_combined(
+    mut config: RunConfig,
+    local: LocalAgent,
+    socket: PathBuf,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Combined> {
     let agent_id = config
         .server
         .trust_domain()
         .id_with_path(LOCAL_AGENT_PATH)?;
     config.server.default_parent_id = Some(agent_id.clone());
-    let (data_dir, datastore) = (config.data_dir.clone(), config.datastore.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut server = signet_server::start(config, stop_rx.clone()).await?;
+    let server = signet_server::start(config, stop.clone()).await?;
     let issued = server
         .server
         .attest_local_agent(&agent_id)
@@ -278,19 +301,23 @@ async fn serve_combined(
         local.svid_cache_size,
     );
     let sds = SdsService::on_agent_socket(local.sds);
-    let mut agent = signet_agent::start(agent_config, Some(issued), socket, sds, stop_rx).await?;
-    print_banner(&server, &data_dir, &datastore, Some(&agent.socket));
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        e = server.failed() => Err(anyhow::Error::from(e)),
-        e = agent.failed() => Err(anyhow::Error::from(e)),
-    };
-    let _ = stop_tx.send(true);
-    if result.is_ok() {
-        tracing::info!("shutting down");
+    let agent = signet_agent::start(agent_config, Some(issued), socket, sds, stop).await?;
+    Ok(Combined { server, agent })
+}
+
+impl Service for Combined {
+    type Error = anyhow::Error;
+
+    async fn failed(&mut self) -> anyhow::Error {
+        tokio::select! {
+            e = self.server.failed() => e.into(),
+            e = self.agent.failed() => e.into(),
+        }
     }
-    tokio::join!(server.drain(), agent.drain());
-    result
+
+    async fn drain(self) {
+        tokio::join!(self.server.drain(), self.agent.drain());
+    }
 }
 
 /// The agent inside `signet run`.

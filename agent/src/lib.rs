@@ -23,7 +23,7 @@ pub mod workload_api;
 
 pub use demand::{Demand, StreamDemand};
 use identity::{Identity, attest, load_identity, persist_identity};
-pub use lifecycle::{ExtraServices, Running, run, start, workload_api_only};
+pub use lifecycle::{ExtraServices, Running, run, start};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -26,11 +26,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// from the agent's handle and its workload attestor (Envoy SDS is one).
 pub type ExtraServices = Box<dyn FnOnce(&AgentHandle, &Arc<UnixAttestor>) -> Routes + Send>;
 
-/// No services beside the Workload API.
-pub fn workload_api_only() -> ExtraServices {
-    Box::new(|_, _| Routes::default())
-}
-
 /// A started agent: its tasks run until the `stop` given to [`start`]
 /// turns true, or one of them fails ([`Service::failed`]).
 #[derive(Debug)]

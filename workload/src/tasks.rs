@@ -73,7 +73,10 @@ pub async fn run_until<S: Service>(
     let mut service = start.await?;
     ready(&service);
     let result = tokio::select! {
-        _ = shutdown => Ok(()),
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
         e = service.failed() => Err(e),
     };
     let _ = stop.send(true);
