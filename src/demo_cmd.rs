@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -74,19 +75,54 @@ impl Drop for Demo {
     }
 }
 
+/// A child's stdout, line by line: what it reports (its ports).
+struct Reports(mpsc::Receiver<String>);
+
 impl Demo {
-    fn spawn(&mut self, name: &str, exe: &Path, args: &[&str]) -> anyhow::Result<()> {
+    fn spawn(&mut self, name: &str, exe: &Path, args: &[&str]) -> anyhow::Result<Reports> {
+        use std::io::BufRead;
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .args(args)
             .env("SIGNET_LOG", "info")
             .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
+        // Read to the end, so the child never writes into a closed pipe.
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
         self.children.push((name.to_string(), child));
-        Ok(())
+        Ok(Reports(rx))
+    }
+
+    /// The address a child prints after `prefix` on a line of its stdout
+    /// (the sidecars bind port 0 and say which port they got).
+    fn reported_addr(&mut self, reports: &Reports, prefix: &str) -> anyhow::Result<SocketAddr> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            self.check_alive()?;
+            if let Ok(line) = reports.0.recv_timeout(Duration::from_millis(50))
+                && let Some(rest) = line.trim().strip_prefix(prefix)
+            {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                return addr
+                    .parse()
+                    .with_context(|| format!("{prefix} {addr:?} is not an address"));
+            }
+            if Instant::now() > deadline {
+                bail!("no {prefix:?} line within {DEADLINE:?}");
+            }
+        }
     }
 
     fn log(&self, name: &str) -> String {
@@ -103,12 +139,6 @@ impl Demo {
         }
         Ok(())
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn get(
@@ -163,14 +193,12 @@ async fn legacy_app(listener: tokio::net::TcpListener) {
 async fn wait_ready(
     demo: &mut Demo,
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    admin: u16,
+    admin: SocketAddr,
 ) -> anyhow::Result<String> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         demo.check_alive()?;
-        if let Ok((200, body, _)) =
-            get(client, "GET", &format!("http://127.0.0.1:{admin}/ready")).await
-        {
+        if let Ok((200, body, _)) = get(client, "GET", &format!("http://{admin}/ready")).await {
             return Ok(body.trim().trim_start_matches("ready: ").to_string());
         }
         if Instant::now() > deadline {
@@ -252,20 +280,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let app_task = tokio::spawn(legacy_app(app));
     let policy = dir.join("policy.rego");
     std::fs::write(&policy, POLICY)?;
-    let (inbound, outbound, in_admin, out_admin) =
-        (free_port()?, free_port()?, free_port()?, free_port()?);
-    println!(
-        "3. A legacy HTTP app on {app_addr}, behind an inbound sidecar on 127.0.0.1:{inbound} with {}",
-        policy.display()
-    );
-    demo.spawn(
+    // The sidecars bind port 0 and print the ports they got.
+    let backend_says = demo.spawn(
         "backend-sidecar",
         &backend_bin,
         &[
             "proxy",
             "inbound",
             "--listen",
-            &format!("127.0.0.1:{inbound}"),
+            "127.0.0.1:0",
             "--to",
             &app_addr.to_string(),
             "--http",
@@ -276,30 +299,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--agent-socket",
             &agent_sock,
             "--admin-listen",
-            &format!("127.0.0.1:{in_admin}"),
+            "127.0.0.1:0",
         ],
     )?;
+    let inbound = demo.reported_addr(&backend_says, "listener inbound:")?;
+    let in_admin = demo.reported_addr(&backend_says, "admin endpoint:")?;
     println!(
-        "4. A client behind an outbound sidecar on 127.0.0.1:{outbound} (it calls the backend over mTLS)"
+        "3. A legacy HTTP app on {app_addr}, behind an inbound sidecar on {inbound} with {}",
+        policy.display()
     );
-    demo.spawn(
+    let frontend_says = demo.spawn(
         "frontend-sidecar",
         &frontend_bin,
         &[
             "proxy",
             "outbound",
             "--listen",
-            &format!("127.0.0.1:{outbound}"),
+            "127.0.0.1:0",
             "--to",
-            &format!("127.0.0.1:{inbound}"),
+            &inbound.to_string(),
             "--server-id",
             BACKEND,
             "--agent-socket",
             &agent_sock,
             "--admin-listen",
-            &format!("127.0.0.1:{out_admin}"),
+            "127.0.0.1:0",
         ],
     )?;
+    let outbound = demo.reported_addr(&frontend_says, "listener outbound:")?;
+    let out_admin = demo.reported_addr(&frontend_says, "admin endpoint:")?;
+    println!(
+        "4. A client behind an outbound sidecar on {outbound} (it calls the backend over mTLS)"
+    );
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let backend = wait_ready(&mut demo, &client, in_admin).await?;
     let frontend = wait_ready(&mut demo, &client, out_admin).await?;
@@ -307,7 +338,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("   frontend sidecar {frontend}");
 
     println!("5. Requests from the client, plain HTTP to its sidecar:");
-    let hello = format!("http://127.0.0.1:{outbound}/hello");
+    let hello = format!("http://{outbound}/hello");
     let (status, body, first) = get(&client, "GET", &hello).await?;
     println!(
         "   GET /hello     -> {status} ({:.2} ms, new mTLS connection)  {}",

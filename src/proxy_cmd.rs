@@ -220,7 +220,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let identity = Identity::new();
     let follow = identity.follow(watcher.clone(), config.svid_id.clone());
     let proxy = Proxy::start(&config, identity.clone()).await?;
+    // Where each listener bound, on stdout too: with port 0 in the
+    // configuration, this is how a user (or a test) learns the port.
     for (name, addr) in proxy.local_addrs() {
+        println!("listener {name}: {addr}");
         tracing::info!(listener = %name, %addr, "listening (accepting once an SVID is available)");
     }
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -228,6 +231,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        println!("admin endpoint: {addr}");
         let ready_identity = identity.clone();
         let ready_watcher = watcher.clone();
         let ready: signet_proxy::admin::Readiness =

@@ -204,7 +204,7 @@ fn compose_commands_are_signet_subcommands() {
 #[test]
 fn envoy_config_validates() {
     let dir = tempfile::tempdir().unwrap();
-    let envoy = envoy_binary(dir.path());
+    let envoy = envoy::binary(dir.path());
     let out = Command::new(envoy)
         .args(["--mode", "validate", "-c"])
         .arg(root().join("deploy/compose/envoy.yaml"))

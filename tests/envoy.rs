@@ -26,50 +26,43 @@ fn envoys_get_their_identities_over_sds_and_talk_mtls() {
     for (id, uid) in [("server", 65534), ("client", 65533), ("intruder", 65532)] {
         c.entry_for_uid(&format!("spiffe://example.org/{id}"), uid);
     }
-    let bin = envoy_binary(dir.path());
-    let (app, inbound, outbound, intruder) = (free_port(), free_port(), free_port(), free_port());
-    let (admin_in, admin_out, admin_intr) = (free_port(), free_port(), free_port());
-    let _app = start_app(app, dir.path());
+    let bin = envoy::binary(dir.path());
+    let (_app, app) = start_app(dir.path());
     let sock = c.agent.clone();
+    // Every listener and admin endpoint binds port 0; the ports are read
+    // from Envoy's admin endpoint.
     let in_cfg = config(
         "inbound.yaml",
         &[
-            ("port_value: 8443", format!("port_value: {inbound}")),
+            ("port_value: 8443", "port_value: 0".into()),
             ("port_value: 8080", format!("port_value: {app}")),
-            ("port_value: 9901", format!("port_value: {admin_in}")),
+            ("port_value: 9901", "port_value: 0".into()),
             ("path: /run/signet/agent.sock", format!("path: {sock}")),
         ],
         &dir.path().join("inbound.yaml"),
     );
+    let server_envoy = envoy::start("envoy-server", &bin, &in_cfg, 65534, dir.path(), &[]);
+    let inbound = server_envoy.listener_port("inbound");
+    let admin_in = server_envoy.admin_port();
     // The client Envoy uses DeltaSecrets, the others StreamSecrets.
-    let out_cfg = |listen: u16, admin: u16, name: &str, api: &str| {
-        config(
+    let out_envoy = |name: &str, uid: u32, api: &str| {
+        let cfg = config(
             "outbound.yaml",
             &[
-                ("port_value: 15001", format!("port_value: {listen}")),
+                ("port_value: 15001", "port_value: 0".into()),
                 ("port_value: 8443", format!("port_value: {inbound}")),
-                ("port_value: 9902", format!("port_value: {admin}")),
+                ("port_value: 9902", "port_value: 0".into()),
                 ("path: /run/signet/agent.sock", format!("path: {sock}")),
                 ("api_type: GRPC", format!("api_type: {api}")),
             ],
             &dir.path().join(format!("{name}.yaml")),
-        )
+        );
+        let envoy = envoy::start(name, &bin, &cfg, uid, dir.path(), &[]);
+        let port = envoy.listener_port("outbound");
+        (envoy, port)
     };
-    let _server_envoy = start_envoy("envoy-server", &bin, &in_cfg, 65534, dir.path());
-    let _client_envoy = start_envoy(
-        "envoy-client",
-        &bin,
-        &out_cfg(outbound, admin_out, "outbound", "DELTA_GRPC"),
-        65533,
-        dir.path(),
-    );
-    let _intruder_envoy = start_envoy(
-        "envoy-intruder",
-        &bin,
-        &out_cfg(intruder, admin_intr, "intruder", "GRPC"),
-        65532,
-        dir.path(),
-    );
+    let (_client_envoy, outbound) = out_envoy("envoy-client", 65533, "DELTA_GRPC");
+    let (_intruder_envoy, intruder) = out_envoy("envoy-intruder", 65532, "GRPC");
 
     // A request crosses client Envoy -> mTLS -> server Envoy -> app, which
     // sees the caller's SPIFFE ID.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Combined, Proc, curl, free_port, require_root, signet, uid};
+use common::{Combined, Proc, curl, require_root, signet, uid};
 use postgres::Postgres;
 
 const DB: &str = "spiffe://example.org/db/postgres";
@@ -138,6 +138,14 @@ fn server_serial(port: u16) -> Option<String> {
     )
 }
 
+/// The address a helper (`--output json`, health endpoint on port 0)
+/// reports its health endpoint bound.
+fn health_addr(helper: &mut Proc) -> String {
+    let line = helper.next_line_with("\"health_listening\"");
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    event["address"].as_str().unwrap().to_owned()
+}
+
 #[test]
 #[ignore = "needs root: PostgreSQL runs as its own user and reads keys chowned to it (scripts/test runs it as root)"]
 fn postgres_serves_and_authenticates_with_helper_written_svids_across_rotation() {
@@ -167,14 +175,13 @@ fn postgres_serves_and_authenticates_with_helper_written_svids_across_rotation()
         &["--dns-name", "reports.example.org"],
     );
 
-    let pg = Postgres::init();
+    let mut pg = Postgres::init();
     let db_certs = dir.join("db-certs");
     std::fs::create_dir(&db_certs).unwrap();
     std::fs::set_permissions(&db_certs, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // The database's helper: root hands the key to postgres (needs root;
     // without it PostgreSQL runs as this user and reads our files).
-    let health = format!("127.0.0.1:{}", free_port());
     let db_cfg = helper_config(
         dir,
         "db-helper.toml",
@@ -184,7 +191,7 @@ fn postgres_serves_and_authenticates_with_helper_written_svids_across_rotation()
                 "/var/lib/postgresql/15/main",
                 pg.data_dir().to_str().unwrap(),
             ),
-            ("127.0.0.1:8088", &health),
+            ("127.0.0.1:8088", "127.0.0.1:0"),
             (
                 "owner = \"postgres\"",
                 if pg.runs_as_postgres() {
@@ -201,6 +208,7 @@ fn postgres_serves_and_authenticates_with_helper_written_svids_across_rotation()
         .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", c.agent))
         .env("SIGNET_LOG", "info");
     let mut db_helper = Proc::spawn("db-helper", cmd, dir);
+    let health = health_addr(&mut db_helper);
     db_helper.wait_for("\"x509_written\"");
     // PostgreSQL is not running yet: nothing to signal, and the helper says so.
     db_helper.wait_for("\"reload\"");
@@ -387,14 +395,14 @@ fn the_helper_waits_for_an_unreachable_agent_and_says_so() {
         "{err}"
     );
 
-    let health = format!("127.0.0.1:{}", free_port());
     let mut cmd = signet();
     cmd.args(["helper", "--output", "json", "--socket"])
         .arg(&socket)
         .arg("--dir")
         .arg(&certs)
-        .args(["--health-listen", &health, "--jwt-audience", "db"]);
+        .args(["--health-listen", "127.0.0.1:0", "--jwt-audience", "db"]);
     let mut helper = Proc::spawn("helper", cmd, dir);
+    let health = health_addr(&mut helper);
     let body = common::eventually("/ready to answer", || {
         let (code, body) = curl(&format!("http://{health}/ready"));
         (code == 503).then_some(body)

@@ -11,7 +11,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use signet_testkit::pki::{Leaf, TestCa};
+use signet_testkit::process::write_for_others;
 
 const FRONTEND: &str = "spiffe://example.org/ns/web/sa/frontend";
 const BACKEND: &str = "spiffe://example.org/ns/api/sa/backend";
@@ -49,31 +49,12 @@ fn leaf(
     ca.leaf(&leaf).write(dir, name)
 }
 
-fn start_sidecar(
-    name: &str,
-    bin: &Path,
-    config: &Path,
-    socket: &str,
-    uid: u32,
-    dir: &Path,
-) -> Proc {
-    let mut cmd = Command::new(bin);
-    cmd.args(["proxy", "--config"])
-        .arg(config)
-        .args(["--socket", socket])
-        .env("SIGNET_LOG", "info")
-        .uid(uid)
-        .gid(uid);
-    Proc::spawn(name, cmd, dir)
-}
-
-/// A TCP echo app.
-fn start_echo(port: u16, dir: &Path) -> Proc {
-    let script = format!(
-        "import socket, threading\n\
-         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('127.0.0.1', {port})); s.listen(64)\n\
-         print('ready', flush=True)\n\
+/// A TCP echo app on a port of its own choosing; returns it and its port.
+fn start_echo(dir: &Path) -> (Proc, u16) {
+    let script = "import socket, threading\n\
+         s = socket.socket()\n\
+         s.bind(('127.0.0.1', 0)); s.listen(64)\n\
+         print('listening on 127.0.0.1:%d' % s.getsockname()[1], flush=True)\n\
          def h(c):\n\
          \x20   while True:\n\
          \x20       d = c.recv(65536)\n\
@@ -81,18 +62,12 @@ fn start_echo(port: u16, dir: &Path) -> Proc {
          \x20       c.sendall(d)\n\
          \x20   c.close()\n\
          while True:\n\
-         \x20   c, _ = s.accept(); threading.Thread(target=h, args=(c,), daemon=True).start()\n"
-    );
+         \x20   c, _ = s.accept(); threading.Thread(target=h, args=(c,), daemon=True).start()\n";
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", &script]);
+    cmd.args(["-c", script]);
     let mut p = Proc::spawn("echo", cmd, dir);
-    p.wait_for("ready");
-    p
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = p.reported_addr("listening on").port();
+    (p, port)
 }
 
 fn exchange(reader: &mut BufReader<std::net::TcpStream>, line: &str) {
@@ -125,35 +100,25 @@ fn sidecars_carry_identity_authorize_rotate_and_refuse() {
         c.entry_for_uid(id, uid);
     }
     let bin = signet_for_others(dir);
-    let [
-        app,
-        echo,
-        in_http,
-        in_tcp,
-        out_http,
-        out_tcp,
-        in_admin,
-        out_admin,
-    ] = [(); 8].map(|()| free_port());
-    let _app = start_app(app, dir);
-    let _echo = start_echo(echo, dir);
+    let (_app, app) = start_app(dir);
+    let (_echo, echo) = start_echo(dir);
 
     let policy = dir.join("http.rego");
     let http_rego = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/rego/http.rego"),
     )
     .unwrap();
-    write(&policy, &http_rego);
+    write_for_others(&policy, &http_rego);
     let inbound_cfg = dir.join("inbound.toml");
-    write(
+    write_for_others(
         &inbound_cfg,
         &format!(
-            r#"admin_listen = "127.0.0.1:{in_admin}"
+            r#"admin_listen = "127.0.0.1:0"
 drain_timeout = "5s"
 [[listener]]
 name = "http"
 mode = "inbound"
-listen = "127.0.0.1:{in_http}"
+listen = "127.0.0.1:0"
 to = "127.0.0.1:{app}"
 http = true
 policy = "{policy}"
@@ -161,35 +126,42 @@ entrypoint = "signet/http/allow"
 [[listener]]
 name = "tcp"
 mode = "inbound"
-listen = "127.0.0.1:{in_tcp}"
+listen = "127.0.0.1:0"
 to = "127.0.0.1:{echo}"
 allow_id = ["{FRONTEND}"]
 "#,
             policy = policy.display()
         ),
     );
+    // Each sidecar binds port 0 and reports its ports on stdout.
+    let mut inbound = start_proxy("inbound", &bin, &inbound_cfg, &c.agent, 65534, dir);
+    let in_http = inbound.reported_addr("listener http:").port();
+    let in_tcp = inbound.reported_addr("listener tcp:").port();
+    let in_admin = inbound.reported_addr("admin endpoint:").port();
     let outbound_cfg = dir.join("outbound.toml");
-    write(
+    write_for_others(
         &outbound_cfg,
         &format!(
-            r#"admin_listen = "127.0.0.1:{out_admin}"
+            r#"admin_listen = "127.0.0.1:0"
 [[listener]]
 name = "http"
 mode = "outbound"
-listen = "127.0.0.1:{out_http}"
+listen = "127.0.0.1:0"
 to = "127.0.0.1:{in_http}"
 server_id = "{BACKEND}"
 [[listener]]
 name = "tcp"
 mode = "outbound"
-listen = "127.0.0.1:{out_tcp}"
+listen = "127.0.0.1:0"
 to = "localhost:{in_tcp}"
 server_id = "{BACKEND}"
 "#
         ),
     );
-    let mut inbound = start_sidecar("inbound", &bin, &inbound_cfg, &c.agent, 65534, dir);
-    let _outbound = start_sidecar("outbound", &bin, &outbound_cfg, &c.agent, 65533, dir);
+    let mut outbound = start_proxy("outbound", &bin, &outbound_cfg, &c.agent, 65533, dir);
+    let out_http = outbound.reported_addr("listener http:").port();
+    let out_tcp = outbound.reported_addr("listener tcp:").port();
+    let out_admin = outbound.reported_addr("admin endpoint:").port();
     for admin in [in_admin, out_admin] {
         let body = eventually("the sidecar to be ready", || {
             let (code, body) = curl(&format!("http://127.0.0.1:{admin}/ready"));
@@ -424,7 +396,7 @@ server_id = "{BACKEND}"
         curl(&format!("http://127.0.0.1:{out_http}/api/v2/new")).0,
         403
     );
-    write(
+    write_for_others(
         &policy,
         &http_rego.replace(
             r#"{"caller": "spiffe://example.org/ns/ops/sa/admin""#,
@@ -448,7 +420,7 @@ server_id = "{BACKEND}"
 
     // A broken revision leaves the previous one in force (SIGHUP forces the
     // check at once).
-    write(&policy, "package signet.http\nthis is not rego\n");
+    write_for_others(&policy, "package signet.http\nthis is not rego\n");
     Command::new("kill")
         .args(["-HUP", &inbound.pid().to_string()])
         .status()

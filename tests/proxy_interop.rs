@@ -29,42 +29,53 @@ use serde_json::Value;
 /// An app that answers any method (`do_get` for a lowercase `get` too)
 /// with the method and the request headers, and prints `request <x-case>`
 /// for each request it receives, so a test can tell which reached it.
-fn start_any_method_app(port: u16, dir: &Path) -> Proc {
-    let script = format!(
-        "import http.server\n\
+/// It picks its own port; returns it and the port.
+fn start_any_method_app(dir: &Path) -> (Proc, u16) {
+    let script = "import http.server\n\
          class H(http.server.BaseHTTPRequestHandler):\n\
          \x20   def __getattr__(self, name):\n\
          \x20       if name.startswith('do_'): return self.answer\n\
          \x20       raise AttributeError(name)\n\
          \x20   def answer(self):\n\
          \x20       print('request', self.headers.get('x-case', '-'), flush=True)\n\
-         \x20       body = (f'method: {{self.command}}\\n' + ''.join(f'{{k.lower()}}: {{v}}\\n' for k, v in self.headers.items())).encode()\n\
+         \x20       body = (f'method: {self.command}\\n' + ''.join(f'{k.lower()}: {v}\\n' for k, v in self.headers.items())).encode()\n\
          \x20       self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)\n\
          \x20   def log_message(self, *a): pass\n\
-         print('ready', flush=True)\n\
-         http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
-    );
+         s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
+         print('listening on 127.0.0.1:%d' % s.server_address[1], flush=True)\n\
+         s.serve_forever()\n";
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", &script]);
+    cmd.args(["-c", script]);
     let mut p = Proc::spawn("app", cmd, dir);
-    p.wait_for("ready");
-    p
+    let port = p.reported_addr("listening on").port();
+    (p, port)
 }
 
-/// `signet proxy <args>` under `uid`, its admin endpoint polled until ready.
-fn start_sidecar(name: &str, bin: &Path, args: &[&str], admin: u16, uid: u32, dir: &Path) -> Proc {
+/// `signet proxy MODE <args> --listen 127.0.0.1:0` under `uid`, its admin
+/// endpoint (port 0 too) polled until ready; returns it and the port its
+/// listener bound.
+fn start_sidecar(
+    name: &str,
+    bin: &Path,
+    mode: &str,
+    args: &[&str],
+    uid: u32,
+    dir: &Path,
+) -> (Proc, u16) {
     let mut cmd = Command::new(bin);
-    cmd.arg("proxy")
+    cmd.args(["proxy", mode, "--listen", "127.0.0.1:0"])
         .args(args)
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("SIGNET_LOG", "info")
         .uid(uid)
         .gid(uid);
-    let p = Proc::spawn(name, cmd, dir);
+    let mut p = Proc::spawn(name, cmd, dir);
+    let port = p.reported_addr(&format!("listener {mode}:")).port();
+    let admin = p.reported_addr("admin endpoint:").port();
     eventually(&format!("{name} to be ready"), || {
         (curl(&format!("http://127.0.0.1:{admin}/ready")).0 == 200).then_some(())
     });
-    p
+    (p, port)
 }
 
 /// The `x-forwarded-client-cert` line of an app's answer.
@@ -101,48 +112,21 @@ fn envoy_and_sidecars_interoperate_both_ways() {
         c.entry_for_uid(id, uid);
     }
     let signet = signet_for_others(dir);
-    let envoy = envoy_binary(dir);
-    let [
-        app,
-        envoy_out,
-        envoy_out_admin,
-        sidecar_in,
-        sidecar_in_admin,
-        sidecar_out,
-        sidecar_out_admin,
-        envoy_in,
-        envoy_in_admin,
-    ] = [(); 9].map(|()| free_port());
-    let _app = start_any_method_app(app, dir);
+    let envoy = envoy::binary(dir);
+    let (_app, app) = start_any_method_app(dir);
     let sock = c.agent.clone();
+    // Every listener and admin endpoint binds port 0 and reports the port.
 
     // (a) curl -> Envoy client (SDS) -> our inbound sidecar -> app. The
     // example's upstream SAN matcher names our sidecar's ID instead of the
     // example server's. Envoy offers at most TLS 1.2 as a client unless
     // told otherwise, and the sidecar accepts TLS 1.3 only unless started
     // with --tls12: the client Envoy is given TLS 1.3.
-    let envoy_client_cfg = config(
-        "outbound.yaml",
-        &[
-            ("port_value: 15001", format!("port_value: {envoy_out}")),
-            ("port_value: 8443", format!("port_value: {sidecar_in}")),
-            ("port_value: 9902", format!("port_value: {envoy_out_admin}")),
-            ("path: /run/signet/agent.sock", format!("path: {sock}")),
-            (
-                r#"exact: "spiffe://example.org/server""#,
-                format!(r#"exact: "{SIDECAR_IN}""#),
-            ),
-        ],
-        &dir.join("envoy-client.yaml"),
-    );
-    let _envoy_client = start_envoy("envoy-client", &envoy, &envoy_client_cfg, 65533, dir);
-    let _inbound = start_sidecar(
+    let (_inbound, sidecar_in) = start_sidecar(
         "sidecar-inbound",
         &signet,
+        "inbound",
         &[
-            "inbound",
-            "--listen",
-            &format!("127.0.0.1:{sidecar_in}"),
             "--to",
             &format!("127.0.0.1:{app}"),
             "--http",
@@ -151,10 +135,25 @@ fn envoy_and_sidecars_interoperate_both_ways() {
             "--socket",
             &sock,
         ],
-        sidecar_in_admin,
         65534,
         dir,
     );
+    let envoy_client_cfg = config(
+        "outbound.yaml",
+        &[
+            ("port_value: 15001", "port_value: 0".into()),
+            ("port_value: 8443", format!("port_value: {sidecar_in}")),
+            ("port_value: 9902", "port_value: 0".into()),
+            ("path: /run/signet/agent.sock", format!("path: {sock}")),
+            (
+                r#"exact: "spiffe://example.org/server""#,
+                format!(r#"exact: "{SIDECAR_IN}""#),
+            ),
+        ],
+        &dir.join("envoy-client.yaml"),
+    );
+    let envoy_client = envoy::start("envoy-client", &envoy, &envoy_client_cfg, 65533, dir, &[]);
+    let envoy_out = envoy_client.listener_port("outbound");
     let body = eventually(
         "a request from the Envoy client through our sidecar",
         || {
@@ -175,9 +174,9 @@ fn envoy_and_sidecars_interoperate_both_ways() {
     let envoy_server_cfg = config(
         "inbound.yaml",
         &[
-            ("port_value: 8443", format!("port_value: {envoy_in}")),
+            ("port_value: 8443", "port_value: 0".into()),
             ("port_value: 8080", format!("port_value: {app}")),
-            ("port_value: 9901", format!("port_value: {envoy_in_admin}")),
+            ("port_value: 9901", "port_value: 0".into()),
             ("path: /run/signet/agent.sock", format!("path: {sock}")),
             (
                 r#"name: "spiffe://example.org/server""#,
@@ -190,14 +189,13 @@ fn envoy_and_sidecars_interoperate_both_ways() {
         ],
         &dir.join("envoy-server.yaml"),
     );
-    let _envoy_server = start_envoy("envoy-server", &envoy, &envoy_server_cfg, 65531, dir);
-    let _outbound = start_sidecar(
+    let envoy_server = envoy::start("envoy-server", &envoy, &envoy_server_cfg, 65531, dir, &[]);
+    let envoy_in = envoy_server.listener_port("inbound");
+    let (_outbound, sidecar_out) = start_sidecar(
         "sidecar-outbound",
         &signet,
+        "outbound",
         &[
-            "outbound",
-            "--listen",
-            &format!("127.0.0.1:{sidecar_out}"),
             "--to",
             &format!("127.0.0.1:{envoy_in}"),
             "--server-id",
@@ -205,7 +203,6 @@ fn envoy_and_sidecars_interoperate_both_ways() {
             "--socket",
             &sock,
         ],
-        sidecar_out_admin,
         65532,
         dir,
     );
@@ -292,16 +289,13 @@ fn envoy_http_authz_fixture_decides_real_requests() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let signet = signet_for_others(dir);
-    let [app, listen, admin] = [(); 3].map(|()| free_port());
-    let mut app_proc = start_any_method_app(app, dir);
+    let (mut app_proc, app) = start_any_method_app(dir);
     let entrypoint = cases[0]["entrypoint"].as_str().unwrap();
-    let sidecar = start_sidecar(
+    let (sidecar, listen) = start_sidecar(
         "sidecar-inbound",
         &signet,
+        "inbound",
         &[
-            "inbound",
-            "--listen",
-            &format!("127.0.0.1:{listen}"),
             "--to",
             &format!("127.0.0.1:{app}"),
             "--http",
@@ -312,7 +306,6 @@ fn envoy_http_authz_fixture_decides_real_requests() {
             "--socket",
             &c.agent,
         ],
-        admin,
         65534,
         dir,
     );

@@ -164,7 +164,7 @@ fn run_readme_as(uid: u32) -> BTreeMap<String, String> {
         .env("REPO", env!("CARGO_MANIFEST_DIR"))
         .env("BLOCKS", &block_dir)
         .env("RUNNER", &runner)
-        .env("ENVOY", envoy_binary(dir.path()))
+        .env("ENVOY", envoy::binary(dir.path()))
         .env("RUN_UID", uid.to_string())
         .env("BLOCK_ORDER", order.join(" "))
         .env_remove("SPIFFE_ENDPOINT_SOCKET")

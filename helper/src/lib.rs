@@ -224,6 +224,18 @@ impl Events {
         }
     }
 
+    /// Where the health endpoint bound (with port 0 configured, the only
+    /// way to learn the port).
+    fn health(self, addr: std::net::SocketAddr) {
+        match self.0 {
+            Output::Json => println!(
+                "{}",
+                json!({ "event": "health_listening", "address": addr.to_string() })
+            ),
+            Output::Text => println!("health endpoint: {addr} (/live /ready)"),
+        }
+    }
+
     fn reload(self, how: &str, outcome: &Result<String, String>) {
         match (self.0, outcome) {
             (Output::Json, Ok(detail)) => println!(
@@ -360,6 +372,8 @@ async fn daemon(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("health endpoint: cannot listen on {addr}"))?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            events.health(addr);
             tracing::info!(%addr, "health endpoint: /live /ready");
             // The sidecar's admin endpoint, with readiness from the updates
             // and no metrics of its own.

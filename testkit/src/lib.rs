@@ -1,16 +1,23 @@
 //! Test support shared by the workspace's tests and benches (a
-//! dev-dependency only): a throwaway PostgreSQL ([`postgres`]), free
-//! loopback ports ([`ports`]) and a test PKI ([`pki`]). Nothing here depends on Signet's own crates,
-//! so any of them can use it.
+//! dev-dependency only): child processes with logs and reported ports
+//! ([`process`]), the real Envoy and its configurations ([`envoy`]), HTTP
+//! and TLS probes ([`http`]), a throwaway PostgreSQL ([`postgres`]), free
+//! loopback ports for what cannot bind port 0 ([`ports`]) and a test PKI
+//! ([`pki`]). Nothing here depends on Signet's own crates, so any of them
+//! can use it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod envoy;
+pub mod http;
 pub mod pki;
 pub mod ports;
 pub mod postgres;
+pub mod process;
 
 pub use ports::free_port;
 pub use postgres::Postgres;
+pub use process::{DEADLINE, Proc, eventually, eventually_within, require_root};
 
 /// This process's uid, from /proc (no libc needed).
 pub fn uid() -> u32 {

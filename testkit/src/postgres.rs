@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL 15 for tests: a cluster in a temp dir on a free
-//! loopback port, stopped on drop. As root it runs as the `postgres` user
+//! loopback port (PostgreSQL cannot bind port 0: a port another process
+//! took in the meantime is retried with another), stopped on drop. As root it runs as the `postgres` user
 //! (initdb and postgres refuse root). Missing binaries fail the test with
 //! a message: scripts/test installs them.
 
@@ -44,7 +45,7 @@ fn is_root() -> bool {
 impl Postgres {
     /// A cluster, initialized and started.
     pub fn start() -> Postgres {
-        let pg = Postgres::init();
+        let mut pg = Postgres::init();
         pg.start_server();
         pg
     }
@@ -90,8 +91,24 @@ impl Postgres {
         pg
     }
 
-    /// Starts the server and waits until it accepts connections.
-    pub fn start_server(&self) {
+    /// Starts the server and waits until it accepts connections; if its
+    /// port was taken since it was chosen, on another port.
+    pub fn start_server(&mut self) {
+        for _ in 0..5 {
+            let _ = std::fs::remove_file(self.log_path());
+            match self.try_start_server() {
+                Ok(()) => return,
+                Err(_) if self.log().contains("could not bind") => self.port = free_port(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!(
+            "PostgreSQL found no free port in five tries:\n{}",
+            self.log()
+        );
+    }
+
+    fn try_start_server(&self) -> Result<(), String> {
         let data = self.data_dir();
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
@@ -100,7 +117,7 @@ impl Postgres {
         );
         let log = self.log_path();
         // -w waits until the server accepts connections (bounded by -t).
-        self.run(
+        self.try_run(
             "pg_ctl",
             &[
                 "-D",
@@ -114,7 +131,7 @@ impl Postgres {
                 "60",
                 "start",
             ],
-        );
+        )
     }
 
     /// Appends `text` to `file` in the data directory (postgresql.conf,
@@ -167,6 +184,12 @@ impl Postgres {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
+        if let Err(e) = self.try_run(tool, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let exe = self.bin.join(tool);
         let out = if self.as_postgres {
             Command::new("runuser")
@@ -178,13 +201,15 @@ impl Postgres {
         } else {
             Command::new(&exe).args(args).output().unwrap()
         };
-        assert!(
-            out.status.success(),
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
             "{tool} failed: {}{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             self.log()
-        );
+        ))
     }
 
     /// URL of the `postgres` maintenance database.
@@ -230,5 +255,24 @@ impl Drop for Postgres {
         } else {
             Command::new(&exe).args(args).output()
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_since_it_was_chosen_is_replaced() {
+        let mut pg = Postgres::init();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        pg.port = taken.local_addr().unwrap().port();
+        pg.start_server();
+        assert_ne!(pg.port, taken.local_addr().unwrap().port());
+        let out = Command::new(pg.bin().join("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", pg.log());
     }
 }

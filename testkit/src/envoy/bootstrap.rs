@@ -1,7 +1,8 @@
-//! The Envoy configurations the bench runs, built as JSON values (Envoy
-//! reads a JSON bootstrap as it reads YAML): inbound with SDS, network RBAC
-//! on the peer's SPIFFE ID and tcp_proxy; outbound with tcp_proxy to an
-//! mTLS upstream that must present the server's ID.
+//! Envoy bootstraps built as JSON values (Envoy reads a JSON bootstrap as
+//! it reads YAML): inbound with SDS, network RBAC on the peer's SPIFFE ID
+//! and tcp_proxy; outbound with tcp_proxy to an mTLS upstream that must
+//! present the server's ID. Listeners and the admin endpoint bind port 0:
+//! [`super::Envoy`] reads the ports Envoy took.
 
 use serde_json::{Value, json};
 
@@ -73,32 +74,26 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
     })
 }
 
-fn bootstrap(admin: u16, listeners: Vec<Value>, clusters: Vec<Value>) -> String {
+fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>) -> String {
     json!({
-        "node": { "id": "bench", "cluster": "bench" },
-        "admin": { "address": socket_address(admin) },
+        "node": { "id": "signet-test", "cluster": "signet-test" },
+        "admin": { "address": socket_address(0) },
         "static_resources": { "listeners": listeners, "clusters": clusters }
     })
     .to_string()
 }
 
-/// Envoy inbound: one listener per `(listen, backend)` pair, mTLS with its
-/// SVID `server_id` over SDS, network RBAC allowing `client_id` only,
-/// tcp_proxy to the backend.
-pub fn inbound(
-    socket: &str,
-    admin: u16,
-    listeners: &[(u16, u16)],
-    server_id: &str,
-    client_id: &str,
-) -> String {
+/// Envoy inbound: listener `in{i}` for the i-th backend port, mTLS with
+/// its SVID `server_id` over SDS from the agent at `socket`, network RBAC
+/// allowing `client_id` only, tcp_proxy to the backend.
+pub fn inbound(socket: &str, backends: &[u16], server_id: &str, client_id: &str) -> String {
     let mut ls = Vec::new();
     let mut clusters = Vec::new();
-    for (i, (listen, backend)) in listeners.iter().enumerate() {
+    for (i, backend) in backends.iter().enumerate() {
         let backend_name = format!("backend{i}");
         ls.push(json!({
             "name": format!("in{i}"),
-            "address": socket_address(*listen),
+            "address": socket_address(0),
             "filter_chains": [{
                 "filters": [
                     {
@@ -133,19 +128,19 @@ pub fn inbound(
         clusters.push(plain_cluster(&backend_name, *backend));
     }
     clusters.push(agent_cluster(socket));
-    bootstrap(admin, ls, clusters)
+    bootstrap(ls, clusters)
 }
 
-/// Envoy outbound: one plaintext listener per `(listen, upstream)` pair,
+/// Envoy outbound: plaintext listener `out{i}` for the i-th upstream port,
 /// tcp_proxy to an mTLS upstream that must present `server_id`.
-pub fn outbound(socket: &str, admin: u16, listeners: &[(u16, u16)], server_id: &str) -> String {
+pub fn outbound(socket: &str, upstreams: &[u16], server_id: &str) -> String {
     let mut ls = Vec::new();
     let mut clusters = Vec::new();
-    for (i, (listen, upstream)) in listeners.iter().enumerate() {
+    for (i, upstream) in upstreams.iter().enumerate() {
         let upstream_name = format!("upstream{i}");
         ls.push(json!({
             "name": format!("out{i}"),
-            "address": socket_address(*listen),
+            "address": socket_address(0),
             "filter_chains": [{ "filters": [tcp_proxy(&format!("out{i}"), &upstream_name)] }]
         }));
         let mut cluster = plain_cluster(&upstream_name, *upstream);
@@ -167,5 +162,5 @@ pub fn outbound(socket: &str, admin: u16, listeners: &[(u16, u16)], server_id: &
         clusters.push(cluster);
     }
     clusters.push(agent_cluster(socket));
-    bootstrap(admin, ls, clusters)
+    bootstrap(ls, clusters)
 }
