@@ -45,6 +45,7 @@ fn leaf(
         uris,
         ca: ca_flag,
         expired,
+        ..Leaf::default()
     };
     ca.leaf(&leaf).write(dir, name)
 }

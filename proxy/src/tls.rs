@@ -340,37 +340,26 @@ mod tests {
 
     mod resumption {
         use super::*;
-        use rcgen::{
-            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-            KeyUsagePurpose, SanType,
-        };
         use signet_identity::bundle::{Bundle, BundleSet};
         use signet_identity::x509_svid::X509Svid;
+        use signet_testkit::pki::{Leaf, TestCa};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         const CLIENT: &str = "spiffe://example.org/client";
         const SERVER: &str = "spiffe://example.org/server";
 
-        fn ca() -> (Issuer<'static, KeyPair>, String) {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let pem = params.self_signed(&key).unwrap().pem();
-            (Issuer::new(params, key), pem)
+        fn ca() -> (TestCa, String) {
+            let ca = TestCa::new("root");
+            let pem = ca.pem.clone();
+            (ca, pem)
         }
 
-        fn svid(ca: &Issuer<'static, KeyPair>, id: &str) -> X509Svid {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ClientAuth,
-                ExtendedKeyUsagePurpose::ServerAuth,
-            ];
-            let cert = params.signed_by(&key, ca).unwrap();
-            X509Svid::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+        fn svid(ca: &TestCa, id: &str) -> X509Svid {
+            let cert = ca.leaf(&Leaf {
+                uris: &[id],
+                ..Leaf::default()
+            });
+            X509Svid::from_pem(cert.pem.as_bytes(), cert.key_pem.as_bytes()).unwrap()
         }
 
         fn bundles(ca_pem: &str) -> BundleSet {

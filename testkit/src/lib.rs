@@ -1,7 +1,8 @@
 //! Test support shared by the workspace's tests and benches (a
 //! dev-dependency only): child processes with logs and reported ports
 //! ([`process`]), the real Envoy and its configurations ([`envoy`]), HTTP
-//! and TLS probes ([`http`]), a throwaway PostgreSQL ([`postgres`]), free
+//! and TLS probes ([`http`]), a throwaway PostgreSQL (`postgres`, with the
+//! feature of that name), free
 //! loopback ports for what cannot bind port 0 ([`ports`]) and a test PKI
 //! ([`pki`]). Nothing here depends on Signet's own crates, so any of them
 //! can use it.
@@ -12,10 +13,12 @@ pub mod envoy;
 pub mod http;
 pub mod pki;
 pub mod ports;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod process;
 
 pub use ports::free_port;
+#[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 pub use process::{DEADLINE, Proc, eventually, eventually_within, require_root};
 

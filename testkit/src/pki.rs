@@ -38,6 +38,9 @@ pub struct Leaf<'a> {
     pub ca: bool,
     /// Valid from two hours ago to one hour ago.
     pub expired: bool,
+    /// Valid from the first to the second instant instead (overrides
+    /// `expired`): a window a test can step a clock through.
+    pub valid: Option<(SystemTime, SystemTime)>,
 }
 
 /// A leaf certificate and its key.
@@ -109,7 +112,9 @@ impl TestCa {
             params.key_usages.push(KeyUsagePurpose::KeyCertSign);
         }
         let now = SystemTime::now();
-        let (from, until) = if leaf.expired {
+        let (from, until) = if let Some(window) = leaf.valid {
+            window
+        } else if leaf.expired {
             (
                 now - Duration::from_secs(7200),
                 now - Duration::from_secs(3600),

@@ -521,37 +521,36 @@ pub mod danger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose, SanType, date_time_ymd,
-    };
     use signet_identity::Bundle;
+    use signet_testkit::pki::{Leaf, TestCa};
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::SystemTime;
 
     const ID: &str = "spiffe://example.org/peer";
 
-    fn ca() -> (Issuer<'static, KeyPair>, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let pem = params.self_signed(&key).unwrap().pem();
-        (Issuer::new(params, key), pem)
+    fn ca() -> (TestCa, String) {
+        let ca = TestCa::new("root");
+        let pem = ca.pem.clone();
+        (ca, pem)
     }
 
-    /// A leaf for `ID` valid through 2020-2030.
-    fn leaf(ca: &Issuer<'static, KeyPair>) -> CertificateDer<'static> {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
-        params.not_before = date_time_ymd(2020, 1, 1);
-        params.not_after = date_time_ymd(2030, 1, 1);
-        params.signed_by(&key, ca).unwrap().der().clone()
+    /// June 1st of `year`.
+    fn june(year: i32) -> SystemTime {
+        let days = (1970..year)
+            .map(|y| if y % 4 == 0 { 366 } else { 365 })
+            .sum::<u64>()
+            + if year % 4 == 0 { 152 } else { 151 };
+        SystemTime::UNIX_EPOCH + Duration::from_secs(days * 86_400)
+    }
+
+    /// A leaf for `ID` valid from mid-2020 to mid-2030.
+    fn leaf(ca: &TestCa) -> CertificateDer<'static> {
+        ca.leaf(&Leaf {
+            uris: &[ID],
+            valid: Some((june(2020), june(2030))),
+            ..Leaf::default()
+        })
+        .der
     }
 
     fn bundles(ca_pem: &str) -> BundleSet {
@@ -563,8 +562,7 @@ mod tests {
     }
 
     fn at(year: i32) -> UnixTime {
-        let t = date_time_ymd(year, 6, 1).unix_timestamp();
-        UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(t).unwrap()))
+        UnixTime::since_unix_epoch(june(year).duration_since(SystemTime::UNIX_EPOCH).unwrap())
     }
 
     /// The verified-leaf memo must never accept what a full verification
