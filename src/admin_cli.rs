@@ -28,6 +28,17 @@ pub enum Output {
     Json,
 }
 
+impl Output {
+    /// Prints one result: `json` as a line of JSON for scripts, or `text`
+    /// for people.
+    pub fn print(self, json: serde_json::Value, text: impl std::fmt::Display) {
+        match self {
+            Output::Json => println!("{json}"),
+            Output::Text => println!("{text}"),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AdminOpts {
     #[arg(long, alias = "socket", global = true, value_parser = crate::sockets::socket_arg, help = crate::sockets::ADMIN_SOCKET_HELP)]

@@ -202,10 +202,10 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            match opts.output {
-                Output::Json => println!("{}", json!({ "valid": true, "spiffe_id": r.spiffe_id })),
-                Output::Text => println!("Valid JWT-SVID for {}", r.spiffe_id),
-            }
+            opts.output.print(
+                json!({ "valid": true, "spiffe_id": r.spiffe_id }),
+                format_args!("Valid JWT-SVID for {}", r.spiffe_id),
+            );
         }
         ApiCmd::Watch => {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -239,10 +239,8 @@ pub async fn run(cmd: ApiCmd, opts: ApiOpts) -> anyhow::Result<()> {
                         }
                     }
                 };
-                match opts.output {
-                    Output::Json => println!("{}", json!({ "waiting": why })),
-                    Output::Text => println!("waiting: {why}"),
-                }
+                opts.output
+                    .print(json!({ "waiting": why }), format_args!("waiting: {why}"));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -26,31 +26,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// An app that answers any method (`do_get` for a lowercase `get` too)
-/// with the method and the request headers, and prints `request <x-case>`
-/// for each request it receives, so a test can tell which reached it.
-/// It picks its own port; returns it and the port.
-fn start_any_method_app(dir: &Path) -> (Proc, u16) {
-    let script = "import http.server\n\
-         class H(http.server.BaseHTTPRequestHandler):\n\
-         \x20   def __getattr__(self, name):\n\
-         \x20       if name.startswith('do_'): return self.answer\n\
-         \x20       raise AttributeError(name)\n\
-         \x20   def answer(self):\n\
-         \x20       print('request', self.headers.get('x-case', '-'), flush=True)\n\
-         \x20       body = (f'method: {self.command}\\n' + ''.join(f'{k.lower()}: {v}\\n' for k, v in self.headers.items())).encode()\n\
-         \x20       self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)\n\
-         \x20   def log_message(self, *a): pass\n\
-         s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
-         print('listening on 127.0.0.1:%d' % s.server_address[1], flush=True)\n\
-         s.serve_forever()\n";
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let mut p = Proc::spawn("app", cmd, dir);
-    let port = p.reported_addr("listening on").port();
-    (p, port)
-}
-
 /// `signet proxy MODE <args> --listen 127.0.0.1:0` under `uid`, its admin
 /// endpoint (port 0 too) polled until ready; returns it and the port its
 /// listener bound.
@@ -113,7 +88,7 @@ fn envoy_and_sidecars_interoperate_both_ways() {
     }
     let signet = signet_for_others(dir);
     let envoy = envoy::binary(dir);
-    let (_app, app) = start_any_method_app(dir);
+    let (_app, app) = start_app(dir);
     let sock = c.agent.clone();
     // Every listener and admin endpoint binds port 0 and reports the port.
 
@@ -289,7 +264,7 @@ fn envoy_http_authz_fixture_decides_real_requests() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let signet = signet_for_others(dir);
-    let (mut app_proc, app) = start_any_method_app(dir);
+    let (mut app_proc, app) = start_app(dir);
     let entrypoint = cases[0]["entrypoint"].as_str().unwrap();
     let (sidecar, listen) = start_sidecar(
         "sidecar-inbound",

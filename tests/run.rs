@@ -58,12 +58,7 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     let entry_id = e["id"].as_str().unwrap().to_owned();
 
     // The workload (this test's uid) gets its X509-SVID.
-    let svid = eventually("the X509-SVID", || {
-        let out = c.api(&["fetch", "x509", "--output", "json"]);
-        out.status
-            .success()
-            .then(|| String::from_utf8(out.stdout).unwrap())
-    });
+    let svid = c.x509_json("the X509-SVID");
     assert!(svid.contains("spiffe://example.org/web"), "{svid}");
 
     // --write: files an app can use; the real openssl accepts the chain.
@@ -200,9 +195,7 @@ fn a_process_of_another_uid_gets_that_uids_identity() {
             .gid(65534)
             .output()
             .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8(out.stdout).unwrap())
+        stdout_if_ok(out)
     });
     assert!(svid.contains("spiffe://example.org/nobody"), "{svid}");
 }
@@ -678,12 +671,7 @@ fn beyond_the_svid_cache_bound_identities_are_minted_on_demand() {
         "--output",
         "json",
     ]));
-    let svid = eventually("the on-demand SVID", || {
-        let out = c.api(&["fetch", "x509", "--output", "json"]);
-        out.status
-            .success()
-            .then(|| String::from_utf8(out.stdout).unwrap())
-    });
+    let svid = c.x509_json("the on-demand SVID");
     assert!(svid.contains("spiffe://example.org/zz-mine"), "{svid}");
 }
 

@@ -227,12 +227,24 @@ impl SdsService {
     /// connected (checked again before every response a stream sends).
     async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         if !self.agent.snapshot().borrow().healthy {
-            return Err(Status::unavailable(
-                "the agent cannot vouch for identities right now",
-            ));
+            return Err(unhealthy());
         }
         attest_peer(unix_peer(req)?, &self.attestor).await
     }
+}
+
+fn unhealthy() -> Status {
+    Status::unavailable("the agent cannot vouch for identities right now")
+}
+
+/// Whether a stream may answer now: not when the agent cannot vouch for
+/// identities, nor when the caller's process is gone (the stream ends with
+/// the reason).
+fn servable(snapshot: &Snapshot, caller: &Caller) -> Result<(), Status> {
+    if !snapshot.healthy {
+        return Err(unhealthy());
+    }
+    caller.still_connected()
 }
 
 fn version_of(secrets: &BTreeMap<String, Secret>) -> String {
@@ -335,15 +347,7 @@ impl SecretDiscoveryService for SdsService {
                 }
                 let Some(wanted) = &names else { continue };
                 let snapshot = snapshots.borrow_and_update().clone();
-                if !snapshot.healthy {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the agent cannot vouch for identities right now",
-                        )))
-                        .await;
-                    return;
-                }
-                if let Err(refused) = caller.still_connected() {
+                if let Err(refused) = servable(&snapshot, &caller) {
                     let _ = tx.send(Err(refused)).await;
                     return;
                 }
@@ -442,15 +446,7 @@ impl SecretDiscoveryService for SdsService {
                     continue;
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                if !snapshot.healthy {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the agent cannot vouch for identities right now",
-                        )))
-                        .await;
-                    return;
-                }
-                if let Err(refused) = caller.still_connected() {
+                if let Err(refused) = servable(&snapshot, &caller) {
                     let _ = tx.send(Err(refused)).await;
                     return;
                 }

@@ -115,10 +115,10 @@ pub async fn bundle(cmd: BundleCmd, opts: AdminOpts) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a valid {format:?} bundle", path.display()))?;
             let wire = types::Bundle::try_from(&bundle)?;
             c.set_bundle(wire).await.map_err(status)?;
-            match opts.output {
-                Output::Json => println!("{}", json!({ "set": trust_domain })),
-                Output::Text => println!("Bundle of {trust_domain} set"),
-            }
+            opts.output.print(
+                json!({ "set": trust_domain }),
+                format_args!("Bundle of {trust_domain} set"),
+            );
         }
         BundleCmd::Delete { trust_domain } => {
             c.delete_bundle(DeleteBundleRequest {
@@ -126,10 +126,10 @@ pub async fn bundle(cmd: BundleCmd, opts: AdminOpts) -> anyhow::Result<()> {
             })
             .await
             .map_err(status)?;
-            match opts.output {
-                Output::Json => println!("{}", json!({ "deleted": trust_domain })),
-                Output::Text => println!("Bundle of {trust_domain} deleted"),
-            }
+            opts.output.print(
+                json!({ "deleted": trust_domain }),
+                format_args!("Bundle of {trust_domain} deleted"),
+            );
         }
     }
     Ok(())

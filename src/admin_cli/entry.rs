@@ -192,13 +192,10 @@ pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
                     }
                 }
             }
-            match opts.output {
-                Output::Json => println!(
-                    "{}",
-                    json!({ "entries": created.iter().map(entry_json).collect::<Vec<_>>(), "failed": failed })
-                ),
-                Output::Text => println!("Created {} entries, {failed} failed", created.len()),
-            }
+            opts.output.print(
+                json!({ "entries": created.iter().map(entry_json).collect::<Vec<_>>(), "failed": failed }),
+                format_args!("Created {} entries, {failed} failed", created.len()),
+            );
             if failed > 0 {
                 bail!("{failed} of {} entries were not created", items.len());
             }
@@ -242,10 +239,10 @@ pub async fn entry(cmd: EntryCmd, opts: AdminOpts) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?;
             let e = r.into_inner().entry.unwrap_or_default();
-            match opts.output {
-                Output::Json => println!("{}", json!({ "deleted": entry_json(&e) })),
-                Output::Text => println!("Deleted entry {}", e.id),
-            }
+            opts.output.print(
+                json!({ "deleted": entry_json(&e) }),
+                format_args!("Deleted entry {}", e.id),
+            );
         }
         EntryCmd::Show {
             id,

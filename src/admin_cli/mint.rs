@@ -147,12 +147,9 @@ pub async fn jwt(cmd: JwtCmd, opts: AdminOpts) -> anyhow::Result<()> {
         .await
         .map_err(status)?
         .into_inner();
-    match opts.output {
-        Output::Json => println!(
-            "{}",
-            json!({ "token": r.token, "expires_at": r.expires_at })
-        ),
-        Output::Text => println!("{}", r.token),
-    }
+    opts.output.print(
+        json!({ "token": r.token, "expires_at": r.expires_at }),
+        format_args!("{}", r.token),
+    );
     Ok(())
 }

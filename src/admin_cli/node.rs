@@ -63,13 +63,10 @@ pub async fn token(cmd: TokenCmd, opts: AdminOpts) -> anyhow::Result<()> {
         .await
         .map_err(status)?
         .into_inner();
-    match opts.output {
-        Output::Json => println!(
-            "{}",
-            json!({ "token": r.token, "expires_at": r.expires_at })
-        ),
-        Output::Text => println!("Token: {}", r.token),
-    }
+    opts.output.print(
+        json!({ "token": r.token, "expires_at": r.expires_at }),
+        format_args!("Token: {}", r.token),
+    );
     Ok(())
 }
 
@@ -119,10 +116,10 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             let a = r.agent.unwrap_or_default();
-            match opts.output {
-                Output::Json => println!("{}", json!({ "evicted": node_json(&a) })),
-                Output::Text => println!("Evicted agent {}", a.spiffe_id),
-            }
+            opts.output.print(
+                json!({ "evicted": node_json(&a) }),
+                format_args!("Evicted agent {}", a.spiffe_id),
+            );
         }
         AgentCmd::Ban { spiffe_id, yes } => {
             refuse_local_agent_unless(&spiffe_id, yes, "ban")?;
@@ -132,10 +129,10 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             let a = r.agent.unwrap_or_default();
-            match opts.output {
-                Output::Json => println!("{}", json!({ "banned": node_json(&a) })),
-                Output::Text => println!("Banned agent {}", a.spiffe_id),
-            }
+            opts.output.print(
+                json!({ "banned": node_json(&a) }),
+                format_args!("Banned agent {}", a.spiffe_id),
+            );
         }
     }
     Ok(())

@@ -64,6 +64,13 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A command's stdout if it succeeded.
+pub fn stdout_if_ok(out: Output) -> Option<String> {
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
 /// A combined `signet run` in a temp dir, with its sockets there too.
 pub struct Combined {
     pub proc: Proc,
@@ -122,6 +129,14 @@ impl Combined {
         );
     }
 
+    /// `signet api fetch x509 --output json` as this test's uid, polled
+    /// until it succeeds (`what` names it in a timeout).
+    pub fn x509_json(&self, what: &str) -> String {
+        eventually(what, || {
+            stdout_if_ok(self.api(&["fetch", "x509", "--output", "json"]))
+        })
+    }
+
     /// Runs a workload-side `signet api` command against this instance.
     pub fn api(&self, args: &[&str]) -> Output {
         let mut all = vec!["api"];
@@ -131,18 +146,27 @@ impl Combined {
     }
 }
 
-/// A tiny HTTP app on a port of its own choosing that answers with the
-/// request headers it received; returns it and its port.
+/// A tiny HTTP app on a port of its own choosing; returns it and its
+/// port. It answers any method (`do_get` for a lowercase `get` too) with
+/// the method, the path and the request headers it received, and prints
+/// `request <x-case header>` for each request, so a test can tell which
+/// reached it.
 pub fn start_app(dir: &Path) -> (Proc, u16) {
-    let script = "import http.server\n\
-         class H(http.server.BaseHTTPRequestHandler):\n\
-         \x20   def do_GET(self):\n\
-         \x20       body = (f'path: {self.path}\\n' + ''.join(f'{k.lower()}: {v}\\n' for k, v in self.headers.items())).encode()\n\
-         \x20       self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)\n\
-         \x20   def log_message(self, *a): pass\n\
-         s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
-         print('listening on 127.0.0.1:%d' % s.server_address[1], flush=True)\n\
-         s.serve_forever()\n";
+    let script = r#"import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def __getattr__(self, name):
+        if name.startswith('do_'): return self.answer
+        raise AttributeError(name)
+    def answer(self):
+        print('request', self.headers.get('x-case', '-'), flush=True)
+        head = f'method: {self.command}\npath: {self.path}\n'
+        body = (head + ''.join(f'{k.lower()}: {v}\n' for k, v in self.headers.items())).encode()
+        self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+print('listening on 127.0.0.1:%d' % s.server_address[1], flush=True)
+s.serve_forever()
+"#;
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]);
     let mut p = Proc::spawn("app", cmd, dir);
