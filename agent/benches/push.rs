@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use signet_agent::node_client::{AttestWith, NodeClient};
 use signet_identity::{Entry, Selector, SpiffeId, TrustDomain};
 use signet_server::RunConfig;
+use signet_testkit::pki::TestCa;
 use signet_testkit::{ms, percentile};
 use tokio::sync::{Barrier, mpsc};
 
@@ -67,34 +68,43 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    // One change for everyone: a new key in the own bundle.
-    let mut bundle = server.own_bundle().await.unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    bundle.add_x509_authority(p.self_signed(&key).unwrap().der().clone());
-    let t0 = Instant::now();
-    store.put_bundle(&bundle).await.unwrap();
-    server.wrote();
-    let mut got = vec![None; n];
-    let mut count = 0;
-    while count < n {
-        let (i, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .expect("every agent is pushed to")
-            .unwrap();
-        if got[i].is_none() {
-            got[i] = Some(at - t0);
-            count += 1;
+    // One change for everyone: a new key in the own bundle; five times,
+    // a second apart, so one slow moment does not make the figure.
+    const ROUNDS: usize = 5;
+    let mut all = Vec::with_capacity(n * ROUNDS);
+    let mut worst_p99 = Duration::ZERO;
+    for _ in 0..ROUNDS {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while rx.try_recv().is_ok() {}
+        let mut bundle = server.own_bundle().await.unwrap();
+        bundle.add_x509_authority(TestCa::new("extra").der);
+        let t0 = Instant::now();
+        store.put_bundle(&bundle).await.unwrap();
+        server.wrote();
+        let mut got = vec![None; n];
+        let mut count = 0;
+        while count < n {
+            let (i, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("every agent is pushed to")
+                .unwrap();
+            if got[i].is_none() {
+                got[i] = Some(at - t0);
+                count += 1;
+            }
         }
+        let mut lat: Vec<Duration> = got.into_iter().map(Option::unwrap).collect();
+        lat.sort();
+        worst_p99 = worst_p99.max(percentile(&lat, 0.99));
+        all.extend(lat);
     }
-    let mut lat: Vec<Duration> = got.into_iter().map(Option::unwrap).collect();
-    lat.sort();
+    all.sort();
     println!(
-        "bundle change -> pushed to all {n} agents: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
-        ms(*lat.last().unwrap())
+        "bundle change -> pushed to all {n} agents ({ROUNDS} changes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; worst change's p99 {:.1} ms",
+        ms(percentile(&all, 0.5)),
+        ms(percentile(&all, 0.99)),
+        ms(*all.last().unwrap()),
+        ms(worst_p99)
     );
 
     // Entry created -> its agent is pushed the entry (repeated, one agent each time).
