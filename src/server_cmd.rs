@@ -342,24 +342,7 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 
 #[cfg(test)]
 mod tests {
-    use signet_server::datastore::redact_url;
-
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:[redacted]@h:5432/db"
-        );
-        assert_eq!(redact_url("sqlite:///x/y.db"), "sqlite:///x/y.db");
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        // The banner and its errors use the datastore's redaction, which
-        // also hides a password given as a parameter.
-        let shown = redact_url("postgres://u@h/db?sslmode=require&password=hunter2");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("password=[redacted]"), "{shown}");
-    }
 
     #[test]
     fn every_problem_is_reported() {

@@ -242,11 +242,7 @@ fn every_signet_config_passes_check_config() {
 
     // The agent: the bundle and token come from the bootstrap service.
     let bundle = d.join("bundle.pem");
-    let ca = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .self_signed(&rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    std::fs::write(&bundle, ca.pem()).unwrap();
+    std::fs::write(&bundle, signet_testkit::pki::TestCa::new("bootstrap").pem).unwrap();
     let agent = with_stand_ins(
         "deploy/compose/agent.toml",
         d,

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
 
-use rcgen::{CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
-use signet_identity::{Bundle, BundleSet, PrivateKey, TrustDomain, X509Svid};
-use signet_testkit::pki::TestCa;
+use signet_identity::{Bundle, BundleSet, TrustDomain, X509Svid};
+use signet_testkit::pki::{Leaf, TestCa};
 
 use super::config::{DEFAULT_TIMEOUT, parse_mode, parse_signal};
 use super::reload::{run_cmd, send_signal};
@@ -296,19 +295,14 @@ fn an_unwritable_directory_is_named_with_the_reason() {
     }
 }
 
-/// A self-signed X509-SVID for `id` (the helper does not verify trust).
+/// An X509-SVID for `id` from a throwaway CA (the helper does not verify
+/// trust).
 fn svid(id: &str) -> X509Svid {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key).unwrap();
-    X509Svid::new(
-        vec![cert.der().clone()],
-        PrivateKey::from_pkcs8_der(key.serialize_der()),
-    )
-    .unwrap()
+    let leaf = TestCa::new("svid-ca").leaf(&Leaf {
+        uris: &[id],
+        ..Leaf::default()
+    });
+    X509Svid::from_pem(leaf.pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap()
 }
 
 fn bundle(td: &str) -> Bundle {

@@ -503,11 +503,8 @@ mod tests {
     use signet_identity::TrustDomain;
 
     fn bundle(td: &str) -> Bundle {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::default();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let mut b = Bundle::new(TrustDomain::parse(td).unwrap());
-        b.add_x509_authority(p.self_signed(&key).unwrap().der().clone());
+        b.add_x509_authority(signet_testkit::pki::TestCa::for_trust_domain(td).der);
         b
     }
 

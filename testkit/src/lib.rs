@@ -1,11 +1,10 @@
 //! Test support shared by the workspace's tests and benches (a
 //! dev-dependency only): child processes with logs and reported ports
 //! ([`process`]), the real Envoy and its configurations ([`envoy`]), HTTP
-//! and TLS probes ([`http`]), a throwaway PostgreSQL (`postgres`, with the
-//! feature of that name), free
-//! loopback ports for what cannot bind port 0 ([`ports`]) and a test PKI
-//! ([`pki`]). Nothing here depends on Signet's own crates, so any of them
-//! can use it.
+//! and TLS probes ([`http`]), a test PKI ([`pki`]), a process's CPU and
+//! memory use ([`usage`]), free loopback ports for what cannot bind port 0
+//! ([`ports`]) and, with the `postgres` feature, a throwaway PostgreSQL.
+//! Nothing here depends on Signet's own crates, so any of them can use it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,6 +15,7 @@ pub mod ports;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod process;
+pub mod usage;
 
 pub use ports::free_port;
 #[cfg(feature = "postgres")]
