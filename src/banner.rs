@@ -5,6 +5,7 @@ use std::path::Path;
 
 use signet_server::Running;
 use signet_server::datastore::redact_url;
+use signet_server::federation::EndpointProfile;
 use signet_workload::SocketRole;
 
 use crate::sockets::flag_to_reach;
@@ -40,6 +41,16 @@ pub fn print_banner(
     println!("  datastore      {}", redact_url(datastore));
     println!("  admin socket   {sock} (mode 0600)");
     println!("  agent API      {node_addr} (mTLS)");
+    if let (Some(addr), Some(profile)) = (running.federation_addr, &running.federation_profile) {
+        let presents = match profile {
+            EndpointProfile::HttpsSpiffe => format!("presents {td}'s server SVID"),
+            EndpointProfile::HttpsWeb { cert, .. } => format!("presents {}", cert.display()),
+        };
+        println!(
+            "  bundle endpoint https://{addr} (SPIFFE federation, {}: {presents})",
+            profile.name()
+        );
+    }
     if let Some(agent) = agent_socket {
         println!(
             "  agent socket   {} (Workload API; SPIFFE_ENDPOINT_SOCKET=unix://{})",
@@ -77,6 +88,9 @@ pub fn print_banner(
     }
     println!("  signet entry show{socket_flag}");
     println!("  signet bundle show{socket_flag}");
+    if let Some(addr) = running.federation_addr {
+        println!("  curl -sk https://{addr}/    # the bundle, as federated servers fetch it");
+    }
     println!("  signet token generate{socket_flag}");
     println!();
     println!(

@@ -1,6 +1,8 @@
 //! `signet server` and `signet run`: configuration (file + flags), wiring,
 //! signal handling and drain.
 
+mod federation;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -11,6 +13,8 @@ use signet_identity::TrustDomain;
 use signet_sds::SdsService;
 use signet_server::{KeyType, LOCAL_AGENT_PATH, RunConfig, Running, ServerConfig, Upstream};
 use signet_workload::settings::overlay;
+
+use federation::FederationSettings;
 use signet_workload::tasks::{Service, run_until};
 use tokio::sync::watch;
 
@@ -19,7 +23,9 @@ use crate::sockets::locate;
 use signet_workload::SocketRole;
 
 /// Server settings: every key of the config file is also a flag of the
-/// same name (`trust_domain` = `--trust-domain`); flags win.
+/// same name (`trust_domain` = `--trust-domain`; a key of a table carries
+/// the table's name: `listen` in `[federation]` = `--federation-listen`);
+/// flags win.
 #[derive(Debug, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
@@ -89,6 +95,9 @@ pub struct ServerSettings {
     /// Upstream root bundle (PEM), when the upstream certificate is not the root.
     #[arg(long)]
     upstream_bundle: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(default)]
+    federation: FederationSettings,
 }
 
 /// Settings checked and defaulted.
@@ -192,6 +201,7 @@ impl ServerSettings {
                 None
             }
         };
+        let federation = std::mem::take(&mut s.federation).resolve(&mut problems);
         let bind = s.bind_address.as_deref().unwrap_or("127.0.0.1:8081");
         let bind_address = bind
             .parse::<std::net::SocketAddr>()
@@ -224,6 +234,7 @@ impl ServerSettings {
                 datastore,
                 admin_socket,
                 upstream,
+                federation,
             },
             agent_socket,
         })
@@ -341,56 +352,4 @@ fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_problem_is_reported() {
-        let s = ServerSettings {
-            trust_domain: Some("Bad.Domain".into()),
-            ca_ttl: Some("forever".into()),
-            ca_key_type: Some("dsa".into()),
-            upstream_cert: Some("x.pem".into()),
-            ..Default::default()
-        };
-        let err = s.resolve().unwrap_err().to_string();
-        for want in [
-            "trust_domain",
-            "ca_ttl \"forever\"",
-            "ca_key_type",
-            "upstream_cert and upstream_key",
-        ] {
-            assert!(err.contains(want), "{want} missing from: {err}");
-        }
-    }
-
-    #[test]
-    fn flags_override_the_file_and_unknown_keys_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server.toml");
-        std::fs::write(
-            &path,
-            "trust_domain = \"file.org\"\nx509_svid_ttl = \"30m\"\n",
-        )
-        .unwrap();
-        let s = ServerSettings {
-            config: Some(path.clone()),
-            x509_svid_ttl: Some("10m".into()),
-            ..Default::default()
-        };
-        let r = s.resolve().unwrap();
-        assert_eq!(r.run.server.trust_domain().as_str(), "file.org");
-        assert_eq!(
-            r.run.server.ca.x509_svid_ttl,
-            std::time::Duration::from_secs(600)
-        );
-        std::fs::write(&path, "trust_domian = \"typo.org\"\n").unwrap();
-        let err = ServerSettings {
-            config: Some(path),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("trust_domian"), "{err:#}");
-    }
-}
+mod tests;

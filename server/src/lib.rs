@@ -24,6 +24,7 @@ pub mod authz;
 pub mod ca;
 pub mod clock;
 pub mod datastore;
+pub mod federation;
 pub mod key_manager;
 pub mod lifecycle;
 pub mod node;

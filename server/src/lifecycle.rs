@@ -20,6 +20,7 @@ use crate::attest::node::NodeAttestor;
 use crate::attest::node::join_token::JoinTokenAttestor;
 use crate::attest::node::x509pop::X509PopAttestor;
 use crate::datastore::{self, redact_url};
+use crate::federation::BundleEndpoint;
 use crate::key_manager::disk::DiskKeyManager;
 use crate::node::serve_node;
 use crate::{Server, ServerConfig, SystemClock, UpstreamAuthority};
@@ -46,6 +47,8 @@ pub struct RunConfig {
     /// The admin API's socket, created 0600.
     pub admin_socket: PathBuf,
     pub upstream: Option<Upstream>,
+    /// The SPIFFE bundle endpoint, if this server serves one.
+    pub federation: Option<BundleEndpoint>,
 }
 
 impl RunConfig {
@@ -61,6 +64,7 @@ impl RunConfig {
             datastore: format!("sqlite://{}", dir.join("datastore.sqlite3").display()),
             admin_socket: dir.join("admin.sock"),
             upstream: None,
+            federation: None,
         }
     }
 }
@@ -109,6 +113,10 @@ pub struct Running {
     pub server: Arc<Server>,
     /// Where the node API listens (the port picked, for port 0).
     pub node_addr: SocketAddr,
+    /// Where the bundle endpoint listens, if it runs (the port picked).
+    pub federation_addr: Option<SocketAddr>,
+    /// What the bundle endpoint presents, if it runs.
+    pub federation_profile: Option<crate::federation::EndpointProfile>,
     pub admin_socket: PathBuf,
     admin_identity: Option<signet_unix::SocketIdentity>,
     tasks: Tasks<RunError>,
@@ -169,7 +177,37 @@ pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Run
         .local_addr()
         .doing(|| "the agent API's address".into())?;
 
+    let federation = match &config.federation {
+        Some(endpoint) => {
+            let prepared = crate::federation::prepare(&server, endpoint)
+                .doing(|| "cannot set up the bundle endpoint".into())?;
+            let listener = tokio::net::TcpListener::bind(endpoint.listen)
+                .await
+                .doing(|| {
+                    format!(
+                        "cannot listen on {} for the bundle endpoint",
+                        endpoint.listen
+                    )
+                })?;
+            let addr = listener
+                .local_addr()
+                .doing(|| "the bundle endpoint's address".into())?;
+            Some((prepared, listener, addr))
+        }
+        None => None,
+    };
+    let federation_addr = federation.as_ref().map(|(_, _, addr)| *addr);
+    let federation_profile = config.federation.as_ref().map(|f| f.profile.clone());
+
     let mut tasks = Tasks::default();
+    if let Some((prepared, listener, _)) = federation {
+        let server = server.clone();
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            crate::federation::serve_bundle_endpoint(server, prepared, listener, stop).await;
+            Ok(())
+        });
+    }
     tasks.spawn({
         let server = server.clone();
         let stop = stopped(stop.clone());
@@ -208,6 +246,8 @@ pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Run
     Ok(Running {
         server,
         node_addr,
+        federation_addr,
+        federation_profile,
         admin_socket,
         admin_identity,
         tasks,

@@ -488,28 +488,73 @@ impl Node for NodeService {
 }
 
 /// Issues the server's own X509-SVID into `cert`.
-fn renew_server_svid(
-    server: &Server,
-    cert: &RotatingCert,
-) -> Result<std::time::SystemTime, ServerError> {
-    let id = server
-        .trust_domain()
-        .id_with_path(SERVER_ID_PATH)
+/// The server's own X509-SVID (`spiffe://TD/signet/server`), which the
+/// agent API and the `https_spiffe` bundle endpoint present; renewed at
+/// half-life.
+#[derive(Debug)]
+pub(crate) struct ServerSvid {
+    cert: Arc<RotatingCert>,
+    not_after: std::sync::Mutex<std::time::SystemTime>,
+}
+
+impl ServerSvid {
+    /// How often a listener presenting it checks whether it is due.
+    pub(crate) const CHECK: Duration = Duration::from_secs(5);
+
+    pub(crate) fn issue(server: &Server) -> Result<Self, ServerError> {
+        let cert = Arc::new(RotatingCert::new());
+        let not_after = Self::sign_into(server, &cert)?;
+        Ok(Self {
+            cert,
+            not_after: std::sync::Mutex::new(not_after),
+        })
+    }
+
+    pub(crate) fn cert(&self) -> Arc<RotatingCert> {
+        self.cert.clone()
+    }
+
+    /// Renews it when half its life is gone (a failure is logged; the
+    /// current one stays).
+    pub(crate) fn renew_if_due(&self, server: &Server) {
+        let mut not_after = self
+            .not_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let left = not_after.duration_since(server.now()).unwrap_or_default();
+        if left > server.config().ca.x509_svid_ttl / 2 {
+            return;
+        }
+        match Self::sign_into(server, &self.cert) {
+            Ok(t) => *not_after = t,
+            Err(e) => tracing::error!(error = %e, "cannot renew the server SVID"),
+        }
+    }
+
+    fn sign_into(
+        server: &Server,
+        cert: &RotatingCert,
+    ) -> Result<std::time::SystemTime, ServerError> {
+        let id = server
+            .trust_domain()
+            .id_with_path(SERVER_ID_PATH)
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let key =
+            rcgen::KeyPair::generate().map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let chain = server.ca().sign_x509_svid(
+            &key.subject_public_key_info(),
+            &id,
+            &SvidOptions::default(),
+        )?;
+        let svid = X509Svid::new(
+            chain,
+            signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
+        )
         .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
-    let key =
-        rcgen::KeyPair::generate().map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
-    let chain =
-        server
-            .ca()
-            .sign_x509_svid(&key.subject_public_key_info(), &id, &SvidOptions::default())?;
-    let svid = X509Svid::new(
-        chain,
-        signet_identity::PrivateKey::from_pkcs8_der(key.serialize_der()),
-    )
-    .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
-    cert.set(&svid)
-        .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
-    Ok(svid.not_after())
+        cert.set(&svid)
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        Ok(svid.not_after())
+    }
 }
 
 /// Serves the Node API on `listener` (TLS) until `stop` resolves.
@@ -520,8 +565,7 @@ pub async fn serve_node(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let td = server.trust_domain().clone();
-    let cert = Arc::new(RotatingCert::new());
-    let mut not_after = renew_server_svid(&server, &cert)?;
+    let svid = ServerSvid::issue(&server)?;
     let bundles = SharedBundles::new(BundleSet::new());
     let refresh_bundles = |bundles: &SharedBundles, own: Bundle| {
         let mut set = BundleSet::new();
@@ -539,7 +583,7 @@ pub async fn serve_node(
         )
         .client_auth_required(false),
     );
-    let tls = signet_tls::server_config(cert.clone(), verifier)
+    let tls = signet_tls::server_config(svid.cert(), verifier)
         .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
@@ -551,7 +595,7 @@ pub async fn serve_node(
         let server = server.clone();
         tokio::spawn(async move {
             let mut revisions = server.watch_revision();
-            let mut renew = tokio::time::interval(Duration::from_secs(5));
+            let mut renew = tokio::time::interval(ServerSvid::CHECK);
             loop {
                 tokio::select! {
                     _ = stop_rx.changed() => return,
@@ -561,18 +605,7 @@ pub async fn serve_node(
                             Err(e) => tracing::warn!(error = %e, "cannot refresh the bundle for agent TLS"),
                         }
                     }
-                    _ = renew.tick() => {
-                        // Renew the server SVID at half-life.
-                        let now = server.now();
-                        let half = not_after.duration_since(now).unwrap_or_default()
-                            <= server.config().ca.x509_svid_ttl / 2;
-                        if half {
-                            match renew_server_svid(&server, &cert) {
-                                Ok(t) => not_after = t,
-                                Err(e) => tracing::error!(error = %e, "cannot renew the server SVID"),
-                            }
-                        }
-                    }
+                    _ = renew.tick() => svid.renew_if_due(&server),
                     conn = listener.accept() => match conn {
                         Ok((tcp, peer)) => {
                             let Ok(permit) = handshakes.clone().try_acquire_owned() else {

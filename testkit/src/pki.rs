@@ -34,6 +34,8 @@ impl std::fmt::Debug for TestCa {
 pub struct Leaf<'a> {
     /// URI SANs (SPIFFE IDs).
     pub uris: &'a [&'a str],
+    /// DNS name SANs (a web server's certificate).
+    pub dns: &'a [&'a str],
     /// Also flag the leaf as a CA (which an X509-SVID must not be).
     pub ca: bool,
     /// Valid from two hours ago to one hour ago.
@@ -101,6 +103,11 @@ impl TestCa {
             .uris
             .iter()
             .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .chain(
+                leaf.dns
+                    .iter()
+                    .map(|d| SanType::DnsName((*d).try_into().unwrap())),
+            )
             .collect();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -373,6 +373,30 @@ impl RotatingCert {
         Ok(())
     }
 
+    /// Presents the PEM certificate chain `chain` (leaf first) with the
+    /// PEM private key `key` (PKCS#8, SEC1 or PKCS#1) from now on: a
+    /// certificate from a web PKI, say, which is no SVID.
+    pub fn set_pem(&self, chain: &[u8], key: &[u8]) -> Result<(), rustls::Error> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |what: &str, e: rustls::pki_types::pem::Error| {
+            rustls::Error::General(format!("{what}: {e}"))
+        };
+        let chain = CertificateDer::pem_slice_iter(chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("the certificate file", e))?;
+        if chain.is_empty() {
+            return Err(rustls::Error::General(
+                "the certificate file holds no certificate".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("the key file", e))?;
+        let signing = provider().key_provider.load_private_key(key)?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match()?;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(certified));
+        Ok(())
+    }
+
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.0
             .read()
@@ -408,6 +432,21 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A TLS server config presenting `cert` to any client, asking none for a
+/// certificate, speaking HTTP/1.1 (a SPIFFE bundle endpoint: its clients
+/// are servers of other trust domains and web clients). TLS 1.2 too, as a
+/// web server would.
+pub fn public_server_config(
+    cert: Arc<RotatingCert>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -29,7 +29,8 @@ pub enum SettingsError {
 ///
 /// A flag that was given (not unset, not an empty list, not `false`)
 /// replaces the file's key of the same name; every other key comes from
-/// the file. Keys the type skips (`#[serde(skip)]`) come back as their
+/// the file. A table (`[federation]`, flags of a flattened struct) is laid
+/// over the file's table of that name the same way, key by key. Keys the type skips (`#[serde(skip)]`) come back as their
 /// default: take them out of `flags` before, if they are needed after.
 pub fn overlay<S>(flags: &S, path: Option<&Path>) -> Result<S, SettingsError>
 where
@@ -41,13 +42,29 @@ where
     };
     let given = serde_json::to_value(flags).map_err(|e| SettingsError::Merge(e.to_string()))?;
     if let Value::Object(given) = given {
-        for (key, value) in given {
-            if is_given(&value) {
-                merged.insert(key, value);
-            }
-        }
+        lay_over(&mut merged, given);
     }
     serde_json::from_value(Value::Object(merged)).map_err(|e| SettingsError::Merge(e.to_string()))
+}
+
+/// Lays the given keys of `given` over `file`, tables key by key.
+fn lay_over(file: &mut Map<String, Value>, given: Map<String, Value>) {
+    for (key, value) in given {
+        match (file.get_mut(&key), value) {
+            (Some(Value::Object(table)), Value::Object(inner)) => lay_over(table, inner),
+            (None, Value::Object(inner)) => {
+                let mut table = Map::new();
+                lay_over(&mut table, inner);
+                if !table.is_empty() {
+                    file.insert(key, Value::Object(table));
+                }
+            }
+            (_, value) if is_given(&value) => {
+                file.insert(key, value);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The file's keys, once the file has been checked against `S` (so its
@@ -83,7 +100,16 @@ mod tests {
 
     #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct Table {
+        listen: Option<String>,
+        cert: Option<String>,
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Settings {
+        #[serde(default)]
+        table: Table,
         name: Option<String>,
         ttl: Option<String>,
         #[serde(default)]
@@ -118,6 +144,7 @@ mod tests {
                 addresses: vec!["a".into()],
                 once: true,
                 config: None,
+                table: Table::default(),
             }
         );
         let flags = Settings {
@@ -128,6 +155,25 @@ mod tests {
             overlay(&flags, Some(&path)).unwrap().addresses,
             vec!["b".to_string(), "c".into()]
         );
+    }
+
+    #[test]
+    fn a_table_is_laid_over_key_by_key() {
+        let (_dir, path) = file("[table]\nlisten = \"file:1\"\ncert = \"file.pem\"\n");
+        let flags = Settings {
+            table: Table {
+                listen: Some("flag:2".into()),
+                cert: None,
+            },
+            ..Default::default()
+        };
+        let got = overlay(&flags, Some(&path)).unwrap();
+        assert_eq!(got.table.listen.as_deref(), Some("flag:2"));
+        assert_eq!(got.table.cert.as_deref(), Some("file.pem"));
+        // No table in the file and no flag of it given: the default.
+        let (_dir, path) = file("name = \"x\"\n");
+        let got = overlay(&Settings::default(), Some(&path)).unwrap();
+        assert_eq!(got.table, Table::default());
     }
 
     #[test]
