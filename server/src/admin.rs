@@ -24,11 +24,13 @@ impl From<ServerError> for Status {
             ServerError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
             ServerError::NotFound(m) => Status::not_found(m.clone()),
             ServerError::PermissionDenied(m) => Status::permission_denied(m.clone()),
-            ServerError::Datastore(DatastoreError::DuplicateEntry { .. }) => {
-                Status::already_exists(e.to_string())
-            }
             ServerError::Datastore(
-                DatastoreError::EntryNotFound(_) | DatastoreError::NodeNotFound(_),
+                DatastoreError::DuplicateEntry { .. } | DatastoreError::DuplicateFederation(_),
+            ) => Status::already_exists(e.to_string()),
+            ServerError::Datastore(
+                DatastoreError::EntryNotFound(_)
+                | DatastoreError::NodeNotFound(_)
+                | DatastoreError::FederationNotFound(_),
             ) => Status::not_found(e.to_string()),
             ServerError::Datastore(DatastoreError::Conflict { .. }) => {
                 Status::aborted(e.to_string())

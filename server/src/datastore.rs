@@ -45,6 +45,10 @@ pub enum DatastoreError {
     NodeNotFound(String),
     #[error("a join token with that value already exists")]
     DuplicateToken,
+    #[error("a federation relationship with {0} already exists")]
+    DuplicateFederation(String),
+    #[error("no federation relationship with {0}")]
+    FederationNotFound(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("datastore query failed: {0}")]
@@ -217,6 +221,20 @@ pub trait Datastore: Send + Sync + fmt::Debug {
     async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<signet_identity::Bundle>>;
     async fn list_bundles(&self) -> Result<Vec<signet_identity::Bundle>>;
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<bool>;
+    /// Stores a federation relationship: a new one when `create` (one with
+    /// that trust domain is refused), else a replacement (which must exist).
+    async fn put_federation(
+        &self,
+        rel: &crate::federation::Relationship,
+        create: bool,
+    ) -> Result<()>;
+    async fn get_federation(
+        &self,
+        td: &TrustDomain,
+    ) -> Result<Option<crate::federation::Relationship>>;
+    /// Every relationship, by trust domain.
+    async fn list_federations(&self) -> Result<Vec<crate::federation::Relationship>>;
+    async fn delete_federation(&self, td: &TrustDomain) -> Result<bool>;
 
     /// Stores the CA journal (JSON) of one server.
     async fn put_ca_journal(&self, server_id: &str, journal_json: &str) -> Result<()>;

@@ -111,6 +111,9 @@ pub struct Server {
     revision: watch::Sender<u64>,
     /// Poked after local writes so the feed is read at once.
     wrote: Notify,
+    /// Poked when federation relationships change or a refresh is asked
+    /// for, so the refresher acts at once.
+    pub(crate) federation_poke: Notify,
     /// The CA came from the datastore's journal (false: created at start).
     resumed: bool,
 }
@@ -152,6 +155,7 @@ impl Server {
             clock,
             revision: watch::Sender::new(revision),
             wrote: Notify::new(),
+            federation_poke: Notify::new(),
             resumed,
         });
         server.persist_ca().await?;

@@ -1,7 +1,8 @@
 //! A server as `signet server` runs it: the data dir locked and private,
 //! the datastore, keys on disk, the CA (self-signed or under an upstream),
 //! node attestors, the admin API on its socket, the node API on TCP, the
-//! change-feed follower, the 5 s maintenance tick and the socket watch.
+//! SPIFFE bundle endpoint when configured, the federated-bundle refresher,
+//! the change-feed follower, the 5 s maintenance tick and the socket watch.
 //! `signet server`, `signet run`, `signet demo`, the benches and the SDS
 //! tests all start a server through [`start`].
 
@@ -235,6 +236,14 @@ pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Run
         }
     });
     tasks.spawn(maintain(server.clone(), stopped(stop.clone())));
+    tasks.spawn({
+        let server = server.clone();
+        let stop = stopped(stop.clone());
+        async move {
+            crate::federation::refresh::keep_federated(server, stop).await;
+            Ok(())
+        }
+    });
     tasks.spawn({
         let path = admin_socket.clone();
         let stop = stopped(stop);

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use signet_identity::{Bundle, BundleSet, SpiffeId, TrustDomain};
-use signet_server::federation::{BundleEndpoint, EndpointProfile};
+use signet_server::federation::{
+    BundleEndpoint, EndpointAuth, EndpointProfile, Relationship, refresh,
+};
 use signet_server::{RunConfig, Running};
 use signet_testkit::pki::{Leaf, TestCa};
 use signet_tls::{SharedBundles, SpiffeVerifier};
@@ -239,4 +241,155 @@ async fn a_bad_web_certificate_fails_the_start_and_names_the_file() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("bundle endpoint certificate"), "{err}");
+}
+
+fn partner() -> TrustDomain {
+    TrustDomain::parse("partner.test").unwrap()
+}
+
+async fn start_td(dir: &Path, td: TrustDomain, endpoint: bool) -> Running {
+    let mut config = RunConfig::in_dir(td, dir);
+    if endpoint {
+        config.federation = Some(BundleEndpoint {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            profile: EndpointProfile::HttpsSpiffe,
+            refresh_hint: Duration::from_secs(1),
+        });
+    }
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop_tx);
+    signet_server::start(config, stop).await.unwrap()
+}
+
+fn relationship(url: String, endpoint_id: &str) -> Relationship {
+    Relationship {
+        trust_domain: "partner.test".into(),
+        bundle_endpoint_url: url,
+        auth: EndpointAuth::HttpsSpiffe {
+            endpoint_spiffe_id: endpoint_id.into(),
+        },
+    }
+}
+
+/// Server A federates with server B over https_spiffe: a new key in B's
+/// bundle reaches A's datastore by itself; deleting the relationship
+/// withdraws B's bundle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_federated_bundle_follows_its_endpoint_and_goes_with_its_relationship() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = start_td(b_dir.path(), partner(), true).await;
+    let a = start_td(a_dir.path(), td(), false).await;
+    let url = format!("https://{}/", b.federation_addr.unwrap());
+    let b_bundle = b.server.own_bundle().await.unwrap();
+
+    // https_spiffe without a bundle to authenticate the endpoint: refused.
+    let err = a
+        .server
+        .create_federation(
+            relationship(url.clone(), "spiffe://partner.test/signet/server"),
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs a bundle of partner.test"), "{err}");
+    a.server
+        .create_federation(
+            relationship(url.clone(), "spiffe://partner.test/signet/server"),
+            Some(b_bundle.clone()),
+        )
+        .await
+        .unwrap();
+
+    // B gains a key (as when its CA prepares the next authority).
+    let mut grown = b_bundle.clone();
+    grown.add_x509_authority(TestCa::for_trust_domain("partner.test").der);
+    grown.set_sequence(b_bundle.sequence() + 1);
+    b.server.store().put_bundle(&grown).await.unwrap();
+    let deadline = std::time::Instant::now() + signet_testkit::DEADLINE;
+    loop {
+        let held = a
+            .server
+            .store()
+            .get_bundle(&partner())
+            .await
+            .unwrap()
+            .unwrap();
+        if held.same_keys(&grown) {
+            assert_eq!(held.sequence(), grown.sequence());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's new key never reached A"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    a.server.delete_federation(&partner()).await.unwrap();
+    assert!(
+        a.server
+            .store()
+            .get_bundle(&partner())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(a.server.list_federations().await.unwrap().is_empty());
+}
+
+/// Each bad answer is refused with its reason, and never becomes the
+/// stored bundle (the fetch returns an error; nothing is stored).
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_endpoints_and_bad_bundles_are_refused_with_their_reason() {
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = start_td(b_dir.path(), partner(), true).await;
+    let url = format!("https://{}/", b.federation_addr.unwrap());
+    let b_bundle = b.server.own_bundle().await.unwrap();
+    let good = relationship(url.clone(), "spiffe://partner.test/signet/server");
+    assert!(
+        refresh::fetch(&good, &partner(), Some(&b_bundle))
+            .await
+            .is_ok()
+    );
+
+    // The endpoint presents another SPIFFE ID than the relationship names.
+    let wrong_id = relationship(url.clone(), "spiffe://partner.test/not-the-server");
+    let err = refresh::fetch(&wrong_id, &partner(), Some(&b_bundle))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, refresh::FetchError::Tls(_)), "{err}");
+    // Our stored bundle of partner.test does not vouch for the endpoint.
+    let mut stranger = Bundle::new(partner());
+    stranger.add_x509_authority(TestCa::for_trust_domain("partner.test").der);
+    let err = refresh::fetch(&good, &partner(), Some(&stranger))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, refresh::FetchError::Tls(_)), "{err}");
+    // The sequence goes backwards.
+    let mut newer = b_bundle.clone();
+    newer.set_sequence(b_bundle.sequence() + 100);
+    let err = refresh::fetch(&good, &partner(), Some(&newer))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sequence went backwards"), "{err}");
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = relationship(
+        format!("https://{}/", closed.local_addr().unwrap()),
+        "spiffe://partner.test/signet/server",
+    );
+    drop(closed);
+    let err = refresh::fetch(&gone, &partner(), Some(&b_bundle))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, refresh::FetchError::Connect(_)), "{err}");
+
+    // The bundle itself: an authority of another trust domain, none at all.
+    let mut foreign = Bundle::new(partner());
+    foreign.add_x509_authority(TestCa::for_trust_domain("other.test").der);
+    let err = refresh::check(&foreign, &partner(), None).unwrap_err();
+    assert!(err.to_string().contains("authority of other.test"), "{err}");
+    let err = refresh::check(&Bundle::new(partner()), &partner(), None).unwrap_err();
+    assert!(matches!(err, refresh::FetchError::NoAuthorities), "{err}");
 }

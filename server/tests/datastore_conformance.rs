@@ -443,7 +443,50 @@ async fn change_feed(store: &dyn Datastore) {
     store.delete_entry(&again.id).await.unwrap();
 }
 
+/// Federation relationships: created once, replaced only when they exist,
+/// listed by trust domain, deleted.
+async fn federations(store: &dyn Datastore) {
+    use signet_server::federation::{EndpointAuth, Relationship};
+    let rel = |td: &str, url: &str| Relationship {
+        trust_domain: td.into(),
+        bundle_endpoint_url: url.into(),
+        auth: EndpointAuth::HttpsSpiffe {
+            endpoint_spiffe_id: format!("spiffe://{td}/signet/server"),
+        },
+    };
+    let b = rel("b.test", "https://b.test/");
+    store.put_federation(&b, true).await.unwrap();
+    assert!(matches!(
+        store.put_federation(&b, true).await,
+        Err(DatastoreError::DuplicateFederation(td)) if td == "b.test"
+    ));
+    assert!(matches!(
+        store.put_federation(&rel("c.test", "https://c.test/"), false).await,
+        Err(DatastoreError::FederationNotFound(td)) if td == "c.test"
+    ));
+    let a = Relationship {
+        auth: EndpointAuth::HttpsWeb {
+            ca_pem: Some("roots".into()),
+        },
+        ..rel("a.test", "https://a.test/bundle")
+    };
+    store.put_federation(&a, true).await.unwrap();
+    let moved = rel("b.test", "https://b2.test/");
+    store.put_federation(&moved, false).await.unwrap();
+    let td = |s: &str| TrustDomain::parse(s).unwrap();
+    assert_eq!(
+        store.get_federation(&td("b.test")).await.unwrap(),
+        Some(moved.clone())
+    );
+    assert_eq!(store.list_federations().await.unwrap(), vec![a, moved]);
+    assert!(store.delete_federation(&td("a.test")).await.unwrap());
+    assert!(!store.delete_federation(&td("a.test")).await.unwrap());
+    assert!(store.get_federation(&td("a.test")).await.unwrap().is_none());
+    assert!(store.delete_federation(&td("b.test")).await.unwrap());
+}
+
 async fn suite(store: Arc<dyn Datastore>) {
+    federations(store.as_ref()).await;
     entries(store.as_ref()).await;
     filters(store.as_ref()).await;
     nodes_tokens_bundles_journals(store.clone()).await;
@@ -513,7 +556,8 @@ async fn sqlite_refuses_corrupt_and_foreign_files_and_leaves_them_alone() {
 
 /// A database made by a build of schema version 1 (its exact DDL) opens and
 /// is upgraded in place: its entries, nodes and change feed are kept, new
-/// changes are recorded with their time, and the version says 2.
+/// changes are recorded with their time, federation relationships can be
+/// stored, and the version is the current one.
 #[tokio::test]
 async fn a_version_1_database_is_upgraded_and_keeps_its_data() {
     use sqlx::{Connection, Row};
@@ -572,7 +616,7 @@ unix:uid:1', 0, 1, '{"id":"e1","spiffe_id":"spiffe://example.org/old","parent_id
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, signet_server::datastore::sql::SCHEMA_VERSION);
     let stamped: i64 = sqlx::query("SELECT created_at FROM changes WHERE revision = 2")
         .fetch_one(&mut c)
         .await

@@ -31,14 +31,16 @@ use tokio::sync::Mutex;
 mod bundles;
 mod changes;
 mod entries;
+mod federations;
 mod nodes;
 
 use super::{
     AttestedNode, Change, ChangeKind, Datastore, DatastoreError, EntryFilter, JoinToken, Result,
 };
+use crate::federation::Relationship;
 
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Forward migrations: `MIGRATIONS[n]` takes a version `n + 1` schema to
 /// version `n + 2`. A new database is made at version 1 and brought up by
@@ -46,6 +48,8 @@ pub const SCHEMA_VERSION: i64 = 2;
 const MIGRATIONS: &[&[&str]] = &[
     // 2: when each change was recorded, so the feed can be pruned by age.
     &["ALTER TABLE changes ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0"],
+    // 3: federation relationships, one per foreign trust domain.
+    &["CREATE TABLE federations (trust_domain TEXT PRIMARY KEY, data TEXT NOT NULL)"],
 ];
 
 /// PostgreSQL advisory lock keys ("SIGNET" + a number).
@@ -516,6 +520,22 @@ impl Datastore for SqlDatastore {
 
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<bool> {
         SqlDatastore::delete_bundle(self, td).await
+    }
+
+    async fn put_federation(&self, rel: &Relationship, create: bool) -> Result<()> {
+        SqlDatastore::put_federation(self, rel, create).await
+    }
+
+    async fn get_federation(&self, td: &TrustDomain) -> Result<Option<Relationship>> {
+        SqlDatastore::get_federation(self, td).await
+    }
+
+    async fn list_federations(&self) -> Result<Vec<Relationship>> {
+        SqlDatastore::list_federations(self).await
+    }
+
+    async fn delete_federation(&self, td: &TrustDomain) -> Result<bool> {
+        SqlDatastore::delete_federation(self, td).await
     }
 
     async fn put_ca_journal(&self, server_id: &str, journal_json: &str) -> Result<()> {
