@@ -3,6 +3,7 @@
 
 mod bundle;
 mod entry;
+mod federation;
 mod format;
 mod mint;
 mod node;
@@ -18,6 +19,7 @@ use signet_workload::{SocketRole, explain_connect_error};
 
 pub use bundle::{BundleCmd, BundleFormat, bundle};
 pub use entry::{EntryCmd, entry};
+pub use federation::{FederationCmd, federation};
 pub use mint::{JwtCmd, X509Cmd, jwt, x509};
 pub use node::{AgentCmd, TokenCmd, agent, token};
 

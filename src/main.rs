@@ -20,7 +20,9 @@ mod sockets;
 
 use std::path::PathBuf;
 
-use admin_cli::{AdminOpts, AgentCmd, BundleCmd, EntryCmd, JwtCmd, TokenCmd, X509Cmd};
+use admin_cli::{
+    AdminOpts, AgentCmd, BundleCmd, EntryCmd, FederationCmd, JwtCmd, TokenCmd, X509Cmd,
+};
 use agent_cmd::AgentSettings;
 use api_cli::{ApiCmd, ApiOpts};
 use server_cmd::ServerSettings;
@@ -88,6 +90,14 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         cmd: BundleCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Federation with other trust domains: their bundles fetched from
+    /// their SPIFFE bundle endpoints and kept current.
+    Federation {
+        #[command(subcommand)]
+        cmd: FederationCmd,
         #[command(flatten)]
         opts: AdminOpts,
     },
@@ -202,6 +212,7 @@ fn main() -> ExitCode {
             Command::Entry { cmd, opts } => admin_cli::entry(cmd, opts).await,
             Command::Token { cmd, opts } => admin_cli::token(cmd, opts).await,
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
+            Command::Federation { cmd, opts } => admin_cli::federation(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
             Command::Demo(args) => demo_cmd::run(args).await,

@@ -1,6 +1,7 @@
-//! The SPIFFE bundle endpoint of a real `signet run`, as clients outside
-//! our stack meet it: curl (OpenSSL) fetches the bundle JSON, openssl
-//! shows the SVID it presents.
+//! Federation with real `signet run` processes: the SPIFFE bundle endpoint
+//! as clients outside our stack meet it (curl and openssl, both OpenSSL),
+//! and two trust domains federated with `signet federation`, their sidecars
+//! talking across them through a CA rotation and until a withdrawal.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -84,4 +85,216 @@ fn a_federation_setting_without_its_listen_address_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("need listen (--federation-listen)"), "{err}");
+}
+
+/// `signet proxy MODE ARGS` as this test's uid against `agent`, ready.
+fn sidecar(
+    name: &str,
+    mode: &str,
+    args: &[&str],
+    agent: &str,
+    dir: &std::path::Path,
+) -> (Proc, u16) {
+    let mut all = args.to_vec();
+    all.extend(["--agent-socket", agent]);
+    start_sidecar(name, signet(), mode, &all, dir)
+}
+
+/// Two trust domains on one machine, each a `signet run` with its bundle
+/// endpoint, federated both ways with `signet federation create`: a
+/// sidecar in example.org calls a sidecar in partner.test that allows
+/// example.org, over mTLS with SVIDs of both; deleting the relationship
+/// withdraws the bundle, and new connections are refused.
+#[test]
+fn two_trust_domains_federate_and_their_sidecars_talk() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let endpoint = [
+        "--federation-listen",
+        "127.0.0.1:0",
+        "--federation-refresh-hint",
+        "2s",
+    ];
+    let a = Combined::start(a_dir.path(), &endpoint);
+    // partner.test's CA lives 24 s: it rotates during the test (the next
+    // authority is published 8 s before it signs, more than the 5 s tick
+    // plus the 2 s refresh hint).
+    let mut b_args = vec![
+        "--trust-domain",
+        "partner.test",
+        "--ca-ttl",
+        "24s",
+        "--x509-svid-ttl",
+        "4s",
+    ];
+    b_args.extend(endpoint);
+    let b = Combined::start(b_dir.path(), &b_args);
+    let a_url = format!("https://{}/", endpoint_addr(&a.proc.seen.join("\n")));
+    let b_url = format!("https://{}/", endpoint_addr(&b.proc.seen.join("\n")));
+
+    // Each side bootstraps from the other's bundle as `bundle show` prints it.
+    for (from, to, td, url, file) in [
+        (
+            &a,
+            &b,
+            "partner.test",
+            &b_url,
+            a_dir.path().join("partner.json"),
+        ),
+        (
+            &b,
+            &a,
+            "example.org",
+            &a_url,
+            b_dir.path().join("example.pem"),
+        ),
+    ] {
+        let format = if file.extension().unwrap() == "json" {
+            "spiffe"
+        } else {
+            "pem"
+        };
+        let shown = to.admin(&["bundle", "show", "--format", format]);
+        assert!(shown.status.success());
+        std::fs::write(&file, &shown.stdout).unwrap();
+        let id = format!("spiffe://{td}/signet/server");
+        let out = from.admin(&[
+            "federation",
+            "create",
+            "--trust-domain",
+            td,
+            "--bundle-endpoint-url",
+            url,
+            "--endpoint-spiffe-id",
+            &id,
+            "--trust-domain-bundle",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("https_spiffe"));
+    }
+    let listed = a.admin(&["federation", "list", "--output", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["federations"][0]["trust_domain"], "partner.test",
+        "{listed}"
+    );
+    // The same relationship again is refused, by name.
+    let again = a.admin(&[
+        "federation",
+        "create",
+        "--trust-domain",
+        "partner.test",
+        "--bundle-endpoint-url",
+        &b_url,
+        "--endpoint-spiffe-id",
+        "spiffe://partner.test/signet/server",
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // This test's uid is a workload in each trust domain, federating with
+    // the other.
+    let me = format!("unix:uid:{}", uid());
+    for (side, id, other) in [
+        (&a, "spiffe://example.org/web", "partner.test"),
+        (&b, "spiffe://partner.test/api", "example.org"),
+    ] {
+        let out = side.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--selector",
+            &me,
+            "--federates-with",
+            other,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_app, app) = start_app(a_dir.path());
+    let (_inbound, inbound) = sidecar(
+        "inbound-b",
+        "inbound",
+        &[
+            "--to",
+            &format!("127.0.0.1:{app}"),
+            "--http",
+            "--allow-trust-domain",
+            "example.org",
+        ],
+        &b.agent,
+        b_dir.path(),
+    );
+    let (_outbound, outbound) = sidecar(
+        "outbound-a",
+        "outbound",
+        &[
+            "--to",
+            &format!("127.0.0.1:{inbound}"),
+            "--server-id",
+            "spiffe://partner.test/api",
+        ],
+        &a.agent,
+        a_dir.path(),
+    );
+    let body = eventually("a request across the trust domains", || {
+        let (code, body) = curl(&format!("http://127.0.0.1:{outbound}/hello"));
+        (code == 200).then_some(body)
+    });
+    assert!(body.contains("URI=spiffe://example.org/web"), "{body}");
+    assert!(body.contains("By=spiffe://partner.test/api"), "{body}");
+
+    // partner.test's CA rotates and its first authority expires; A fetches
+    // the new bundle by itself, and requests keep working.
+    let x509_keys = |side: &Combined, td: Option<&str>| -> Vec<String> {
+        let mut args = vec!["bundle", "show", "--format", "spiffe"];
+        if let Some(td) = td {
+            args.extend(["--trust-domain", td]);
+        }
+        let out = side.admin(&args);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut keys: Vec<String> = doc["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|k| k["use"] == "x509-svid")
+            .map(|k| k["x5c"][0].as_str().unwrap_or_default().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let first = x509_keys(&b, None);
+    eventually_within(
+        std::time::Duration::from_secs(60),
+        "partner.test's rotated bundle at A, and a request through it",
+        || {
+            let now = x509_keys(&b, None);
+            let rotated = !now.is_empty() && now.iter().all(|k| !first.contains(k));
+            let at_a = x509_keys(&a, Some("partner.test"));
+            let ok = curl(&format!("http://127.0.0.1:{outbound}/rotated")).0 == 200;
+            (rotated && at_a == now && ok).then_some(())
+        },
+    );
+
+    // partner.test withdraws example.org: its bundle leaves B, and B's
+    // sidecar refuses new connections from example.org.
+    let out = b.admin(&["federation", "delete", "--trust-domain", "example.org"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gone = b.admin(&["bundle", "show", "--trust-domain", "example.org"]);
+    assert!(!gone.status.success());
+    eventually("new connections refused after the withdrawal", || {
+        (curl(&format!("http://127.0.0.1:{outbound}/after")).0 != 200).then_some(())
+    });
 }

@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// `signet proxy MODE <args> --listen 127.0.0.1:0` under `uid`, its admin
-/// endpoint (port 0 too) polled until ready; returns it and the port its
-/// listener bound.
+/// `signet proxy MODE <args>` (the copy at `bin`) under `uid`, ready.
 fn start_sidecar(
     name: &str,
     bin: &Path,
@@ -38,19 +36,8 @@ fn start_sidecar(
     dir: &Path,
 ) -> (Proc, u16) {
     let mut cmd = Command::new(bin);
-    cmd.args(["proxy", mode, "--listen", "127.0.0.1:0"])
-        .args(args)
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env("SIGNET_LOG", "info")
-        .uid(uid)
-        .gid(uid);
-    let mut p = Proc::spawn(name, cmd, dir);
-    let port = p.reported_addr(&format!("listener {mode}:")).port();
-    let admin = p.reported_addr("admin endpoint:").port();
-    eventually(&format!("{name} to be ready"), || {
-        (curl(&format!("http://127.0.0.1:{admin}/ready")).0 == 200).then_some(())
-    });
-    (p, port)
+    cmd.env("SIGNET_LOG", "info").uid(uid).gid(uid);
+    common::start_sidecar(name, cmd, mode, args, dir)
 }
 
 /// The `x-forwarded-client-cert` line of an app's answer.

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::ca::SvidOptions;
 use crate::datastore::{AttestedNode, DatastoreError, EntryFilter, SelectorMatch};
+use crate::federation::{EndpointAuth, Relationship};
 use crate::{Server, ServerError};
 use signet_wire::admin::admin_client::AdminClient;
 use signet_wire::admin::admin_server::{Admin, AdminServer};
@@ -65,6 +66,60 @@ impl AdminService {
     pub fn into_service(self) -> AdminServer<Self> {
         AdminServer::new(self)
     }
+}
+
+fn federation_name(name: FederationName) -> Result<TrustDomain, Status> {
+    TrustDomain::parse(&name.trust_domain)
+        .map_err(|e| invalid(format!("trust_domain {:?}: {e}", name.trust_domain)))
+}
+
+fn federation_to_wire(rel: &Relationship) -> Federation {
+    let (endpoint_spiffe_id, web_ca_pem) = match &rel.auth {
+        EndpointAuth::HttpsSpiffe { endpoint_spiffe_id } => {
+            (endpoint_spiffe_id.clone(), String::new())
+        }
+        EndpointAuth::HttpsWeb { ca_pem } => (String::new(), ca_pem.clone().unwrap_or_default()),
+    };
+    Federation {
+        trust_domain: rel.trust_domain.clone(),
+        bundle_endpoint_url: rel.bundle_endpoint_url.clone(),
+        profile: rel.auth.profile().into(),
+        endpoint_spiffe_id,
+        web_ca_pem,
+    }
+}
+
+fn federation_from_wire(
+    req: FederationRequest,
+) -> Result<(Relationship, Option<signet_identity::Bundle>), Status> {
+    let f = req
+        .federation
+        .ok_or_else(|| invalid("the federation relationship is missing"))?;
+    let auth = match f.profile.as_str() {
+        "https_spiffe" => EndpointAuth::HttpsSpiffe {
+            endpoint_spiffe_id: f.endpoint_spiffe_id,
+        },
+        "https_web" => EndpointAuth::HttpsWeb {
+            ca_pem: (!f.web_ca_pem.is_empty()).then_some(f.web_ca_pem),
+        },
+        other => {
+            return Err(invalid(format!(
+                "profile {other:?}: expected https_spiffe or https_web"
+            )));
+        }
+    };
+    let bootstrap = req
+        .bootstrap_bundle
+        .map(|b| bundle_from_wire(&b).map_err(invalid))
+        .transpose()?;
+    Ok((
+        Relationship {
+            trust_domain: f.trust_domain,
+            bundle_endpoint_url: f.bundle_endpoint_url,
+            auth,
+        },
+        bootstrap,
+    ))
 }
 
 fn invalid(m: impl Into<String>) -> Status {
@@ -374,6 +429,60 @@ impl Admin for AdminService {
         Ok(Response::new(
             types::Bundle::try_from(&bundle).map_err(|e| Status::internal(e.to_string()))?,
         ))
+    }
+
+    async fn create_federation(
+        &self,
+        req: Request<FederationRequest>,
+    ) -> Result<Response<Federation>, Status> {
+        let (rel, bootstrap) = federation_from_wire(req.into_inner())?;
+        let rel = self.server.create_federation(rel, bootstrap).await?;
+        Ok(Response::new(federation_to_wire(&rel)))
+    }
+
+    async fn update_federation(
+        &self,
+        req: Request<FederationRequest>,
+    ) -> Result<Response<Federation>, Status> {
+        let (rel, bootstrap) = federation_from_wire(req.into_inner())?;
+        let rel = self.server.update_federation(rel, bootstrap).await?;
+        Ok(Response::new(federation_to_wire(&rel)))
+    }
+
+    async fn delete_federation(
+        &self,
+        req: Request<FederationName>,
+    ) -> Result<Response<DeleteFederationResponse>, Status> {
+        let td = federation_name(req.into_inner())?;
+        self.server.delete_federation(&td).await?;
+        Ok(Response::new(DeleteFederationResponse {}))
+    }
+
+    async fn get_federation(
+        &self,
+        req: Request<FederationName>,
+    ) -> Result<Response<Federation>, Status> {
+        let td = federation_name(req.into_inner())?;
+        let rel = self.server.get_federation(&td).await?;
+        Ok(Response::new(federation_to_wire(&rel)))
+    }
+
+    async fn list_federations(
+        &self,
+        _: Request<ListFederationsRequest>,
+    ) -> Result<Response<ListFederationsResponse>, Status> {
+        let federations = self.server.list_federations().await?;
+        Ok(Response::new(ListFederationsResponse {
+            federations: federations.iter().map(federation_to_wire).collect(),
+        }))
+    }
+
+    async fn refresh_federations(
+        &self,
+        _: Request<RefreshFederationsRequest>,
+    ) -> Result<Response<RefreshFederationsResponse>, Status> {
+        self.server.refresh_federations();
+        Ok(Response::new(RefreshFederationsResponse {}))
     }
 
     async fn delete_bundle(

@@ -14,7 +14,7 @@ pub use signet_testkit::envoy::{self, Envoy};
 #[allow(unused_imports)]
 pub use signet_testkit::http::{curl, curl_with, presented_serial};
 #[allow(unused_imports)]
-pub use signet_testkit::{DEADLINE, Proc, eventually, require_root, uid};
+pub use signet_testkit::{DEADLINE, Proc, eventually, eventually_within, require_root, uid};
 
 /// The `signet` binary under test, with no socket location inherited from
 /// the environment and debug logs from the server, agent and socket code.
@@ -208,4 +208,26 @@ pub fn start_proxy(
         .uid(uid)
         .gid(uid);
     Proc::spawn(name, cmd, dir)
+}
+
+/// `cmd` (a `signet` binary) run as `proxy MODE ARGS --listen 127.0.0.1:0
+/// --admin-listen 127.0.0.1:0`, polled until its admin endpoint says it
+/// presents an SVID; returns it and the port its listener bound.
+pub fn start_sidecar(
+    name: &str,
+    mut cmd: Command,
+    mode: &str,
+    args: &[&str],
+    dir: &Path,
+) -> (Proc, u16) {
+    cmd.args(["proxy", mode, "--listen", "127.0.0.1:0"])
+        .args(args)
+        .args(["--admin-listen", "127.0.0.1:0"]);
+    let mut p = Proc::spawn(name, cmd, dir);
+    let port = p.reported_addr(&format!("listener {mode}:")).port();
+    let admin = p.reported_addr("admin endpoint:").port();
+    eventually(&format!("{name} to be ready"), || {
+        (curl(&format!("http://127.0.0.1:{admin}/ready")).0 == 200).then_some(())
+    });
+    (p, port)
 }
