@@ -298,3 +298,112 @@ fn two_trust_domains_federate_and_their_sidecars_talk() {
         (curl(&format!("http://127.0.0.1:{outbound}/after")).0 != 200).then_some(())
     });
 }
+
+/// The https_web profile across two `signet run`s: partner.test's endpoint
+/// presents a certificate from an openssl-made web CA, and example.org,
+/// given only that CA and no bootstrap bundle, fetches partner.test's
+/// bundle.
+#[test]
+fn https_web_federation_needs_no_bootstrap_bundle() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let web = b_dir.path();
+    let script = "set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout ca.key -out ca.pem -days 1 -subj /CN=test-web-ca 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout web.key -out web.csr -subj /CN=localhost 2>/dev/null
+        printf 'subjectAltName=DNS:localhost\\n' > ext.cnf
+        openssl x509 -req -in web.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -out web.pem -days 1 -extfile ext.cnf 2>/dev/null";
+    let made = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(web)
+        .status()
+        .unwrap();
+    assert!(made.success(), "openssl could not make the web CA");
+    let b = Combined::start(
+        b_dir.path(),
+        &[
+            "--trust-domain",
+            "partner.test",
+            "--federation-listen",
+            "127.0.0.1:0",
+            "--federation-web-cert",
+            web.join("web.pem").to_str().unwrap(),
+            "--federation-web-key",
+            web.join("web.key").to_str().unwrap(),
+        ],
+    );
+    let banner = b.proc.seen.join("\n");
+    assert!(banner.contains("https_web: presents"), "{banner}");
+    let port = endpoint_addr(&banner)
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_owned();
+    let a = Combined::start(a_dir.path(), &[]);
+
+    // A URL whose host the certificate does not name is refused at the
+    // first fetch: nothing is stored.
+    let create = |url: &str| {
+        a.admin(&[
+            "federation",
+            "create",
+            "--trust-domain",
+            "partner.test",
+            "--bundle-endpoint-url",
+            url,
+            "--profile",
+            "https_web",
+            "--ca-file",
+            web.join("ca.pem").to_str().unwrap(),
+        ])
+    };
+    let out = create(&format!("https://127.0.0.1:{port}/"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the refused fetch in example.org's log", || {
+        let log = a.proc.log_text();
+        log.lines()
+            .any(|l| {
+                l.contains("cannot refresh the federated bundle") && l.contains("partner.test")
+            })
+            .then_some(())
+    });
+    let none = a.admin(&["bundle", "show", "--trust-domain", "partner.test"]);
+    assert!(
+        !none.status.success(),
+        "a bundle was stored from a refused endpoint"
+    );
+    let out = a.admin(&["federation", "delete", "--trust-domain", "partner.test"]);
+    assert!(out.status.success());
+
+    let out = create(&format!("https://localhost:{port}/"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = eventually("partner.test's bundle at example.org", || {
+        let out = a.admin(&[
+            "bundle",
+            "show",
+            "--trust-domain",
+            "partner.test",
+            "--format",
+            "spiffe",
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    });
+    let own = b.admin(&["bundle", "show", "--format", "spiffe"]);
+    let (shown, own): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&shown).unwrap(),
+        serde_json::from_slice(&own.stdout).unwrap(),
+    );
+    assert_eq!(shown["keys"], own["keys"]);
+}
