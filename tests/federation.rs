@@ -100,6 +100,65 @@ fn sidecar(
     start_sidecar(name, signet(), mode, &all, dir)
 }
 
+/// `from` federates with `to` (trust domain `td`, endpoint `url`) over
+/// https_spiffe, bootstrapped from `to`'s bundle written to `file` (`.json`:
+/// SPIFFE JSON, otherwise PEM).
+fn federate(from: &Combined, to: &Combined, td: &str, url: &str, file: &std::path::Path) {
+    let format = if file.extension().is_some_and(|e| e == "json") {
+        "spiffe"
+    } else {
+        "pem"
+    };
+    let shown = to.admin(&["bundle", "show", "--format", format]);
+    assert!(shown.status.success());
+    std::fs::write(file, &shown.stdout).unwrap();
+    let id = format!("spiffe://{td}/signet/server");
+    let out = from.admin(&[
+        "federation",
+        "create",
+        "--trust-domain",
+        td,
+        "--bundle-endpoint-url",
+        url,
+        "--endpoint-spiffe-id",
+        &id,
+        "--trust-domain-bundle",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("https_spiffe"));
+}
+
+/// Two `signet run`s, example.org and partner.test (`b_args` more for
+/// the latter), each serving its bundle endpoint with a 2 s refresh hint,
+/// federated both ways.
+fn federated_pair(
+    a_dir: &std::path::Path,
+    b_dir: &std::path::Path,
+    b_args: &[&str],
+) -> (Combined, Combined) {
+    let endpoint = [
+        "--federation-listen",
+        "127.0.0.1:0",
+        "--federation-refresh-hint",
+        "2s",
+    ];
+    let a = Combined::start(a_dir, &endpoint);
+    let mut all = vec!["--trust-domain", "partner.test"];
+    all.extend(b_args);
+    all.extend(endpoint);
+    let b = Combined::start(b_dir, &all);
+    let a_url = format!("https://{}/", endpoint_addr(&a.proc.seen.join("\n")));
+    let b_url = format!("https://{}/", endpoint_addr(&b.proc.seen.join("\n")));
+    federate(&a, &b, "partner.test", &b_url, &a_dir.join("partner.json"));
+    federate(&b, &a, "example.org", &a_url, &b_dir.join("example.pem"));
+    (a, b)
+}
+
 /// Two trust domains on one machine, each a `signet run` with its bundle
 /// endpoint, federated both ways with `signet federation create`: a
 /// sidecar in example.org calls a sidecar in partner.test that allows
@@ -108,74 +167,16 @@ fn sidecar(
 #[test]
 fn two_trust_domains_federate_and_their_sidecars_talk() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let endpoint = [
-        "--federation-listen",
-        "127.0.0.1:0",
-        "--federation-refresh-hint",
-        "2s",
-    ];
-    let a = Combined::start(a_dir.path(), &endpoint);
     // partner.test's CA lives 24 s: it rotates during the test (the next
     // authority is published 8 s before it signs, more than the 5 s tick
-    // plus the 2 s refresh hint).
-    let mut b_args = vec![
-        "--trust-domain",
-        "partner.test",
-        "--ca-ttl",
-        "24s",
-        "--x509-svid-ttl",
-        "4s",
-    ];
-    b_args.extend(endpoint);
-    let b = Combined::start(b_dir.path(), &b_args);
-    let a_url = format!("https://{}/", endpoint_addr(&a.proc.seen.join("\n")));
+    // plus the 2 s refresh hint). Each side bootstraps from the other's
+    // bundle as `bundle show` prints it (SPIFFE JSON one way, PEM the other).
+    let (a, b) = federated_pair(
+        a_dir.path(),
+        b_dir.path(),
+        &["--ca-ttl", "24s", "--x509-svid-ttl", "4s"],
+    );
     let b_url = format!("https://{}/", endpoint_addr(&b.proc.seen.join("\n")));
-
-    // Each side bootstraps from the other's bundle as `bundle show` prints it.
-    for (from, to, td, url, file) in [
-        (
-            &a,
-            &b,
-            "partner.test",
-            &b_url,
-            a_dir.path().join("partner.json"),
-        ),
-        (
-            &b,
-            &a,
-            "example.org",
-            &a_url,
-            b_dir.path().join("example.pem"),
-        ),
-    ] {
-        let format = if file.extension().unwrap() == "json" {
-            "spiffe"
-        } else {
-            "pem"
-        };
-        let shown = to.admin(&["bundle", "show", "--format", format]);
-        assert!(shown.status.success());
-        std::fs::write(&file, &shown.stdout).unwrap();
-        let id = format!("spiffe://{td}/signet/server");
-        let out = from.admin(&[
-            "federation",
-            "create",
-            "--trust-domain",
-            td,
-            "--bundle-endpoint-url",
-            url,
-            "--endpoint-spiffe-id",
-            &id,
-            "--trust-domain-bundle",
-            file.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("https_spiffe"));
-    }
     let listed = a.admin(&["federation", "list", "--output", "json"]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(
@@ -406,4 +407,69 @@ fn https_web_federation_needs_no_bootstrap_bundle() {
         serde_json::from_slice(&own.stdout).unwrap(),
     );
     assert_eq!(shown["keys"], own["keys"]);
+}
+
+/// A real Envoy in example.org validates partner.test's SVIDs from SDS
+/// `ALL` (every bundle the agent holds, federated ones included): a
+/// partner.test sidecar calls it and its RBAC sees the foreign caller.
+#[test]
+fn envoy_validates_a_federated_callers_svid_from_sds_all() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = federated_pair(a_dir.path(), b_dir.path(), &[]);
+    let me = format!("unix:uid:{}", uid());
+    for (side, id, other) in [
+        (&a, "spiffe://example.org/server", "partner.test"),
+        (&b, "spiffe://partner.test/client", "example.org"),
+    ] {
+        let out = side.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--selector",
+            &me,
+            "--federates-with",
+            other,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_app, app) = start_app(a_dir.path());
+    let cfg = config(
+        "inbound.yaml",
+        &[
+            ("port_value: 8443", "port_value: 0".into()),
+            ("port_value: 8080", format!("port_value: {app}")),
+            ("port_value: 9901", "port_value: 0".into()),
+            ("path: /run/signet/agent.sock", format!("path: {}", a.agent)),
+            (
+                r#"exact: "spiffe://example.org/client""#,
+                r#"exact: "spiffe://partner.test/client""#.into(),
+            ),
+        ],
+        &a_dir.path().join("inbound.yaml"),
+    );
+    let bin = envoy::binary(a_dir.path());
+    let inbound = envoy::start("envoy-a", &bin, &cfg, uid(), a_dir.path(), &[]);
+    let port = inbound.listener_port("inbound");
+    let (_outbound, outbound) = sidecar(
+        "outbound-b",
+        "outbound",
+        &[
+            "--to",
+            &format!("127.0.0.1:{port}"),
+            "--server-id",
+            "spiffe://example.org/server",
+        ],
+        &b.agent,
+        b_dir.path(),
+    );
+    let body = eventually("a request from partner.test through Envoy", || {
+        let (code, body) = curl(&format!("http://127.0.0.1:{outbound}/from-partner"));
+        (code == 200).then_some(body)
+    });
+    assert!(body.contains("URI=spiffe://partner.test/client"), "{body}");
 }
