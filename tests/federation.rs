@@ -133,6 +133,29 @@ fn federate(from: &Combined, to: &Combined, td: &str, url: &str, file: &std::pat
     assert!(String::from_utf8_lossy(&out.stdout).contains("https_spiffe"));
 }
 
+/// This test's uid is the workload `a_id` in `a` and `b_id` in `b`, each
+/// federating with the other trust domain.
+fn workload_in_each(a: &Combined, a_id: &str, b: &Combined, b_id: &str) {
+    let me = format!("unix:uid:{}", uid());
+    for (side, id, other) in [(a, a_id, "partner.test"), (b, b_id, "example.org")] {
+        let out = side.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--selector",
+            &me,
+            "--federates-with",
+            other,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Two `signet run`s, example.org and partner.test (`b_args` more for
 /// the latter), each serving its bundle endpoint with a 2 s refresh hint,
 /// federated both ways.
@@ -199,27 +222,12 @@ fn two_trust_domains_federate_and_their_sidecars_talk() {
 
     // This test's uid is a workload in each trust domain, federating with
     // the other.
-    let me = format!("unix:uid:{}", uid());
-    for (side, id, other) in [
-        (&a, "spiffe://example.org/web", "partner.test"),
-        (&b, "spiffe://partner.test/api", "example.org"),
-    ] {
-        let out = side.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            id,
-            "--selector",
-            &me,
-            "--federates-with",
-            other,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    workload_in_each(
+        &a,
+        "spiffe://example.org/web",
+        &b,
+        "spiffe://partner.test/api",
+    );
     let (_app, app) = start_app(a_dir.path());
     let (_inbound, inbound) = sidecar(
         "inbound-b",
@@ -416,27 +424,12 @@ fn https_web_federation_needs_no_bootstrap_bundle() {
 fn envoy_validates_a_federated_callers_svid_from_sds_all() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = federated_pair(a_dir.path(), b_dir.path(), &[]);
-    let me = format!("unix:uid:{}", uid());
-    for (side, id, other) in [
-        (&a, "spiffe://example.org/server", "partner.test"),
-        (&b, "spiffe://partner.test/client", "example.org"),
-    ] {
-        let out = side.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            id,
-            "--selector",
-            &me,
-            "--federates-with",
-            other,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    workload_in_each(
+        &a,
+        "spiffe://example.org/server",
+        &b,
+        "spiffe://partner.test/client",
+    );
     let (_app, app) = start_app(a_dir.path());
     let cfg = config(
         "inbound.yaml",
