@@ -2,7 +2,7 @@
 //! the datastore, keys on disk, the CA (self-signed or under an upstream),
 //! node attestors, the admin API on its socket, the node API on TCP, the
 //! SPIFFE bundle endpoint when configured, the federated-bundle refresher,
-//! the change-feed follower, the 5 s maintenance tick and the socket watch.
+//! the change-feed follower, the maintenance tick and the socket watch.
 //! `signet server`, `signet run`, `signet demo`, the benches and the SDS
 //! tests all start a server through [`start`].
 
@@ -264,10 +264,17 @@ pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Run
     })
 }
 
-/// Rotates the CA and publishes the bundle every [`TICK`] until `stop`.
+/// How often the CA is checked: every [`TICK`], or more often for a CA so
+/// short-lived that a tick could miss its activation window (the last
+/// sixth of its life): at least three ticks fall in that window.
+fn tick_for(ca_ttl: Duration) -> Duration {
+    (ca_ttl / 18).clamp(Duration::from_millis(100), TICK)
+}
+
+/// Rotates the CA and publishes the bundle every [`tick_for`] until `stop`.
 async fn maintain(server: Arc<Server>, stop: impl Future<Output = ()>) -> Result<(), RunError> {
     tokio::pin!(stop);
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(tick_for(server.config().ca.ca_ttl));
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -360,4 +367,21 @@ fn create_private_dir(dir: &Path) -> Result<(), RunError> {
             .doing(|| format!("cannot make data dir {} private (0700)", dir.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The activation window (the last sixth of the CA's life) holds at
+    /// least three ticks, so a tick cannot skip it; a day-long CA keeps the
+    /// 5 s tick.
+    #[test]
+    fn a_short_lived_ca_is_checked_often_enough_to_activate_its_successor() {
+        for ttl in [24, 60, 600, 86_400].map(Duration::from_secs) {
+            let tick = tick_for(ttl);
+            assert!(tick * 3 <= ttl / 6, "{ttl:?}: tick {tick:?}");
+        }
+        assert_eq!(tick_for(Duration::from_secs(86_400)), TICK);
+    }
 }

@@ -55,6 +55,7 @@ pub enum FederationCmd {
     Update(RelationshipFlags),
     /// Show one relationship.
     Show {
+        /// The foreign trust domain.
         #[arg(long)]
         trust_domain: String,
     },
@@ -62,6 +63,7 @@ pub enum FederationCmd {
     List,
     /// Delete a relationship; its bundle is withdrawn with it.
     Delete {
+        /// The foreign trust domain.
         #[arg(long)]
         trust_domain: String,
     },
