@@ -19,18 +19,9 @@ use signet_server::federation::{BundleEndpoint, EndpointAuth, EndpointProfile, R
 use signet_testkit::pki::TestCa;
 use signet_testkit::{ms, percentile};
 use signet_wire::workload::{X509svidRequest, X509svidResponse};
-use signet_workload::connect;
+use signet_workload::{connect, with_header};
 
 const REFRESH_HINT: Duration = Duration::from_secs(1);
-
-fn request() -> tonic::Request<X509svidRequest> {
-    let mut r = tonic::Request::new(X509svidRequest {});
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    r
-}
 
 /// Whether `resp` carries `der` among partner.test's authorities.
 fn holds(resp: &X509svidResponse, der: &[u8]) -> bool {
@@ -83,7 +74,11 @@ async fn main() {
     let mut open = Vec::with_capacity(streams);
     for _ in 0..streams {
         let mut c = connect(setup.sock.clone()).await.unwrap();
-        let mut s = c.fetch_x509svid(request()).await.unwrap().into_inner();
+        let mut s = c
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(30), s.message())
                 .await

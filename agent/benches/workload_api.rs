@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use signet_identity::{Entry, Selector, SpiffeId};
 use signet_testkit::{ms, percentile};
 use signet_wire::workload::X509svidRequest;
-use signet_workload::connect;
+use signet_workload::{connect, with_header};
 
 fn entry(path: &str, parent: &SpiffeId, selector: &str) -> Entry {
     Entry::new(
@@ -23,15 +23,6 @@ fn entry(path: &str, parent: &SpiffeId, selector: &str) -> Entry {
         parent.clone(),
         vec![Selector::parse(selector).unwrap()],
     )
-}
-
-fn request() -> tonic::Request<X509svidRequest> {
-    let mut r = tonic::Request::new(X509svidRequest {});
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    r
 }
 
 #[tokio::main]
@@ -52,7 +43,7 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut c = connect(sock.clone()).await.unwrap();
-        if let Ok(r) = c.fetch_x509svid(request()).await
+        if let Ok(r) = c.fetch_x509svid(with_header(X509svidRequest {})).await
             && r.into_inner().message().await.ok().flatten().is_some()
         {
             break;
@@ -71,7 +62,11 @@ async fn main() {
             let mut c = connect(sock).await.unwrap();
             barrier.wait().await;
             let t = Instant::now();
-            let mut s = c.fetch_x509svid(request()).await.unwrap().into_inner();
+            let mut s = c
+                .fetch_x509svid(with_header(X509svidRequest {}))
+                .await
+                .unwrap()
+                .into_inner();
             s.message().await.unwrap().unwrap();
             let took = t.elapsed();
             (took, c, s)
@@ -96,7 +91,11 @@ async fn main() {
     let mut c = connect(sock.clone()).await.unwrap();
     for _ in 0..500 {
         let t = Instant::now();
-        let mut s = c.fetch_x509svid(request()).await.unwrap().into_inner();
+        let mut s = c
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
         s.message().await.unwrap().unwrap();
         lat.push(t.elapsed());
     }
