@@ -7,6 +7,7 @@ mod federation;
 mod format;
 mod mint;
 mod node;
+mod oidc;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,7 @@ pub use entry::{EntryCmd, entry};
 pub use federation::{FederationCmd, federation};
 pub use mint::{JwtCmd, X509Cmd, jwt, x509};
 pub use node::{AgentCmd, TokenCmd, agent, token};
+pub use oidc::{OidcProviderArgs, oidc_provider};
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum Output {

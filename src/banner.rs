@@ -6,6 +6,7 @@ use std::path::Path;
 use signet_server::Running;
 use signet_server::datastore::redact_url;
 use signet_server::federation::EndpointProfile;
+use signet_server::oidc::{DISCOVERY_PATH, OidcTransport};
 use signet_workload::SocketRole;
 
 use crate::sockets::flag_to_reach;
@@ -51,6 +52,22 @@ pub fn print_banner(
             profile.name()
         );
     }
+    if let Some(oidc) = &running.oidc {
+        let scheme = match oidc.transport {
+            OidcTransport::Http => "http",
+            _ => "https",
+        };
+        let how = match (&oidc.transport, &oidc.ca_file) {
+            (OidcTransport::Http, _) => "plain HTTP for a proxy in front".to_owned(),
+            (_, Some(ca)) => format!("self-signed: trust {}", ca.display()),
+            (OidcTransport::Https { cert, .. }, None) => format!("presents {}", cert.display()),
+            _ => String::new(),
+        };
+        println!(
+            "  OIDC discovery {scheme}://{}{DISCOVERY_PATH} ({how}; issuer {})",
+            oidc.addr, oidc.issuer
+        );
+    }
     if let Some(agent) = agent_socket {
         println!(
             "  agent socket   {} (Workload API; SPIFFE_ENDPOINT_SOCKET=unix://{})",
@@ -90,6 +107,16 @@ pub fn print_banner(
     println!("  signet bundle show{socket_flag}");
     if let Some(addr) = running.federation_addr {
         println!("  curl -sk https://{addr}/    # the bundle, as federated servers fetch it");
+    }
+    if let Some(oidc) = &running.oidc {
+        let trust = match &oidc.ca_file {
+            Some(ca) => format!("--cacert {} ", ca.display()),
+            None => String::new(),
+        };
+        println!(
+            "  curl -s {trust}{}{DISCOVERY_PATH}    # what OIDC relying parties read",
+            oidc.issuer
+        );
     }
     println!("  signet token generate{socket_flag}");
     println!();

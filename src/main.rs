@@ -101,6 +101,10 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// Serve OIDC discovery for a server's JWT-SVIDs as a process of its
+    /// own (keys from its admin socket); `signet server --oidc-listen`
+    /// serves the same inside the server.
+    OidcProvider(admin_cli::OidcProviderArgs),
     /// Mint X509-SVIDs as an administrator.
     X509 {
         #[command(subcommand)]
@@ -214,6 +218,7 @@ fn main() -> ExitCode {
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::Federation { cmd, opts } => admin_cli::federation(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
+            Command::OidcProvider(args) => admin_cli::oidc_provider(args).await,
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,

@@ -2,6 +2,7 @@
 //! signal handling and drain.
 
 mod federation;
+mod oidc;
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ use signet_server::{KeyType, LOCAL_AGENT_PATH, RunConfig, Running, ServerConfig,
 use signet_workload::settings::overlay;
 
 use federation::FederationSettings;
+pub use oidc::OidcSettings;
 use signet_workload::tasks::{Service, run_until};
 use tokio::sync::watch;
 
@@ -83,7 +85,8 @@ pub struct ServerSettings {
     /// Default join token life [default: 10m].
     #[arg(long)]
     join_token_ttl: Option<String>,
-    /// `iss` claim of JWT-SVIDs (an OIDC issuer URL).
+    /// `iss` claim of JWT-SVIDs: the https URL of the OIDC issuer relying
+    /// parties know [default with --oidc-listen: the provider's own URL].
     #[arg(long)]
     jwt_issuer: Option<String>,
     /// Upstream CA certificate (PEM): our CA becomes its intermediate.
@@ -98,6 +101,9 @@ pub struct ServerSettings {
     #[command(flatten)]
     #[serde(default)]
     federation: FederationSettings,
+    #[command(flatten)]
+    #[serde(default)]
+    oidc: OidcSettings,
 }
 
 /// Settings checked and defaulted.
@@ -202,6 +208,17 @@ impl ServerSettings {
             }
         };
         let federation = std::mem::take(&mut s.federation).resolve(&mut problems);
+        let oidc = std::mem::take(&mut s.oidc).resolve(&mut problems);
+        let issuer = match (&s.jwt_issuer, &oidc) {
+            (Some(issuer), oidc) => {
+                signet_server::oidc::check_issuer(issuer, oidc.as_ref().map(|o| &o.transport))
+            }
+            (None, Some(oidc)) => signet_server::oidc::default_issuer(oidc.listen, &oidc.transport),
+            (None, None) => Ok(String::new()),
+        };
+        if let Err(e) = issuer {
+            problems.push(e);
+        }
         let bind = s.bind_address.as_deref().unwrap_or("127.0.0.1:8081");
         let bind_address = bind
             .parse::<std::net::SocketAddr>()
@@ -235,6 +252,7 @@ impl ServerSettings {
                 admin_socket,
                 upstream,
                 federation,
+                oidc,
             },
             agent_socket,
         })

@@ -25,14 +25,16 @@ pub mod ca;
 pub mod clock;
 pub mod datastore;
 pub mod federation;
+mod https;
 pub mod key_manager;
 pub mod lifecycle;
 pub mod node;
+pub mod oidc;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use key_manager::{KeyManager, KeyType};
-pub use lifecycle::{RunConfig, RunError, Running, Upstream, run, start};
+pub use lifecycle::{OidcInfo, RunConfig, RunError, Running, Upstream, run, start};
 
 use std::fmt;
 use std::sync::Arc;

@@ -24,6 +24,7 @@ use crate::datastore::{self, redact_url};
 use crate::federation::BundleEndpoint;
 use crate::key_manager::disk::DiskKeyManager;
 use crate::node::serve_node;
+use crate::oidc::{OidcProvider, PreparedProvider};
 use crate::{Server, ServerConfig, SystemClock, UpstreamAuthority};
 
 /// How often the server rotates its CA and publishes its bundle.
@@ -50,6 +51,8 @@ pub struct RunConfig {
     pub upstream: Option<Upstream>,
     /// The SPIFFE bundle endpoint, if this server serves one.
     pub federation: Option<BundleEndpoint>,
+    /// The OIDC discovery provider, if this server serves one.
+    pub oidc: Option<OidcProvider>,
 }
 
 impl RunConfig {
@@ -66,6 +69,7 @@ impl RunConfig {
             admin_socket: dir.join("admin.sock"),
             upstream: None,
             federation: None,
+            oidc: None,
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct Running {
     pub federation_addr: Option<SocketAddr>,
     /// What the bundle endpoint presents, if it runs.
     pub federation_profile: Option<crate::federation::EndpointProfile>,
+    /// The OIDC discovery provider, if it runs.
+    pub oidc: Option<OidcInfo>,
     pub admin_socket: PathBuf,
     admin_identity: Option<signet_unix::SocketIdentity>,
     tasks: Tasks<RunError>,
@@ -125,11 +131,55 @@ pub struct Running {
     _lock: std::fs::File,
 }
 
+/// Where a running OIDC discovery provider is.
+#[derive(Debug, Clone)]
+pub struct OidcInfo {
+    pub addr: SocketAddr,
+    /// The issuer, as in the discovery document and JWT-SVIDs' `iss`.
+    pub issuer: String,
+    /// The CA clients trust, for a self-signed certificate.
+    pub ca_file: Option<PathBuf>,
+    pub transport: crate::oidc::OidcTransport,
+}
+
+/// Binds the OIDC provider (if any) and settles the issuer JWT-SVIDs
+/// carry: the configured one, checked against the provider, or the
+/// provider's own URL.
+async fn prepare_oidc(config: &mut RunConfig) -> Result<Option<PreparedProvider>, RunError> {
+    let issuer = config.server.ca.jwt_issuer.take();
+    let Some(oidc) = &config.oidc else {
+        config.server.ca.jwt_issuer = issuer
+            .map(|i| crate::oidc::check_issuer(&i, None))
+            .transpose()
+            .doing(|| "jwt_issuer".into())?;
+        return Ok(None);
+    };
+    let listener = crate::oidc::bind(oidc)
+        .await
+        .doing(|| "OIDC provider".into())?;
+    let bound = listener
+        .local_addr()
+        .doing(|| "the OIDC provider's address".into())?;
+    let issuer = match issuer {
+        Some(i) => crate::oidc::check_issuer(&i, Some(&oidc.transport)),
+        None => crate::oidc::default_issuer(bound, &oidc.transport),
+    }
+    .doing(|| "OIDC provider".into())?;
+    config.server.ca.jwt_issuer = Some(issuer.clone());
+    let prepared = PreparedProvider::new(oidc, listener, issuer, &config.data_dir.join("oidc"))
+        .doing(|| "cannot set up the OIDC provider".into())?;
+    Ok(Some(prepared))
+}
+
 /// Starts a server: returns once its sockets are bound and its CA is
 /// ready.
-pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Running, RunError> {
+pub async fn start(
+    mut config: RunConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<Running, RunError> {
     create_private_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
+    let oidc = prepare_oidc(&mut config).await?;
     let store = datastore::open(&config.datastore).await.doing(|| {
         format!(
             "cannot open the datastore {}",
@@ -201,6 +251,21 @@ pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Run
     let federation_profile = config.federation.as_ref().map(|f| f.profile.clone());
 
     let mut tasks = Tasks::default();
+    let oidc = oidc.map(|prepared| {
+        let info = OidcInfo {
+            addr: prepared.addr(),
+            issuer: prepared.issuer().to_owned(),
+            ca_file: prepared.ca_file().map(Path::to_path_buf),
+            transport: prepared.transport().clone(),
+        };
+        let source: Arc<dyn crate::oidc::KeySource> = server.clone();
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            prepared.serve(source, stop).await;
+            Ok(())
+        });
+        info
+    });
     if let Some((prepared, listener, _)) = federation {
         let server = server.clone();
         let stop = stopped(stop.clone());
@@ -257,6 +322,7 @@ pub async fn start(config: RunConfig, stop: watch::Receiver<bool>) -> Result<Run
         node_addr,
         federation_addr,
         federation_profile,
+        oidc,
         admin_socket,
         admin_identity,
         tasks,

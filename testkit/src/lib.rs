@@ -3,13 +3,15 @@
 //! ([`process`]), the real Envoy and its configurations ([`envoy`]), HTTP
 //! and TLS probes ([`http`]), a test PKI ([`pki`]), a process's CPU and
 //! memory use ([`usage`]), free loopback ports for what cannot bind port 0
-//! ([`ports`]) and, with the `postgres` feature, a throwaway PostgreSQL.
+//! ([`ports`]), a throwaway OpenBao ([`openbao`]) and, with the
+//! `postgres` feature, a throwaway PostgreSQL.
 //! Nothing here depends on Signet's own crates, so any of them can use it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod envoy;
 pub mod http;
+pub mod openbao;
 pub mod pki;
 pub mod ports;
 #[cfg(feature = "postgres")]
