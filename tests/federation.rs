@@ -466,3 +466,98 @@ fn envoy_validates_a_federated_callers_svid_from_sds_all() {
     });
     assert!(body.contains("URI=spiffe://partner.test/client"), "{body}");
 }
+
+/// `federation create --data`: what `federation list --output json`
+/// prints (with a bootstrap bundle for https_spiffe) creates the same
+/// relationships; a file with one bad relationship creates none.
+#[test]
+fn relationships_are_created_in_batch_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Combined::start(dir.path(), &[]);
+    let partner = signet_testkit::pki::TestCa::for_trust_domain("partner.test");
+    let web_ca = signet_testkit::pki::TestCa::new("web roots");
+    let wanted = serde_json::json!([
+        {
+            "trust_domain": "partner.test",
+            "bundle_endpoint_url": "https://127.0.0.1:1/",
+            "profile": "https_spiffe",
+            "endpoint_spiffe_id": "spiffe://partner.test/signet/server",
+        },
+        {
+            "trust_domain": "web.test",
+            "bundle_endpoint_url": "https://localhost:1/bundle",
+            "profile": "https_web",
+            "ca": web_ca.pem,
+        },
+    ]);
+    let mut file = wanted.clone();
+    file[0]["trust_domain_bundle"] = partner.pem.clone().into();
+    let write = |name: &str, doc: serde_json::Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, doc.to_string()).unwrap();
+        path.display().to_string()
+    };
+
+    // A bad profile in the second: refused by name before anything is sent.
+    let mut bad = file.clone();
+    bad[1]["profile"] = "https_sometimes".into();
+    let out = c.admin(&[
+        "federation",
+        "create",
+        "--data",
+        &write("bad.json", serde_json::json!({ "federations": bad })),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relationship 1") && err.contains("https_sometimes"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was created"), "{err}");
+    let list = |c: &Combined| -> serde_json::Value {
+        let out = c.admin(&["federation", "list", "--output", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["federations"].clone()
+    };
+    assert_eq!(list(&c), serde_json::json!([]));
+
+    // SPIRE's key names read too.
+    let spire_style = serde_json::json!({ "federation_relationships": file });
+    let out = c.admin(&[
+        "federation",
+        "create",
+        "--data",
+        &write("ok.json", spire_style),
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(list(&c), wanted);
+    // The bootstrap bundle is stored as partner.test's bundle.
+    let shown = c.admin(&["bundle", "show", "--trust-domain", "partner.test"]);
+    assert_eq!(
+        String::from_utf8_lossy(&shown.stdout).trim(),
+        partner.pem.trim()
+    );
+
+    // Creating them again: each refused as existing, said per relationship.
+    let out = c.admin(&[
+        "federation",
+        "create",
+        "--data",
+        &write("again.json", serde_json::json!({ "federations": file })),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relationship 0:") && err.contains("relationship 1:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 of 2 relationships were not created"),
+        "{err}"
+    );
+}
