@@ -276,19 +276,40 @@ fn x509_response(
     }))
 }
 
-/// Every bundle the agent holds, keyed by trust-domain SPIFFE ID and
-/// encoded by `encode`, for a caller that still has an identity.
+/// The bundles a caller with `entries` trusts, as SPIRE hands them out:
+/// its own trust domain's, and those of the trust domains its entries
+/// federate with (not every bundle the agent holds for other workloads).
+pub fn trusted_bundles<'a>(
+    snapshot: &'a Snapshot,
+    entries: &[&Entry],
+) -> Vec<&'a signet_identity::Bundle> {
+    snapshot
+        .bundles
+        .iter()
+        .filter(|b| {
+            entries.iter().any(|e| {
+                e.spiffe_id.is_member_of(b.trust_domain())
+                    || e.federates_with.contains(b.trust_domain())
+            })
+        })
+        .collect()
+}
+
+/// The bundles the caller trusts ([`trusted_bundles`]), keyed by
+/// trust-domain SPIFFE ID and encoded by `encode`, for a caller that
+/// still has an identity.
 fn bundles_by_trust_domain(
     s: &Snapshot,
     selectors: &[signet_identity::Selector],
     encode: impl Fn(&signet_identity::Bundle) -> Vec<u8>,
 ) -> Result<HashMap<String, Vec<u8>>, Status> {
     vouching(s)?;
-    if matching(s, selectors).is_empty() {
+    let entries = matching(s, selectors);
+    if entries.is_empty() {
         return Err(no_identity());
     }
-    Ok(s.bundles
-        .iter()
+    Ok(trusted_bundles(s, &entries)
+        .into_iter()
         .map(|b| (b.trust_domain().id().to_string(), encode(b)))
         .collect())
 }
@@ -514,4 +535,49 @@ impl SpiffeWorkloadApi for WorkloadApi {
 /// attestation, not file permissions, decides who gets what.
 pub fn bind_agent_socket(path: &Path) -> std::io::Result<UnixListener> {
     signet_unix::bind(path, 0o777, 0o755)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signet_identity::{Bundle, BundleSet, SpiffeId, TrustDomain};
+
+    fn entry(id: &str, federates_with: &[&str]) -> Entry {
+        let parent = SpiffeId::parse("spiffe://example.org/signet/agent/a").unwrap();
+        let mut e = Entry::new(SpiffeId::parse(id).unwrap(), parent, Vec::new());
+        e.federates_with = federates_with
+            .iter()
+            .map(|td| TrustDomain::parse(td).unwrap())
+            .collect();
+        e
+    }
+
+    fn names(bundles: &[&Bundle]) -> Vec<String> {
+        bundles
+            .iter()
+            .map(|b| b.trust_domain().to_string())
+            .collect()
+    }
+
+    /// A workload trusts its own trust domain and those its entries
+    /// federate with, not every bundle its node holds for others.
+    #[test]
+    fn a_caller_trusts_only_the_trust_domains_its_entries_federate_with() {
+        let mut snapshot = Snapshot::default();
+        let mut set = BundleSet::new();
+        for td in ["example.org", "partner.test", "other.test"] {
+            set.insert(Bundle::new(TrustDomain::parse(td).unwrap()));
+        }
+        snapshot.bundles = set;
+        let plain = entry("spiffe://example.org/a", &[]);
+        let partner = entry("spiffe://example.org/b", &["partner.test"]);
+        assert_eq!(
+            names(&trusted_bundles(&snapshot, &[&plain])),
+            ["example.org"]
+        );
+        let mut both = names(&trusted_bundles(&snapshot, &[&plain, &partner]));
+        both.sort();
+        assert_eq!(both, ["example.org", "partner.test"]);
+        assert!(trusted_bundles(&snapshot, &[]).is_empty());
+    }
 }

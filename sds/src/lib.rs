@@ -183,7 +183,8 @@ impl SdsService {
         let own_bundle = own_td
             .as_ref()
             .and_then(|td| snapshot.bundles.iter().find(|b| b.trust_domain() == td));
-        let all: Vec<&Bundle> = snapshot.bundles.iter().collect();
+        // Own and federated, as far as the caller's entries federate.
+        let all: Vec<&Bundle> = signet_agent::workload_api::trusted_bundles(snapshot, &entries);
         let spiffe = self.options.spiffe_validator;
         let mut out = BTreeMap::new();
         let add = |name: &str, out: &mut BTreeMap<String, Secret>| {
