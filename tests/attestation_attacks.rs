@@ -35,21 +35,8 @@ fn entitled_binary(dir: &Path) -> PathBuf {
 
 /// Registers `id` for this uid's processes running `bin`.
 fn entry_for_binary(c: &Combined, id: &str, bin: &Path) {
-    let out = c.admin(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        id,
-        "--selector",
-        &format!("unix:uid:{}", uid()),
-        "--selector",
-        &format!("unix:path:{}", bin.display()),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = format!("unix:path:{}", bin.display());
+    c.entry_for_uid_with(id, uid(), &["--selector", &path]);
 }
 
 /// Lets an attacker in an -on-input mode go on (exec or exit).

@@ -136,23 +136,8 @@ fn federate(from: &Combined, to: &Combined, td: &str, url: &str, file: &std::pat
 /// This test's uid is the workload `a_id` in `a` and `b_id` in `b`, each
 /// federating with the other trust domain.
 fn workload_in_each(a: &Combined, a_id: &str, b: &Combined, b_id: &str) {
-    let me = format!("unix:uid:{}", uid());
     for (side, id, other) in [(a, a_id, "partner.test"), (b, b_id, "example.org")] {
-        let out = side.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            id,
-            "--selector",
-            &me,
-            "--federates-with",
-            other,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        side.entry_for_uid_with(id, uid(), &["--federates-with", other]);
     }
 }
 

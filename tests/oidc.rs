@@ -12,21 +12,6 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 
-/// The discovery URL, the CA file to trust and the issuer a banner names
-/// on its `OIDC discovery` line.
-fn discovery_line(banner: &str) -> (String, Option<String>, String) {
-    let line = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("OIDC discovery "))
-        .unwrap_or_else(|| panic!("the banner names no OIDC provider:\n{banner}"));
-    let (url, rest) = line.split_once(' ').unwrap();
-    let ca = rest
-        .split_once("trust ")
-        .map(|(_, r)| r.split(';').next().unwrap().to_owned());
-    let issuer = rest.rsplit_once("issuer ").unwrap().1.trim_end_matches(')');
-    (url.to_owned(), ca, issuer.to_owned())
-}
-
 /// GET with curl, trusting `ca` if given: the JSON body (asserts 200).
 fn get_json(url: &str, ca: Option<&str>) -> Value {
     let mut args = vec![];
@@ -71,7 +56,7 @@ fn jwt_for(c: &Combined, aud: &str) -> String {
 fn signet_run_serves_oidc_discovery_that_verifies_its_jwt_svids() {
     let dir = tempfile::tempdir().unwrap();
     let c = Combined::start(dir.path(), &["--oidc-listen", "127.0.0.1:0"]);
-    let (url, ca, issuer) = discovery_line(&c.proc.seen.join("\n"));
+    let (url, ca, issuer) = c.oidc();
     let ca = ca.expect("a self-signed provider names the CA to trust");
     assert!(issuer.starts_with("https://127.0.0.1:"), "{issuer}");
     assert_eq!(url, format!("{issuer}/.well-known/openid-configuration"));

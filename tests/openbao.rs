@@ -89,24 +89,6 @@ fn kid(jwt: &str) -> String {
     jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap()
 }
 
-/// The issuer and CA file `signet run` names on its OIDC line.
-fn oidc_provider(c: &Combined) -> (String, String) {
-    let banner = c.proc.seen.join("\n");
-    let line = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("OIDC discovery "))
-        .unwrap_or_else(|| panic!("no OIDC line:\n{banner}"));
-    let ca = line
-        .split_once("trust ")
-        .unwrap()
-        .1
-        .split(';')
-        .next()
-        .unwrap();
-    let issuer = line.rsplit_once("issuer ").unwrap().1.trim_end_matches(')');
-    (issuer.to_owned(), ca.to_owned())
-}
-
 #[test]
 fn workloads_log_in_to_openbao_with_their_svids_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,26 +104,13 @@ fn workloads_log_in_to_openbao_with_their_svids_and_nothing_else() {
             "10s",
         ],
     );
-    let (issuer, ca) = oidc_provider(&c);
+    let (_, ca, issuer) = c.oidc();
+    let ca = ca.expect("a self-signed provider names its CA");
     // OpenBao's cert auth names a login by the certificate's common name
     // (openbao/openbao#1687): a DNS name gives the SVID one.
     for id in [WEB, OTHER] {
         let dns = format!("{}.example.org", id.rsplit('/').next().unwrap());
-        let out = c.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            id,
-            "--selector",
-            &format!("unix:uid:{}", uid()),
-            "--dns-name",
-            &dns,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.entry_for_uid_with(id, uid(), &["--dns-name", &dns]);
     }
     let bao = OpenBao::start(dir.path());
     store_secret(&bao, dir.path());

@@ -1,13 +1,15 @@
 //! Foreign CA rotation -> our workloads holding the new bundle: a server
-//! of partner.test serves its bundle endpoint (refresh hint 1 s); our
-//! server (example.org, with its local agent, as `signet run` starts them)
-//! federates with it; 1,000 Workload API streams of a workload whose entry
-//! federates with partner.test are open. partner.test publishes a new
-//! authority; the time until each stream has received it is measured,
+//! of partner.test serves its bundle endpoint (refresh hint 1 s) and
+//! rotates its CA on its own schedule (a 12 s CA, so a new authority is
+//! published every 10 s or so); our server (example.org, with its local
+//! agent, as `signet run` starts them) federates with it; 1,000 Workload
+//! API streams of a workload whose entry federates with partner.test are
+//! open. From the moment partner.test's published bundle holds a new
+//! authority, the time until each stream has received it is measured,
 //! three rotations in a row.
 //!
 //! Run: `cargo bench -p signet-agent --bench federation`
-//! (`SIGNET_BENCH_STREAMS=N`)
+//! (`SIGNET_BENCH_STREAMS=N`; `SIGNET_LOG=FILTER` for logs)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,7 +18,6 @@ use std::time::{Duration, Instant};
 use signet_identity::TrustDomain;
 use signet_server::RunConfig;
 use signet_server::federation::{BundleEndpoint, EndpointAuth, EndpointProfile, Relationship};
-use signet_testkit::pki::TestCa;
 use signet_testkit::{ms, percentile};
 use signet_wire::workload::{X509svidRequest, X509svidResponse};
 use signet_workload::{connect, with_header};
@@ -32,6 +33,13 @@ fn holds(resp: &X509svidResponse, der: &[u8]) -> bool {
 
 #[tokio::main]
 async fn main() {
+    // Logs on stderr when asked (SIGNET_LOG=signet_server=debug, say).
+    if let Ok(filter) = std::env::var("SIGNET_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let streams: usize = std::env::var("SIGNET_BENCH_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -41,6 +49,8 @@ async fn main() {
     // partner.test: a server with its bundle endpoint.
     let b_dir = tempfile::tempdir().unwrap();
     let mut config = RunConfig::in_dir(partner.clone(), b_dir.path());
+    config.server.ca.ca_ttl = Duration::from_secs(12);
+    config.server.ca.x509_svid_ttl = Duration::from_secs(6);
     config.federation = Some(BundleEndpoint {
         listen: "127.0.0.1:0".parse().unwrap(),
         profile: EndpointProfile::HttpsSpiffe,
@@ -70,7 +80,6 @@ async fn main() {
     server.update_entry(entry).await.unwrap();
 
     // `streams` open streams, each holding partner.test's bundle.
-    let first = b.server.own_bundle().await.unwrap().x509_authorities()[0].to_vec();
     let mut open = Vec::with_capacity(streams);
     for _ in 0..streams {
         let mut c = connect(setup.sock.clone()).await.unwrap();
@@ -85,7 +94,7 @@ async fn main() {
                 .expect("a response within 30 s")
                 .unwrap()
                 .unwrap();
-            if holds(&msg, &first) {
+            if msg.federated_bundles.contains_key("spiffe://partner.test") {
                 break;
             }
         }
@@ -94,15 +103,31 @@ async fn main() {
     println!("{streams} Workload API streams open, each holding partner.test's bundle");
 
     let mut all = Vec::new();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let published = || {
+        let server = b.server.clone();
+        async move {
+            server
+                .own_bundle()
+                .await
+                .unwrap()
+                .x509_authorities()
+                .iter()
+                .map(|a| a.to_vec())
+                .collect::<Vec<_>>()
+        }
+    };
+    seen.extend(published().await);
     for round in 0..3 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut bundle = b.server.own_bundle().await.unwrap();
-        let new = TestCa::for_trust_domain("partner.test").der;
-        bundle.add_x509_authority(new.clone());
-        bundle.set_sequence(bundle.sequence() + 1);
-        let t0 = Instant::now();
-        b.server.store().put_bundle(&bundle).await.unwrap();
-        b.server.wrote();
+        // The moment partner.test publishes its next authority.
+        let (new, t0) = loop {
+            let now = published().await;
+            if let Some(new) = now.iter().find(|a| !seen.contains(a)) {
+                break (new.clone(), Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        seen.push(new.clone());
         let waits: Vec<_> = std::mem::take(&mut open)
             .into_iter()
             .map(|(c, mut s)| {

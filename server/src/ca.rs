@@ -325,7 +325,13 @@ impl Ca {
             now,
             6,
             7,
-        ) && let Some(next) = s.x509_next.take()
+        ) && s.x509_next.as_ref().is_some_and(|next| {
+            published_long_enough(
+                (s.x509_current.not_before, s.x509_current.not_after),
+                next.not_before + BACKDATE,
+                now,
+            )
+        }) && let Some(next) = s.x509_next.take()
         {
             retired.push(std::mem::replace(&mut s.x509_current, next).key_id.clone());
             r.x509_activated = true;
@@ -348,6 +354,13 @@ impl Ca {
             r.jwt_prepared = true;
         }
         if due(s.jwt_current.not_before, s.jwt_current.not_after, now, 6, 7)
+            && s.jwt_next.as_ref().is_some_and(|next| {
+                published_long_enough(
+                    (s.jwt_current.not_before, s.jwt_current.not_after),
+                    next.not_before,
+                    now,
+                )
+            })
             && let Some(next) = s.jwt_next.take()
         {
             retired.push(std::mem::replace(&mut s.jwt_current, next).key_id.clone());
@@ -412,6 +425,26 @@ fn due(
     let life = not_after.duration_since(not_before).unwrap_or_default();
     let remaining = not_after.duration_since(now).unwrap_or_default();
     remaining <= (life / div).min(DAY * cap_days)
+}
+
+/// Whether the next authority, published in the bundle since `published`,
+/// may replace the current one (valid `current`): only once it has been
+/// published for a sixth of the current's life (at most 7 days; the
+/// schedule normally gives a third), so agents and federated servers that
+/// fetch the bundle on its refresh hint hold it before anything it signed
+/// reaches them. A server that could not rotate in time (stopped, starved)
+/// would otherwise prepare and activate in one step, and a federated
+/// server would meet an endpoint SVID from an authority it never saw,
+/// with no way to learn it. The current authority's last twelfth (at most
+/// 3 days) overrides this: issuing must go on.
+fn published_long_enough(
+    (not_before, not_after): (SystemTime, SystemTime),
+    published: SystemTime,
+    now: SystemTime,
+) -> bool {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    let published_for = now.duration_since(published).unwrap_or_default();
+    published_for >= (life / 6).min(DAY * 7) || due(not_before, not_after, now, 12, 3)
 }
 
 fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, String> {

@@ -498,8 +498,13 @@ pub(crate) struct ServerSvid {
 }
 
 impl ServerSvid {
-    /// How often a listener presenting it checks whether it is due.
-    pub(crate) const CHECK: Duration = Duration::from_secs(5);
+    /// How often a listener presenting it checks whether it is due: every
+    /// 5 s, or often enough for short SVIDs (ten checks per life) that one
+    /// cut short at its authority's end is renewed before it expires.
+    pub(crate) fn check_every(server: &Server) -> Duration {
+        (server.config().ca.x509_svid_ttl / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
 
     pub(crate) fn issue(server: &Server) -> Result<Self, ServerError> {
         let cert = Arc::new(RotatingCert::new());
@@ -595,7 +600,7 @@ pub async fn serve_node(
         let server = server.clone();
         tokio::spawn(async move {
             let mut revisions = server.watch_revision();
-            let mut renew = tokio::time::interval(ServerSvid::CHECK);
+            let mut renew = tokio::time::interval(ServerSvid::check_every(&server));
             loop {
                 tokio::select! {
                     _ = stop_rx.changed() => return,

@@ -114,14 +114,23 @@ impl Combined {
 
     /// Registers `id` for the processes of `uid` (asserts success).
     pub fn entry_for_uid(&self, id: &str, uid: u32) {
-        let out = self.admin(&[
+        self.entry_for_uid_with(id, uid, &[]);
+    }
+
+    /// Registers `id` for the processes of `uid`, with more `entry create`
+    /// flags (asserts success).
+    pub fn entry_for_uid_with(&self, id: &str, uid: u32, more: &[&str]) {
+        let selector = format!("unix:uid:{uid}");
+        let mut args = vec![
             "entry",
             "create",
             "--spiffe-id",
             id,
             "--selector",
-            &format!("unix:uid:{uid}"),
-        ]);
+            &selector,
+        ];
+        args.extend(more);
+        let out = self.admin(&args);
         assert!(
             out.status.success(),
             "entry for {id}: {}",
@@ -135,6 +144,22 @@ impl Combined {
         eventually(what, || {
             stdout_if_ok(self.api(&["fetch", "x509", "--output", "json"]))
         })
+    }
+
+    /// The OIDC provider its banner names: (discovery URL, the CA file to
+    /// trust for a self-signed certificate, the issuer).
+    pub fn oidc(&self) -> (String, Option<String>, String) {
+        let banner = self.proc.seen.join("\n");
+        let line = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("OIDC discovery "))
+            .unwrap_or_else(|| panic!("the banner names no OIDC provider:\n{banner}"));
+        let (url, rest) = line.split_once(' ').unwrap();
+        let ca = rest
+            .split_once("trust ")
+            .map(|(_, r)| r.split(';').next().unwrap().to_owned());
+        let issuer = rest.rsplit_once("issuer ").unwrap().1.trim_end_matches(')');
+        (url.to_owned(), ca, issuer.to_owned())
     }
 
     /// Runs a workload-side `signet api` command against this instance.

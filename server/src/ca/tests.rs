@@ -610,3 +610,40 @@ fn a_journal_that_cannot_be_honoured_is_an_error() {
     wrong.version = 99;
     assert!(Ca::restore(CaConfig::new(td()), Arc::new(clock), keys, None, wrong).is_err());
 }
+
+/// A server that could not rotate on time (stopped, or starved) prepares
+/// the next authority late; it publishes it for a sixth of the life before
+/// activating it, so a federated server fetching on its hint learns it
+/// first; in the current authority's last twelfth, issuing wins.
+#[test]
+fn a_late_successor_is_published_before_it_signs() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let first = ca.x509_authority();
+    let life = first
+        .not_after()
+        .duration_since(first.not_before())
+        .unwrap();
+    // No rotation until a sixth of the life is left.
+    clock.set(first.not_after() - life / 6 + Duration::from_secs(1));
+    let r = ca.rotate().unwrap();
+    assert!(r.x509_prepared && r.jwt_prepared && r.bundle_changed);
+    assert!(
+        !r.x509_activated && !r.jwt_activated,
+        "activated unpublished"
+    );
+    assert!(Arc::ptr_eq(&ca.x509_authority(), &first));
+    let next = ca.next_x509_authority().unwrap();
+    assert!(ca.bundle().x509_authorities().contains(next.cert()));
+
+    clock.advance(life / 24);
+    assert!(
+        !ca.rotate().unwrap().x509_activated,
+        "published too briefly"
+    );
+    // The last twelfth: activated, whatever its time in the bundle.
+    clock.set(first.not_after() - life / 12 + Duration::from_secs(60));
+    let r = ca.rotate().unwrap();
+    assert!(r.x509_activated && r.jwt_activated);
+    assert!(Arc::ptr_eq(&ca.x509_authority(), &next));
+}

@@ -128,7 +128,7 @@ pub(crate) async fn serve_bundle_endpoint(
         refresh_hint,
     } = endpoint;
     let every = match presented {
-        Presented::Svid(_) => ServerSvid::CHECK,
+        Presented::Svid(_) => ServerSvid::check_every(&server),
         Presented::Web(_) => https::FILE_CHECK,
     };
     let upkeep = {

@@ -4,7 +4,8 @@
 //!
 //! A fetch that fails, or a bundle that fails a check, never replaces the
 //! stored bundle: the error is logged with the trust domain and URL, and
-//! the fetch is retried with jittered backoff.
+//! the fetch is retried with jittered backoff, never waiting longer than
+//! the refresh interval the last good fetch set.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -272,6 +273,8 @@ pub async fn keep_federated(server: Arc<Server>, stop: impl Future<Output = ()>)
                     }
                     schedule.failing = false;
                     schedule.backoff.reset();
+                    // Retries never wait longer than a good fetch would.
+                    schedule.backoff.set_max(next);
                     schedule.next = Instant::now() + next;
                 }
                 Err(e) => {
