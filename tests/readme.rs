@@ -210,6 +210,14 @@ fn check(sections: &BTreeMap<String, String>, socket_dir: &str) {
         responses.contains(&"access denied by policy: no route for caller"),
         "{sidecar}"
     );
+    let federation = &sections["federation"];
+    for want in [
+        "Trust domain     : partner.test",
+        "* partner.test",
+        "* example.org",
+    ] {
+        assert!(federation.contains(want), "federation: no {want:?} in\n{federation}");
+    }
     let policy = &sections["policy"];
     assert!(policy.lines().any(|l| l == "true"), "{policy}");
     assert!(policy.contains("\"allow\": true"), "{policy}");
