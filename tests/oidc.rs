@@ -229,3 +229,42 @@ fn oidc_settings_that_cannot_work_are_refused_by_name() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_provider_presents_a_certificate_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = signet_testkit::pki::TestCa::new("web roots");
+    let ca = web.write(dir.path(), "roots");
+    let leaf = web.leaf(&signet_testkit::pki::Leaf {
+        dns: &["oidc.localhost"],
+        ..Default::default()
+    });
+    let cert = leaf.write(dir.path(), "oidc");
+    let key = dir.path().join("oidc.key");
+    let c = Combined::start(
+        dir.path(),
+        &[
+            "--oidc-listen",
+            "127.0.0.1:0",
+            "--oidc-cert",
+            cert.to_str().unwrap(),
+            "--oidc-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let (url, self_signed, issuer) = c.oidc();
+    assert!(self_signed.is_none(), "a file certificate named a local CA");
+    let port = issuer.rsplit(':').next().unwrap();
+    // The certificate names oidc.localhost: reached by that name, it verifies.
+    let by_name = url.replace("127.0.0.1", "oidc.localhost");
+    let (code, body) = curl_with(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("oidc.localhost:{port}:127.0.0.1"),
+        &by_name,
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["issuer"], issuer.as_str());
+}

@@ -216,7 +216,10 @@ fn check(sections: &BTreeMap<String, String>, socket_dir: &str) {
         "* partner.test",
         "* example.org",
     ] {
-        assert!(federation.contains(want), "federation: no {want:?} in\n{federation}");
+        assert!(
+            federation.contains(want),
+            "federation: no {want:?} in\n{federation}"
+        );
     }
     let policy = &sections["policy"];
     assert!(policy.lines().any(|l| l == "true"), "{policy}");
