@@ -8,7 +8,9 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use signet_agent::{self as agent, AgentConfig, NodeAttestation};
 use signet_identity::{Bundle, TrustDomain};
-use signet_sds::{SdsOptions, SdsService};
+use signet_sds::SdsOptions;
+
+use crate::authz_settings::{AgentAuthz, AuthzSettings, agent_services};
 use signet_workload::settings::overlay;
 
 use signet_workload::SocketRole;
@@ -68,6 +70,9 @@ pub struct AgentSettings {
     #[arg(long, alias = "socket-path", value_parser = crate::sockets::socket_arg, long_help = crate::sockets::AGENT_SOCKET_HELP)]
     #[serde(alias = "socket_path")]
     agent_socket: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(default)]
+    authz: AuthzSettings,
 }
 
 impl AgentSettings {
@@ -174,6 +179,7 @@ impl AgentSettings {
             sds: SdsOptions {
                 spiffe_validator: !s.sds_trusted_ca,
             },
+            authz: s.authz.load()?,
         })
     }
 }
@@ -184,19 +190,24 @@ pub struct ResolvedAgent {
     pub config: AgentConfig,
     pub socket: PathBuf,
     pub sds: SdsOptions,
+    /// Envoy ext_authz beside SDS, when a policy is given.
+    pub authz: Option<AgentAuthz>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
-    let sds = SdsService::on_agent_socket(r.sds);
+    let services = agent_services(r.sds, r.authz.as_ref().map(|a| a.service.clone()));
     let banner = |running: &agent::Running| {
         let socket = running.socket.display();
         println!("signet agent is running");
         println!("  agent socket   {socket} (SPIFFE_ENDPOINT_SOCKET=unix://{socket})");
+        if let Some(authz) = &r.authz {
+            println!("  ext_authz      {}", authz.describe());
+        }
         println!("Press Ctrl-C to stop.");
     };
     let shutdown = crate::signals::shutdown()?;
-    agent::run(r.config, r.socket, sds, banner, shutdown).await?;
+    agent::run(r.config, r.socket, services, banner, shutdown).await?;
     println!("signet agent stopped");
     Ok(())
 }

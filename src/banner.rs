@@ -15,8 +15,9 @@ pub fn print_banner(
     running: &Running,
     data_dir: &Path,
     datastore: &str,
-    agent_socket: Option<&Path>,
+    agent: Option<(&Path, Option<String>)>,
 ) {
+    let agent_socket = agent.as_ref().map(|(socket, _)| *socket);
     let server = &running.server;
     let admin_socket = &running.admin_socket;
     let node_addr = running.node_addr;
@@ -74,6 +75,9 @@ pub fn print_banner(
             agent.display(),
             agent.display()
         );
+    }
+    if let Some((_, Some(authz))) = &agent {
+        println!("  ext_authz      {authz}");
     }
     println!(
         "  CA             {}: {} key, active until {until}; bundle sequence {}",

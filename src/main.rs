@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod admin_cli;
 mod agent_cmd;
 mod api_cli;
+mod authz_settings;
 mod banner;
 mod demo_cmd;
 mod logging;
@@ -198,6 +199,7 @@ fn main() -> ExitCode {
                     sds: signet_sds::SdsOptions {
                         spiffe_validator: !r.sds_trusted_ca,
                     },
+                    authz: r.authz.load()?,
                 };
                 serve(r.server.with_local_agent(r.agent_socket), Some(local)).await
             }
@@ -298,6 +300,8 @@ struct RunArgs {
     /// Most workload SVIDs the local agent keeps; streamed entries are always kept.
     #[arg(long, default_value_t = signet_agent::DEFAULT_SVID_CACHE_SIZE)]
     svid_cache_size: usize,
+    #[command(flatten)]
+    authz: authz_settings::AuthzSettings,
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,7 +11,6 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use signet_agent::AgentConfig;
 use signet_identity::TrustDomain;
-use signet_sds::SdsService;
 use signet_server::{KeyType, LOCAL_AGENT_PATH, RunConfig, Running, ServerConfig, Upstream};
 use signet_workload::settings::overlay;
 
@@ -290,8 +289,15 @@ async fn serve_combined(
 ) -> anyhow::Result<()> {
     let (data_dir, datastore) = (config.data_dir.clone(), config.datastore.clone());
     let (stop, stop_rx) = watch::channel(false);
-    let banner =
-        |c: &Combined| print_banner(&c.server, &data_dir, &datastore, Some(&c.agent.socket));
+    let banner = |c: &Combined| {
+        let authz = c.authz.as_ref().map(|a| a.describe());
+        print_banner(
+            &c.server,
+            &data_dir,
+            &datastore,
+            Some((&c.agent.socket, authz)),
+        );
+    };
     run_until(
         start_combined(config, local, socket, stop_rx),
         stop,
@@ -305,6 +311,8 @@ async fn serve_combined(
 struct Combined {
     server: Running,
     agent: signet_agent::Running,
+    /// Holds the ext_authz policy watch for as long as it runs.
+    authz: Option<crate::authz_settings::AgentAuthz>,
 }
 
 async fn start_combined(
@@ -329,9 +337,16 @@ async fn start_combined(
         issued.1.clone(),
         local.svid_cache_size,
     );
-    let sds = SdsService::on_agent_socket(local.sds);
-    let agent = signet_agent::start(agent_config, Some(issued), socket, sds, stop).await?;
-    Ok(Combined { server, agent })
+    let services = crate::authz_settings::agent_services(
+        local.sds,
+        local.authz.as_ref().map(|a| a.service.clone()),
+    );
+    let agent = signet_agent::start(agent_config, Some(issued), socket, services, stop).await?;
+    Ok(Combined {
+        server,
+        agent,
+        authz: local.authz,
+    })
 }
 
 impl Service for Combined {
@@ -354,6 +369,8 @@ impl Service for Combined {
 pub struct LocalAgent {
     pub svid_cache_size: usize,
     pub sds: signet_sds::SdsOptions,
+    /// Envoy ext_authz beside SDS, when a policy is given.
+    pub authz: Option<crate::authz_settings::AgentAuthz>,
 }
 
 /// An address to dial for a listener bound to `addr` (0.0.0.0 becomes loopback).

@@ -164,3 +164,49 @@ pub fn outbound(socket: &str, upstreams: &[u16], server_id: &str) -> String {
     clusters.push(agent_cluster(socket));
     bootstrap(ls, clusters)
 }
+
+/// Envoy with external authorization: plaintext HTTP listener `authz`,
+/// the `ext_authz` filter asking the agent at `socket` (gRPC over its
+/// Unix socket, request bodies up to 8 KiB sent along), then the router
+/// to the backend; a failed check denies (`failure_mode_allow: false`).
+pub fn ext_authz(socket: &str, backend: u16) -> String {
+    let listener = json!({
+        "name": "authz",
+        "address": socket_address(0),
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "authz",
+                "route_config": { "virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "backend" } }]
+                }] },
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.ext_authz",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                            "transport_api_version": "V3",
+                            "failure_mode_allow": false,
+                            "with_request_body": { "max_request_bytes": 8192, "allow_partial_message": true },
+                            "grpc_service": {
+                                "envoy_grpc": { "cluster_name": "signet_agent" },
+                                "timeout": "1s"
+                            }
+                        }
+                    },
+                    {
+                        "name": "envoy.filters.http.router",
+                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+                    }
+                ]
+            }
+        }] }]
+    });
+    bootstrap(
+        vec![listener],
+        vec![plain_cluster("backend", backend), agent_cluster(socket)],
+    )
+}

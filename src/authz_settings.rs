@@ -1,0 +1,110 @@
+//! `--authz-policy`: Envoy external authorization (`envoy.service.auth.v3`)
+//! on the agent socket beside SDS, for `signet agent` and `signet run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use signet_agent::ExtraServices;
+use signet_extauthz::ExtAuthz;
+use signet_policy::{PolicyHandle, PolicyOptions, WatchGuard};
+use signet_sds::{SdsOptions, SdsService};
+
+/// The OPA-Envoy plugin's default decision path.
+const DEFAULT_ENTRYPOINT: &str = "envoy/authz/allow";
+/// How often the policy files are checked for changes.
+const POLICY_WATCH: Duration = Duration::from_secs(1);
+
+/// `[authz]` in an agent's config file; the flags carry the table's name
+/// (`policy` = `--authz-policy`).
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzSettings {
+    /// Serve Envoy's external authorization (ext_authz gRPC Check) on the
+    /// agent socket, decided by this policy: OPA Wasm (`opa build -t
+    /// wasm`), a bundle, or Rego; reloaded when it changes. Config file:
+    /// `policy` in `[authz]`.
+    #[arg(long = "authz-policy", id = "authz_policy")]
+    policy: Option<PathBuf>,
+    /// The rule that decides (`package/rule`), as the OPA-Envoy plugin's
+    /// `path` [default: envoy/authz/allow].
+    #[arg(long = "authz-entrypoint", id = "authz_entrypoint")]
+    entrypoint: Option<String>,
+    /// Allow what the policy denies, logging it: to roll a policy out.
+    #[arg(long = "authz-dry-run", id = "authz_dry_run")]
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The ext_authz service with its policy watched for changes.
+#[derive(Debug)]
+pub struct AgentAuthz {
+    pub service: ExtAuthz,
+    pub policy: PathBuf,
+    pub entrypoint: String,
+    pub dry_run: bool,
+    _watch: WatchGuard,
+}
+
+impl AuthzSettings {
+    /// Loads the policy, if one is asked for: a policy that does not load
+    /// fails the start, with the reason.
+    pub fn load(self) -> anyhow::Result<Option<AgentAuthz>> {
+        let Some(path) = self.policy else {
+            anyhow::ensure!(
+                self.entrypoint.is_none() && !self.dry_run,
+                "authz: entrypoint and dry_run need policy (--authz-policy)"
+            );
+            return Ok(None);
+        };
+        let entrypoint = self
+            .entrypoint
+            .unwrap_or_else(|| DEFAULT_ENTRYPOINT.to_owned());
+        let options = PolicyOptions::default().with_entrypoint(entrypoint.clone());
+        let handle = Arc::new(
+            PolicyHandle::load(&path, options)
+                .with_context(|| format!("authz_policy {}", path.display()))?,
+        );
+        let watch = handle.watch(POLICY_WATCH);
+        Ok(Some(AgentAuthz {
+            service: ExtAuthz::new(handle).dry_run(self.dry_run),
+            policy: path,
+            entrypoint,
+            dry_run: self.dry_run,
+            _watch: watch,
+        }))
+    }
+}
+
+impl AgentAuthz {
+    /// The banner's line.
+    pub fn describe(&self) -> String {
+        format!(
+            "Envoy ext_authz on the agent socket: {} ({}){}",
+            self.policy.display(),
+            self.entrypoint,
+            if self.dry_run {
+                ", DRY RUN: denials are allowed and logged"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// What the agent socket serves beside the Workload API: SDS, and
+/// ext_authz when a policy is given.
+pub fn agent_services(sds: SdsOptions, authz: Option<ExtAuthz>) -> ExtraServices {
+    Box::new(move |agent, attestor| {
+        let routes = tonic::service::Routes::new(
+            SdsService::new(agent.clone(), attestor.clone(), sds).into_service(),
+        );
+        match authz {
+            Some(authz) => routes.add_service(authz.into_service()),
+            None => routes,
+        }
+    })
+}
