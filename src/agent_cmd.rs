@@ -202,7 +202,7 @@ pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
         println!("signet agent is running");
         println!("  agent socket   {socket} (SPIFFE_ENDPOINT_SOCKET=unix://{socket})");
         if let Some(authz) = &r.authz {
-            println!("  ext_authz      {}", authz.describe());
+            println!("  ext_authz      on the agent socket: {}", authz.describe());
         }
         println!("Press Ctrl-C to stop.");
     };

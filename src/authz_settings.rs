@@ -50,6 +50,14 @@ pub struct AgentAuthz {
 }
 
 impl AuthzSettings {
+    pub fn new(policy: PathBuf, entrypoint: Option<String>, dry_run: bool) -> Self {
+        Self {
+            policy: Some(policy),
+            entrypoint,
+            dry_run,
+        }
+    }
+
     /// Loads the policy, if one is asked for: a policy that does not load
     /// fails the start, with the reason.
     pub fn load(self) -> anyhow::Result<Option<AgentAuthz>> {
@@ -83,7 +91,7 @@ impl AgentAuthz {
     /// The banner's line.
     pub fn describe(&self) -> String {
         format!(
-            "Envoy ext_authz on the agent socket: {} ({}){}",
+            "{} ({}){}",
             self.policy.display(),
             self.entrypoint,
             if self.dry_run {

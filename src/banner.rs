@@ -77,7 +77,7 @@ pub fn print_banner(
         );
     }
     if let Some((_, Some(authz))) = &agent {
-        println!("  ext_authz      {authz}");
+        println!("  ext_authz      on the agent socket: {authz}");
     }
     println!(
         "  CA             {}: {} key, active until {until}; bundle sequence {}",

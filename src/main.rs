@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod admin_cli;
 mod agent_cmd;
 mod api_cli;
+mod authz_cmd;
 mod authz_settings;
 mod banner;
 mod demo_cmd;
@@ -106,6 +107,10 @@ enum Command {
     /// own (keys from its admin socket); `signet server --oidc-listen`
     /// serves the same inside the server.
     OidcProvider(admin_cli::OidcProviderArgs),
+    /// Envoy external authorization (ext_authz gRPC) on a listener of its
+    /// own, for Envoys without an agent (`--authz-policy` serves it on the
+    /// agent socket).
+    Authz(authz_cmd::AuthzArgs),
     /// Mint X509-SVIDs as an administrator.
     X509 {
         #[command(subcommand)]
@@ -221,6 +226,7 @@ fn main() -> ExitCode {
             Command::Federation { cmd, opts } => admin_cli::federation(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,
             Command::OidcProvider(args) => admin_cli::oidc_provider(args).await,
+            Command::Authz(args) => authz_cmd::run(args).await,
             Command::Jwt { cmd, opts } => admin_cli::jwt(cmd, opts).await,
             Command::Demo(args) => demo_cmd::run(args).await,
             Command::Proxy(args) => proxy_cmd::run(args).await,

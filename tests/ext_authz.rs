@@ -39,7 +39,7 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
     let mut c = Combined::start(dir.path(), &["--authz-policy", policy.to_str().unwrap()]);
     let banner = c.proc.seen.join("\n");
     assert!(
-        banner.contains("ext_authz      Envoy ext_authz on the agent socket"),
+        banner.contains("ext_authz      on the agent socket: "),
         "{banner}"
     );
     let (_app, app) = start_app(dir.path());
@@ -91,4 +91,57 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
     c.proc.signal_and_wait("TERM");
     let (code, _) = curl(&format!("{url}/public/hello"));
     assert_eq!(code, 403, "a request passed without a decision");
+}
+
+/// `signet authz` on its own socket, for an Envoy without an agent: the
+/// same decisions; a policy edit takes effect, a broken edit does not.
+#[test]
+fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("authz.rego");
+    std::fs::write(&policy, POLICY).unwrap();
+    let sock = dir.path().join("authz.sock");
+    let mut cmd = signet();
+    cmd.args(["authz", "--policy", policy.to_str().unwrap(), "--listen"])
+        .arg(format!("unix:{}", sock.display()));
+    let mut authz = Proc::spawn("signet-authz", cmd, dir.path());
+    authz.wait_for("Press Ctrl-C");
+    let (_app, app) = start_app(dir.path());
+    let cfg = dir.path().join("envoy-authz.json");
+    std::fs::write(
+        &cfg,
+        envoy::bootstrap::ext_authz(sock.to_str().unwrap(), app),
+    )
+    .unwrap();
+    let envoy = envoy::start(
+        "envoy-alone",
+        &envoy::binary(dir.path()),
+        &cfg,
+        uid(),
+        dir.path(),
+        &[],
+    );
+    let url = format!("http://127.0.0.1:{}", envoy.listener_port("authz"));
+    assert_eq!(curl(&format!("{url}/public/hello")).0, 200);
+    assert_eq!(curl(&format!("{url}/private")).0, 401);
+
+    // An edit that allows /private too: reloaded, taken.
+    let edited = POLICY.replace(
+        r#"input.parsed_path[0] == "public""#,
+        r#"input.parsed_path[0] in {"public", "private"}"#,
+    );
+    std::fs::write(&policy, &edited).unwrap();
+    eventually("the edited policy in force", || {
+        (curl(&format!("{url}/private")).0 == 200).then_some(())
+    });
+    // A broken edit: refused, the previous revision decides on.
+    std::fs::write(&policy, "package envoy.authz\nallow := {\n").unwrap();
+    eventually("the broken edit refused", || {
+        authz
+            .log_text()
+            .contains("policy reload failed")
+            .then_some(())
+    });
+    assert_eq!(curl(&format!("{url}/private")).0, 200);
+    assert_eq!(curl(&format!("{url}/secret")).0, 401);
 }

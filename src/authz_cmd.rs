@@ -1,0 +1,95 @@
+//! `signet authz`: Envoy external authorization on a listener of its own,
+//! for Envoys without a Signet agent beside them (the OPA-Envoy plugin's
+//! role). With an agent, `--authz-policy` serves the same on its socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::authz_settings::AuthzSettings;
+
+#[derive(Debug, Args)]
+pub struct AuthzArgs {
+    /// The policy: OPA Wasm (`opa build -t wasm`), a bundle, or Rego;
+    /// reloaded when it changes.
+    #[arg(long)]
+    policy: PathBuf,
+    /// The rule that decides (`package/rule`) [default: envoy/authz/allow].
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Allow what the policy denies, logging it.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where Envoy reaches it: IP:PORT (plain gRPC; loopback or a trusted
+    /// network) or unix:/PATH (a socket made 0666 in a directory checked
+    /// as the agent's is).
+    #[arg(long)]
+    listen: String,
+}
+
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+fn parse_listen(s: &str) -> anyhow::Result<Listen> {
+    if let Some(path) = s
+        .strip_prefix("unix://")
+        .or_else(|| s.strip_prefix("unix:"))
+    {
+        anyhow::ensure!(
+            path.starts_with('/'),
+            "--listen {s}: a Unix socket path must be absolute"
+        );
+        return Ok(Listen::Unix(PathBuf::from(path)));
+    }
+    s.parse()
+        .map(Listen::Tcp)
+        .with_context(|| format!("--listen {s:?}: expected IP:PORT or unix:/PATH"))
+}
+
+pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
+    let listen = parse_listen(&args.listen)?;
+    let authz = AuthzSettings::new(args.policy, args.entrypoint, args.dry_run)
+        .load()?
+        .context("a policy is required")?;
+    let shutdown = crate::signals::shutdown()?;
+    let server =
+        tonic::transport::Server::builder().add_service(authz.service.clone().into_service());
+    println!("signet authz is running");
+    println!("  policy         {}", authz.describe());
+    match listen {
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            println!(
+                "  listen         {} (gRPC envoy.service.auth.v3.Authorization)",
+                listener.local_addr()?
+            );
+            println!("Press Ctrl-C to stop.");
+            server
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
+        }
+        Listen::Unix(path) => {
+            let listener = signet_unix::bind(&path, 0o666, 0o755)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            let identity = signet_unix::socket_identity(&path);
+            println!(
+                "  listen         unix:{} (gRPC envoy.service.auth.v3.Authorization)",
+                path.display()
+            );
+            println!("Press Ctrl-C to stop.");
+            server
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await?;
+            signet_unix::remove_if_ours(&path, identity);
+        }
+    }
+    println!("signet authz stopped");
+    Ok(())
+}
