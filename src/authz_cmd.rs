@@ -23,6 +23,13 @@ pub struct AuthzArgs {
     /// Allow what the policy denies, logging it.
     #[arg(long)]
     dry_run: bool,
+    /// Log every decision as a JSON line to this file (`-`: standard
+    /// output); authorization and cookie headers masked.
+    #[arg(long)]
+    decision_log: Option<PathBuf>,
+    /// Also mask this JSON pointer in logged decisions (repeatable).
+    #[arg(long)]
+    log_mask: Vec<String>,
     /// Where Envoy reaches it: IP:PORT (plain gRPC; loopback or a trusted
     /// network) or unix:/PATH (a socket made 0666 in a directory checked
     /// as the agent's is).
@@ -54,6 +61,7 @@ fn parse_listen(s: &str) -> anyhow::Result<Listen> {
 pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
     let listen = parse_listen(&args.listen)?;
     let authz = AuthzSettings::new(args.policy, args.entrypoint, args.dry_run)
+        .with_decision_log(args.decision_log, args.log_mask)
         .load()?
         .context("a policy is required")?;
     let shutdown = crate::signals::shutdown()?;

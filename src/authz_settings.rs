@@ -10,6 +10,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use signet_agent::ExtraServices;
 use signet_extauthz::ExtAuthz;
+use signet_extauthz::log::DecisionLog;
 use signet_policy::{PolicyHandle, PolicyOptions, WatchGuard};
 use signet_sds::{SdsOptions, SdsService};
 
@@ -37,6 +38,16 @@ pub struct AuthzSettings {
     #[arg(long = "authz-dry-run", id = "authz_dry_run")]
     #[serde(default)]
     dry_run: bool,
+    /// Log every decision as a JSON line (OPA's decision log fields) to
+    /// this file, or `-` for standard output. The authorization and cookie
+    /// headers are masked.
+    #[arg(long = "authz-decision-log", id = "authz_decision_log")]
+    decision_log: Option<PathBuf>,
+    /// Also mask this JSON pointer in logged decisions (repeatable), e.g.
+    /// /input/attributes/request/http/headers/x-api-key.
+    #[arg(long = "authz-log-mask", id = "authz_log_mask")]
+    #[serde(default)]
+    log_mask: Vec<String>,
 }
 
 /// The ext_authz service with its policy watched for changes.
@@ -55,7 +66,15 @@ impl AuthzSettings {
             policy: Some(policy),
             entrypoint,
             dry_run,
+            ..Self::default()
         }
+    }
+
+    /// Logs decisions to `path` (`-`: standard output), masking `masks` too.
+    pub fn with_decision_log(mut self, path: Option<PathBuf>, masks: Vec<String>) -> Self {
+        self.decision_log = path;
+        self.log_mask = masks;
+        self
     }
 
     /// Loads the policy, if one is asked for: a policy that does not load
@@ -63,8 +82,11 @@ impl AuthzSettings {
     pub fn load(self) -> anyhow::Result<Option<AgentAuthz>> {
         let Some(path) = self.policy else {
             anyhow::ensure!(
-                self.entrypoint.is_none() && !self.dry_run,
-                "authz: entrypoint and dry_run need policy (--authz-policy)"
+                self.entrypoint.is_none()
+                    && !self.dry_run
+                    && self.decision_log.is_none()
+                    && self.log_mask.is_empty(),
+                "authz: entrypoint, dry_run, decision_log and log_mask need policy (--authz-policy)"
             );
             return Ok(None);
         };
@@ -77,8 +99,14 @@ impl AuthzSettings {
                 .with_context(|| format!("authz_policy {}", path.display()))?,
         );
         let watch = handle.watch(POLICY_WATCH);
+        let mut service = ExtAuthz::new(handle).dry_run(self.dry_run);
+        if let Some(log) = &self.decision_log {
+            let opened = DecisionLog::open(log)
+                .with_context(|| format!("authz decision log {}", log.display()))?;
+            service = service.with_decision_log(Arc::new(opened.with_masks(self.log_mask)));
+        }
         Ok(Some(AgentAuthz {
-            service: ExtAuthz::new(handle).dry_run(self.dry_run),
+            service,
             policy: path,
             entrypoint,
             dry_run: self.dry_run,

@@ -102,8 +102,11 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
     std::fs::write(&policy, POLICY).unwrap();
     let sock = dir.path().join("authz.sock");
     let mut cmd = signet();
+    let log = dir.path().join("decisions.log");
     cmd.args(["authz", "--policy", policy.to_str().unwrap(), "--listen"])
-        .arg(format!("unix:{}", sock.display()));
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--decision-log")
+        .arg(&log);
     let mut authz = Proc::spawn("signet-authz", cmd, dir.path());
     authz.wait_for("Press Ctrl-C");
     let (_app, app) = start_app(dir.path());
@@ -124,6 +127,19 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
     let url = format!("http://127.0.0.1:{}", envoy.listener_port("authz"));
     assert_eq!(curl(&format!("{url}/public/hello")).0, 200);
     assert_eq!(curl(&format!("{url}/private")).0, 401);
+    // Both decisions logged, as Envoy asked for them.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let paths: Vec<String> = logged
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|e| {
+            e["input"]["attributes"]["request"]["http"]["path"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(paths, ["/public/hello", "/private"], "{logged}");
 
     // An edit that allows /private too: reloaded, taken.
     let edited = POLICY.replace(

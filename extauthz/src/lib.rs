@@ -15,16 +15,19 @@
 //! turns denials into allows, never errors.
 
 pub mod input;
+pub mod log;
 pub mod response;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use signet_policy::PolicyHandle;
+
+use crate::log::DecisionLog;
 use tonic::{Request, Response, Status};
 
 /// The service.
@@ -32,6 +35,7 @@ use tonic::{Request, Response, Status};
 pub struct ExtAuthz {
     policy: Arc<PolicyHandle>,
     dry_run: bool,
+    log: Option<Arc<DecisionLog>>,
 }
 
 impl ExtAuthz {
@@ -39,7 +43,14 @@ impl ExtAuthz {
         Self {
             policy,
             dry_run: false,
+            log: None,
         }
+    }
+
+    /// Logs every decision there.
+    pub fn with_decision_log(mut self, log: Arc<DecisionLog>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Answers allow for what the policy denies (logging it), to roll out a
@@ -55,42 +66,67 @@ impl ExtAuthz {
 
     /// Decides one request.
     pub fn decide(&self, req: &CheckRequest) -> Result<CheckResponse, Status> {
+        let decision_id = decision_id();
+        let policy = self.policy.current();
+        let mut event = log::Event {
+            decision_id: &decision_id,
+            path: policy.entrypoint(),
+            revision: policy.revision(),
+            input: None,
+            outcome: Err(String::new()),
+            allowed: false,
+            dry_run: false,
+            took: Duration::ZERO,
+        };
         let input = match input::check_input(req) {
             Ok(input) => input,
             Err(e) => {
                 tracing::info!(error = %e, "ext_authz: request cannot be parsed; denied with 400");
+                event.outcome = Err(e.0.clone());
+                self.record(&event);
                 return Ok(response::request_error_response(&e.0));
             }
         };
-        let decision_id = decision_id();
-        let policy = self.policy.current();
         let start = Instant::now();
         let result = policy.evaluate_value(&input);
-        let took = start.elapsed();
-        let response = match result {
+        event.took = start.elapsed();
+        event.input = Some(&input);
+        let response = match &result {
             Ok(Some(result)) => {
-                response::check_response(&result, &decision_id).map_err(|e| Status::unknown(e.0))
+                event.outcome = Ok(result);
+                response::check_response(result, &decision_id).map_err(|e| Status::unknown(e.0))
             }
             Ok(None) => Err(Status::unknown("undefined decision")),
             Err(e) => Err(Status::unknown(e.to_string())),
         };
-        let allowed = response
+        if let Err(status) = &response {
+            event.outcome = Err(status.message().to_owned());
+        }
+        event.allowed = response
             .as_ref()
             .is_ok_and(|r| r.status.as_ref().is_some_and(|s| s.code == 0));
+        event.dry_run = self.dry_run && !event.allowed && response.is_ok();
         tracing::debug!(
             decision_id,
             revision = policy.revision(),
-            allowed,
+            allowed = event.allowed,
             error = response.as_ref().err().map(|e| e.message().to_owned()),
-            micros = took.as_micros() as u64,
+            micros = event.took.as_micros() as u64,
             "ext_authz decision"
         );
+        self.record(&event);
         match response {
-            Ok(r) if self.dry_run && !allowed => {
+            Ok(r) if event.dry_run => {
                 tracing::info!(decision_id, "ext_authz dry run: would have denied; allowed");
                 Ok(response::dry_run(r))
             }
             other => other,
+        }
+    }
+
+    fn record(&self, event: &log::Event<'_>) {
+        if let Some(log) = &self.log {
+            log.record(event);
         }
     }
 }

@@ -361,3 +361,66 @@ async fn check_is_served_over_a_unix_socket() {
         .unwrap();
     assert_eq!(code(denied.get_ref()), 7);
 }
+
+#[test]
+fn every_decision_is_logged_with_credentials_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let log = signet_extauthz::log::DecisionLog::open(&path)
+        .unwrap()
+        .with_masks(["/input/parsed_query".to_owned()]);
+    let authz = service(dir.path(), BY_CALLER).with_decision_log(Arc::new(log));
+    let headers = [("authorization", "Bearer s3cr3t"), ("x-trace", "t1")];
+    let allowed = authz
+        .decide(&request("GET", "/api/v1/hello?token=abc", &headers, ""))
+        .unwrap();
+    authz
+        .clone()
+        .dry_run(true)
+        .decide(&request("PUT", "/api/v1/hello", &headers, ""))
+        .unwrap();
+    authz.decide(&request("GET", "/bad%zz", &[], "")).unwrap();
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("s3cr3t"), "{text}");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    let id = match &allowed.dynamic_metadata.unwrap().fields["decision_id"].kind {
+        Some(Kind::StringValue(s)) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(events[0]["decision_id"], id.as_str());
+    assert_eq!(events[0]["path"], "envoy/authz/allow");
+    assert_eq!(events[0]["result"], true);
+    assert_eq!(events[0]["allowed"], true);
+    assert_eq!(
+        events[0]["input"]["attributes"]["request"]["http"]["headers"]["x-trace"],
+        "t1"
+    );
+    assert!(
+        events[0]["input"]["attributes"]["request"]["http"]["headers"]
+            .get("authorization")
+            .is_none()
+    );
+    assert!(
+        events[0]["input"].get("parsed_query").is_none(),
+        "the custom mask"
+    );
+    assert_eq!(events[0]["revision"].as_str().unwrap().len(), 64);
+    // The dry run logs the real result and says it was a dry run.
+    assert_eq!(
+        (events[1]["result"].clone(), events[1]["dry_run"].clone()),
+        (json!(false), json!(true))
+    );
+    // An unparseable request: the error, no input.
+    assert!(
+        events[2]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid URL escape")
+    );
+    assert_eq!(events[2]["input"], json!(null));
+}
