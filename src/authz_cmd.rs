@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -35,6 +36,10 @@ pub struct AuthzArgs {
     /// as the agent's is).
     #[arg(long)]
     listen: String,
+    /// Serve /live, /ready and /metrics (Prometheus: checks by result,
+    /// evaluation time, the policy revision) on this address.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
 }
 
 enum Listen {
@@ -64,11 +69,48 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
         .with_decision_log(args.decision_log, args.log_mask)
         .load()?
         .context("a policy is required")?;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
     let shutdown = crate::signals::shutdown()?;
     let server =
         tonic::transport::Server::builder().add_service(authz.service.clone().into_service());
     println!("signet authz is running");
     println!("  policy         {}", authz.describe());
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = args.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
+        println!(
+            "  admin          {} (/live /ready /metrics)",
+            listener.local_addr()?
+        );
+        let policy = authz.service.policy();
+        let ready: signet_proxy::admin::Readiness =
+            Arc::new(move || Ok(format!("policy revision {}", policy.revision())));
+        let policy = authz.service.policy();
+        let shown = std::sync::Mutex::new(String::new());
+        let render: signet_proxy::admin::Render = Arc::new(move || {
+            // 1 for the revision in force, 0 for the one it replaced.
+            let now = policy.revision();
+            let mut shown = shown
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *shown != now {
+                if !shown.is_empty() {
+                    metrics::gauge!("signet_authz_policy_info", "revision" => shown.clone())
+                        .set(0.0);
+                }
+                metrics::gauge!("signet_authz_policy_info", "revision" => now.clone()).set(1.0);
+                *shown = now;
+            }
+            metrics.render()
+        });
+        tokio::spawn(signet_proxy::admin::serve(listener, ready, render, async {
+            let _ = admin_stopped.await;
+        }));
+    }
     match listen {
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -98,6 +140,7 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
             signet_unix::remove_if_ours(&path, identity);
         }
     }
+    let _ = stop_admin.send(());
     println!("signet authz stopped");
     Ok(())
 }

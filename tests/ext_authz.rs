@@ -106,9 +106,11 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
     cmd.args(["authz", "--policy", policy.to_str().unwrap(), "--listen"])
         .arg(format!("unix:{}", sock.display()))
         .arg("--decision-log")
-        .arg(&log);
+        .arg(&log)
+        .args(["--admin-listen", "127.0.0.1:0"]);
     let mut authz = Proc::spawn("signet-authz", cmd, dir.path());
     authz.wait_for("Press Ctrl-C");
+    let admin = authz.reported_addr("admin");
     let (_app, app) = start_app(dir.path());
     let cfg = dir.path().join("envoy-authz.json");
     std::fs::write(
@@ -140,6 +142,15 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
         })
         .collect();
     assert_eq!(paths, ["/public/hello", "/private"], "{logged}");
+    let metrics = signet_testkit::http::get(admin.port(), "/metrics");
+    for want in [
+        r#"signet_authz_checks_total{result="allow"} 1"#,
+        r#"signet_authz_checks_total{result="deny"} 1"#,
+        "signet_authz_policy_info{revision=",
+        "signet_authz_eval_seconds",
+    ] {
+        assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    }
 
     // An edit that allows /private too: reloaded, taken.
     let edited = POLICY.replace(

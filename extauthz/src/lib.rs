@@ -8,6 +8,9 @@
 //! or on its own listener. Depends on: `signet-policy` for evaluation,
 //! `envoy-types` for the API.
 //!
+//! Metrics: `signet_authz_checks_total{result=allow|deny|dry_run_allow|
+//! error|bad_request}`, `signet_authz_eval_seconds` (evaluation time).
+//!
 //! Invariants: fail closed. A request whose path, query or body cannot be
 //! parsed is denied with 400; an undefined decision, an evaluation error or
 //! a result of the wrong shape is a gRPC error, which Envoy turns into a
@@ -47,6 +50,11 @@ impl ExtAuthz {
         }
     }
 
+    /// The policy deciding.
+    pub fn policy(&self) -> Arc<PolicyHandle> {
+        self.policy.clone()
+    }
+
     /// Logs every decision there.
     pub fn with_decision_log(mut self, log: Arc<DecisionLog>) -> Self {
         self.log = Some(log);
@@ -84,6 +92,8 @@ impl ExtAuthz {
                 tracing::info!(error = %e, "ext_authz: request cannot be parsed; denied with 400");
                 event.outcome = Err(e.0.clone());
                 self.record(&event);
+                metrics::counter!("signet_authz_checks_total", "result" => "bad_request")
+                    .increment(1);
                 return Ok(response::request_error_response(&e.0));
             }
         };
@@ -115,6 +125,14 @@ impl ExtAuthz {
             "ext_authz decision"
         );
         self.record(&event);
+        let result = match (&response, event.allowed, event.dry_run) {
+            (Err(_), _, _) => "error",
+            (Ok(_), true, _) => "allow",
+            (Ok(_), false, true) => "dry_run_allow",
+            (Ok(_), false, false) => "deny",
+        };
+        metrics::counter!("signet_authz_checks_total", "result" => result).increment(1);
+        metrics::histogram!("signet_authz_eval_seconds").record(event.took.as_secs_f64());
         match response {
             Ok(r) if event.dry_run => {
                 tracing::info!(decision_id, "ext_authz dry run: would have denied; allowed");
