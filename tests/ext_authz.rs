@@ -31,6 +31,17 @@ allow := {"allowed": true, "headers": {"x-user": input.parsed_body.user}} if {
 }
 "#;
 
+/// The test app behind an Envoy whose ext_authz filter asks `socket`;
+/// returns both and the Envoy listener's URL.
+fn envoy_in_front_of_an_app(dir: &std::path::Path, socket: &str) -> (Proc, envoy::Envoy, String) {
+    let (app, port) = start_app(dir);
+    let cfg = dir.join("envoy-authz.json");
+    std::fs::write(&cfg, envoy::bootstrap::ext_authz(socket, port)).unwrap();
+    let envoy = envoy::start("envoy-authz", &envoy::binary(dir), &cfg, uid(), dir, &[]);
+    let url = format!("http://127.0.0.1:{}", envoy.listener_port("authz"));
+    (app, envoy, url)
+}
+
 #[test]
 fn envoy_asks_signet_and_does_what_the_policy_says() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,18 +53,7 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
         banner.contains("ext_authz      on the agent socket: "),
         "{banner}"
     );
-    let (_app, app) = start_app(dir.path());
-    let cfg = dir.path().join("envoy-authz.json");
-    std::fs::write(&cfg, envoy::bootstrap::ext_authz(&c.agent, app)).unwrap();
-    let envoy = envoy::start(
-        "envoy-authz",
-        &envoy::binary(dir.path()),
-        &cfg,
-        uid(),
-        dir.path(),
-        &[],
-    );
-    let url = format!("http://127.0.0.1:{}", envoy.listener_port("authz"));
+    let (_app, _envoy, url) = envoy_in_front_of_an_app(dir.path(), &c.agent);
 
     let (code, body) = curl(&format!("{url}/public/hello"));
     assert_eq!(code, 200, "{body}");
@@ -111,22 +111,7 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
     let mut authz = Proc::spawn("signet-authz", cmd, dir.path());
     authz.wait_for("Press Ctrl-C");
     let admin = authz.reported_addr("admin");
-    let (_app, app) = start_app(dir.path());
-    let cfg = dir.path().join("envoy-authz.json");
-    std::fs::write(
-        &cfg,
-        envoy::bootstrap::ext_authz(sock.to_str().unwrap(), app),
-    )
-    .unwrap();
-    let envoy = envoy::start(
-        "envoy-alone",
-        &envoy::binary(dir.path()),
-        &cfg,
-        uid(),
-        dir.path(),
-        &[],
-    );
-    let url = format!("http://127.0.0.1:{}", envoy.listener_port("authz"));
+    let (_app, _envoy, url) = envoy_in_front_of_an_app(dir.path(), sock.to_str().unwrap());
     assert_eq!(curl(&format!("{url}/public/hello")).0, 200);
     assert_eq!(curl(&format!("{url}/private")).0, 401);
     // Both decisions logged, as Envoy asked for them.
