@@ -65,28 +65,11 @@ pub fn check_input(req: &CheckRequest) -> Result<Value, RequestError> {
     if let Some(p) = source {
         input.insert("source_principal".into(), p.into());
     }
-    let spiffe = spiffe_fields(source, destination);
+    let spiffe = signet_policy::input::spiffe_fields(source, destination);
     if !spiffe.is_empty() {
         input.insert("spiffe".into(), Value::Object(spiffe));
     }
     Ok(Value::Object(input))
-}
-
-/// Signet's `spiffe` fields, as the sidecar's input has them: the
-/// caller's and our own SPIFFE IDs split into trust domain and path.
-fn spiffe_fields(peer: Option<&str>, own: Option<&str>) -> Map<String, Value> {
-    let mut m = Map::new();
-    for (prefix, id) in [("peer", peer), ("own", own)] {
-        let Some(id) = id.filter(|id| id.starts_with("spiffe://")) else {
-            continue;
-        };
-        let rest = &id["spiffe://".len()..];
-        let (td, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-        m.insert(format!("{prefix}_id"), id.into());
-        m.insert(format!("{prefix}_trust_domain"), td.into());
-        m.insert(format!("{prefix}_path"), path.into());
-    }
-    m
 }
 
 /// Inserts `key` unless `value` is the proto3 default (not populated).

@@ -65,6 +65,22 @@ fn split_spiffe_id(id: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// The `spiffe` object of an input document: the caller's (`peer_*`) and
+/// our own (`own_*`) SPIFFE IDs, each with its trust domain and path.
+pub fn spiffe_fields(peer: Option<&str>, own: Option<&str>) -> Map<String, Value> {
+    let mut spiffe = Map::new();
+    for (prefix, id) in [("peer", peer), ("own", own)] {
+        if let Some(id) = id {
+            spiffe.insert(format!("{prefix}_id"), json!(id));
+            if let Some((td, path)) = split_spiffe_id(id) {
+                spiffe.insert(format!("{prefix}_trust_domain"), json!(td));
+                spiffe.insert(format!("{prefix}_path"), json!(path));
+            }
+        }
+    }
+    spiffe
+}
+
 fn socket(addr: &SocketAddr) -> Value {
     json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}})
 }
@@ -206,16 +222,7 @@ impl InputBuilder {
             doc.insert("parsed_query".into(), json!(parse_query(&h.path)));
         }
         doc.insert("attributes".into(), Value::Object(attributes));
-        let mut spiffe = Map::new();
-        for (prefix, id) in [("peer", &self.peer_id), ("own", &self.own_id)] {
-            if let Some(id) = id {
-                spiffe.insert(format!("{prefix}_id"), json!(id));
-                if let Some((td, path)) = split_spiffe_id(id) {
-                    spiffe.insert(format!("{prefix}_trust_domain"), json!(td));
-                    spiffe.insert(format!("{prefix}_path"), json!(path));
-                }
-            }
-        }
+        let spiffe = spiffe_fields(self.peer_id.as_deref(), self.own_id.as_deref());
         doc.insert("spiffe".into(), Value::Object(spiffe));
         let mut tls = Map::new();
         for (k, v) in [

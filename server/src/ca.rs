@@ -498,7 +498,7 @@ fn secs_to_time(secs: i64) -> SystemTime {
 }
 
 /// X.509 times have whole seconds; truncate so caps compare exactly.
-fn to_offset(t: SystemTime) -> OffsetDateTime {
+pub(crate) fn to_offset(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix_secs(t)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 

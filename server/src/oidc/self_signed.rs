@@ -20,6 +20,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ServerError;
+use crate::ca::to_offset;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const CA_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -74,8 +75,8 @@ impl SelfSigned {
                     .push(DnType::CommonName, "Signet OIDC provider local CA");
                 params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
                 params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-                params.not_before = offset(now - DAY);
-                params.not_after = offset(now + CA_LIFE);
+                params.not_before = to_offset(now - DAY);
+                params.not_after = to_offset(now + CA_LIFE);
                 let cert = params.self_signed(&key).map_err(|e| fail("CA", &e))?;
                 write_private(&self.ca_key, &key.serialize_pem())
                     .map_err(|e| fail("CA key", &e))?;
@@ -99,8 +100,8 @@ impl SelfSigned {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = offset(now - Duration::from_secs(3600));
-        params.not_after = offset(now + CERT_LIFE);
+        params.not_before = to_offset(now - Duration::from_secs(3600));
+        params.not_after = to_offset(now + CERT_LIFE);
         let cert = params
             .signed_by(&key, &ca)
             .map_err(|e| fail("signing", &e))?;
@@ -178,12 +179,6 @@ fn valid_for(cert: &X509Certificate<'_>, margin: Duration) -> bool {
         .unwrap_or_default()
         .as_secs();
     i64::try_from(secs).is_ok_and(|s| cert.validity().not_after.timestamp() > s)
-}
-
-fn offset(t: SystemTime) -> time::OffsetDateTime {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 fn write_private(path: &Path, pem: &str) -> std::io::Result<()> {
