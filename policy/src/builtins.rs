@@ -11,49 +11,95 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use base64::Engine as _;
 use serde_json::Value;
 
 /// A host builtin: JSON arguments in, a JSON value (or an error, which makes
 /// the call undefined) out.
 pub type BuiltinFn = fn(&[Value]) -> Result<Value, String>;
 
-const REGISTRY: &[(&str, BuiltinFn)] = &[
-    ("sprintf", builtin_sprintf),
-    ("net.cidr_contains", net_cidr_contains),
-    ("net.cidr_intersects", net_cidr_intersects),
-    ("net.cidr_is_valid", net_cidr_is_valid),
-    ("io.jwt.decode", io_jwt_decode),
-    ("time.now_ns", time_now_ns),
-    ("time.parse_rfc3339_ns", time_parse_rfc3339_ns),
-    ("time.date", time_date),
-    ("time.clock", time_clock),
-    ("time.add_date", time_add_date),
-    ("glob.match", glob_match),
-    ("regex.match", regex_match),
-    ("re_match", regex_match),
-    ("regex.is_valid", regex_is_valid),
-    ("regex.split", regex_split),
-    ("regex.find_n", regex_find_n),
-    ("trace", builtin_trace),
+/// Every host builtin: its Rego name, its number of operands, and the one
+/// implementation both engines call (the Wasm host directly, regorus as an
+/// extension where it has no builtin of that name).
+const REGISTRY: &[(&str, u8, BuiltinFn)] = &[
+    ("sprintf", 2, builtin_sprintf),
+    ("net.cidr_contains", 2, net_cidr_contains),
+    ("net.cidr_intersects", 2, net_cidr_intersects),
+    ("net.cidr_is_valid", 1, net_cidr_is_valid),
+    ("net.cidr_merge", 1, net_cidr_merge),
+    ("net.lookup_ip_addr", 1, net_lookup_ip_addr),
+    ("io.jwt.decode", 1, crate::jwt::decode),
+    ("io.jwt.decode_verify", 2, crate::jwt::decode_verify),
+    ("io.jwt.verify_rs256", 2, crate::jwt::verify_rs256),
+    ("io.jwt.verify_rs384", 2, crate::jwt::verify_rs384),
+    ("io.jwt.verify_rs512", 2, crate::jwt::verify_rs512),
+    ("io.jwt.verify_ps256", 2, crate::jwt::verify_ps256),
+    ("io.jwt.verify_ps384", 2, crate::jwt::verify_ps384),
+    ("io.jwt.verify_ps512", 2, crate::jwt::verify_ps512),
+    ("io.jwt.verify_es256", 2, crate::jwt::verify_es256),
+    ("io.jwt.verify_es384", 2, crate::jwt::verify_es384),
+    ("io.jwt.verify_es512", 2, crate::jwt::verify_es512),
+    ("io.jwt.verify_hs256", 2, crate::jwt::verify_hs256),
+    ("io.jwt.verify_hs384", 2, crate::jwt::verify_hs384),
+    ("io.jwt.verify_hs512", 2, crate::jwt::verify_hs512),
+    ("io.jwt.verify_eddsa", 2, crate::jwt::verify_eddsa),
+    ("io.jwt.encode_sign", 3, crate::jwt::encode_sign),
+    ("io.jwt.encode_sign_raw", 3, crate::jwt::encode_sign_raw),
+    ("crypto.sha256", 1, crate::crypto::sha256),
+    ("crypto.sha1", 1, crate::crypto::sha1),
+    ("crypto.md5", 1, crate::crypto::md5),
+    ("crypto.hmac.md5", 2, crate::crypto::hmac_md5),
+    ("crypto.hmac.sha1", 2, crate::crypto::hmac_sha1),
+    ("crypto.hmac.sha256", 2, crate::crypto::hmac_sha256),
+    ("crypto.hmac.sha512", 2, crate::crypto::hmac_sha512),
+    ("crypto.hmac.equal", 2, crate::crypto::hmac_equal),
+    (
+        "crypto.x509.parse_certificates",
+        1,
+        crate::crypto::parse_certificates,
+    ),
+    (
+        "crypto.x509.parse_and_verify_certificates",
+        1,
+        crate::crypto::parse_and_verify_certificates,
+    ),
+    ("time.now_ns", 0, time_now_ns),
+    ("time.parse_rfc3339_ns", 1, time_parse_rfc3339_ns),
+    ("time.date", 1, time_date),
+    ("time.clock", 1, time_clock),
+    ("time.add_date", 4, time_add_date),
+    ("glob.match", 3, glob_match),
+    ("regex.match", 2, regex_match),
+    ("re_match", 2, regex_match),
+    ("regex.is_valid", 1, regex_is_valid),
+    ("regex.split", 2, regex_split),
+    ("regex.find_n", 3, regex_find_n),
+    ("trace", 1, builtin_trace),
 ];
 
 /// Looks up a host builtin by its Rego name.
 pub fn lookup(name: &str) -> Option<BuiltinFn> {
-    REGISTRY.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    REGISTRY
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, f)| *f)
 }
 
 /// Names of every host builtin this crate provides.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    REGISTRY.iter().map(|(n, _)| *n)
+    REGISTRY.iter().map(|(n, _, _)| *n)
 }
 
-fn arg(args: &[Value], i: usize) -> Result<&Value, String> {
+/// Every host builtin with its number of operands.
+pub(crate) fn with_arity() -> impl Iterator<Item = (&'static str, u8, BuiltinFn)> {
+    REGISTRY.iter().copied()
+}
+
+pub(crate) fn arg(args: &[Value], i: usize) -> Result<&Value, String> {
     args.get(i)
         .ok_or_else(|| format!("missing argument {}", i + 1))
 }
 
-fn str_arg(args: &[Value], i: usize) -> Result<&str, String> {
+pub(crate) fn str_arg(args: &[Value], i: usize) -> Result<&str, String> {
     arg(args, i)?
         .as_str()
         .ok_or_else(|| format!("operand {} must be string", i + 1))
@@ -490,6 +536,40 @@ impl Cidr {
         a & m == b & m
     }
 
+    /// The network itself: host bits cleared.
+    fn network(&self) -> Cidr {
+        let (bits, family) = self.bits();
+        let masked = bits & Self::mask(self.prefix);
+        let addr = if family == 32 {
+            IpAddr::from((u32::try_from(masked >> 96).unwrap_or(0)).to_be_bytes())
+        } else {
+            IpAddr::from(masked.to_be_bytes())
+        };
+        Cidr {
+            addr,
+            prefix: self.prefix,
+        }
+    }
+
+    /// The parent network when `self` and `other` are its two halves.
+    fn sibling_merge(&self, other: &Cidr) -> Option<Cidr> {
+        let ((a, fa), (b, fb)) = (self.bits(), other.bits());
+        if fa != fb || self.prefix != other.prefix || self.prefix == 0 {
+            return None;
+        }
+        let parent = Cidr {
+            addr: self.addr,
+            prefix: self.prefix - 1,
+        }
+        .network();
+        let m = Self::mask(parent.prefix);
+        (a & m == b & m && a != b && parent.bits().0 == a.min(b)).then_some(parent)
+    }
+
+    fn text(self) -> String {
+        format!("{}/{}", self.addr, self.prefix)
+    }
+
     fn intersects(&self, other: &Cidr) -> bool {
         let (a, fa) = self.bits();
         let (b, fb) = other.bits();
@@ -518,32 +598,62 @@ fn net_cidr_is_valid(args: &[Value]) -> Result<Value, String> {
     Ok(Value::Bool(s.contains('/') && Cidr::parse(s).is_ok()))
 }
 
-// ---------------------------------------------------------------- io.jwt
+/// `net.cidr_merge(addrs)`: the smallest set of networks covering the given
+/// networks and addresses (an array or set of strings).
+fn net_cidr_merge(args: &[Value]) -> Result<Value, String> {
+    let Value::Array(items) = arg(args, 0)? else {
+        return Err("operand 1 must be one of {array, set}".into());
+    };
+    let mut nets: Vec<Cidr> = Vec::with_capacity(items.len());
+    for item in items {
+        let s = item.as_str().ok_or("operand 1: element must be string")?;
+        nets.push(Cidr::parse(s)?.network());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for family in [32u32, 128] {
+        let mut fam: Vec<Cidr> = nets
+            .iter()
+            .filter(|c| c.bits().1 == family)
+            .copied()
+            .collect();
+        // Sort by address then prefix; drop what a kept network contains.
+        fam.sort_by_key(|c| (c.bits().0, c.prefix));
+        let mut kept: Vec<Cidr> = Vec::new();
+        for c in fam {
+            if kept.last().is_some_and(|k| k.contains(&c)) {
+                continue;
+            }
+            kept.push(c);
+            // Two adjacent halves of one network become that network.
+            while kept.len() >= 2 {
+                let (a, b) = (kept[kept.len() - 2], kept[kept.len() - 1]);
+                match a.sibling_merge(&b) {
+                    Some(parent) => {
+                        kept.truncate(kept.len() - 2);
+                        if !kept.last().is_some_and(|k| k.contains(&parent)) {
+                            kept.push(parent);
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        out.extend(kept.iter().map(|c| c.text()));
+    }
+    Ok(Value::from(out))
+}
 
-/// `io.jwt.decode(token) = [header, payload, signature_hex]`; no verification.
-fn io_jwt_decode(args: &[Value]) -> Result<Value, String> {
-    let token = str_arg(args, 0)?;
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("encoded JWT had no period separators".into());
-    };
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let decode = |part: &str| -> Result<Value, String> {
-        let bytes = b64
-            .decode(part.trim_end_matches('='))
-            .map_err(|e| format!("JWT segment is not base64url: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("JWT segment is not JSON: {e}"))
-    };
-    let sig = b64
-        .decode(s.trim_end_matches('='))
-        .map_err(|e| format!("JWT signature is not base64url: {e}"))?;
-    Ok(Value::Array(vec![
-        decode(h)?,
-        decode(p)?,
-        Value::String(hex::encode(sig)),
-    ]))
+/// `net.lookup_ip_addr(name)`: the addresses a name resolves to (a set).
+fn net_lookup_ip_addr(args: &[Value]) -> Result<Value, String> {
+    use std::net::ToSocketAddrs as _;
+    let name = str_arg(args, 0)?;
+    let addrs = (name, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("lookup {name}: {e}"))?;
+    let mut ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+    ips.sort();
+    ips.dedup();
+    Ok(Value::from(ips))
 }
 
 // ---------------------------------------------------------------- time
@@ -754,15 +864,44 @@ mod tests {
     }
 
     #[test]
+    fn cidr_merge_as_opa() {
+        let merge = |v: Value| net_cidr_merge(&[v]).unwrap();
+        assert_eq!(
+            merge(json!(["192.0.128.0/24", "192.0.129.0/24"])),
+            json!(["192.0.128.0/23"])
+        );
+        assert_eq!(
+            merge(json!([
+                "192.0.129.0/24",
+                "192.0.128.0/24",
+                "192.0.128.7",
+                "10.0.0.0/8",
+                "10.1.0.0/16"
+            ])),
+            json!(["10.0.0.0/8", "192.0.128.0/23"])
+        );
+        assert_eq!(
+            merge(json!(["10.0.0.1/8", "::1", "::/127"])),
+            json!(["10.0.0.0/8", "::/127"])
+        );
+        assert!(net_cidr_merge(&[json!(["nope"])]).is_err());
+        let ips = net_lookup_ip_addr(&[json!("localhost")]).unwrap();
+        assert!(
+            ips.as_array().unwrap().contains(&json!("127.0.0.1")),
+            "{ips}"
+        );
+    }
+
+    #[test]
     fn jwt_and_time() {
         // {"alg":"none"}.{"sub":"spiffe://td/x"}.sig
         let tok = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJzcGlmZmU6Ly90ZC94In0.AQI";
-        let v = io_jwt_decode(&[json!(tok)]).unwrap();
+        let v = crate::jwt::decode(&[json!(tok)]).unwrap();
         assert_eq!(
             v,
             json!([{"alg": "none"}, {"sub": "spiffe://td/x"}, "0102"])
         );
-        assert!(io_jwt_decode(&[json!("nope")]).is_err());
+        assert!(crate::jwt::decode(&[json!("nope")]).is_err());
         let ns = time_parse_rfc3339_ns(&[json!("2024-02-29T12:30:45Z")]).unwrap();
         assert_eq!(
             time_date(std::slice::from_ref(&ns)).unwrap(),

@@ -24,10 +24,12 @@
 
 pub mod builtins;
 mod cache;
+mod crypto;
 mod decision;
 mod glob;
 pub mod input;
 mod input_paths;
+mod jwt;
 mod rego;
 mod wasm;
 mod watch;

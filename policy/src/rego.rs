@@ -263,10 +263,23 @@ fn new_engine(sources: &[(PathBuf, String)], data: &Value) -> Result<regorus::En
             Box::new(crate::glob::regorus_glob_match),
         )
         .map_err(|e| PolicyError::Rego(format!("{e}")))?;
+    // Signet's builtins where regorus has none of the name (io.jwt.*,
+    // crypto.*, net.cidr_merge, ...): the same functions the Wasm host calls.
+    for (name, arity, f) in crate::builtins::with_arity() {
+        if name == "glob.match" || regorus::unstable::BUILTINS.contains_key(name) {
+            continue;
+        }
+        engine
+            .add_extension(name.to_string(), arity, Box::new(extension(name, f)))
+            .map_err(|e| PolicyError::Rego(format!("{e}")))?;
+    }
     for (path, text) in sources {
         engine
             .add_policy(path.display().to_string(), text.clone())
             .map_err(|e| PolicyError::Rego(format!("{e}")))?;
+    }
+    if let Some(name) = unknown_builtins(&engine)?.into_iter().next() {
+        return Err(PolicyError::MissingBuiltin(name));
     }
     if !data.is_null() {
         engine
@@ -274,6 +287,97 @@ fn new_engine(sources: &[(PathBuf, String)], data: &Value) -> Result<regorus::En
             .map_err(|e| PolicyError::Data(format!("{e}")))?;
     }
     Ok(engine)
+}
+
+/// A host builtin as a regorus extension. Its errors make the call
+/// undefined, as a builtin error does in OPA (non-strict evaluation).
+fn extension(
+    name: &'static str,
+    f: crate::builtins::BuiltinFn,
+) -> impl FnMut(Vec<regorus::Value>) -> anyhow::Result<regorus::Value> + Clone + Send + Sync {
+    move |args: Vec<regorus::Value>| {
+        let args = args
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<Value>, _>>()?;
+        Ok(match f(&args) {
+            Ok(v) => regorus::Value::from(v),
+            Err(e) => {
+                tracing::debug!(builtin = name, error = %e, "builtin call is undefined");
+                regorus::Value::Undefined
+            }
+        })
+    }
+}
+
+/// Functions the policies call that are neither defined by a policy, nor a
+/// regorus builtin, nor one of Signet's: OPA refuses such a policy when it
+/// compiles it, and so does Signet at load, rather than denying every
+/// request at evaluation.
+fn unknown_builtins(engine: &regorus::Engine) -> Result<Vec<String>, PolicyError> {
+    let ast = engine
+        .get_ast_as_json()
+        .map_err(|e| PolicyError::Rego(format!("{e}")))?;
+    let modules: Value = serde_json::from_str(&ast)
+        .map_err(|e| PolicyError::Rego(format!("policy syntax tree: {e}")))?;
+    let mut calls = Vec::new();
+    let mut functions = std::collections::BTreeSet::new();
+    for module in modules.as_array().into_iter().flatten() {
+        let source = module["source"]["contents"].as_str().unwrap_or_default();
+        collect_calls(&module["ast"], source, &mut calls, &mut functions);
+    }
+    let last = |path: &str| path.rsplit('.').next().unwrap_or(path).to_string();
+    let mut unknown: Vec<String> = calls
+        .into_iter()
+        .filter(|c| {
+            c != "print"
+                && !regorus::unstable::BUILTINS.contains_key(c.as_str())
+                && crate::builtins::lookup(c).is_none()
+                && !functions.contains(&last(c))
+        })
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    Ok(unknown)
+}
+
+/// The source text an expression spans, without whitespace.
+fn span_text(expr: &Value, source: &str) -> Option<String> {
+    let (_, inner) = expr.as_object()?.iter().next()?;
+    let span = inner.get("span")?;
+    let start = usize::try_from(span.get("start")?.as_u64()?).ok()?;
+    let end = usize::try_from(span.get("end")?.as_u64()?).ok()?;
+    let text = source.get(start..end)?;
+    Some(text.chars().filter(|c| !c.is_whitespace()).collect())
+}
+
+/// Every called function's name, and the last path segment of every
+/// function a policy defines.
+fn collect_calls(
+    node: &Value,
+    source: &str,
+    calls: &mut Vec<String>,
+    functions: &mut std::collections::BTreeSet<String>,
+) {
+    match node {
+        Value::Object(map) => {
+            if let Some(name) = map.get("Call").and_then(|c| span_text(&c["fcn"], source)) {
+                calls.push(name);
+            }
+            if let Some(name) = map.get("Func").and_then(|f| span_text(&f["refr"], source)) {
+                functions.insert(name.rsplit('.').next().unwrap_or(&name).to_string());
+            }
+            for child in map.values() {
+                collect_calls(child, source, calls, functions);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                collect_calls(child, source, calls, functions);
+            }
+        }
+        _ => {}
+    }
 }
 
 impl RegoPolicy {
@@ -574,6 +678,48 @@ mod tests {
         // A bad pattern or delimiter is an evaluation error, never a match.
         assert!(m("[ab", json!(null), "a").is_err());
         assert!(m("*", json!(["ab"]), "a").is_err());
+    }
+
+    #[test]
+    fn signets_builtins_run_in_rego() {
+        let src = r#"package b
+import rego.v1
+d := crypto.sha256(input.s)
+h := crypto.hmac.sha256(input.s, "k")
+m := net.cidr_merge(["10.0.0.0/25", "10.0.0.128/25"])
+i := net.cidr_intersects("10.0.0.0/8", "10.1.0.0/16")
+v := io.jwt.decode_verify(input.s, {"secret": "k"})
+"#;
+        let p = policy(src, "b").unwrap();
+        let out = p.eval(&json!({"s": "abc"})).unwrap().unwrap();
+        assert_eq!(
+            out["d"],
+            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert_eq!(out["h"].as_str().map(str::len), Some(64));
+        assert_eq!(out["m"], json!(["10.0.0.0/24"]));
+        assert_eq!(out["i"], json!(true));
+        // "abc" is no JWT: an error, so `v` is undefined (OPA, non-strict).
+        assert!(out.get("v").is_none(), "{out}");
+    }
+
+    #[test]
+    fn a_policy_calling_an_unknown_builtin_is_refused_at_load() {
+        let src = "package u\nimport rego.v1\nallow if http.send({\"url\": input.u}).status_code == 200\nallow if no.such.builtin(input.x)\n";
+        match policy(src, "u/allow") {
+            Err(PolicyError::MissingBuiltin(name)) => assert_eq!(name, "no.such.builtin"),
+            other => panic!("loaded: {:?}", other.map(|_| ())),
+        }
+        // A policy's own functions, called locally, through `data.` or an
+        // import, are no builtins.
+        let lib = "package lib\nimport rego.v1\ntwice(x) := x * 2\n";
+        let main = "package main\nimport rego.v1\nimport data.lib\nown(x) := x + 1\nr := [own(1), lib.twice(2), data.lib.twice(3)]\n";
+        let sources = [
+            (PathBuf::from("lib.rego"), lib.to_string()),
+            (PathBuf::from("main.rego"), main.to_string()),
+        ];
+        let p = RegoPolicy::new(&sources, &Value::Null, "main/r", Limits::default()).unwrap();
+        assert_eq!(p.eval(&json!({})).unwrap(), Some(json!([2, 4, 6])));
     }
 
     #[test]
