@@ -139,8 +139,50 @@ pub fn agent_services(sds: SdsOptions, authz: Option<ExtAuthz>) -> ExtraServices
             SdsService::new(agent.clone(), attestor.clone(), sds).into_service(),
         );
         match authz {
-            Some(authz) => routes.add_service(authz.into_service()),
+            Some(authz) => {
+                tokio::spawn(publish_bundles(agent.snapshot(), authz.policy()));
+                routes.add_service(authz.into_service())
+            }
             None => routes,
         }
     })
+}
+
+/// Keeps `data.signet.jwt_bundles` (trust domain -> JWKS text, the `cert`
+/// of `io.jwt.decode_verify`) in step with the bundles the agent holds, so
+/// a policy verifies JWT-SVID bearer tokens through every key rotation.
+/// Ends with the agent.
+async fn publish_bundles(
+    mut snapshots: tokio::sync::watch::Receiver<Arc<signet_agent::Snapshot>>,
+    policy: Arc<PolicyHandle>,
+) {
+    loop {
+        let overlay = {
+            let snapshot = snapshots.borrow_and_update();
+            let jwt_bundles: serde_json::Map<String, serde_json::Value> = snapshot
+                .bundles
+                .iter()
+                .map(|b| {
+                    let jwks = b.jwks_json().to_string();
+                    (
+                        b.trust_domain().to_string(),
+                        serde_json::Value::String(jwks),
+                    )
+                })
+                .collect();
+            serde_json::json!({ "jwt_bundles": jwt_bundles })
+        };
+        let policy = policy.clone();
+        // A reload compiles the policy again: off the async workers.
+        match tokio::task::spawn_blocking(move || policy.set_overlay("signet", overlay)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "authz: the policy refused the new trust bundles")
+            }
+            Err(e) => tracing::warn!(error = %e, "authz: bundle update failed"),
+        }
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -157,3 +157,137 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
     assert_eq!(curl(&format!("{url}/private")).0, 200);
     assert_eq!(curl(&format!("{url}/secret")).0, 401);
 }
+
+/// `examples/envoy/ext_authz.yaml` and `authz.rego` as shipped: Envoy
+/// terminates mTLS with its SVID from SDS and asks the same agent socket
+/// for every decision; the policy decides by the caller's SPIFFE ID and, for
+/// writes, by a JWT-SVID bearer token verified with the trust domain's JWT
+/// keys (`data.signet.jwt_bundles`).
+#[test]
+fn the_example_authorizes_mtls_callers_by_spiffe_id_and_jwt_svid() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy/authz.rego");
+    let c = Combined::start(dir.path(), &["--authz-policy", policy]);
+    // Envoy gets the server SVID (with a DNS name, for curl to check it).
+    c.entry_for_uid_with(
+        "spiffe://example.org/server",
+        uid(),
+        &["--dns-name", "localhost"],
+    );
+    let (_app, app) = start_app(dir.path());
+    let cfg = config(
+        "ext_authz.yaml",
+        &[
+            ("port_value: 8443", "port_value: 0".into()),
+            ("port_value: 8080", format!("port_value: {app}")),
+            ("port_value: 9903", "port_value: 0".into()),
+            ("path: /run/signet/agent.sock", format!("path: {}", c.agent)),
+        ],
+        &dir.path().join("ext_authz.yaml"),
+    );
+    let envoy = envoy::start(
+        "envoy-authz",
+        &envoy::binary(dir.path()),
+        &cfg,
+        uid(),
+        dir.path(),
+        &[],
+    );
+    let url = format!("https://localhost:{}", envoy.listener_port("authz"));
+    // Callers' SVIDs, minted by the administrator.
+    let mint = |name: &str| {
+        let out = dir.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        let id = format!("spiffe://example.org/{name}");
+        let w = out.to_str().unwrap();
+        let minted = c.admin(&["x509", "mint", "--spiffe-id", &id, "--write", w]);
+        assert!(minted.status.success(), "{minted:?}");
+        out
+    };
+    let (client, other) = (mint("client"), mint("other"));
+    let call = |who: &std::path::Path, extra: &[&str]| {
+        let file = |f: &str| who.join(f).display().to_string();
+        let (cert, key, ca) = (file("svid.pem"), file("svid_key.pem"), file("bundle.pem"));
+        let mut args = vec!["--cacert", &ca, "--cert", &cert, "--key", &key];
+        args.extend(extra);
+        curl_with(&args)
+    };
+    let get = format!("{url}/hello");
+    let body = eventually("a GET allowed through Envoy", || {
+        let (code, body) = call(&client, &[&get]);
+        (code == 200).then_some(body)
+    });
+    assert!(
+        body.contains("x-caller: spiffe://example.org/client"),
+        "{body}"
+    );
+    let (code, body) = call(&other, &[&get]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("denied by policy"), "{body}");
+
+    let jwt = |id: &str, aud: &str| {
+        let out = c.admin(&[
+            "jwt",
+            "mint",
+            "--spiffe-id",
+            id,
+            "--audience",
+            aud,
+            "--output",
+            "json",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token in {v}"))
+            .to_owned()
+    };
+    let orders = format!("{url}/orders");
+    let post = |who: &std::path::Path, token: Option<&str>| {
+        let auth = token.map(|t| format!("authorization: Bearer {t}"));
+        let mut args = vec!["-X", "POST", "-d", "{}"];
+        if let Some(a) = &auth {
+            args.extend(["-H", a.as_str()]);
+        }
+        args.push(&orders);
+        call(who, &args)
+    };
+    let own = jwt("spiffe://example.org/client", "orders");
+    let body = eventually("a POST with the caller's JWT-SVID allowed", || {
+        let (code, body) = post(&client, Some(&own));
+        (code == 200).then_some(body)
+    });
+    assert!(
+        body.contains("x-jwt-subject: spiffe://example.org/client"),
+        "{body}"
+    );
+    // No token, a token for another audience, another workload's token, a
+    // tampered token, and a good token from another caller: all denied.
+    assert_eq!(post(&client, None).0, 403);
+    assert_eq!(
+        post(
+            &client,
+            Some(&jwt("spiffe://example.org/client", "billing"))
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        post(&client, Some(&jwt("spiffe://example.org/other", "orders"))).0,
+        403
+    );
+    // The signature's first byte changed.
+    let (signed, sig) = own.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{signed}.{flipped}{}", &sig[1..]);
+    assert_eq!(post(&client, Some(&tampered)).0, 403);
+    assert_eq!(post(&other, Some(&own)).0, 403);
+    // Without a client certificate there is no TLS session at all.
+    let (code, _) = curl_with(&[
+        "--cacert",
+        &client.join("bundle.pem").display().to_string(),
+        &get,
+    ]);
+    assert_eq!(code, 0, "a caller without an SVID got an answer");
+}

@@ -154,6 +154,9 @@ pub struct PolicyOptions {
     pub entrypoint: Option<String>,
     /// The data document (overrides a bundle's `data.json`).
     pub data: Option<Value>,
+    /// Top-level documents laid over the data (`data.<key>`), whatever its
+    /// source: what the host provides, such as `data.signet.jwt_bundles`.
+    pub overlay: serde_json::Map<String, Value>,
     /// Evaluation limits.
     pub limits: Limits,
 }
@@ -169,6 +172,23 @@ impl PolicyOptions {
     pub fn with_data(mut self, data: Value) -> Self {
         self.data = Some(data);
         self
+    }
+
+    /// The data document with the overlay laid over it: `base` when the
+    /// options carry no data of their own.
+    fn effective_data(&self, base: Option<Value>) -> Option<Value> {
+        let data = self.data.clone().or(base);
+        if self.overlay.is_empty() {
+            return data;
+        }
+        let mut map = match data {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        for (k, v) in &self.overlay {
+            map.insert(k.clone(), v.clone());
+        }
+        Some(Value::Object(map))
     }
 
     /// Options with given limits.
@@ -372,9 +392,8 @@ impl Policy {
             .wasm
             .ok_or_else(|| PolicyError::Bundle("no policy.wasm in bundle".into()))?;
         let mut opts = options.clone();
-        if opts.data.is_none() {
-            opts.data = bundle.data;
-        }
+        opts.data = options.effective_data(bundle.data);
+        opts.overlay.clear();
         if opts.entrypoint.is_none() {
             opts.entrypoint = bundle.entrypoints.first().cloned();
         }
@@ -386,8 +405,7 @@ impl Policy {
     /// A `policy.wasm` module in memory.
     pub fn from_wasm(wasm: &[u8], options: &PolicyOptions) -> Result<Policy, PolicyError> {
         let data = options
-            .data
-            .clone()
+            .effective_data(None)
             .unwrap_or_else(|| Value::Object(Default::default()));
         let policy = wasm::WasmPolicy::new(wasm, &data, options.limits)?;
         // Unnamed: the default, else a module's only entrypoint.
@@ -431,7 +449,7 @@ impl Policy {
         sources: &[(PathBuf, String)],
         options: &PolicyOptions,
     ) -> Result<Policy, PolicyError> {
-        let data = options.data.clone().unwrap_or(Value::Null);
+        let data = options.effective_data(None).unwrap_or(Value::Null);
         let entrypoint = options
             .entrypoint
             .clone()
@@ -586,7 +604,7 @@ fn first_result(set: Value) -> Result<Option<Value>, PolicyError> {
 pub struct PolicyHandle {
     current: ArcSwap<Policy>,
     path: PathBuf,
-    options: PolicyOptions,
+    options: std::sync::Mutex<PolicyOptions>,
     smoke_input: Value,
     cache: Option<DecisionCache>,
 }
@@ -601,7 +619,7 @@ impl PolicyHandle {
         Ok(PolicyHandle {
             current: ArcSwap::from_pointee(policy),
             path,
-            options,
+            options: std::sync::Mutex::new(options),
             smoke_input,
             cache: None,
         })
@@ -648,7 +666,12 @@ impl PolicyHandle {
     /// error the previous revision stays in force and the error is returned
     /// (and logged). Returns whether the revision changed.
     pub fn reload(&self) -> Result<bool, PolicyError> {
-        let result = Policy::load(&self.path, &self.options).and_then(|p| {
+        let options = self
+            .options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let result = Policy::load(&self.path, &options).and_then(|p| {
             smoke(&p, &self.smoke_input)?;
             Ok(p)
         });
@@ -668,6 +691,22 @@ impl PolicyHandle {
                 Err(e)
             }
         }
+    }
+}
+
+impl PolicyHandle {
+    /// Lays `value` over the data as `data.<key>` and reloads, unless it
+    /// is already there. A failed reload keeps the revision in force (and
+    /// the new value, for the next reload).
+    pub fn set_overlay(&self, key: &str, value: Value) -> Result<bool, PolicyError> {
+        {
+            let mut options = self.options.lock().unwrap_or_else(|e| e.into_inner());
+            if options.overlay.get(key) == Some(&value) {
+                return Ok(false);
+            }
+            options.overlay.insert(key.to_string(), value);
+        }
+        self.reload()
     }
 }
 
