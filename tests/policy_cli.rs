@@ -204,3 +204,38 @@ fn the_example_rego_policies_pass_their_tests() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 1 policy tests failed"));
 }
+
+/// A Rego policy calling a builtin Signet lacks fails at `policy check`
+/// and at the start of whatever would serve it, naming the builtin: never
+/// a policy that loads and then denies every request.
+#[test]
+fn a_policy_calling_a_missing_builtin_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("authz.rego");
+    std::fs::write(
+        &policy,
+        "package envoy.authz\nimport rego.v1\nallow if io.jwt.decode_verfy(input.t, {})\n",
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let sock = format!("unix:{}", dir.path().join("authz.sock").display());
+    for args in [
+        vec!["policy", "check", p],
+        vec!["authz", "--policy", p, "--listen", &sock],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} passed");
+        assert!(
+            err.contains("policy needs builtin \"io.jwt.decode_verfy\""),
+            "{args:?}: {err}"
+        );
+    }
+    // Spelt right, it loads.
+    std::fs::write(
+        &policy,
+        "package envoy.authz\nimport rego.v1\nallow if io.jwt.decode_verify(input.t, {})[0]\n",
+    )
+    .unwrap();
+    ok(&["policy", "check", p, "--entrypoint", "envoy/authz/allow"]);
+}

@@ -424,3 +424,47 @@ fn every_decision_is_logged_with_credentials_masked() {
     );
     assert_eq!(events[2]["input"], json!(null));
 }
+
+/// The OPA-compiled `envoy-http-authz` module (entrypoint `example`,
+/// asked for `example/allow` as the OPA-Envoy plugin's `path`): for each
+/// of its cases, Check decides as `signet policy eval` does on the input
+/// Check builds, and as the official OPA Wasm SDK recorded.
+#[test]
+fn the_opa_wasm_fixture_decides_through_check_as_policy_eval_and_opa() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policy/tests/fixtures/opa-wasm/envoy-http-authz"
+    );
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/cases.json")).unwrap())
+            .unwrap();
+    let options = PolicyOptions::default().with_entrypoint("example/allow");
+    let handle = Arc::new(PolicyHandle::load(format!("{dir}/policy.wasm"), options).unwrap());
+    let authz = ExtAuthz::new(handle.clone());
+    let mut compared = 0;
+    for case in &cases {
+        let http = &case["input"]["attributes"]["request"]["http"];
+        // Only cases a CheckRequest can carry: string method, path, headers.
+        let (Some(method), Some(path), Some(headers)) = (
+            http["method"].as_str(),
+            http["path"].as_str(),
+            http["headers"].as_object(),
+        ) else {
+            continue;
+        };
+        let Some(headers) = headers
+            .iter()
+            .map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let req = request(method, path, &headers, "");
+        let opa = case["expected"][0]["result"]["allow"] == json!(true);
+        let eval = handle.evaluate(&check_input(&req).unwrap()).allow;
+        let check = code(&authz.decide(&req).unwrap()) == 0;
+        assert_eq!((check, eval), (opa, opa), "case {}", case["name"]);
+        compared += 1;
+    }
+    assert!(compared >= 5, "only {compared} cases compared");
+}

@@ -215,6 +215,9 @@ enum Engine {
     Wasm {
         policy: wasm::WasmPolicy,
         entrypoint_id: i32,
+        /// The path inside the entrypoint's value the chosen entrypoint
+        /// names (`example/allow` of a module built with `-e example`).
+        inside: Vec<String>,
     },
     Rego(rego::RegoPolicy),
 }
@@ -418,19 +421,34 @@ impl Policy {
             .clone()
             .or(only)
             .unwrap_or_else(|| DEFAULT_ENTRYPOINT.to_string());
-        let entrypoint_id =
-            policy
-                .entrypoint_id(&entrypoint)
-                .ok_or_else(|| PolicyError::UnknownEntrypoint {
-                    entrypoint: entrypoint.clone(),
-                    available: policy.entrypoints().map(str::to_string).collect(),
-                })?;
+        // The entrypoint itself, else the longest one it lies inside.
+        let found = policy
+            .entrypoint_id(&entrypoint)
+            .map(|id| (id, Vec::new()))
+            .or_else(|| {
+                policy
+                    .entrypoints()
+                    .filter(|e| entrypoint.starts_with(&format!("{e}/")))
+                    .max_by_key(|e| e.len())
+                    .and_then(|e| {
+                        let inside = entrypoint[e.len() + 1..]
+                            .split('/')
+                            .map(str::to_string)
+                            .collect();
+                        policy.entrypoint_id(e).map(|id| (id, inside))
+                    })
+            });
+        let (entrypoint_id, inside) = found.ok_or_else(|| PolicyError::UnknownEntrypoint {
+            entrypoint: entrypoint.clone(),
+            available: policy.entrypoints().map(str::to_string).collect(),
+        })?;
         let data_bytes = serde_json::to_vec(&data).map_err(|e| PolicyError::Data(e.to_string()))?;
         Ok(Policy {
             revision: sha256_hex(&[wasm, &data_bytes]),
             engine: Engine::Wasm {
                 policy,
                 entrypoint_id,
+                inside,
             },
             entrypoint,
             source: PathBuf::new(),
@@ -525,7 +543,9 @@ impl Policy {
             Engine::Wasm {
                 policy,
                 entrypoint_id,
-            } => first_result(policy.eval(*entrypoint_id, input)?),
+                inside,
+            } => Ok(first_result(policy.eval(*entrypoint_id, input)?)?
+                .and_then(|v| inside.iter().try_fold(v, |v, key| v.get(key).cloned()))),
             Engine::Rego(policy) => policy.eval(input),
         }
     }
