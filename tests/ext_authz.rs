@@ -100,18 +100,19 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("authz.rego");
     std::fs::write(&policy, POLICY).unwrap();
-    let sock = dir.path().join("authz.sock");
-    let mut cmd = signet();
     let log = dir.path().join("decisions.log");
-    cmd.args(["authz", "--policy", policy.to_str().unwrap(), "--listen"])
-        .arg(format!("unix:{}", sock.display()))
-        .arg("--decision-log")
-        .arg(&log)
-        .args(["--admin-listen", "127.0.0.1:0"]);
-    let mut authz = Proc::spawn("signet-authz", cmd, dir.path());
-    authz.wait_for("Press Ctrl-C");
+    let (mut authz, _app, _envoy, port) = standalone(
+        dir.path(),
+        &policy,
+        &[
+            "--decision-log",
+            log.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let admin = authz.reported_addr("admin");
-    let (_app, _envoy, url) = envoy_in_front_of_an_app(dir.path(), sock.to_str().unwrap());
+    let url = format!("http://127.0.0.1:{port}");
     assert_eq!(curl(&format!("{url}/public/hello")).0, 200);
     assert_eq!(curl(&format!("{url}/private")).0, 401);
     // Both decisions logged, as Envoy asked for them.
@@ -290,4 +291,110 @@ fn the_example_authorizes_mtls_callers_by_spiffe_id_and_jwt_svid() {
         &get,
     ]);
     assert_eq!(code, 0, "a caller without an SVID got an answer");
+}
+
+/// `signet authz` with `policy` on a socket of its own, an Envoy in front
+/// of the app asking it; returns both, the Envoy and its listener's port.
+fn standalone(
+    dir: &std::path::Path,
+    policy: &std::path::Path,
+    extra: &[&str],
+) -> (Proc, Proc, envoy::Envoy, u16) {
+    let sock = dir.join("authz.sock");
+    let mut cmd = signet();
+    cmd.args(["authz", "--policy", policy.to_str().unwrap(), "--listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .args(extra);
+    let mut authz = Proc::spawn("signet-authz", cmd, dir);
+    authz.wait_for("Press Ctrl-C");
+    let (app, envoy, url) = envoy_in_front_of_an_app(dir, sock.to_str().unwrap());
+    let port = url.rsplit_once(':').unwrap().1.parse().unwrap();
+    (authz, app, envoy, port)
+}
+
+/// Requests flow without pause while the policy is rewritten (and written
+/// half-way at times, which the watcher may catch and refuse): every
+/// allowed request is answered by the app, and each new revision takes
+/// over.
+#[test]
+fn policy_reloads_under_load_fail_no_allowed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("authz.rego");
+    let revision = |n: u32| {
+        POLICY.replace(
+            r#""x-user": "anonymous""#,
+            &format!(r#""x-user": "rev{n}""#),
+        )
+    };
+    std::fs::write(&policy, revision(0)).unwrap();
+    let (_authz, _app, _envoy, port) = standalone(dir.path(), &policy, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    answers.push(signet_testkit::http::get(port, "/public/hello"));
+                }
+                answers
+            })
+        })
+        .collect();
+    for n in 1..=4 {
+        std::fs::write(&policy, revision(n)).unwrap();
+        let want = format!("x-user: rev{n}");
+        eventually(&format!("revision {n} in force"), || {
+            signet_testkit::http::get(port, "/public/hello")
+                .contains(&want)
+                .then_some(())
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers: Vec<String> = load.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(
+        answers.len() > 50,
+        "only {} requests during the reloads",
+        answers.len()
+    );
+    for answer in &answers {
+        assert!(
+            answer.contains("method: GET"),
+            "an allowed request failed: {answer:?}"
+        );
+    }
+    for n in 0..=4 {
+        let want = format!("x-user: rev{n}");
+        assert!(
+            answers.iter().any(|a| a.contains(&want)),
+            "revision {n} never answered"
+        );
+    }
+}
+
+/// `--dry-run`: what the policy denies passes, and the decision log says
+/// it would have been denied.
+#[test]
+fn dry_run_allows_and_logs_what_would_be_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("authz.rego");
+    std::fs::write(&policy, POLICY).unwrap();
+    let log = dir.path().join("decisions.log");
+    let (_authz, _app, _envoy, port) = standalone(
+        dir.path(),
+        &policy,
+        &["--dry-run", "--decision-log", log.to_str().unwrap()],
+    );
+    let (code, body) = curl(&format!("http://127.0.0.1:{port}/private"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("path: /private"), "{body}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let event: serde_json::Value = serde_json::from_str(logged.lines().last().unwrap()).unwrap();
+    assert_eq!(event["dry_run"], true, "{event}");
+    assert_eq!(event["allowed"], false, "{event}");
+    assert_eq!(event["result"]["http_status"], 401, "{event}");
+    assert_eq!(
+        event["input"]["attributes"]["request"]["http"]["path"],
+        "/private"
+    );
 }
