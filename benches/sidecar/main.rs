@@ -19,7 +19,8 @@
 //! open-file hard limit: each held connection costs a proxy two
 //! descriptors), SIGNET_BENCH_BULK_MIB (default 1024), SIGNET_BENCH_ONLY
 //! (`idle`: idle memory only; `bulk`: idle memory and bulk only; `conns`:
-//! idle memory and the open-connections measure only),
+//! idle memory and the open-connections measure only; `ext_authz`: Envoy
+//! with ext_authz by `signet authz` against Envoy alone, nothing else),
 //! SIGNET_BENCH_HOLD (seconds to keep the processes up after `idle`, to
 //! look at them), SIGNET_BENCH_FLEET (how many inbound proxies of each kind
 //! run at once for the shared-memory measure, default 10).
@@ -288,6 +289,56 @@ struct Path3 {
 /// HTTP) and print their ports.
 const SERVE_BACKENDS: &str = "--serve-backends";
 
+/// An OPA-Envoy policy of the usual size: method, path, a header.
+const EXT_AUTHZ_POLICY: &str = r#"package envoy.authz
+import rego.v1
+default allow := false
+allow if {
+    input.attributes.request.http.method == "GET"
+    input.attributes.request.http.path == "/"
+    input.attributes.request.http.host == "backend"
+}
+"#;
+
+/// Envoy with ext_authz asking `signet authz` (one Check per request, over
+/// a Unix socket) against the same Envoy with no authorization: 1 KiB GETs
+/// over 16 keep-alive connections, and one at a time for latency.
+async fn ext_authz_vs_none(dir: &Path, bin: &Path, envoy_bin: &Path, backend: u16, secs: u64) {
+    let policy = dir.join("ext_authz.rego");
+    std::fs::write(&policy, EXT_AUTHZ_POLICY).unwrap();
+    let sock = dir.join("authz.sock");
+    let mut cmd = Command::new(bin);
+    cmd.args(["authz", "--policy"])
+        .arg(&policy)
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .env("SIGNET_LOG", "warn");
+    let mut authz = Proc::spawn("signet-authz", cmd, dir);
+    authz.wait_for("Press Ctrl-C");
+    let write = |name: &str, text: String| write_for_others(&dir.join(name), &text);
+    let with_cfg = write(
+        "envoy-ext-authz.json",
+        bootstrap::ext_authz(sock.to_str().unwrap(), backend),
+    );
+    let none_cfg = write("envoy-plain.json", bootstrap::http_proxy(backend));
+    let with = envoy::start("envoy-ext-authz", envoy_bin, &with_cfg, 0, dir, &[]);
+    let none = envoy::start("envoy-plain", envoy_bin, &none_cfg, 0, dir, &[]);
+    let (with_port, none_port) = (with.listener_port("authz"), none.listener_port("http"));
+    println!("Envoy (one worker) + ext_authz by signet authz, against the same Envoy alone:");
+    for (name, port) in [("alone", none_port), ("+ ext_authz", with_port)] {
+        let cpu = cpu_secs(authz.pid());
+        let rate = rps(port, 16, secs).await;
+        let authz_cpu = (cpu_secs(authz.pid()) - cpu) / secs as f64;
+        let (p50, p99) = latency(port, 2000).await;
+        println!(
+            "  {name:<12} {rate:>8.0} req/s (16 conns)   p50 {:.0} µs  p99 {:.0} µs   signet authz CPU {:.0}%",
+            p50 * 1000.0,
+            p99 * 1000.0,
+            authz_cpu * 100.0
+        );
+    }
+}
+
 fn serve_backends() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -414,6 +465,11 @@ fn main() {
     let echo = backends.reported_addr("echo ").port();
     let http = backends.reported_addr("http ").port();
     procs.push(backends);
+
+    if std::env::var("SIGNET_BENCH_ONLY").as_deref() == Ok("ext_authz") {
+        rt.block_on(ext_authz_vs_none(dir, &bin, &envoy, http, secs));
+        return;
+    }
 
     // Ours.
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/rego/spiffe_allowlist.rego");

@@ -468,3 +468,71 @@ fn the_opa_wasm_fixture_decides_through_check_as_policy_eval_and_opa() {
     }
     assert!(compared >= 5, "only {compared} cases compared");
 }
+
+/// `examples/envoy/authz.rego` with the trust domain's JWT keys in its data
+/// as the agent provides them: each request decided through Check as
+/// `policy eval` decides the input Check builds, and as the example says.
+#[test]
+fn the_envoy_example_decides_through_check_as_policy_eval() {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use base64::Engine as _;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/envoy/authz.rego");
+    let options = PolicyOptions::default().with_entrypoint("envoy/authz/allow");
+    let handle = Arc::new(PolicyHandle::load(path, options).unwrap());
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+        "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+    handle
+        .set_overlay(
+            "signet",
+            json!({"jwt_bundles": {"example.org": jwks.to_string()}}),
+        )
+        .unwrap();
+    let token = |sub: &str, aud: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        let claims = json!({"sub": sub, "aud": [aud], "exp": exp});
+        let key = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        )
+    };
+    let client = "spiffe://example.org/client";
+    let own = token(client, "orders");
+    let other_aud = token(client, "billing");
+    let others = token("spiffe://example.org/other", "orders");
+    let cases: [(&str, &str, &str, Option<&str>, bool); 8] = [
+        (client, "GET", "/", None, true),
+        (client, "GET", "/orders", None, true),
+        ("spiffe://example.org/other", "GET", "/", None, false),
+        (client, "POST", "/orders", Some(&own), true),
+        (client, "POST", "/orders", None, false),
+        (client, "POST", "/orders", Some(&other_aud), false),
+        (client, "POST", "/orders", Some(&others), false),
+        (client, "POST", "/refunds", Some(&own), false),
+    ];
+    let authz = ExtAuthz::new(handle.clone());
+    for (caller, method, path, auth, want) in cases {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let mut req = request(method, path, &headers, "");
+        let attrs = req.attributes.as_mut().unwrap();
+        attrs.source.as_mut().unwrap().principal = caller.into();
+        let eval = handle.evaluate(&check_input(&req).unwrap()).allow;
+        let check = code(&authz.decide(&req).unwrap()) == 0;
+        assert_eq!(
+            (check, eval),
+            (want, want),
+            "{caller} {method} {path} {auth:?}"
+        );
+    }
+}

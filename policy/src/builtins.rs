@@ -73,6 +73,7 @@ const REGISTRY: &[(&str, u8, BuiltinFn)] = &[
     ("regex.is_valid", 1, regex_is_valid),
     ("regex.split", 2, regex_split),
     ("regex.find_n", 3, regex_find_n),
+    ("regex.globs_match", 2, crate::globs::globs_match),
     ("trace", 1, builtin_trace),
 ];
 

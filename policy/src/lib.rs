@@ -27,6 +27,7 @@ mod cache;
 mod crypto;
 mod decision;
 mod glob;
+mod globs;
 pub mod input;
 mod input_paths;
 mod jwt;

@@ -693,6 +693,7 @@ h := crypto.hmac.sha256(input.s, "k")
 m := net.cidr_merge(["10.0.0.0/25", "10.0.0.128/25"])
 i := net.cidr_intersects("10.0.0.0/8", "10.1.0.0/16")
 v := io.jwt.decode_verify(input.s, {"secret": "k"})
+g := regex.globs_match("a+", "b*a")
 "#;
         let p = policy(src, "b").unwrap();
         let out = p.eval(&json!({"s": "abc"})).unwrap().unwrap();
@@ -703,6 +704,7 @@ v := io.jwt.decode_verify(input.s, {"secret": "k"})
         assert_eq!(out["h"].as_str().map(str::len), Some(64));
         assert_eq!(out["m"], json!(["10.0.0.0/24"]));
         assert_eq!(out["i"], json!(true));
+        assert_eq!(out["g"], json!(true));
         // "abc" is no JWT: an error, so `v` is undefined (OPA, non-strict).
         assert!(out.get("v").is_none(), "{out}");
     }

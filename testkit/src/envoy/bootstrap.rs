@@ -165,48 +165,61 @@ pub fn outbound(socket: &str, upstreams: &[u16], server_id: &str) -> String {
     bootstrap(ls, clusters)
 }
 
-/// Envoy with external authorization: plaintext HTTP listener `authz`,
-/// the `ext_authz` filter asking the agent at `socket` (gRPC over its
-/// Unix socket, request bodies up to 8 KiB sent along), then the router
-/// to the backend; a failed check denies (`failure_mode_allow: false`).
-pub fn ext_authz(socket: &str, backend: u16) -> String {
-    let listener = json!({
-        "name": "authz",
+/// A plaintext HTTP listener `name` routing everything to the cluster
+/// `backend` through `filters` then the router.
+fn http_listener(name: &str, mut filters: Vec<Value>) -> Value {
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+    }));
+    json!({
+        "name": name,
         "address": socket_address(0),
         "filter_chains": [{ "filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "authz",
+                "stat_prefix": name,
                 "route_config": { "virtual_hosts": [{
                     "name": "all",
                     "domains": ["*"],
                     "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "backend" } }]
                 }] },
-                "http_filters": [
-                    {
-                        "name": "envoy.filters.http.ext_authz",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                            "transport_api_version": "V3",
-                            "failure_mode_allow": false,
-                            "with_request_body": { "max_request_bytes": 8192, "allow_partial_message": true },
-                            "grpc_service": {
-                                "envoy_grpc": { "cluster_name": "signet_agent" },
-                                "timeout": "1s"
-                            }
-                        }
-                    },
-                    {
-                        "name": "envoy.filters.http.router",
-                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
-                    }
-                ]
+                "http_filters": filters
             }
         }] }]
+    })
+}
+
+/// Envoy with external authorization: plaintext HTTP listener `authz`,
+/// the `ext_authz` filter asking the agent at `socket` (gRPC over its
+/// Unix socket, request bodies up to 8 KiB sent along), then the router
+/// to the backend; a failed check denies (`failure_mode_allow: false`).
+pub fn ext_authz(socket: &str, backend: u16) -> String {
+    let filter = json!({
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": false,
+            "with_request_body": { "max_request_bytes": 8192, "allow_partial_message": true },
+            "grpc_service": {
+                "envoy_grpc": { "cluster_name": "signet_agent" },
+                "timeout": "1s"
+            }
+        }
     });
     bootstrap(
-        vec![listener],
+        vec![http_listener("authz", vec![filter])],
         vec![plain_cluster("backend", backend), agent_cluster(socket)],
+    )
+}
+
+/// The same HTTP listener (`http`) with no authorization: the baseline
+/// `ext_authz` is measured against.
+pub fn http_proxy(backend: u16) -> String {
+    bootstrap(
+        vec![http_listener("http", Vec::new())],
+        vec![plain_cluster("backend", backend)],
     )
 }
