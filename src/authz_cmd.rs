@@ -31,6 +31,11 @@ pub struct AuthzArgs {
     /// Also mask this JSON pointer in logged decisions (repeatable).
     #[arg(long)]
     log_mask: Vec<String>,
+    /// Remember up to this many decisions by the part of the request the
+    /// policy reads, where the policy allows it (Rego reading dotted input
+    /// paths, calling no clock, random or network builtin); 0: off.
+    #[arg(long, default_value_t = crate::authz_settings::DEFAULT_DECISION_CACHE)]
+    decision_cache: usize,
     /// Where Envoy reaches it: IP:PORT (plain gRPC; loopback or a trusted
     /// network) or unix:/PATH (a socket made 0666 in a directory checked
     /// as the agent's is).
@@ -67,6 +72,7 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
     let listen = parse_listen(&args.listen)?;
     let authz = AuthzSettings::new(args.policy, args.entrypoint, args.dry_run)
         .with_decision_log(args.decision_log, args.log_mask)
+        .with_decision_cache(args.decision_cache)
         .load()?
         .context("a policy is required")?;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();

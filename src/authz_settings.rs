@@ -16,6 +16,8 @@ use signet_sds::{SdsOptions, SdsService};
 
 /// The OPA-Envoy plugin's default decision path.
 const DEFAULT_ENTRYPOINT: &str = "envoy/authz/allow";
+/// Decisions remembered by default (see `signet_extauthz`'s cache).
+pub const DEFAULT_DECISION_CACHE: usize = 10_000;
 /// How often the policy files are checked for changes.
 const POLICY_WATCH: Duration = Duration::from_secs(1);
 
@@ -48,6 +50,12 @@ pub struct AuthzSettings {
     #[arg(long = "authz-log-mask", id = "authz_log_mask")]
     #[serde(default)]
     log_mask: Vec<String>,
+    /// Remember up to this many decisions by the part of the request the
+    /// policy reads, where the policy allows it (Rego reading dotted input
+    /// paths, calling no clock, random or network builtin); 0: off
+    /// [default: 10000].
+    #[arg(long = "authz-decision-cache", id = "authz_decision_cache")]
+    decision_cache: Option<usize>,
 }
 
 /// The ext_authz service with its policy watched for changes.
@@ -77,6 +85,12 @@ impl AuthzSettings {
         self
     }
 
+    /// Remembers up to `capacity` decisions (0: none).
+    pub fn with_decision_cache(mut self, capacity: usize) -> Self {
+        self.decision_cache = Some(capacity);
+        self
+    }
+
     /// Loads the policy, if one is asked for: a policy that does not load
     /// fails the start, with the reason.
     pub fn load(self) -> anyhow::Result<Option<AgentAuthz>> {
@@ -85,8 +99,9 @@ impl AuthzSettings {
                 self.entrypoint.is_none()
                     && !self.dry_run
                     && self.decision_log.is_none()
-                    && self.log_mask.is_empty(),
-                "authz: entrypoint, dry_run, decision_log and log_mask need policy (--authz-policy)"
+                    && self.log_mask.is_empty()
+                    && self.decision_cache.is_none(),
+                "authz: entrypoint, dry_run, decision_log, log_mask and decision_cache need policy (--authz-policy)"
             );
             return Ok(None);
         };
@@ -99,7 +114,9 @@ impl AuthzSettings {
                 .with_context(|| format!("authz_policy {}", path.display()))?,
         );
         let watch = handle.watch(POLICY_WATCH);
-        let mut service = ExtAuthz::new(handle).dry_run(self.dry_run);
+        let mut service = ExtAuthz::new(handle)
+            .dry_run(self.dry_run)
+            .with_decision_cache(self.decision_cache.unwrap_or(DEFAULT_DECISION_CACHE));
         if let Some(log) = &self.decision_log {
             let opened = DecisionLog::open(log)
                 .with_context(|| format!("authz decision log {}", log.display()))?;

@@ -9,7 +9,8 @@
 //! `envoy-types` for the API.
 //!
 //! Metrics: `signet_authz_checks_total{result=allow|deny|dry_run_allow|
-//! error|bad_request}`, `signet_authz_eval_seconds` (evaluation time).
+//! error|bad_request}`, `signet_authz_eval_seconds` (evaluation time),
+//! `signet_authz_cache_hits_total` (decisions taken from the cache).
 //!
 //! Invariants: fail closed. A request whose path, query or body cannot be
 //! parsed is denied with 400; an undefined decision, an evaluation error or
@@ -17,6 +18,7 @@
 //! denial unless its `failure_mode_allow` says otherwise. `--dry-run`
 //! turns denials into allows, never errors.
 
+mod cache;
 pub mod input;
 pub mod log;
 pub mod response;
@@ -39,6 +41,7 @@ pub struct ExtAuthz {
     policy: Arc<PolicyHandle>,
     dry_run: bool,
     log: Option<Arc<DecisionLog>>,
+    cache: Option<Arc<cache::ResultCache>>,
 }
 
 impl ExtAuthz {
@@ -47,7 +50,20 @@ impl ExtAuthz {
             policy,
             dry_run: false,
             log: None,
+            cache: None,
         }
+    }
+
+    /// Remembers up to `capacity` results by the part of the input they
+    /// depend on, where the policy allows it (see [`cache`]); 0: none.
+    pub fn with_decision_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| Arc::new(cache::ResultCache::new(capacity)));
+        self
+    }
+
+    /// How many results the decision cache holds.
+    pub fn cached(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len())
     }
 
     /// The policy deciding.
@@ -98,7 +114,28 @@ impl ExtAuthz {
             }
         };
         let start = Instant::now();
-        let result = policy.evaluate_value(&input);
+        let key = self.cache.as_ref().and_then(|_| {
+            policy
+                .cache_key(&input)
+                .map(|k| cache::ResultCache::key(policy.revision(), &k))
+        });
+        let hit = match (&self.cache, &key) {
+            (Some(cache), Some(key)) => cache.get(key),
+            _ => None,
+        };
+        let result = match hit {
+            Some(hit) => {
+                metrics::counter!("signet_authz_cache_hits_total").increment(1);
+                Ok(hit)
+            }
+            None => {
+                let result = policy.evaluate_value(&input);
+                if let (Some(cache), Some(key), Ok(value)) = (&self.cache, key, &result) {
+                    cache.put(key, value.clone());
+                }
+                result
+            }
+        };
         event.took = start.elapsed();
         event.input = Some(&input);
         let response = match &result {

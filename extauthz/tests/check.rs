@@ -536,3 +536,47 @@ fn the_envoy_example_decides_through_check_as_policy_eval() {
         );
     }
 }
+
+/// Decisions are remembered by what the policy reads, only where nothing
+/// else (clock, chance, network, the whole input) can change them, and
+/// never across revisions.
+#[test]
+fn the_decision_cache_keeps_what_the_policy_allows_it_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let authz = service(dir.path(), BY_CALLER).with_decision_cache(100);
+    let allowed = |authz: &ExtAuthz, id: &str, path: &str| {
+        let mut req = request("GET", path, &[("x-request-id", id)], "");
+        let http = req.attributes.as_mut().unwrap().request.as_mut().unwrap();
+        http.http.as_mut().unwrap().id = id.into();
+        code(&authz.decide(&req).unwrap()) == 0
+    };
+    // Two requests that differ only in what the policy does not read: one
+    // evaluation, one entry.
+    assert!(allowed(&authz, "1", "/api/v1/hello"));
+    assert!(allowed(&authz, "2", "/api/v1/hello"));
+    assert_eq!(authz.cached(), 1);
+    assert!(!allowed(&authz, "3", "/api/v1/other"));
+    assert_eq!(authz.cached(), 2);
+
+    // A new revision that denies everything: the cached allow is not used.
+    std::fs::write(
+        dir.path().join("policy.rego"),
+        "package envoy.authz\nimport rego.v1\ndefault allow := false\nallow if input.attributes.request.http.method == \"NONE\"\n",
+    )
+    .unwrap();
+    authz.policy().reload().unwrap();
+    assert!(!allowed(&authz, "4", "/api/v1/hello"));
+
+    // The clock, or the whole input: nothing cached.
+    for rego in [
+        "package envoy.authz\nimport rego.v1\ndefault allow := false\nallow if time.now_ns() > 0\n",
+        "package envoy.authz\nimport rego.v1\ndefault allow := false\nallow if count(input) > 0\n",
+        "package envoy.authz\nimport rego.v1\ndefault allow := false\nallow if io.jwt.decode_verify(input.attributes.request.http.headers.authorization, {\"secret\": \"k\"})[0]\n",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let authz = service(d.path(), rego).with_decision_cache(100);
+        allowed(&authz, "1", "/");
+        allowed(&authz, "2", "/");
+        assert_eq!(authz.cached(), 0, "{rego}");
+    }
+}

@@ -551,6 +551,18 @@ impl Policy {
         }
     }
 
+    /// The part of `input` this revision's decision depends on, when it
+    /// depends on nothing else (Rego policies whose input
+    /// references are dotted paths and that call no clock, random or network
+    /// builtin): equal keys get equal decisions, so a decision may be cached
+    /// under it with the revision. `None`: do not cache.
+    pub fn cache_key(&self, input: &Value) -> Option<Value> {
+        match &self.engine {
+            Engine::Rego(policy) => policy.cache_key(input),
+            Engine::Wasm { .. } => None,
+        }
+    }
+
     /// Evaluates another entrypoint of a wasm module, returning OPA's raw
     /// result set (`[{"result": …}]` or `[]`). Rego policies answer in the
     /// same shape.

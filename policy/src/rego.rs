@@ -34,6 +34,9 @@ pub(crate) struct RegoPolicy {
     packages: Vec<String>,
     /// The part of the input the sources can read.
     input: Keep,
+    /// No call to a builtin whose answer changes with the clock, chance or
+    /// the network: the same input always gets the same decision.
+    deterministic: bool,
 }
 
 /// What the interpreter evaluates.
@@ -99,6 +102,22 @@ fn convert_kept(v: &Value, keep: &Keep, keys: &mut Keys) -> regorus::Value {
             regorus::Value::from(out)
         }
         _ => convert(v, keys),
+    }
+}
+
+/// The part of `v` that `keep` names, as JSON.
+fn kept_json(v: &Value, keep: &Keep) -> Value {
+    match (keep, v) {
+        (Keep::Fields(fields), Value::Object(map)) => Value::Object(
+            fields
+                .iter()
+                .filter_map(|(name, keep)| {
+                    map.get(name)
+                        .map(|item| (name.clone(), kept_json(item, keep)))
+                })
+                .collect(),
+        ),
+        _ => v.clone(),
     }
 }
 
@@ -318,17 +337,7 @@ const STUBS: &[&str] = &["http.send"];
 /// compiles it, and so does Signet at load, rather than denying every
 /// request at evaluation.
 fn unknown_builtins(engine: &regorus::Engine) -> Result<Vec<String>, PolicyError> {
-    let ast = engine
-        .get_ast_as_json()
-        .map_err(|e| PolicyError::Rego(format!("{e}")))?;
-    let modules: Value = serde_json::from_str(&ast)
-        .map_err(|e| PolicyError::Rego(format!("policy syntax tree: {e}")))?;
-    let mut calls = Vec::new();
-    let mut functions = std::collections::BTreeSet::new();
-    for module in modules.as_array().into_iter().flatten() {
-        let source = module["source"]["contents"].as_str().unwrap_or_default();
-        collect_calls(&module["ast"], source, &mut calls, &mut functions);
-    }
+    let (calls, functions) = calls(engine)?;
     let last = |path: &str| path.rsplit('.').next().unwrap_or(path).to_string();
     let mut unknown: Vec<String> = calls
         .into_iter()
@@ -344,6 +353,40 @@ fn unknown_builtins(engine: &regorus::Engine) -> Result<Vec<String>, PolicyError
     unknown.dedup();
     Ok(unknown)
 }
+
+/// Every function the policies call, and the last path segment of every
+/// function they define, from regorus' syntax tree.
+fn calls(
+    engine: &regorus::Engine,
+) -> Result<(Vec<String>, std::collections::BTreeSet<String>), PolicyError> {
+    let ast = engine
+        .get_ast_as_json()
+        .map_err(|e| PolicyError::Rego(format!("{e}")))?;
+    let modules: Value = serde_json::from_str(&ast)
+        .map_err(|e| PolicyError::Rego(format!("policy syntax tree: {e}")))?;
+    let mut calls = Vec::new();
+    let mut functions = std::collections::BTreeSet::new();
+    for module in modules.as_array().into_iter().flatten() {
+        let source = module["source"]["contents"].as_str().unwrap_or_default();
+        collect_calls(&module["ast"], source, &mut calls, &mut functions);
+    }
+    Ok((calls, functions))
+}
+
+/// Builtins whose answer depends on more than their operands: the clock
+/// (`decode_verify` and chain verification check validity against now),
+/// chance, the network, the runtime.
+const NONDETERMINISTIC: &[&str] = &[
+    "time.now_ns",
+    "io.jwt.decode_verify",
+    "crypto.x509.parse_and_verify_certificates",
+    "crypto.x509.parse_and_verify_certificates_with_options",
+    "net.lookup_ip_addr",
+    "http.send",
+    "rand.intn",
+    "uuid.rfc4122",
+    "opa.runtime",
+];
 
 /// The source text an expression spans, without whitespace.
 fn span_text(expr: &Value, source: &str) -> Option<String> {
@@ -438,8 +481,13 @@ impl RegoPolicy {
             // A path inside a rule's value (or a parent of packages).
             Query::Document(rule)
         };
+        let deterministic = calls(&template)?
+            .0
+            .iter()
+            .all(|c| !NONDETERMINISTIC.contains(&c.as_str()));
         let policy = RegoPolicy {
             pool: ArrayQueue::new(limits.pool_size.max(1)),
+            deterministic,
             template,
             query,
             packages,
@@ -456,6 +504,16 @@ impl RegoPolicy {
     }
 
     /// Evaluates the entrypoint; `None` when it is undefined.
+    /// What of `input` decides, when a decision depends on nothing else:
+    /// the parts the policy can read, if that is not all of it and no
+    /// builtin it calls looks at the clock, chance or the network.
+    pub(crate) fn cache_key(&self, input: &Value) -> Option<Value> {
+        if !self.deterministic || self.input == Keep::All {
+            return None;
+        }
+        Some(kept_json(input, &self.input))
+    }
+
     pub(crate) fn eval(&self, input: &Value) -> Result<Option<Value>, PolicyError> {
         let value = self.eval_interpreter(to_regorus_kept(input, &self.input))?;
         if value == regorus::Value::Undefined {
