@@ -70,6 +70,10 @@ pub struct AgentSettings {
     #[arg(long, alias = "socket-path", value_parser = crate::sockets::socket_arg, long_help = crate::sockets::AGENT_SOCKET_HELP)]
     #[serde(alias = "socket_path")]
     agent_socket: Option<PathBuf>,
+    /// Serve /live, /ready and /metrics (Prometheus: the agent's health,
+    /// entries and SVIDs; ext_authz checks) on this address.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
     #[command(flatten)]
     #[serde(default)]
     authz: AuthzSettings,
@@ -180,6 +184,7 @@ impl AgentSettings {
                 spiffe_validator: !s.sds_trusted_ca,
             },
             authz: s.authz.load()?,
+            health: s.health_listen,
         })
     }
 }
@@ -192,17 +197,45 @@ pub struct ResolvedAgent {
     pub sds: SdsOptions,
     /// Envoy ext_authz beside SDS, when a policy is given.
     pub authz: Option<AgentAuthz>,
+    /// `--health-listen`.
+    pub health: Option<SocketAddr>,
+}
+
+/// The banner's lines about what the agent serves beside the Workload API
+/// (ext_authz, the health endpoint, which starts serving here).
+pub fn agent_lines(
+    authz: Option<&AgentAuthz>,
+    health: Option<crate::health::HealthEndpoint>,
+    agent: &agent::AgentHandle,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(authz) = authz {
+        lines.push(format!(
+            "  ext_authz      on the agent socket: {}",
+            authz.describe()
+        ));
+    }
+    if let Some(health) = health {
+        lines.push(format!("  health         {}", health.describe()));
+        health.serve(agent, authz.map(|a| a.service.policy()));
+    }
+    lines
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
     let services = agent_services(r.sds, r.authz.as_ref().map(|a| a.service.clone()));
-    let banner = |running: &agent::Running| {
+    let health = r
+        .health
+        .map(crate::health::HealthEndpoint::bind)
+        .transpose()?;
+    let authz = r.authz.as_ref();
+    let banner = move |running: &agent::Running| {
         let socket = running.socket.display();
         println!("signet agent is running");
         println!("  agent socket   {socket} (SPIFFE_ENDPOINT_SOCKET=unix://{socket})");
-        if let Some(authz) = &r.authz {
-            println!("  ext_authz      on the agent socket: {}", authz.describe());
+        for line in agent_lines(authz, health, &running.handle) {
+            println!("{line}");
         }
         println!("Press Ctrl-C to stop.");
     };

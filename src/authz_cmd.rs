@@ -95,22 +95,9 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
         let policy = authz.service.policy();
         let ready: signet_proxy::admin::Readiness =
             Arc::new(move || Ok(format!("policy revision {}", policy.revision())));
-        let policy = authz.service.policy();
-        let shown = std::sync::Mutex::new(String::new());
+        let revision = crate::authz_settings::revision_gauge(authz.service.policy());
         let render: signet_proxy::admin::Render = Arc::new(move || {
-            // 1 for the revision in force, 0 for the one it replaced.
-            let now = policy.revision();
-            let mut shown = shown
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *shown != now {
-                if !shown.is_empty() {
-                    metrics::gauge!("signet_authz_policy_info", "revision" => shown.clone())
-                        .set(0.0);
-                }
-                metrics::gauge!("signet_authz_policy_info", "revision" => now.clone()).set(1.0);
-                *shown = now;
-            }
+            revision();
             metrics.render()
         });
         tokio::spawn(signet_proxy::admin::serve(listener, ready, render, async {

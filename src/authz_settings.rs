@@ -148,6 +148,25 @@ impl AgentAuthz {
     }
 }
 
+/// Sets `signet_authz_policy_info{revision}` before each scrape: 1 for the
+/// revision in force, 0 for the one it replaced.
+pub fn revision_gauge(policy: Arc<PolicyHandle>) -> impl Fn() + Send + Sync + 'static {
+    let shown = std::sync::Mutex::new(String::new());
+    move || {
+        let now = policy.revision();
+        let mut shown = shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *shown != now {
+            if !shown.is_empty() {
+                metrics::gauge!("signet_authz_policy_info", "revision" => shown.clone()).set(0.0);
+            }
+            metrics::gauge!("signet_authz_policy_info", "revision" => now.clone()).set(1.0);
+            *shown = now;
+        }
+    }
+}
+
 /// What the agent socket serves beside the Workload API: SDS, and
 /// ext_authz when a policy is given.
 pub fn agent_services(sds: SdsOptions, authz: Option<ExtAuthz>) -> ExtraServices {

@@ -15,7 +15,7 @@ pub fn print_banner(
     running: &Running,
     data_dir: &Path,
     datastore: &str,
-    agent: Option<(&Path, Option<String>)>,
+    agent: Option<(&Path, &[String])>,
 ) {
     let agent_socket = agent.as_ref().map(|(socket, _)| *socket);
     let server = &running.server;
@@ -76,8 +76,10 @@ pub fn print_banner(
             agent.display()
         );
     }
-    if let Some((_, Some(authz))) = &agent {
-        println!("  ext_authz      on the agent socket: {authz}");
+    if let Some((_, lines)) = &agent {
+        for line in *lines {
+            println!("{line}");
+        }
     }
     println!(
         "  CA             {}: {} key, active until {until}; bundle sequence {}",

@@ -283,19 +283,20 @@ pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Resu
 /// other agent.
 async fn serve_combined(
     config: RunConfig,
-    local: LocalAgent,
+    mut local: LocalAgent,
     socket: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (data_dir, datastore) = (config.data_dir.clone(), config.datastore.clone());
     let (stop, stop_rx) = watch::channel(false);
-    let banner = |c: &Combined| {
-        let authz = c.authz.as_ref().map(|a| a.describe());
+    let health = local.health.take();
+    let banner = move |c: &Combined| {
+        let lines = crate::agent_cmd::agent_lines(c.authz.as_ref(), health, &c.agent.handle);
         print_banner(
             &c.server,
             &data_dir,
             &datastore,
-            Some((&c.agent.socket, authz)),
+            Some((&c.agent.socket, &lines)),
         );
     };
     run_until(
@@ -371,6 +372,8 @@ pub struct LocalAgent {
     pub sds: signet_sds::SdsOptions,
     /// Envoy ext_authz beside SDS, when a policy is given.
     pub authz: Option<crate::authz_settings::AgentAuthz>,
+    /// `--health-listen`, bound.
+    pub health: Option<crate::health::HealthEndpoint>,
 }
 
 /// An address to dial for a listener bound to `addr` (0.0.0.0 becomes loopback).

@@ -47,7 +47,16 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("authz.rego");
     std::fs::write(&policy, POLICY).unwrap();
-    let mut c = Combined::start(dir.path(), &["--authz-policy", policy.to_str().unwrap()]);
+    let mut c = Combined::start(
+        dir.path(),
+        &[
+            "--authz-policy",
+            policy.to_str().unwrap(),
+            "--health-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let health = c.proc.reported_addr("health");
     let banner = c.proc.seen.join("\n");
     assert!(
         banner.contains("ext_authz      on the agent socket: "),
@@ -86,6 +95,20 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
     assert!(body.contains("x-user: alice"), "{body}");
     let (code, _) = post("mallory");
     assert_eq!(code, 401);
+
+    // The agent's health endpoint counts the checks and names the policy.
+    let metrics = signet_testkit::http::get(health.port(), "/metrics");
+    for want in [
+        r#"signet_authz_checks_total{result="allow"} 2"#,
+        r#"signet_authz_checks_total{result="deny"} 2"#,
+        "signet_authz_policy_info{revision=",
+        "signet_authz_eval_seconds",
+        "signet_agent_healthy 1",
+    ] {
+        assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    }
+    let (code, _) = curl(&format!("http://{health}/ready"));
+    assert_eq!(code, 200);
 
     // Signet gone: Envoy cannot ask, and denies (failure_mode_allow: false).
     c.proc.signal_and_wait("TERM");
