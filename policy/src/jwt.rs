@@ -837,6 +837,21 @@ Af8EBTADAQH/MAoGCCqGSM49BAMCA0kAMEYCIQCRyBczMNDSMtSZFQ0JrhyuPeWA
             dv(token, json!({"cert": public_of(EC_JWK)})),
             Ok(unverified())
         );
+        // Algorithm confusion: HS256 keyed with the public key's own text,
+        // offered to a verifier holding that certificate, is refused.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let confused = encode_sign(&[
+            json!({"alg": "HS256"}),
+            json!({"sub": "admin"}),
+            json!({"kty": "oct", "k": b64.encode(CERT)}),
+        ])
+        .expect("signs");
+        let confused = confused.as_str().expect("string");
+        assert_eq!(dv(confused, json!({"cert": CERT})), Ok(unverified()));
+        assert_eq!(
+            verify_es256(&[json!(confused), json!(CERT)]),
+            Ok(json!(false))
+        );
     }
 
     #[test]
