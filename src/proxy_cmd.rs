@@ -86,7 +86,9 @@ struct InboundFlags {
     /// The app's plaintext address, e.g. 127.0.0.1:8080.
     #[arg(long)]
     to: String,
-    /// Accept this peer SPIFFE ID (repeatable).
+    /// Accept this peer SPIFFE ID (repeatable). `*` stands for one whole
+    /// path segment, a trailing `/**` for one or more:
+    /// spiffe://example.org/ns/*/sa/web, spiffe://example.org/ns/prod/**.
     #[arg(long = "allow-id")]
     allow_ids: Vec<String>,
     /// Accept any peer of this trust domain (repeatable).
@@ -119,9 +121,13 @@ struct OutboundFlags {
     /// The server, host:port.
     #[arg(long)]
     to: String,
-    /// The SPIFFE ID the server must present.
-    #[arg(long)]
-    server_id: String,
+    /// A SPIFFE ID the server may present (repeatable; `*` and a trailing
+    /// `/**` as in --allow-id).
+    #[arg(long = "server-id", required_unless_present = "server_trust_domains")]
+    server_ids: Vec<String>,
+    /// Or accept any server of this trust domain (repeatable).
+    #[arg(long = "server-trust-domain")]
+    server_trust_domains: Vec<String>,
     /// Server name to send as SNI [default: the host of --to].
     #[arg(long)]
     sni: Option<String>,
@@ -169,7 +175,8 @@ impl ProxyArgs {
             }),
             Some(ProxyMode::Outbound(o)) => file.listeners.push(ListenerFile {
                 to: Some(o.to),
-                server_id: Some(o.server_id),
+                server_id: o.server_ids,
+                server_trust_domain: o.server_trust_domains,
                 sni: o.sni,
                 ..listener_file("outbound", o.listener)
             }),

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use signet_identity::{SpiffeId, TrustDomain};
 
+use crate::pattern::IdPattern;
+
 /// Per-listener limits; the defaults suit a sidecar in front of one app.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +52,20 @@ pub struct ProxyFile {
     pub listeners: Vec<ListenerFile>,
 }
 
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// One listener as written.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,7 +93,12 @@ pub struct ListenerFile {
     /// app may read such a path differently.
     #[serde(default)]
     pub insecure_keep_escaped_slashes: bool,
-    pub server_id: Option<String>,
+    /// SPIFFE IDs or patterns the server may present (a string or a list).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub server_id: Vec<String>,
+    /// Or any server of these trust domains (a string or a list).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub server_trust_domain: Vec<String>,
     pub sni: Option<String>,
     #[serde(default)]
     pub tls12: bool,
@@ -132,7 +153,8 @@ pub enum Mode {
 pub struct Inbound {
     /// The app, plaintext on loopback.
     pub to: SocketAddr,
-    pub allow_ids: Vec<SpiffeId>,
+    /// SPIFFE IDs or patterns (see [`crate::pattern`]).
+    pub allow_ids: Vec<IdPattern>,
     pub allow_trust_domains: Vec<TrustDomain>,
     pub policy: Option<PolicyRef>,
     /// Authorize and forward per HTTP request (HTTP/1.1 and HTTP/2).
@@ -154,8 +176,10 @@ pub struct PolicyRef {
 pub struct Outbound {
     /// `host:port` of the remote sidecar or Envoy.
     pub to: String,
-    /// The SPIFFE ID the server must present.
-    pub server_id: SpiffeId,
+    /// SPIFFE IDs or patterns the server may present...
+    pub server_ids: Vec<IdPattern>,
+    /// ... or any server of these trust domains.
+    pub server_trust_domains: Vec<TrustDomain>,
     pub sni: Option<String>,
 }
 
@@ -320,7 +344,7 @@ fn check_listener(
             let to = socket_addr(problems, &at("to"), l.to.as_deref());
             let mut allow_ids = Vec::new();
             for s in &l.allow_ids {
-                match SpiffeId::parse(s) {
+                match IdPattern::parse(s) {
                     Ok(id) => allow_ids.push(id),
                     Err(e) => problems.push(format!("{}: {s:?}: {e}", at("allow_id"))),
                 }
@@ -348,7 +372,8 @@ fn check_listener(
                 ));
             }
             for key in [
-                ("server_id", l.server_id.is_some()),
+                ("server_id", !l.server_id.is_empty()),
+                ("server_trust_domain", !l.server_trust_domain.is_empty()),
                 ("sni", l.sni.is_some()),
             ] {
                 if key.1 {
@@ -384,17 +409,29 @@ fn check_listener(
                     None
                 }
             };
-            let server_id = match l.server_id.as_deref() {
-                Some(s) => SpiffeId::parse(s)
-                    .map_err(|e| problems.push(format!("{}: {s:?}: {e}", at("server_id"))))
-                    .ok(),
-                None => {
-                    problems.push(format!(
-                        "{}: missing (the SPIFFE ID the server must present)",
-                        at("server_id")
-                    ));
-                    None
+            let mut server_ids = Vec::new();
+            for s in &l.server_id {
+                match IdPattern::parse(s) {
+                    Ok(id) => server_ids.push(id),
+                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("server_id"))),
                 }
+            }
+            let mut server_trust_domains = Vec::new();
+            for s in &l.server_trust_domain {
+                match TrustDomain::parse(s) {
+                    Ok(td) => server_trust_domains.push(td),
+                    Err(e) => problems.push(format!("{}: {s:?}: {e}", at("server_trust_domain"))),
+                }
+            }
+            let known = if l.server_id.is_empty() && l.server_trust_domain.is_empty() {
+                problems.push(format!(
+                    "{}: missing (the SPIFFE ID the server must present; or server_trust_domain)",
+                    at("server_id")
+                ));
+                false
+            } else {
+                server_ids.len() == l.server_id.len()
+                    && server_trust_domains.len() == l.server_trust_domain.len()
             };
             for key in [
                 ("allow_id", !l.allow_ids.is_empty()),
@@ -410,10 +447,11 @@ fn check_listener(
                     problems.push(format!("{}: only for inbound listeners", at(key.0)));
                 }
             }
-            match (to, server_id) {
-                (Some(to), Some(server_id)) => Some(Mode::Outbound(Outbound {
+            match to {
+                Some(to) if known => Some(Mode::Outbound(Outbound {
                     to,
-                    server_id,
+                    server_ids,
+                    server_trust_domains,
                     sni: l.sni,
                 })),
                 _ => None,
@@ -491,9 +529,38 @@ mod tests {
         assert_eq!(c.listeners[0].limits.idle_timeout, Duration::from_secs(300));
         assert!(matches!(&c.listeners[0].mode, Mode::Inbound(i) if i.http));
         assert!(
-            matches!(&c.listeners[1].mode, Mode::Outbound(o) if o.server_id.as_str() == "spiffe://example.org/db")
+            matches!(&c.listeners[1].mode, Mode::Outbound(o) if o.server_ids[0].to_string() == "spiffe://example.org/db")
         );
         assert_eq!(c.listeners[1].name, "listener1");
+    }
+
+    #[test]
+    fn server_ids_and_trust_domains_read_as_one_or_a_list() {
+        let c = parse(
+            r#"
+            [[listener]]
+            mode = "outbound"
+            listen = "127.0.0.1:9000"
+            to = "db.internal:5432"
+            server_id = ["spiffe://example.org/db", "spiffe://example.org/ns/*/sa/db"]
+            server_trust_domain = "partner.test"
+            [[listener]]
+            mode = "inbound"
+            listen = "127.0.0.1:9001"
+            to = "127.0.0.1:8080"
+            allow_id = ["spiffe://example.org/ns/prod/**"]
+            "#,
+        )
+        .unwrap();
+        let Mode::Outbound(o) = &c.listeners[0].mode else {
+            panic!("not outbound");
+        };
+        assert_eq!(o.server_ids.len(), 2);
+        assert_eq!(o.server_trust_domains[0].as_str(), "partner.test");
+        let Mode::Inbound(i) = &c.listeners[1].mode else {
+            panic!("not inbound");
+        };
+        assert!(!i.allow_ids[0].is_exact());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod config;
 mod http;
 pub mod identity;
 mod listener;
+pub mod pattern;
 mod read_ahead;
 pub mod relay;
 pub mod tls;

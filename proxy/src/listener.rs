@@ -146,19 +146,34 @@ impl Listener {
                     }),
                 }
             }
-            Mode::Outbound(Outbound { to, server_id, sni }) => {
+            Mode::Outbound(Outbound {
+                to,
+                server_ids,
+                server_trust_domains,
+                sni,
+            }) => {
                 let (host, port) =
                     host_port(to).ok_or_else(|| setup(format!("{to:?} is not host:port")))?;
-                let (tls, verifier) =
-                    crate::tls::client_config(&identity, server_id, config.limits.tls12)
-                        .map_err(|e| setup(format!("TLS: {e}")))?;
+                let (tls, verifier) = crate::tls::client_config(
+                    &identity,
+                    crate::tls::allow_list(server_ids, server_trust_domains),
+                    config.limits.tls12,
+                )
+                .map_err(|e| setup(format!("TLS: {e}")))?;
+                // Who the server may be, as logs name it.
+                let server_id = server_ids
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(server_trust_domains.iter().map(|td| format!("any of {td}")))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 Side::Outbound {
                     connector: TlsConnector::from(Arc::new(tls)),
                     verifier,
                     host: host.to_string(),
                     port,
                     name: crate::tls::server_name(sni.as_deref(), host).map_err(setup)?,
-                    server_id: server_id.to_string(),
+                    server_id,
                 }
             }
         };

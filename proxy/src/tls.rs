@@ -12,6 +12,7 @@ use signet_identity::{SpiffeId, TrustDomain};
 use signet_tls::{Authorizer, PeerRejected, SpiffeVerifier};
 
 use crate::identity::Identity;
+use crate::pattern::IdPattern;
 
 static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
 static TLS13_AND_12: [&rustls::SupportedProtocolVersion; 2] =
@@ -42,16 +43,23 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// The handshake-time allow-list: a peer passes when its ID is listed or
 /// its trust domain is; with both lists empty every verified peer passes
 /// (the policy then decides).
-pub fn allow_list(ids: &[SpiffeId], trust_domains: &[TrustDomain]) -> Authorizer {
-    let ids: HashSet<String> = ids.iter().map(|i| i.as_str().to_string()).collect();
+pub fn allow_list(ids: &[IdPattern], trust_domains: &[TrustDomain]) -> Authorizer {
+    let exact: HashSet<String> = ids
+        .iter()
+        .filter(|p| p.is_exact())
+        .map(ToString::to_string)
+        .collect();
+    let patterns: Vec<IdPattern> = ids.iter().filter(|p| !p.is_exact()).cloned().collect();
     let tds: HashSet<String> = trust_domains
         .iter()
         .map(|t| t.as_str().to_string())
         .collect();
+    let everyone = ids.is_empty() && tds.is_empty();
     Arc::new(move |id: &SpiffeId| {
-        (ids.is_empty() && tds.is_empty())
-            || ids.contains(id.as_str())
+        everyone
+            || exact.contains(id.as_str())
             || tds.contains(id.trust_domain_str())
+            || patterns.iter().any(|p| p.matches(id))
     })
 }
 
@@ -80,14 +88,10 @@ pub fn server_config(
 /// [`recheck_resumed_server`].
 pub fn client_config(
     identity: &Identity,
-    server_id: &SpiffeId,
+    authorize_server: Authorizer,
     tls12: bool,
 ) -> Result<(rustls::ClientConfig, Arc<SpiffeVerifier>), rustls::Error> {
-    let want = server_id.clone();
-    let verifier = Arc::new(SpiffeVerifier::new(
-        identity.bundles(),
-        Arc::new(move |id: &SpiffeId| *id == want),
-    ));
+    let verifier = Arc::new(SpiffeVerifier::new(identity.bundles(), authorize_server));
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls12))?
         .dangerous()
@@ -422,8 +426,12 @@ mod tests {
                 .unwrap();
             let (server_cfg, client_verifier) =
                 server_config(&server, allow_list(&[], &[]), false, &[]).unwrap();
-            let (client_cfg, server_verifier) =
-                client_config(&client, &SERVER.parse().unwrap(), false).unwrap();
+            let (client_cfg, server_verifier) = client_config(
+                &client,
+                allow_list(&[IdPattern::parse(SERVER).unwrap()], &[]),
+                false,
+            )
+            .unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
             let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
             Pair {
