@@ -30,7 +30,9 @@ pub struct AgentSettings {
     /// Trust domain [default: example.org].
     #[arg(long, env = "SIGNET_TRUST_DOMAIN")]
     trust_domain: Option<String>,
-    /// Server address IP:PORT (repeatable: tried in order, failing over).
+    /// Server address HOST:PORT: an IP, or a DNS name standing for every
+    /// address it resolves to, resolved again at each reconnect
+    /// (repeatable: tried in order, failing over).
     #[arg(long = "server-address")]
     #[serde(default)]
     server_address: Vec<String>,
@@ -102,12 +104,12 @@ impl AgentSettings {
             .unwrap_or_default();
         let mut servers = Vec::new();
         if s.server_address.is_empty() {
-            problems.push("server_address: at least one is required (IP:PORT)".into());
+            problems.push("server_address: at least one is required (HOST:PORT)".into());
         }
         for a in &s.server_address {
-            match a.parse::<SocketAddr>() {
+            match a.parse::<agent::server_address::ServerAddress>() {
                 Ok(addr) => servers.push(addr),
-                Err(e) => problems.push(format!("server_address {a:?}: {e} (expected IP:PORT)")),
+                Err(e) => problems.push(format!("server_address {a:?}: {e}")),
             }
         }
         if let Some(path) = s.join_token_file.take() {

@@ -423,3 +423,46 @@ fn an_agent_can_bootstrap_insecurely_for_development_only() {
             .then_some(())
     });
 }
+
+/// `--server-address` by DNS name: `localhost` stands for the server's
+/// loopback address (and `::1`, where nothing listens: the agent moves on).
+/// A malformed address is refused naming the problem.
+#[test]
+fn an_agent_finds_its_server_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(dir.path(), "0");
+    let admin = dir.path().join("admin.sock").display().to_string();
+    let pem = ok(&["bundle", "show", "--socket", &admin]);
+    std::fs::write(dir.path().join("bundle.pem"), pem).unwrap();
+    let token: serde_json::Value = serde_json::from_str(&ok(&[
+        "token", "generate", "--socket", &admin, "--output", "json",
+    ]))
+    .unwrap();
+    let by_name = addr.replace("127.0.0.1", "localhost");
+    let _agent = start_agent(dir.path(), &by_name, token["token"].as_str());
+    let agents: serde_json::Value = serde_json::from_str(&ok(&[
+        "agent", "list", "--socket", &admin, "--output", "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        agents["agents"].as_array().map(Vec::len),
+        Some(1),
+        "{agents}"
+    );
+
+    let out = run(&[
+        "agent",
+        "--server-address",
+        "signet_server:8081",
+        "--join-token",
+        "x",
+        "--insecure-bootstrap",
+        "--check-config",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server_address \"signet_server:8081\": \"signet_server\" is neither an IP address nor a DNS name"),
+        "{err}"
+    );
+}

@@ -24,10 +24,10 @@ pub(super) fn svid_expired(svid: &X509Svid) -> bool {
 
 pub(super) async fn attest(config: &AgentConfig) -> Result<Identity, AgentError> {
     let mut last = None;
-    for addr in &config.servers {
+    for addr in crate::server_address::resolve_all(&config.servers).await {
         let connected = match &config.bootstrap_bundle {
-            Some(b) => NodeClient::connect(*addr, b.clone(), None).await,
-            None => NodeClient::connect_insecure(*addr).await,
+            Some(b) => NodeClient::connect(addr, b.clone(), None).await,
+            None => NodeClient::connect_insecure(addr).await,
         };
         let mut client = match connected {
             Ok(c) => c,

@@ -19,6 +19,7 @@ mod demand;
 mod identity;
 pub mod lifecycle;
 pub mod node_client;
+pub mod server_address;
 pub mod workload_api;
 
 pub use demand::{Demand, StreamDemand};
@@ -35,6 +36,7 @@ use signet_identity::{Bundle, BundleSet, BundleSource, Entry, X509Svid};
 use tokio::sync::watch;
 
 use node_client::{ClientError, NodeClient};
+use server_address::ServerAddress;
 use signet_wire::bundle_from_wire;
 
 /// Entries per MintX509Svids call.
@@ -71,8 +73,9 @@ pub enum NodeAttestation {
 /// Agent settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Server addresses, tried in order.
-    pub servers: Vec<SocketAddr>,
+    /// Servers by name or IP, tried in order (a name's every address in
+    /// turn); names are resolved again at each reconnect.
+    pub servers: Vec<ServerAddress>,
     /// Bundle trusted for the server before the first attestation; `None`
     /// only with the insecure bootstrap (the server is not verified then).
     pub bootstrap_bundle: Option<Bundle>,
@@ -92,7 +95,7 @@ impl AgentConfig {
     /// agent and keeps nothing on disk.
     pub fn local(server_addr: SocketAddr, bundle: Bundle, svid_cache_size: usize) -> Self {
         AgentConfig {
-            servers: vec![server_addr],
+            servers: vec![server_addr.into()],
             bootstrap_bundle: Some(bundle),
             attestation: NodeAttestation::Preissued,
             data_dir: None,
@@ -250,15 +253,21 @@ async fn agent_loop(
         if *stop.borrow() {
             return;
         }
-        let addr = config.servers[server_index % config.servers.len()];
-        let outcome = tokio::select! {
-            r = session(&config, addr, &mut identity, &tx, &shared_client, &demand) => r,
-            _ = stop.changed() => return,
+        let addrs = server_address::resolve_all(&config.servers).await;
+        let outcome = match addrs.get(server_index % addrs.len().max(1)) {
+            Some(&addr) => tokio::select! {
+                r = session(&config, addr, &mut identity, &tx, &shared_client, &demand) => r.map_err(|e| (addr.to_string(), e)),
+                _ = stop.changed() => return,
+            },
+            None => Err((
+                "(none)".to_string(),
+                AgentError::Client(ClientError::Protocol("no server address resolves".into())),
+            )),
         };
         *shared_client.lock().await = None;
         match outcome {
             Ok(()) => backoff.reset(),
-            Err(AgentError::Refused(why)) => {
+            Err((_, AgentError::Refused(why))) => {
                 tracing::error!(reason = %why, "the server refuses this agent; no longer serving identities");
                 tx.send_modify(|s| {
                     let mut next = Snapshot {
@@ -287,7 +296,7 @@ async fn agent_loop(
                 let _ = stop.changed().await;
                 return;
             }
-            Err(e) => {
+            Err((addr, e)) => {
                 tracing::warn!(server = %addr, error = %e, retry_within = ?backoff.step(), "lost the server; serving cached SVIDs");
                 server_index += 1;
             }
