@@ -81,6 +81,10 @@ pub struct ServerSettings {
     /// Default JWT-SVID life [default: 5m].
     #[arg(long)]
     jwt_svid_ttl: Option<String>,
+    /// Life of each agent's own SVID; agents renew it at half-life, so an
+    /// agent whose SVID expired has been silent that long [default: 1h].
+    #[arg(long)]
+    agent_svid_ttl: Option<String>,
     /// Default join token life [default: 10m].
     #[arg(long)]
     join_token_ttl: Option<String>,
@@ -166,6 +170,7 @@ impl ServerSettings {
         let x509_ttl = duration("x509_svid_ttl", &s.x509_svid_ttl, "1h");
         let jwt_ttl = duration("jwt_svid_ttl", &s.jwt_svid_ttl, "5m");
         let token_ttl = duration("join_token_ttl", &s.join_token_ttl, "10m");
+        let agent_ttl = duration("agent_svid_ttl", &s.agent_svid_ttl, "1h");
         let mut key_type = |name: &str, v: &Option<String>| {
             v.as_deref()
                 .unwrap_or("ec-p256")
@@ -179,6 +184,7 @@ impl ServerSettings {
             ("ca_ttl", ca_ttl),
             ("x509_svid_ttl", x509_ttl),
             ("jwt_svid_ttl", jwt_ttl),
+            ("agent_svid_ttl", agent_ttl),
         ] {
             if d.is_zero() {
                 problems.push(format!("{name} must be longer than zero"));
@@ -238,6 +244,7 @@ impl ServerSettings {
         config.ca.jwt_svid_ttl = jwt_ttl;
         config.ca.jwt_issuer = s.jwt_issuer;
         config.join_token_ttl = token_ttl;
+        config.agent_svid_ttl = agent_ttl;
         if let Some(id) = s.server_id {
             config.server_id = id;
         }

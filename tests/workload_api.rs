@@ -203,6 +203,10 @@ struct Split {
 }
 
 fn start_server(dir: &std::path::Path, port: &str) -> (Proc, String) {
+    start_server_with(dir, port, &[])
+}
+
+fn start_server_with(dir: &std::path::Path, port: &str, extra: &[&str]) -> (Proc, String) {
     let admin = dir.join("admin.sock").display().to_string();
     let mut cmd = signet();
     cmd.args(["server", "--data-dir"])
@@ -212,7 +216,8 @@ fn start_server(dir: &std::path::Path, port: &str) -> (Proc, String) {
             &admin,
             "--bind-address",
             &format!("127.0.0.1:{port}"),
-        ]);
+        ])
+        .args(extra);
     let mut proc = Proc::spawn("signet-server", cmd, dir);
     let banner = proc.wait_for("Press Ctrl-C");
     let addr = agent_api_addr(&banner).to_string();
@@ -465,4 +470,100 @@ fn an_agent_finds_its_server_by_name() {
         err.contains("server_address \"signet_server:8081\": \"signet_server\" is neither an IP address nor a DNS name"),
         "{err}"
     );
+}
+
+/// Node hygiene: an agent that stopped renewing shows as expired, is
+/// counted and filtered, and `agent purge` evicts it (a dry run first
+/// evicts nothing); a live agent stays.
+#[test]
+fn silent_agents_are_listed_counted_and_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server_with(dir.path(), "0", &["--agent-svid-ttl", "4s"]);
+    let admin = dir.path().join("admin.sock").display().to_string();
+    let pem = ok(&["bundle", "show", "--socket", &admin]);
+    std::fs::write(dir.path().join("bundle.pem"), pem).unwrap();
+    let token = |id: &str| {
+        let t: serde_json::Value = serde_json::from_str(&ok(&[
+            "token",
+            "generate",
+            "--socket",
+            &admin,
+            "--spiffe-id",
+            id,
+            "--output",
+            "json",
+        ]))
+        .unwrap();
+        t["token"].as_str().unwrap().to_owned()
+    };
+    let gone_dir = dir.path().join("gone");
+    std::fs::create_dir_all(&gone_dir).unwrap();
+    std::fs::copy(dir.path().join("bundle.pem"), gone_dir.join("bundle.pem")).unwrap();
+    let mut gone = start_agent(
+        &gone_dir,
+        &addr,
+        Some(&token("spiffe://example.org/node/gone")),
+    );
+    let _live = start_agent(
+        dir.path(),
+        &addr,
+        Some(&token("spiffe://example.org/node/live")),
+    );
+    let count = |extra: &[&str]| {
+        let mut args = vec!["agent", "count", "--socket", &admin, "--output", "json"];
+        args.extend(extra);
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        v["count"].as_u64().unwrap()
+    };
+    assert_eq!(count(&[]), 2);
+    assert_eq!(count(&["--attestation-type", "join_token"]), 2);
+    assert_eq!(count(&["--attestation-type", "x509pop"]), 0);
+    gone.signal_and_wait("TERM");
+    eventually("the stopped agent's SVID to expire", || {
+        (count(&["--expired"]) == 1).then_some(())
+    });
+    let list: serde_json::Value = serde_json::from_str(&ok(&[
+        "agent",
+        "list",
+        "--expired",
+        "--socket",
+        &admin,
+        "--output",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        list["agents"][0]["spiffe_id"],
+        "spiffe://example.org/node/gone"
+    );
+
+    let purge = |extra: &[&str]| {
+        let mut args = vec![
+            "agent",
+            "purge",
+            "--expired-for",
+            "0s",
+            "--socket",
+            &admin,
+            "--output",
+            "json",
+        ];
+        args.extend(extra);
+        serde_json::from_str::<serde_json::Value>(&ok(&args)).unwrap()
+    };
+    let dry = purge(&["--dry-run"]);
+    assert_eq!(
+        dry["purged"],
+        serde_json::json!(["spiffe://example.org/node/gone"])
+    );
+    assert_eq!(count(&[]), 2, "a dry run evicts nothing");
+    // Not silent long enough yet for a day's grace.
+    let none: serde_json::Value = serde_json::from_str(&ok(&[
+        "agent", "purge", "--socket", &admin, "--output", "json",
+    ]))
+    .unwrap();
+    assert_eq!(none["purged"], serde_json::json!([]));
+    purge(&[]);
+    assert_eq!(count(&[]), 1);
+    assert_eq!(count(&["--expired"]), 0);
 }

@@ -1,4 +1,5 @@
-//! `signet token` and `signet agent` (list, show, evict, ban).
+//! `signet token` and `signet agent` (list, count, show, evict, ban,
+//! purge).
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -22,10 +23,63 @@ pub enum TokenCmd {
     },
 }
 
+/// Which agents a listing, count or purge takes.
+#[derive(Debug, Default, clap::Args)]
+pub struct AgentFilter {
+    /// Only agents attested this way (join_token, x509pop, local).
+    #[arg(long)]
+    attestation_type: Option<String>,
+    /// Only banned agents.
+    #[arg(long)]
+    banned: bool,
+    /// Only agents whose SVID has expired (they have not renewed it).
+    #[arg(long)]
+    expired: bool,
+    /// Only agents with this selector (repeatable: all of them).
+    #[arg(long = "selector")]
+    selectors: Vec<String>,
+}
+
+impl AgentFilter {
+    fn keeps(&self, a: &signet_wire::types::AttestedNode, now: i64) -> bool {
+        self.attestation_type
+            .as_ref()
+            .is_none_or(|t| a.attestor == *t)
+            && (!self.banned || a.banned)
+            && (!self.expired || a.svid_expires_at <= now)
+            && self.selectors.iter().all(|s| a.selectors.contains(s))
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AgentCmd {
     /// List attested agents.
-    List,
+    List {
+        #[command(flatten)]
+        filter: AgentFilter,
+    },
+    /// Count attested agents.
+    Count {
+        #[command(flatten)]
+        filter: AgentFilter,
+    },
+    /// Evict the agents that have not renewed their SVID for this long after
+    /// it expired (they are gone, or cut off): they must attest again to
+    /// come back. `signet run`'s own agent is never purged.
+    Purge {
+        /// How long after its SVID expired an agent counts as gone.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        expired_for: std::time::Duration,
+        /// Say which agents would go, evict none.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show one agent.
     Show {
         /// The agent's SPIFFE ID (`signet agent list` shows them).
@@ -73,13 +127,17 @@ pub async fn token(cmd: TokenCmd, opts: AdminOpts) -> anyhow::Result<()> {
 pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
     let mut c = client(&opts).await?;
     match cmd {
-        AgentCmd::List => {
-            let agents = c
+        AgentCmd::List { filter } => {
+            let now = unix_now();
+            let agents: Vec<_> = c
                 .list_agents(ListAgentsRequest {})
                 .await
                 .map_err(status)?
                 .into_inner()
-                .agents;
+                .agents
+                .into_iter()
+                .filter(|a| filter.keeps(a, now))
+                .collect();
             match opts.output {
                 Output::Json => println!(
                     "{}",
@@ -94,6 +152,63 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
                     agents.iter().for_each(|a| print_node(Output::Text, a));
                 }
             }
+        }
+        AgentCmd::Count { filter } => {
+            let now = unix_now();
+            let n = c
+                .list_agents(ListAgentsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .agents
+                .iter()
+                .filter(|a| filter.keeps(a, now))
+                .count();
+            opts.output.print(
+                json!({ "count": n }),
+                format_args!("{n} attested agent{}", if n == 1 { "" } else { "s" }),
+            );
+        }
+        AgentCmd::Purge {
+            expired_for,
+            dry_run,
+        } => {
+            let before =
+                unix_now().saturating_sub(i64::try_from(expired_for.as_secs()).unwrap_or(i64::MAX));
+            let gone: Vec<_> = c
+                .list_agents(ListAgentsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .agents
+                .into_iter()
+                .filter(|a| {
+                    a.svid_expires_at <= before
+                        && !a.spiffe_id.ends_with(signet_server::LOCAL_AGENT_PATH)
+                })
+                .collect();
+            let mut purged = Vec::new();
+            for a in gone {
+                if !dry_run {
+                    c.evict_agent(AgentRequest {
+                        spiffe_id: a.spiffe_id.clone(),
+                    })
+                    .await
+                    .map_err(status)?;
+                }
+                purged.push(a.spiffe_id);
+            }
+            let verb = if dry_run { "Would purge" } else { "Purged" };
+            opts.output.print(
+                json!({ "purged": purged, "dry_run": dry_run }),
+                format_args!(
+                    "{verb} {} agent{}{}{}",
+                    purged.len(),
+                    if purged.len() == 1 { "" } else { "s" },
+                    if purged.is_empty() { "" } else { ":\n  " },
+                    purged.join("\n  ")
+                ),
+            );
         }
         AgentCmd::Show { spiffe_id } => {
             let agents = c
