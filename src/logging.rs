@@ -5,6 +5,7 @@
 use std::fmt;
 
 use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -12,17 +13,63 @@ use tracing_subscriber::registry::LookupSpan;
 /// The `tracing` target of policy audit records (`signet_policy::audit`).
 const AUDIT_TARGET: &str = "signet::policy::audit";
 
+/// Sets up logging with `filter` (falling back to `info` if it does not
+/// parse), changeable at run time through the admin API.
 pub fn init(filter: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let launch = if EnvFilter::try_new(filter).is_ok() {
+        filter.to_owned()
     } else {
-        builder.json().map_event_format(RecordAsObject).init();
+        "info".to_owned()
+    };
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&launch));
+    let registry = tracing_subscriber::registry().with(layer);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        registry.with(fmt).init();
+    } else {
+        registry
+            .with(fmt.json().map_event_format(RecordAsObject))
+            .init();
+    }
+    signet_server::logger::install(Box::new(Reloadable {
+        handle,
+        current: std::sync::Mutex::new(launch.clone()),
+        launch,
+    }));
+}
+
+type Handle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The filter layer's reload handle, and the filter texts.
+struct Reloadable {
+    handle: Handle,
+    current: std::sync::Mutex<String>,
+    launch: String,
+}
+
+impl signet_server::logger::LogControl for Reloadable {
+    fn current(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn launch(&self) -> String {
+        self.launch.clone()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = filter.to_owned();
+        Ok(())
     }
 }
 

@@ -82,6 +82,13 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// The server's log filter: get, set, reset while it runs.
+    Logger {
+        #[command(subcommand)]
+        cmd: admin_cli::LoggerCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
     /// Join tokens for agent attestation.
     Token {
         #[command(subcommand)]
@@ -227,6 +234,7 @@ fn main() -> ExitCode {
             Command::Api { cmd, opts } => api_cli::run(cmd, opts).await,
             Command::Entry { cmd, opts } => admin_cli::entry(cmd, opts).await,
             Command::Token { cmd, opts } => admin_cli::token(cmd, opts).await,
+            Command::Logger { cmd, opts } => admin_cli::logger(cmd, opts).await,
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::Federation { cmd, opts } => admin_cli::federation(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,

@@ -555,6 +555,33 @@ impl Admin for AdminService {
         Ok(Response::new(MintJwtSvidResponse { token, expires_at }))
     }
 
+    async fn get_logger(&self, _: Request<GetLoggerRequest>) -> Result<Response<Logger>, Status> {
+        let control = log_control()?;
+        Ok(Response::new(Logger {
+            filter: control.current(),
+            launch_filter: control.launch(),
+        }))
+    }
+
+    async fn set_logger(&self, req: Request<SetLoggerRequest>) -> Result<Response<Logger>, Status> {
+        let control = log_control()?;
+        let asked = req.into_inner().filter;
+        let filter = if asked.trim().is_empty() {
+            control.launch()
+        } else {
+            asked
+        };
+        let before = control.current();
+        control
+            .set(&filter)
+            .map_err(|e| Status::invalid_argument(format!("log filter {filter:?}: {e}")))?;
+        tracing::warn!(from = %before, to = %filter, "log filter changed through the admin API");
+        Ok(Response::new(Logger {
+            filter: control.current(),
+            launch_filter: control.launch(),
+        }))
+    }
+
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         let store = self.server.store();
         let entries = store.count_entries().await.map_err(ServerError::from)?;
@@ -566,6 +593,11 @@ impl Admin for AdminService {
             agents,
         }))
     }
+}
+
+fn log_control() -> Result<&'static dyn crate::logger::LogControl, Status> {
+    crate::logger::control()
+        .ok_or_else(|| Status::unavailable("this process does not let its log filter change"))
 }
 
 /// What `entry` will not do as written though it is valid: an X509-SVID

@@ -28,6 +28,7 @@ pub mod federation;
 mod https;
 pub mod key_manager;
 pub mod lifecycle;
+pub mod logger;
 pub mod node;
 pub mod oidc;
 
