@@ -42,6 +42,19 @@ fn envoy_in_front_of_an_app(dir: &std::path::Path, socket: &str) -> (Proc, envoy
     (app, envoy, url)
 }
 
+/// The `/metrics` on `port` holds each of `wants`, the policy revision and
+/// the evaluation time.
+fn assert_metrics(port: u16, wants: &[&str]) {
+    let metrics = signet_testkit::http::get(port, "/metrics");
+    let always = [
+        "signet_authz_policy_info{revision=",
+        "signet_authz_eval_seconds",
+    ];
+    for want in wants.iter().chain(&always) {
+        assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    }
+}
+
 #[test]
 fn envoy_asks_signet_and_does_what_the_policy_says() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,16 +110,14 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
     assert_eq!(code, 401);
 
     // The agent's health endpoint counts the checks and names the policy.
-    let metrics = signet_testkit::http::get(health.port(), "/metrics");
-    for want in [
-        r#"signet_authz_checks_total{result="allow"} 2"#,
-        r#"signet_authz_checks_total{result="deny"} 2"#,
-        "signet_authz_policy_info{revision=",
-        "signet_authz_eval_seconds",
-        "signet_agent_healthy 1",
-    ] {
-        assert!(metrics.contains(want), "no {want} in\n{metrics}");
-    }
+    assert_metrics(
+        health.port(),
+        &[
+            r#"signet_authz_checks_total{result="allow"} 2"#,
+            r#"signet_authz_checks_total{result="deny"} 2"#,
+            "signet_agent_healthy 1",
+        ],
+    );
     let (code, _) = curl(&format!("http://{health}/ready"));
     assert_eq!(code, 200);
 
@@ -151,15 +162,13 @@ fn signet_authz_serves_envoy_alone_and_follows_policy_edits() {
         })
         .collect();
     assert_eq!(paths, ["/public/hello", "/private"], "{logged}");
-    let metrics = signet_testkit::http::get(admin.port(), "/metrics");
-    for want in [
-        r#"signet_authz_checks_total{result="allow"} 1"#,
-        r#"signet_authz_checks_total{result="deny"} 1"#,
-        "signet_authz_policy_info{revision=",
-        "signet_authz_eval_seconds",
-    ] {
-        assert!(metrics.contains(want), "no {want} in\n{metrics}");
-    }
+    assert_metrics(
+        admin.port(),
+        &[
+            r#"signet_authz_checks_total{result="allow"} 1"#,
+            r#"signet_authz_checks_total{result="deny"} 1"#,
+        ],
+    );
 
     // An edit that allows /private too: reloaded, taken.
     let edited = POLICY.replace(

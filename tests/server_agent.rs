@@ -571,3 +571,52 @@ fn a_standalone_server_says_what_a_parent_is_and_why_a_token_is_refused() {
         "{err}"
     );
 }
+
+/// The node API takes an agent's SVID under any ID a join token may give
+/// (inside or outside Signet's agent path), so it must tell agents from
+/// workloads by the node record: a workload's X509-SVID, even one minted
+/// for an attested agent's own ID, is refused on every call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_svid_cannot_act_as_an_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let custom = "spiffe://example.org/node/web-1";
+    let token = server.json(&["token", "generate", "--spiffe-id", custom])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut agent_client, id) = agent(&server, AttestWith::JoinToken(&token)).await;
+    assert_eq!(id, custom);
+    agent_client
+        .subscribe()
+        .await
+        .expect("the agent itself is served");
+
+    for (name, as_id) in [("web", "spiffe://example.org/web"), ("twin", custom)] {
+        let out = dir.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        server.admin(&[
+            "x509",
+            "mint",
+            "--spiffe-id",
+            as_id,
+            "--write",
+            out.to_str().unwrap(),
+        ]);
+        let svid = signet_identity::X509Svid::from_pem(
+            &std::fs::read(out.join("svid.pem")).unwrap(),
+            &std::fs::read(out.join("svid_key.pem")).unwrap(),
+        )
+        .unwrap();
+        let mut c = NodeClient::connect(server.addr, server.bundle(), Some(&svid))
+            .await
+            .unwrap();
+        let why = denied(c.subscribe().await.map(|_| ()));
+        let want = if name == "web" {
+            "is not attested"
+        } else {
+            "no longer current"
+        };
+        assert!(why.contains(want), "{as_id}: {why}");
+    }
+}

@@ -474,7 +474,8 @@ fn an_agent_finds_its_server_by_name() {
 
 /// Node hygiene: an agent that stopped renewing shows as expired, is
 /// counted and filtered, and `agent purge` evicts it (a dry run first
-/// evicts nothing); a live agent stays.
+/// evicts nothing); a live agent stays. Both agents have IDs a join token
+/// gave them outside Signet's agent path, as the README shows.
 #[test]
 fn silent_agents_are_listed_counted_and_purged() {
     let dir = tempfile::tempdir().unwrap();

@@ -582,8 +582,13 @@ pub async fn serve_node(
     let verifier = Arc::new(
         SpiffeVerifier::new(
             bundles.clone(),
+            // An agent's ID: under the agent prefix, or any ID outside
+            // Signet's reserved path that a join token gave it (as
+            // `create_join_token` allows). Every call then checks the peer
+            // is an attested node presenting its current SVID.
             Arc::new(move |id: &SpiffeId| {
-                id.is_member_of(&td) && id.path().starts_with(AGENT_ID_PREFIX)
+                id.is_member_of(&td)
+                    && (id.path().starts_with(AGENT_ID_PREFIX) || !id.is_reserved())
             }),
         )
         .client_auth_required(false),

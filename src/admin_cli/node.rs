@@ -124,20 +124,27 @@ pub async fn token(cmd: TokenCmd, opts: AdminOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The attested agents `keep` takes.
+async fn agents_where(
+    c: &mut admin_client::AdminClient<tonic::transport::Channel>,
+    keep: impl Fn(&signet_wire::types::AttestedNode) -> bool,
+) -> anyhow::Result<Vec<signet_wire::types::AttestedNode>> {
+    Ok(c.list_agents(ListAgentsRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .agents
+        .into_iter()
+        .filter(|a| keep(a))
+        .collect())
+}
+
 pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
     let mut c = client(&opts).await?;
     match cmd {
         AgentCmd::List { filter } => {
             let now = unix_now();
-            let agents: Vec<_> = c
-                .list_agents(ListAgentsRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .agents
-                .into_iter()
-                .filter(|a| filter.keeps(a, now))
-                .collect();
+            let agents = agents_where(&mut c, |a| filter.keeps(a, now)).await?;
             match opts.output {
                 Output::Json => println!(
                     "{}",
@@ -155,15 +162,7 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
         }
         AgentCmd::Count { filter } => {
             let now = unix_now();
-            let n = c
-                .list_agents(ListAgentsRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .agents
-                .iter()
-                .filter(|a| filter.keeps(a, now))
-                .count();
+            let n = agents_where(&mut c, |a| filter.keeps(a, now)).await?.len();
             opts.output.print(
                 json!({ "count": n }),
                 format_args!("{n} attested agent{}", if n == 1 { "" } else { "s" }),
@@ -175,18 +174,11 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
         } => {
             let before =
                 unix_now().saturating_sub(i64::try_from(expired_for.as_secs()).unwrap_or(i64::MAX));
-            let gone: Vec<_> = c
-                .list_agents(ListAgentsRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .agents
-                .into_iter()
-                .filter(|a| {
-                    a.svid_expires_at <= before
-                        && !a.spiffe_id.ends_with(signet_server::LOCAL_AGENT_PATH)
-                })
-                .collect();
+            let gone = agents_where(&mut c, |a| {
+                a.svid_expires_at <= before
+                    && !a.spiffe_id.ends_with(signet_server::LOCAL_AGENT_PATH)
+            })
+            .await?;
             let mut purged = Vec::new();
             for a in gone {
                 if !dry_run {
@@ -211,15 +203,9 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
             );
         }
         AgentCmd::Show { spiffe_id } => {
-            let agents = c
-                .list_agents(ListAgentsRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .agents;
+            let agents = agents_where(&mut c, |a| a.spiffe_id == spiffe_id).await?;
             let a = agents
-                .iter()
-                .find(|a| a.spiffe_id == spiffe_id)
+                .first()
                 .with_context(|| format!("no attested agent {spiffe_id}"))?;
             print_node(opts.output, a);
         }
