@@ -225,7 +225,10 @@ pub fn agent_lines(
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn serve(r: ResolvedAgent) -> anyhow::Result<()> {
+pub async fn serve(mut r: ResolvedAgent) -> anyhow::Result<()> {
+    if let Some(authz) = r.authz.as_mut() {
+        authz.serve_own_listener().await?;
+    }
     let services = agent_services(r.sds, r.authz.as_ref().map(|a| a.service.clone()));
     let health = r
         .health

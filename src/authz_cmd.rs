@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
+use crate::authz_listen::Listen;
 use crate::authz_settings::AuthzSettings;
 
 #[derive(Debug, Args)]
@@ -47,29 +47,8 @@ pub struct AuthzArgs {
     admin_listen: Option<SocketAddr>,
 }
 
-enum Listen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-fn parse_listen(s: &str) -> anyhow::Result<Listen> {
-    if let Some(path) = s
-        .strip_prefix("unix://")
-        .or_else(|| s.strip_prefix("unix:"))
-    {
-        anyhow::ensure!(
-            path.starts_with('/'),
-            "--listen {s}: a Unix socket path must be absolute"
-        );
-        return Ok(Listen::Unix(PathBuf::from(path)));
-    }
-    s.parse()
-        .map(Listen::Tcp)
-        .with_context(|| format!("--listen {s:?}: expected IP:PORT or unix:/PATH"))
-}
-
 pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
-    let listen = parse_listen(&args.listen)?;
+    let listen = Listen::parse("--listen", &args.listen)?;
     let authz = AuthzSettings::new(args.policy, args.entrypoint, args.dry_run)
         .with_decision_log(args.decision_log, args.log_mask)
         .with_decision_cache(args.decision_cache)
@@ -79,8 +58,6 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
     let metrics = recorder.handle();
     metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
     let shutdown = crate::signals::shutdown()?;
-    let server =
-        tonic::transport::Server::builder().add_service(authz.service.clone().into_service());
     println!("signet authz is running");
     println!("  policy         {}", authz.describe());
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -104,35 +81,13 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
             let _ = admin_stopped.await;
         }));
     }
-    match listen {
-        Listen::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            println!(
-                "  listen         {} (gRPC envoy.service.auth.v3.Authorization)",
-                listener.local_addr()?
-            );
-            println!("Press Ctrl-C to stop.");
-            server
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                .await?;
-        }
-        Listen::Unix(path) => {
-            let listener = signet_unix::bind(&path, 0o666, 0o755)
-                .with_context(|| format!("cannot listen on {}", path.display()))?;
-            let identity = signet_unix::socket_identity(&path);
-            println!(
-                "  listen         unix:{} (gRPC envoy.service.auth.v3.Authorization)",
-                path.display()
-            );
-            println!("Press Ctrl-C to stop.");
-            server
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                .await?;
-            signet_unix::remove_if_ours(&path, identity);
-        }
-    }
+    let bound = listen.bind().await?;
+    println!(
+        "  listen         {} (gRPC envoy.service.auth.v3.Authorization)",
+        bound.describe()
+    );
+    println!("Press Ctrl-C to stop.");
+    bound.serve(authz.service.clone(), shutdown).await?;
     let _ = stop_admin.send(());
     println!("signet authz stopped");
     Ok(())

@@ -56,6 +56,11 @@ pub struct AuthzSettings {
     /// [default: 10000].
     #[arg(long = "authz-decision-cache", id = "authz_decision_cache")]
     decision_cache: Option<usize>,
+    /// Also serve Check on a listener of its own: IP:PORT (plain gRPC;
+    /// loopback or a trusted network) or unix:/PATH, for Envoys that do
+    /// not reach the agent socket. Config file: `listen` in `[authz]`.
+    #[arg(long = "authz-listen", id = "authz_listen")]
+    listen: Option<String>,
 }
 
 /// The ext_authz service with its policy watched for changes.
@@ -65,6 +70,13 @@ pub struct AgentAuthz {
     pub policy: PathBuf,
     pub entrypoint: String,
     pub dry_run: bool,
+    /// `--authz-listen`, until bound.
+    listen: Option<crate::authz_listen::Listen>,
+    /// Where it is bound, once it is.
+    serving_on: Option<String>,
+    /// Ends the listener's server (and removes its Unix socket) when the
+    /// agent goes.
+    _stop_listener: Option<tokio::sync::oneshot::Sender<()>>,
     _watch: WatchGuard,
 }
 
@@ -100,11 +112,17 @@ impl AuthzSettings {
                     && !self.dry_run
                     && self.decision_log.is_none()
                     && self.log_mask.is_empty()
-                    && self.decision_cache.is_none(),
-                "authz: entrypoint, dry_run, decision_log, log_mask and decision_cache need policy (--authz-policy)"
+                    && self.decision_cache.is_none()
+                    && self.listen.is_none(),
+                "authz: entrypoint, dry_run, decision_log, log_mask, decision_cache and listen need policy (--authz-policy)"
             );
             return Ok(None);
         };
+        let listen = self
+            .listen
+            .as_deref()
+            .map(|s| crate::authz_listen::Listen::parse("authz_listen (--authz-listen)", s))
+            .transpose()?;
         let entrypoint = self
             .entrypoint
             .unwrap_or_else(|| DEFAULT_ENTRYPOINT.to_owned());
@@ -127,6 +145,9 @@ impl AuthzSettings {
             policy: path,
             entrypoint,
             dry_run: self.dry_run,
+            listen,
+            serving_on: None,
+            _stop_listener: None,
             _watch: watch,
         }))
     }
@@ -136,15 +157,44 @@ impl AgentAuthz {
     /// The banner's line.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({}){}",
+            "{} ({}){}{}",
             self.policy.display(),
             self.entrypoint,
             if self.dry_run {
                 ", DRY RUN: denials are allowed and logged"
             } else {
                 ""
-            }
+            },
+            self.serving_on
+                .as_ref()
+                .map(|on| format!("; also on {on}"))
+                .unwrap_or_default()
         )
+    }
+
+    /// Binds `--authz-listen`, if given, and serves Check there until the
+    /// agent goes; a listener that cannot bind fails the start.
+    pub async fn serve_own_listener(&mut self) -> anyhow::Result<()> {
+        let Some(listen) = self.listen.take() else {
+            return Ok(());
+        };
+        let bound = listen
+            .bind()
+            .await
+            .context("authz_listen (--authz-listen)")?;
+        self.serving_on = Some(bound.describe());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        self._stop_listener = Some(stop);
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = bound.serve(service, shutdown).await {
+                tracing::error!(error = %e, "authz listener failed");
+            }
+        });
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ mod admin_cli;
 mod agent_cmd;
 mod api_cli;
 mod authz_cmd;
+mod authz_listen;
 mod authz_settings;
 mod banner;
 mod demo_cmd;
@@ -54,6 +55,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size difference between variants is moot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the combined server and agent: embedded SQLite, self-signed CA, zero config.

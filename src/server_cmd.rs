@@ -325,7 +325,7 @@ struct Combined {
 
 async fn start_combined(
     mut config: RunConfig,
-    local: LocalAgent,
+    mut local: LocalAgent,
     socket: PathBuf,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Combined> {
@@ -334,6 +334,9 @@ async fn start_combined(
         .trust_domain()
         .id_with_path(LOCAL_AGENT_PATH)?;
     config.server.default_parent_id = Some(agent_id.clone());
+    if let Some(authz) = local.authz.as_mut() {
+        authz.serve_own_listener().await?;
+    }
     let server = signet_server::start(config, stop.clone()).await?;
     let issued = server
         .server

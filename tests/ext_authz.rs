@@ -35,9 +35,14 @@ allow := {"allowed": true, "headers": {"x-user": input.parsed_body.user}} if {
 /// returns both and the Envoy listener's URL.
 fn envoy_in_front_of_an_app(dir: &std::path::Path, socket: &str) -> (Proc, envoy::Envoy, String) {
     let (app, port) = start_app(dir);
-    let cfg = dir.join("envoy-authz.json");
+    // Named after the socket, so two of them in one test do not collide.
+    let stem = std::path::Path::new(socket)
+        .file_stem()
+        .map_or("authz".into(), |s| s.to_string_lossy().into_owned());
+    let name = format!("envoy-{stem}");
+    let cfg = dir.join(format!("{name}.json"));
     std::fs::write(&cfg, envoy::bootstrap::ext_authz(socket, port)).unwrap();
-    let envoy = envoy::start("envoy-authz", &envoy::binary(dir), &cfg, uid(), dir, &[]);
+    let envoy = envoy::start(&name, &envoy::binary(dir), &cfg, uid(), dir, &[]);
     let url = format!("http://127.0.0.1:{}", envoy.listener_port("authz"));
     (app, envoy, url)
 }
@@ -60,6 +65,9 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("authz.rego");
     std::fs::write(&policy, POLICY).unwrap();
+    // Also on a socket of its own (--authz-listen), for Envoys that do not
+    // reach the agent socket.
+    let own = dir.path().join("own-authz.sock");
     let mut c = Combined::start(
         dir.path(),
         &[
@@ -67,6 +75,8 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
             policy.to_str().unwrap(),
             "--health-listen",
             "127.0.0.1:0",
+            "--authz-listen",
+            &format!("unix:{}", own.display()),
         ],
     );
     let health = c.proc.reported_addr("health");
@@ -109,12 +119,21 @@ fn envoy_asks_signet_and_does_what_the_policy_says() {
     let (code, _) = post("mallory");
     assert_eq!(code, 401);
 
+    // The same decisions on the agent's own ext_authz listener.
+    assert!(
+        banner.contains(&format!("also on unix:{}", own.display())),
+        "{banner}"
+    );
+    let (_app2, _envoy2, url2) = envoy_in_front_of_an_app(dir.path(), own.to_str().unwrap());
+    assert_eq!(curl(&format!("{url2}/public/hello")).0, 200);
+    assert_eq!(curl(&format!("{url2}/private")).0, 401);
+
     // The agent's health endpoint counts the checks and names the policy.
     assert_metrics(
         health.port(),
         &[
-            r#"signet_authz_checks_total{result="allow"} 2"#,
-            r#"signet_authz_checks_total{result="deny"} 2"#,
+            r#"signet_authz_checks_total{result="allow"} 3"#,
+            r#"signet_authz_checks_total{result="deny"} 3"#,
             "signet_agent_healthy 1",
         ],
     );
