@@ -193,10 +193,7 @@ fn b64(bytes: &[u8]) -> Value {
 /// A big-endian unsigned integer as a JSON number (exact up to 2^64, a float
 /// above, where JSON numbers stop being exact anyway).
 fn big_number(bytes: &[u8]) -> Value {
-    let trimmed = bytes
-        .iter()
-        .position(|b| *b != 0)
-        .map_or(&[][..], |i| &bytes[i..]);
+    let trimmed = crate::jwt::strip_leading_zeros(bytes);
     if trimmed.len() <= 8 {
         let mut n = 0u64;
         for b in trimmed {

@@ -312,7 +312,8 @@ fn key_from_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<P
     }
 }
 
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+/// A big-endian integer without its leading zero bytes.
+pub(crate) fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
     &b[first..]
 }

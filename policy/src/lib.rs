@@ -725,9 +725,7 @@ impl PolicyHandle {
             }
         }
     }
-}
 
-impl PolicyHandle {
     /// Lays `value` over the data as `data.<key>` and reloads, unless it
     /// is already there. A failed reload keeps the revision in force (and
     /// the new value, for the next reload).

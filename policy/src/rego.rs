@@ -272,6 +272,15 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
 }
 
 fn new_engine(sources: &[(PathBuf, String)], data: &Value) -> Result<regorus::Engine, PolicyError> {
+    new_engine_and_calls(sources, data).map(|(engine, _)| engine)
+}
+
+/// The engine, and every function its policies call (checked: none is
+/// missing).
+fn new_engine_and_calls(
+    sources: &[(PathBuf, String)],
+    data: &Value,
+) -> Result<(regorus::Engine, Vec<String>), PolicyError> {
     let mut engine = regorus::Engine::new();
     // OPA's glob.match on our per-thread compiled-pattern cache (regorus'
     // own rebuilds its matcher's DFA on every call).
@@ -297,7 +306,8 @@ fn new_engine(sources: &[(PathBuf, String)], data: &Value) -> Result<regorus::En
             .add_policy(path.display().to_string(), text.clone())
             .map_err(|e| PolicyError::Rego(format!("{e}")))?;
     }
-    if let Some(name) = unknown_builtins(&engine)?.into_iter().next() {
+    let (calls, functions) = calls(&engine)?;
+    if let Some(name) = unknown_builtins(&calls, &functions).into_iter().next() {
         return Err(PolicyError::MissingBuiltin(name));
     }
     if !data.is_null() {
@@ -305,7 +315,7 @@ fn new_engine(sources: &[(PathBuf, String)], data: &Value) -> Result<regorus::En
             .add_data(regorus::Value::from(data.clone()))
             .map_err(|e| PolicyError::Data(format!("{e}")))?;
     }
-    Ok(engine)
+    Ok((engine, calls))
 }
 
 /// A host builtin as a regorus extension. Its errors make the call
@@ -336,22 +346,25 @@ const STUBS: &[&str] = &["http.send"];
 /// regorus builtin, nor one of Signet's: OPA refuses such a policy when it
 /// compiles it, and so does Signet at load, rather than denying every
 /// request at evaluation.
-fn unknown_builtins(engine: &regorus::Engine) -> Result<Vec<String>, PolicyError> {
-    let (calls, functions) = calls(engine)?;
+fn unknown_builtins(
+    calls: &[String],
+    functions: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
     let last = |path: &str| path.rsplit('.').next().unwrap_or(path).to_string();
     let mut unknown: Vec<String> = calls
-        .into_iter()
+        .iter()
         .filter(|c| {
-            c != "print"
+            *c != "print"
                 && (!regorus::unstable::BUILTINS.contains_key(c.as_str())
                     || STUBS.contains(&c.as_str()))
                 && crate::builtins::lookup(c).is_none()
                 && !functions.contains(&last(c))
         })
+        .cloned()
         .collect();
     unknown.sort();
     unknown.dedup();
-    Ok(unknown)
+    unknown
 }
 
 /// Every function the policies call, and the last path segment of every
@@ -434,7 +447,7 @@ impl RegoPolicy {
         entrypoint: &str,
         limits: Limits,
     ) -> Result<Self, PolicyError> {
-        let mut template = new_engine(sources, data)?;
+        let (mut template, calls) = new_engine_and_calls(sources, data)?;
         let timer = ExecutionTimerConfig {
             limit: limits.deadline,
             check_interval: DEADLINE_CHECK_INTERVAL,
@@ -481,8 +494,7 @@ impl RegoPolicy {
             // A path inside a rule's value (or a parent of packages).
             Query::Document(rule)
         };
-        let deterministic = calls(&template)?
-            .0
+        let deterministic = calls
             .iter()
             .all(|c| !NONDETERMINISTIC.contains(&c.as_str()));
         let policy = RegoPolicy {
@@ -503,7 +515,6 @@ impl RegoPolicy {
         self.packages.clone()
     }
 
-    /// Evaluates the entrypoint; `None` when it is undefined.
     /// What of `input` decides, when a decision depends on nothing else:
     /// the parts the policy can read, if that is not all of it and no
     /// builtin it calls looks at the clock, chance or the network.
@@ -514,6 +525,7 @@ impl RegoPolicy {
         Some(kept_json(input, &self.input))
     }
 
+    /// Evaluates the entrypoint; `None` when it is undefined.
     pub(crate) fn eval(&self, input: &Value) -> Result<Option<Value>, PolicyError> {
         let value = self.eval_interpreter(to_regorus_kept(input, &self.input))?;
         if value == regorus::Value::Undefined {
