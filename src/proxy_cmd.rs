@@ -59,9 +59,17 @@ enum ProxyMode {
 
 #[derive(Debug, Args)]
 struct ListenerFlags {
-    /// Address to listen on, e.g. 0.0.0.0:8443.
+    /// Address to listen on: IP:PORT (e.g. 0.0.0.0:8443) or unix:/PATH (a
+    /// socket in a directory only this user or root can write to).
     #[arg(long)]
     listen: String,
+    /// A unix: listen socket's mode, octal [default: 0660].
+    #[arg(long)]
+    listen_mode: Option<String>,
+    /// A unix: listen socket's owner: USER, USER:GROUP or :GROUP (names or
+    /// numeric IDs).
+    #[arg(long)]
+    listen_owner: Option<String>,
     /// Accept TLS 1.2 as well as TLS 1.3.
     #[arg(long)]
     tls12: bool,
@@ -83,7 +91,8 @@ struct ListenerFlags {
 struct InboundFlags {
     #[command(flatten)]
     listener: ListenerFlags,
-    /// The app's plaintext address, e.g. 127.0.0.1:8080.
+    /// The app's plaintext address: IP:PORT (e.g. 127.0.0.1:8080) or
+    /// unix:/PATH.
     #[arg(long)]
     to: String,
     /// Accept this peer SPIFFE ID (repeatable). `*` stands for one whole
@@ -112,13 +121,26 @@ struct InboundFlags {
     /// path differently).
     #[arg(long, requires = "http")]
     insecure_keep_escaped_slashes: bool,
+    /// HTTP mode: what to speak to the app: http1, http2 (cleartext, prior
+    /// knowledge; gRPC apps) or auto (the caller's protocol) [default: http1].
+    #[arg(long, requires = "http", value_parser = ["http1", "http2", "auto"])]
+    app_protocol: Option<String>,
+    /// TCP mode: start each connection to the app with a PROXY protocol
+    /// header (v1 or v2) naming the caller's address.
+    #[arg(long, conflicts_with = "http", value_parser = ["v1", "v2"])]
+    proxy_protocol_to_app: Option<String>,
+    /// Connections arrive through a load balancer that sends a PROXY
+    /// protocol header (v1 or v2) first; its source address is the caller's
+    /// (in logs and the policy's input). Connections without one are refused.
+    #[arg(long)]
+    accept_proxy_protocol: bool,
 }
 
 #[derive(Debug, Args)]
 struct OutboundFlags {
     #[command(flatten)]
     listener: ListenerFlags,
-    /// The server, host:port.
+    /// The server: host:port or unix:/PATH.
     #[arg(long)]
     to: String,
     /// A SPIFFE ID the server may present (repeatable; `*` and a trailing
@@ -138,6 +160,8 @@ fn listener_file(mode: &str, f: ListenerFlags) -> ListenerFile {
         name: Some(mode.to_string()),
         mode: Some(mode.to_string()),
         listen: Some(f.listen),
+        listen_mode: f.listen_mode,
+        listen_owner: f.listen_owner,
         tls12: f.tls12,
         connect_timeout: f.connect_timeout,
         handshake_timeout: f.handshake_timeout,
@@ -171,6 +195,9 @@ impl ProxyArgs {
                 policy_data: i.policy_data,
                 http: i.http,
                 insecure_keep_escaped_slashes: i.insecure_keep_escaped_slashes,
+                app_protocol: i.app_protocol,
+                proxy_protocol_to_app: i.proxy_protocol_to_app,
+                accept_proxy_protocol: i.accept_proxy_protocol,
                 ..listener_file("inbound", i.listener)
             }),
             Some(ProxyMode::Outbound(o)) => file.listeners.push(ListenerFile {

@@ -14,12 +14,6 @@ const API: &str = "spiffe://example.org/ns/prod/sa/api";
 const WEB: &str = "spiffe://example.org/ns/prod/sa/web";
 const DEEP_WEB: &str = "spiffe://example.org/ns/dev/team/sa/web";
 
-fn sidecar(name: &str, mode: &str, args: &[&str], c: &Combined) -> (Proc, u16) {
-    let mut all = args.to_vec();
-    all.extend(["--agent-socket", &c.agent]);
-    start_sidecar(name, signet(), mode, &all, &c.dir)
-}
-
 #[test]
 fn allow_and_server_patterns_pick_who_may_talk() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,7 +23,7 @@ fn allow_and_server_patterns_pick_who_may_talk() {
     }
     let (_app, app) = start_app(dir.path());
     let to_app = format!("127.0.0.1:{app}");
-    let (_inbound, inbound) = sidecar(
+    let (_inbound, inbound) = c.sidecar(
         "inbound",
         "inbound",
         &[
@@ -40,13 +34,12 @@ fn allow_and_server_patterns_pick_who_may_talk() {
             "--allow-id",
             "spiffe://example.org/ns/*/sa/web",
         ],
-        &c,
     );
     let to_inbound = format!("127.0.0.1:{inbound}");
     let outbound = |name: &str, svid: &str, servers: &[&str]| {
         let mut args = vec!["--to", to_inbound.as_str(), "--svid-id", svid];
         args.extend(servers);
-        sidecar(name, "outbound", &args, &c)
+        c.sidecar(name, "outbound", &args)
     };
     let through = |port: u16| curl(&format!("http://127.0.0.1:{port}/hello")).0;
 

@@ -18,15 +18,6 @@ fn stderr_of_success(out: &std::process::Output) -> String {
     err
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +30,7 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     );
 
     let sel = format!("unix:uid:{}", uid());
-    let e = json(&c.admin(&[
+    let e = json_stdout(&c.admin(&[
         "entry",
         "create",
         "--spiffe-id",
@@ -88,10 +79,10 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     );
 
     // JWT-SVID: fetched, validated for its audience, refused for another.
-    let jwt = json(&c.api(&["fetch", "jwt", "--audience", "db", "--output", "json"]));
+    let jwt = json_stdout(&c.api(&["fetch", "jwt", "--audience", "db", "--output", "json"]));
     let token = jwt["svids"][0]["token"].as_str().unwrap().to_owned();
     assert_eq!(jwt["svids"][0]["spiffe_id"], "spiffe://example.org/web");
-    let v = json(&c.api(&[
+    let v = json_stdout(&c.api(&[
         "validate",
         "jwt",
         "--audience",
@@ -113,12 +104,12 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     assert!(String::from_utf8_lossy(&b.stdout).contains("# spiffe://example.org"));
 
     // Admin views.
-    let agents = json(&c.admin(&["agent", "list", "--output", "json"]));
+    let agents = json_stdout(&c.admin(&["agent", "list", "--output", "json"]));
     assert_eq!(
         agents["agents"][0]["spiffe_id"],
         "spiffe://example.org/signet/agent/local"
     );
-    let health = json(&c.admin(&["healthcheck", "--output", "json"]));
+    let health = json_stdout(&c.admin(&["healthcheck", "--output", "json"]));
     assert_eq!(health["entries"], 1);
 
     // Deleting the entry removes the identity.
@@ -130,7 +121,7 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     assert!(err.contains("no identity issued"), "{err}");
 
     // Ctrl-C drains and exits 0; a restart keeps state.
-    json(&c.admin(&[
+    json_stdout(&c.admin(&[
         "entry",
         "create",
         "--spiffe-id",
@@ -143,7 +134,7 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
     let before = String::from_utf8(c.admin(&["bundle", "show"]).stdout).unwrap();
     assert!(c.proc.signal_and_wait("INT").success());
     let c2 = Combined::start(dir.path(), &[]);
-    let entries = json(&c2.admin(&["entry", "show", "--output", "json"]));
+    let entries = json_stdout(&c2.admin(&["entry", "show", "--output", "json"]));
     assert_eq!(entries["entries"].as_array().unwrap().len(), 1);
     assert_eq!(
         entries["entries"][0]["spiffe_id"],
@@ -160,7 +151,7 @@ fn a_workload_gets_its_svid_jwt_and_bundle_end_to_end() {
 fn callers_are_told_apart_by_the_kernel_not_by_what_they_say() {
     let dir = tempfile::tempdir().unwrap();
     let c = Combined::start(dir.path(), &[]);
-    json(&c.admin(&[
+    json_stdout(&c.admin(&[
         "entry",
         "create",
         "--spiffe-id",
@@ -303,7 +294,7 @@ fn a_waiting_workload_receives_a_new_entry() {
     let mut watch = Proc::spawn("watch", cmd, dir.path());
     watch.wait_for("no identity issued");
     let sel = format!("unix:uid:{}", uid());
-    json(&c.admin(&[
+    json_stdout(&c.admin(&[
         "entry",
         "create",
         "--spiffe-id",
@@ -434,7 +425,7 @@ fn bad_input_names_the_problem_and_writes_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{args:?}: {err}");
     }
-    let count = json(&c.admin(&["entry", "count", "--output", "json"]));
+    let count = json_stdout(&c.admin(&["entry", "count", "--output", "json"]));
     assert_eq!(count["count"], 0, "nothing was written");
     let dup = [
         "entry",
@@ -604,7 +595,7 @@ fn entries_round_trip_through_a_data_file() {
     let c = Combined::start(dir.path(), &[]);
     for i in 0..3 {
         let id = format!("spiffe://example.org/batch/{i}");
-        json(&c.admin(&[
+        json_stdout(&c.admin(&[
             "entry",
             "create",
             "--spiffe-id",
@@ -618,10 +609,10 @@ fn entries_round_trip_through_a_data_file() {
     let shown = c.admin(&["entry", "show", "--output", "json"]);
     let file = dir.path().join("entries.json");
     std::fs::write(&file, &shown.stdout).unwrap();
-    for e in json(&shown)["entries"].as_array().unwrap() {
+    for e in json_stdout(&shown)["entries"].as_array().unwrap() {
         c.admin(&["entry", "delete", "--id", e["id"].as_str().unwrap()]);
     }
-    let created = json(&c.admin(&[
+    let created = json_stdout(&c.admin(&[
         "entry",
         "create",
         "--data",
@@ -636,7 +627,7 @@ fn entries_round_trip_through_a_data_file() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("3 of 3 entries were not created"));
     assert_eq!(
-        json(&c.admin(&["entry", "count", "--output", "json"]))["count"],
+        json_stdout(&c.admin(&["entry", "count", "--output", "json"]))["count"],
         3
     );
 }
@@ -647,7 +638,7 @@ fn beyond_the_svid_cache_bound_identities_are_minted_on_demand() {
     let c = Combined::start(dir.path(), &["--svid-cache-size", "1"]);
     for i in 0..3 {
         let id = format!("spiffe://example.org/other/{i}");
-        json(&c.admin(&[
+        json_stdout(&c.admin(&[
             "entry",
             "create",
             "--spiffe-id",
@@ -661,7 +652,7 @@ fn beyond_the_svid_cache_bound_identities_are_minted_on_demand() {
     // This entry comes last, when the cache (bound 1) is already full: the
     // workload asking for it gets it all the same.
     let sel = format!("unix:uid:{}", uid());
-    json(&c.admin(&[
+    json_stdout(&c.admin(&[
         "entry",
         "create",
         "--spiffe-id",
@@ -681,7 +672,7 @@ fn operators_mint_svids_and_jwts() {
     let c = Combined::start(dir.path(), &[]);
     let out_dir = dir.path().join("minted");
     std::fs::create_dir(&out_dir).unwrap();
-    let m = json(&c.admin(&[
+    let m = json_stdout(&c.admin(&[
         "x509",
         "mint",
         "--spiffe-id",
@@ -718,7 +709,7 @@ fn operators_mint_svids_and_jwts() {
     let subject = openssl(&["x509", "-in", "svid.pem", "-noout", "-subject"]);
     assert!(String::from_utf8_lossy(&subject.stdout).contains("db.example.org"));
 
-    let jwt = json(&c.admin(&[
+    let jwt = json_stdout(&c.admin(&[
         "jwt",
         "mint",
         "--spiffe-id",
@@ -741,7 +732,7 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
     let dir = tempfile::tempdir().unwrap();
     let c = Combined::start(dir.path(), &[]);
     let web = "spiffe://example.org/web";
-    let created = json(&c.admin(&[
+    let created = json_stdout(&c.admin(&[
         "entry",
         "create",
         "--spiffe-id",
@@ -759,7 +750,7 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
 
     // Only the TTL changes: no --spiffe-id, no --parent-id needed, the DNS
     // name and selectors stay.
-    let updated = json(&c.admin(&[
+    let updated = json_stdout(&c.admin(&[
         "entry",
         "update",
         "--id",
@@ -775,7 +766,7 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
     assert_eq!(updated["dns_names"], serde_json::json!(["web.internal"]));
     assert_eq!(updated["selectors"], serde_json::json!(["unix:uid:1"]));
     // A list flag replaces its list; a flag turns on, =false off.
-    let updated = json(&c.admin(&[
+    let updated = json_stdout(&c.admin(&[
         "entry",
         "update",
         "--id",
@@ -789,7 +780,7 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
     assert_eq!(updated["selectors"], serde_json::json!(["unix:uid:2"]));
     assert_eq!(updated["admin"], true);
     assert_eq!(updated["x509_ttl"], 7200);
-    let updated = json(&c.admin(&[
+    let updated = json_stdout(&c.admin(&[
         "entry",
         "update",
         "--id",
@@ -805,7 +796,7 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
     // Two entries with one SPIFFE ID: delete by it alone is refused,
     // naming both; with --parent-id it picks one.
     let other_parent = "spiffe://example.org/node/other";
-    json(&c.admin(&[
+    json_stdout(&c.admin(&[
         "entry",
         "create",
         "--spiffe-id",
@@ -826,7 +817,7 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
             && err.contains("--parent-id"),
         "{err}"
     );
-    let deleted = json(&c.admin(&[
+    let deleted = json_stdout(&c.admin(&[
         "entry",
         "delete",
         "--spiffe-id",
@@ -837,7 +828,8 @@ fn entry_update_changes_only_what_is_given_and_delete_selects_by_spiffe_id() {
         "json",
     ]));
     assert_eq!(deleted["deleted"]["parent_id"], other_parent);
-    let deleted = json(&c.admin(&["entry", "delete", "--spiffe-id", web, "--output", "json"]));
+    let deleted =
+        json_stdout(&c.admin(&["entry", "delete", "--spiffe-id", web, "--output", "json"]));
     assert_eq!(deleted["deleted"]["id"], id.as_str());
     let out = c.admin(&["entry", "delete", "--spiffe-id", web]);
     assert!(

@@ -3,7 +3,7 @@
 //! Loading reports every problem at once and binds nothing.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,98 @@ pub struct ListenerFile {
     pub idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub decision_cache: Option<usize>,
+    /// HTTP mode: the protocol spoken to the app: `http1` (default),
+    /// `http2` (cleartext, prior knowledge) or `auto` (the caller's).
+    pub app_protocol: Option<String>,
+    /// A `unix:` listen socket's mode, octal (default 0660).
+    pub listen_mode: Option<String>,
+    /// A `unix:` listen socket's owner: `USER`, `USER:GROUP` or `:GROUP`
+    /// (names or numeric IDs; default: this process's).
+    pub listen_owner: Option<String>,
+    /// Inbound TCP mode: send the caller's address to the app in a PROXY
+    /// protocol header, `v1` (text) or `v2` (binary).
+    pub proxy_protocol_to_app: Option<String>,
+    /// Inbound: every connection starts with a PROXY protocol header (v1 or
+    /// v2) from the load balancer in front; its source address is the
+    /// caller's.
+    #[serde(default)]
+    pub accept_proxy_protocol: bool,
+}
+
+/// An address to listen on or connect to: `IP:PORT` or `unix:/PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses `IP:PORT` or `unix:/ABSOLUTE/PATH`.
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = Path::new(path);
+            if !path.is_absolute() {
+                return Err(format!("{s:?}: a unix: socket path must be absolute"));
+            }
+            return Ok(Endpoint::Unix(path.to_path_buf()));
+        }
+        s.parse().map(Endpoint::Tcp).map_err(|_| {
+            format!("{s:?} is not an IP address and port (e.g. 127.0.0.1:8443) or unix:/PATH")
+        })
+    }
+
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Tcp(a) => Some(*a),
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// What the sidecar speaks to the app in HTTP mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppProtocol {
+    /// HTTP/1.1 keep-alive, whatever the caller speaks.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC apps).
+    Http2,
+    /// The caller's protocol: HTTP/2 callers get HTTP/2 to the app.
+    Auto,
+}
+
+/// The PROXY protocol header version sent to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+}
+
+/// Mode and owner of a `unix:` listen socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixSocketOptions {
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Default for UnixSocketOptions {
+    fn default() -> Self {
+        UnixSocketOptions {
+            mode: 0o660,
+            uid: None,
+            gid: None,
+        }
+    }
 }
 
 /// A checked configuration.
@@ -128,7 +220,11 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    pub listen: Endpoint,
+    /// For a `unix:` listen address.
+    pub unix: UnixSocketOptions,
+    /// Every connection starts with a PROXY protocol header (inbound).
+    pub accept_proxy_protocol: bool,
     pub limits: Limits,
     pub mode: Mode,
 }
@@ -151,8 +247,8 @@ pub enum Mode {
 
 #[derive(Debug, Clone)]
 pub struct Inbound {
-    /// The app, plaintext on loopback.
-    pub to: SocketAddr,
+    /// The app, plaintext on loopback or a Unix socket.
+    pub to: Endpoint,
     /// SPIFFE IDs or patterns (see [`crate::pattern`]).
     pub allow_ids: Vec<IdPattern>,
     pub allow_trust_domains: Vec<TrustDomain>,
@@ -161,6 +257,10 @@ pub struct Inbound {
     pub http: bool,
     /// HTTP mode: keep %2F and %5C in paths rather than refuse them.
     pub insecure_keep_escaped_slashes: bool,
+    /// HTTP mode: the protocol spoken to the app.
+    pub app_protocol: AppProtocol,
+    /// TCP mode: a PROXY protocol header to the app first.
+    pub proxy_protocol_to_app: Option<ProxyProtocol>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +274,7 @@ pub struct PolicyRef {
 
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    /// `host:port` of the remote sidecar or Envoy.
+    /// `host:port` of the remote sidecar or Envoy, or `unix:/PATH`.
     pub to: String,
     /// SPIFFE IDs or patterns the server may present...
     pub server_ids: Vec<IdPattern>,
@@ -238,6 +338,53 @@ fn socket_addr(problems: &mut Vec<String>, what: &str, value: Option<&str>) -> O
     }
 }
 
+fn endpoint(problems: &mut Vec<String>, what: &str, value: Option<&str>) -> Option<Endpoint> {
+    match value {
+        None => {
+            problems.push(format!("{what}: missing"));
+            None
+        }
+        Some(s) => Endpoint::parse(s)
+            .map_err(|e| problems.push(format!("{what}: {e}")))
+            .ok(),
+    }
+}
+
+/// `USER`, `USER:GROUP` or `:GROUP`, by name or numeric ID.
+fn owner(s: &str) -> Result<(Option<u32>, Option<u32>), String> {
+    use nix::unistd::{Group, User};
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid = match user {
+        "" => None,
+        u => Some(match u.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => match User::from_name(u) {
+                Ok(Some(found)) => found.uid.as_raw(),
+                Ok(None) => return Err(format!("{s:?}: no user named {u:?}")),
+                Err(e) => return Err(format!("{s:?}: cannot look up user {u:?}: {e}")),
+            },
+        }),
+    };
+    let gid = match group {
+        None | Some("") => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => match Group::from_name(g) {
+                Ok(Some(found)) => found.gid.as_raw(),
+                Ok(None) => return Err(format!("{s:?}: no group named {g:?}")),
+                Err(e) => return Err(format!("{s:?}: cannot look up group {g:?}: {e}")),
+            },
+        }),
+    };
+    if uid.is_none() && gid.is_none() {
+        return Err(format!("{s:?}: expected USER, USER:GROUP or :GROUP"));
+    }
+    Ok((uid, gid))
+}
+
 /// More connection workers than this is a typo.
 const MAX_WORKERS: usize = 1024;
 
@@ -283,8 +430,11 @@ impl TryFrom<ProxyFile> for ProxyConfig {
         }
         let mut seen = std::collections::HashSet::new();
         // Port 0 asks the OS for a free port: never a clash.
-        for l in listeners.iter().filter(|l| l.listen.port() != 0) {
-            if !seen.insert(l.listen) {
+        for l in listeners
+            .iter()
+            .filter(|l| l.listen.tcp().is_none_or(|a| a.port() != 0))
+        {
+            if !seen.insert(&l.listen) {
                 problems.push(format!("{}: {} is used twice", l.name, l.listen));
             }
         }
@@ -309,7 +459,31 @@ fn check_listener(
 ) -> Option<ListenerConfig> {
     let before = problems.len();
     let at = |key: &str| format!("{name}.{key}");
-    let listen = socket_addr(problems, &at("listen"), l.listen.as_deref());
+    let listen = endpoint(problems, &at("listen"), l.listen.as_deref());
+    let mut unix = UnixSocketOptions::default();
+    if let Some(m) = &l.listen_mode {
+        match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(mode) if mode <= 0o777 => unix.mode = mode,
+            _ => problems.push(format!(
+                "{}: {m:?} is not a file mode in octal (e.g. 0660)",
+                at("listen_mode")
+            )),
+        }
+    }
+    if let Some(o) = &l.listen_owner {
+        match owner(o) {
+            Ok((uid, gid)) => (unix.uid, unix.gid) = (uid, gid),
+            Err(e) => problems.push(format!("{}: {e}", at("listen_owner"))),
+        }
+    }
+    if (l.listen_mode.is_some() || l.listen_owner.is_some())
+        && !matches!(listen, Some(Endpoint::Unix(_)))
+    {
+        problems.push(format!(
+            "{}: listen_mode and listen_owner are for a unix: listen address",
+            at("listen")
+        ));
+    }
     let limits = Limits {
         connect_timeout: duration(
             problems,
@@ -341,7 +515,7 @@ fn check_listener(
     };
     let mode = match l.mode.as_deref() {
         Some("inbound") => {
-            let to = socket_addr(problems, &at("to"), l.to.as_deref());
+            let to = endpoint(problems, &at("to"), l.to.as_deref());
             let mut allow_ids = Vec::new();
             for s in &l.allow_ids {
                 match IdPattern::parse(s) {
@@ -386,6 +560,40 @@ fn check_listener(
                     at("insecure_keep_escaped_slashes")
                 ));
             }
+            let app_protocol = match l.app_protocol.as_deref() {
+                None | Some("http1") => AppProtocol::Http1,
+                Some("http2") => AppProtocol::Http2,
+                Some("auto") => AppProtocol::Auto,
+                Some(other) => {
+                    problems.push(format!(
+                        "{}: {other:?} is not http1, http2 or auto",
+                        at("app_protocol")
+                    ));
+                    AppProtocol::Http1
+                }
+            };
+            if l.app_protocol.is_some() && !l.http {
+                problems.push(format!("{}: only with http = true", at("app_protocol")));
+            }
+            let proxy_protocol_to_app = match l.proxy_protocol_to_app.as_deref() {
+                None => None,
+                Some("v1") => Some(ProxyProtocol::V1),
+                Some("v2") => Some(ProxyProtocol::V2),
+                Some(other) => {
+                    problems.push(format!(
+                        "{}: {other:?} is neither v1 nor v2",
+                        at("proxy_protocol_to_app")
+                    ));
+                    None
+                }
+            };
+            if l.proxy_protocol_to_app.is_some() && l.http {
+                problems.push(format!(
+                    "{}: only in TCP mode (without http = true): in HTTP mode requests \
+                     to the app share connections",
+                    at("proxy_protocol_to_app")
+                ));
+            }
             to.map(|to| {
                 Mode::Inbound(Inbound {
                     to,
@@ -394,14 +602,26 @@ fn check_listener(
                     policy,
                     http: l.http,
                     insecure_keep_escaped_slashes: l.insecure_keep_escaped_slashes,
+                    app_protocol,
+                    proxy_protocol_to_app,
                 })
             })
         }
         Some("outbound") => {
             let to = match l.to.as_deref() {
                 Some(t) if host_port(t).is_some() => Some(t.to_string()),
+                Some(t) if t.starts_with("unix:") => match Endpoint::parse(t) {
+                    Ok(_) => Some(t.to_string()),
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", at("to")));
+                        None
+                    }
+                },
                 Some(t) => {
-                    problems.push(format!("{}: {t:?} is not host:port", at("to")));
+                    problems.push(format!(
+                        "{}: {t:?} is not host:port or unix:/PATH",
+                        at("to")
+                    ));
                     None
                 }
                 None => {
@@ -442,6 +662,9 @@ fn check_listener(
                     "insecure_keep_escaped_slashes",
                     l.insecure_keep_escaped_slashes,
                 ),
+                ("app_protocol", l.app_protocol.is_some()),
+                ("proxy_protocol_to_app", l.proxy_protocol_to_app.is_some()),
+                ("accept_proxy_protocol", l.accept_proxy_protocol),
             ] {
                 if key.1 {
                     problems.push(format!("{}: only for inbound listeners", at(key.0)));
@@ -475,6 +698,8 @@ fn check_listener(
     Some(ListenerConfig {
         name,
         listen: listen?,
+        unix,
+        accept_proxy_protocol: l.accept_proxy_protocol,
         limits,
         mode: mode?,
     })

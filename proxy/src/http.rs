@@ -1,13 +1,18 @@
 //! HTTP mode of an inbound listener: HTTP/1.1 and HTTP/2 from the peer,
 //! each request authorized by the policy (OPA-Envoy input with the
-//! request), then forwarded to the app over pooled HTTP/1.1 keep-alive with
-//! the peer's identity in `x-forwarded-client-cert` (Envoy's format). An
-//! XFCC header from outside is always replaced, never passed on.
+//! request), then forwarded to the app over pooled connections (HTTP/1.1
+//! keep-alive, or HTTP/2 for gRPC apps: `--app-protocol`) with the peer's
+//! identity in `x-forwarded-client-cert` (Envoy's format). An XFCC header
+//! from outside is always replaced, never passed on. Bodies and trailers
+//! stream through untouched; gRPC callers get the sidecar's own answers
+//! (denials, an unreachable app) as gRPC statuses.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,14 +21,16 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics::{counter, histogram};
 use signet_policy::PolicyHandle;
 use signet_policy::input::{HttpRequest, InputBuilder};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::Shutdown;
+use crate::config::{AppProtocol, Endpoint};
+use crate::listener::Stream;
 
 pub(crate) type Body = Either<Incoming, Full<Bytes>>;
 
@@ -44,9 +51,90 @@ const HOP_BY_HOP: [&str; 7] = [
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     listener: Arc<str>,
-    to: SocketAddr,
+    to: Arc<Endpoint>,
     keep_escaped_slashes: bool,
-    client: Client<HttpConnector, Incoming>,
+    app_protocol: AppProtocol,
+    http1: Client<AppConnector, Incoming>,
+    http2: Client<AppConnector, Incoming>,
+}
+
+/// Connects the pooled clients to the app, whatever the request's URI names.
+#[derive(Debug, Clone)]
+struct AppConnector {
+    to: Arc<Endpoint>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<hyper::Uri> for AppConnector {
+    type Response = TokioIo<AppStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let (to, timeout) = (self.to.clone(), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, crate::listener::connect(&to)).await {
+                Ok(stream) => Ok(TokioIo::new(AppStream(stream?))),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {to} timed out after {timeout:?}"),
+                )),
+            }
+        })
+    }
+}
+
+/// A connection to the app (TCP or Unix), as the pooled clients see it.
+struct AppStream(Stream);
+
+impl Connection for AppStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for AppStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AppStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// What is known about one connection.
@@ -63,21 +151,30 @@ pub(crate) struct ConnContext {
 impl Forwarder {
     pub(crate) fn new(
         listener: Arc<str>,
-        to: SocketAddr,
+        to: Endpoint,
         connect_timeout: Duration,
         keep_escaped_slashes: bool,
+        app_protocol: AppProtocol,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let to = Arc::new(to);
+        let connector = AppConnector {
+            to: to.clone(),
+            timeout: connect_timeout,
+        };
+        let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
             .build(connector);
         Forwarder {
             listener,
             to,
             keep_escaped_slashes,
-            client,
+            app_protocol,
+            http1,
+            http2,
         }
     }
 
@@ -113,12 +210,16 @@ impl Forwarder {
 
     async fn request(&self, mut req: Request<Incoming>, ctx: &ConnContext) -> Response<Body> {
         let listener = self.listener.to_string();
+        let grpc = is_grpc(&req);
         // The policy decides on exactly the request the app receives: one
         // normalized path, one host (security invariant 9).
         if let Err(e) = normalize_request(&mut req, self.keep_escaped_slashes) {
             counter!("signet_proxy_requests_total", "listener" => listener, "result" => "bad_request")
                 .increment(1);
             tracing::warn!(peer_id = %ctx.peer_id, reason = %e, "request rejected: malformed target");
+            if grpc {
+                return grpc_status(GRPC_INTERNAL, &format!("bad request: {e}"));
+            }
             return plain_owned(StatusCode::BAD_REQUEST, format!("bad request: {e}\n"));
         }
         if let Some(policy) = &ctx.policy {
@@ -139,6 +240,9 @@ impl Forwarder {
                     revision = %decision.revision,
                     "request rejected: policy denied"
                 );
+                if grpc {
+                    return grpc_denial(&decision);
+                }
                 return denial(&decision);
             }
             counter!("signet_proxy_decisions_total", "listener" => listener.clone(), "result" => "allow")
@@ -153,7 +257,20 @@ impl Forwarder {
                 }
             }
         }
-        match self.forward(req, ctx).await {
+        let http2 = match self.app_protocol {
+            AppProtocol::Http1 => false,
+            AppProtocol::Http2 => true,
+            AppProtocol::Auto => req.version() == hyper::Version::HTTP_2,
+        };
+        if grpc && !http2 {
+            counter!("signet_proxy_requests_total", "listener" => listener, "result" => "upstream_error").increment(1);
+            tracing::warn!(peer_id = %ctx.peer_id, path = %req.uri().path(), "gRPC request refused: the app is spoken to in HTTP/1.1; gRPC needs --app-protocol http2 (or auto)");
+            return grpc_status(
+                GRPC_UNAVAILABLE,
+                "the sidecar speaks HTTP/1.1 to the app; gRPC needs app_protocol http2 or auto",
+            );
+        }
+        match self.forward(req, ctx, http2).await {
             Ok(resp) => {
                 counter!("signet_proxy_requests_total", "listener" => listener, "result" => "forwarded").increment(1);
                 resp.map(Either::Left)
@@ -161,6 +278,9 @@ impl Forwarder {
             Err(e) => {
                 counter!("signet_proxy_requests_total", "listener" => listener, "result" => "upstream_error").increment(1);
                 tracing::error!(app = %self.to, error = %e, "cannot forward the request to the app");
+                if grpc {
+                    return grpc_status(GRPC_UNAVAILABLE, "upstream unavailable");
+                }
                 plain(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
             }
         }
@@ -170,26 +290,50 @@ impl Forwarder {
         &self,
         mut req: Request<Incoming>,
         ctx: &ConnContext,
+        http2: bool,
     ) -> Result<Response<Incoming>, String> {
         let path = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri: hyper::Uri = format!("http://{}{}", self.to, path)
+        // normalize_request left the one host in Host. The connector goes to
+        // the app whatever the URI names: over HTTP/2 the URI's authority is
+        // the request's :authority; over HTTP/1.1 a fixed one keeps a single
+        // pool and the Host header carries the host.
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or("localhost")
+            .to_string();
+        let authority = if http2 { host.as_str() } else { "app" };
+        let uri: hyper::Uri = format!("http://{authority}{path}")
             .parse()
             .map_err(|e| format!("request target: {e}"))?;
-        let authority = req.uri().authority().map(|a| a.to_string());
         *req.uri_mut() = uri;
-        *req.version_mut() = hyper::Version::HTTP_11;
+        *req.version_mut() = if http2 {
+            hyper::Version::HTTP_2
+        } else {
+            hyper::Version::HTTP_11
+        };
         let headers = req.headers_mut();
+        // gRPC needs "te: trailers" end to end; it is the one TE value
+        // HTTP/2 allows, and trailers do pass through.
+        let te_trailers = headers
+            .get(hyper::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         for h in HOP_BY_HOP {
             headers.remove(h);
         }
-        // HTTP/2 carries the host in :authority; HTTP/1.1 apps need Host.
-        if !headers.contains_key(hyper::header::HOST)
-            && let Some(a) = authority
-            && let Ok(v) = HeaderValue::from_str(&a)
+        if te_trailers {
+            headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+        }
+        if http2 {
+            headers.remove(hyper::header::HOST);
+        } else if !headers.contains_key(hyper::header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&host)
         {
             headers.insert(hyper::header::HOST, v);
         }
@@ -200,7 +344,14 @@ impl Forwarder {
         headers.remove(XFCC);
         let value = HeaderValue::from_str(&xfcc).map_err(|e| format!("XFCC header: {e}"))?;
         headers.insert(HeaderName::from_static(XFCC), value);
-        let mut resp = self.client.request(req).await.map_err(|e| format!("{e}"))?;
+        let client = if http2 { &self.http2 } else { &self.http1 };
+        let mut resp = client.request(req).await.map_err(|e| {
+            // The client's error names only the step; its source says why.
+            match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }
+        })?;
         for h in HOP_BY_HOP {
             resp.headers_mut().remove(h);
         }
@@ -405,6 +556,77 @@ fn denial(decision: &signet_policy::Decision) -> Response<Body> {
     }
     for (k, v) in &decision.headers {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
+/// gRPC status codes the sidecar answers with itself.
+const GRPC_UNKNOWN: u32 = 2;
+const GRPC_PERMISSION_DENIED: u32 = 7;
+const GRPC_UNIMPLEMENTED: u32 = 12;
+const GRPC_INTERNAL: u32 = 13;
+const GRPC_UNAVAILABLE: u32 = 14;
+const GRPC_UNAUTHENTICATED: u32 = 16;
+
+/// A gRPC call (HTTP/2 with a gRPC content type), whose client reads its
+/// outcome from `grpc-status`, not from the HTTP status.
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+/// A trailers-only gRPC response: HTTP 200, the outcome in `grpc-status`
+/// and `grpc-message` (percent-encoded as the gRPC HTTP/2 protocol says).
+fn grpc_status(code: u32, message: &str) -> Response<Body> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// A denial as a gRPC client understands it: the policy's status mapped as
+/// gRPC maps HTTP statuses (403, the default, is PERMISSION_DENIED), its
+/// reason as the message, its headers added.
+fn grpc_denial(decision: &signet_policy::Decision) -> Response<Body> {
+    let code = match decision.http_status.unwrap_or(403) {
+        400 => GRPC_INTERNAL,
+        401 => GRPC_UNAUTHENTICATED,
+        403 => GRPC_PERMISSION_DENIED,
+        404 => GRPC_UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => GRPC_UNAVAILABLE,
+        _ => GRPC_UNKNOWN,
+    };
+    let message = match &decision.reason {
+        Some(reason) => format!("access denied by policy: {reason}"),
+        None => "access denied by policy".to_string(),
+    };
+    let mut resp = grpc_status(code, &message);
+    for (k, v) in &decision.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))
+            && !k.as_str().starts_with("grpc-")
+        {
             resp.headers_mut().insert(k, v);
         }
     }

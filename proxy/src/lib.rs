@@ -19,6 +19,7 @@ mod http;
 pub mod identity;
 mod listener;
 pub mod pattern;
+mod proxy_protocol;
 mod read_ahead;
 pub mod relay;
 pub mod tls;
@@ -27,10 +28,10 @@ mod workers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-pub use config::{ConfigError, ListenerConfig, ProxyConfig};
+pub use config::{ConfigError, Endpoint, ListenerConfig, ProxyConfig};
 pub use identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub enum ProxyError {
     #[error("listener {name}: cannot listen on {addr}")]
     Bind {
         name: String,
-        addr: std::net::SocketAddr,
+        addr: Endpoint,
         #[source]
         source: std::io::Error,
     },
@@ -81,7 +82,10 @@ impl Shutdown {
 pub struct Proxy {
     /// Accept loops, one per listener per worker.
     listeners: Vec<tokio::task::JoinHandle<()>>,
-    addrs: Vec<(String, std::net::SocketAddr)>,
+    addrs: Vec<(String, Endpoint)>,
+    /// Unix sockets this proxy bound, removed when it stops (unless
+    /// another process has bound the path since).
+    unix_sockets: Vec<(std::path::PathBuf, Option<signet_unix::SocketIdentity>)>,
     policies: Vec<Arc<signet_policy::PolicyHandle>>,
     active: Vec<Arc<listener::Active>>,
     drain: watch::Sender<bool>,
@@ -112,21 +116,44 @@ impl Proxy {
         tracing::debug!(workers = count, "connection workers started");
         let mut prepared = Vec::new();
         let mut loaded = Vec::new();
+        let mut unix_sockets = Vec::new();
         for l in &config.listeners {
-            let sockets = workers::bind_group(l.listen, workers.len()).map_err(|source| {
-                ProxyError::Bind {
-                    name: l.name.clone(),
-                    addr: l.listen,
-                    source,
+            let bind_error = |source| ProxyError::Bind {
+                name: l.name.clone(),
+                addr: l.listen.clone(),
+                source,
+            };
+            let (sockets, addr) = match &l.listen {
+                Endpoint::Tcp(addr) => {
+                    let sockets = workers::bind_group(*addr, workers.len()).map_err(bind_error)?;
+                    let addr = sockets
+                        .first()
+                        .and_then(|s| s.local_addr().ok())
+                        .unwrap_or(*addr);
+                    (
+                        sockets.into_iter().map(Socket::Tcp).collect::<Vec<_>>(),
+                        Endpoint::Tcp(addr),
+                    )
                 }
-            })?;
+                Endpoint::Unix(path) => {
+                    let socket = bind_unix(path, l.unix).map_err(bind_error)?;
+                    unix_sockets.push((path.clone(), signet_unix::socket_identity(path)));
+                    // Every worker accepts on its own handle of the one socket.
+                    let mut sockets = Vec::new();
+                    for _ in 0..workers.len() {
+                        sockets.push(Socket::Unix(socket.try_clone().map_err(bind_error)?));
+                    }
+                    (sockets, l.listen.clone())
+                }
+            };
             let ctx =
                 listener::Listener::prepare(l, identity.clone(), shutdown.clone(), &mut loaded)?;
-            prepared.push((sockets, Arc::new(ctx)));
+            prepared.push((sockets, addr, Arc::new(ctx)));
         }
         let mut proxy = Proxy {
             listeners: Vec::new(),
             addrs: Vec::new(),
+            unix_sockets,
             // One handle per distinct policy (listeners naming the same
             // policy share it).
             policies: loaded.into_iter().map(|(_, handle)| handle).collect(),
@@ -135,21 +162,19 @@ impl Proxy {
             abort,
             workers,
         };
-        for (sockets, ctx) in prepared {
-            let addr = sockets
-                .first()
-                .and_then(|s| s.local_addr().ok())
-                .ok_or_else(|| ProxyError::Setup {
-                    name: ctx.name().to_string(),
-                    message: "no local address".into(),
-                })?;
+        for (sockets, addr, ctx) in prepared {
             proxy.addrs.push((ctx.name().to_string(), addr));
             proxy.active.push(ctx.active());
             for (i, socket) in sockets.into_iter().enumerate() {
                 let ctx = ctx.clone();
                 proxy.listeners.push(proxy.workers.spawn_on(i, async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(tcp) => ctx.run(tcp, i == 0).await,
+                    // Registered with the runtime of the worker that uses it.
+                    let registered = match socket {
+                        Socket::Tcp(s) => TcpListener::from_std(s).map(listener::Accept::Tcp),
+                        Socket::Unix(s) => UnixListener::from_std(s).map(listener::Accept::Unix),
+                    };
+                    match registered {
+                        Ok(accept) => ctx.run(accept, i == 0).await,
                         Err(e) => tracing::error!(listener = %ctx.name(), error = %e, "worker cannot listen"),
                     }
                 }));
@@ -159,7 +184,7 @@ impl Proxy {
     }
 
     /// Where each listener listens (with the port the OS chose for `:0`).
-    pub fn local_addrs(&self) -> &[(String, std::net::SocketAddr)] {
+    pub fn local_addrs(&self) -> &[(String, Endpoint)] {
         &self.addrs
     }
 
@@ -195,6 +220,40 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for (path, identity) in &self.unix_sockets {
+            signet_unix::remove_if_ours(path, *identity);
+        }
+    }
+}
+
+/// A listening socket before a worker registers it.
+enum Socket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Binds a `unix:` listener with the agent socket's rules (security
+/// invariant 8): a directory nobody else controls, a stale socket replaced,
+/// a live one or any other file left alone; then the mode and owner asked
+/// for.
+fn bind_unix(
+    path: &std::path::Path,
+    options: config::UnixSocketOptions,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let socket = signet_unix::bind(path, options.mode, 0o755)?.into_std()?;
+    if options.uid.is_some() || options.gid.is_some() {
+        std::os::unix::fs::chown(path, options.uid, options.gid).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot give {} to the owner asked for: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(socket)
 }
 
 #[cfg(test)]

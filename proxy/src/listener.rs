@@ -9,7 +9,9 @@ use metrics::{counter, gauge, histogram};
 use serde_json::Value;
 use signet_policy::input::InputBuilder;
 use signet_policy::{PolicyHandle, PolicyOptions};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_util::either::Either;
 
 use crate::read_ahead::ReadAhead;
 use signet_tls::SpiffeVerifier;
@@ -17,7 +19,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::Instrument;
 
-use crate::config::{Inbound, Limits, ListenerConfig, Mode, Outbound, PolicyRef, host_port};
+use crate::config::{
+    Endpoint, Inbound, Limits, ListenerConfig, Mode, Outbound, PolicyRef, ProxyProtocol, host_port,
+};
 use crate::identity::Identity;
 use crate::relay::relay;
 use crate::{ProxyError, Shutdown};
@@ -35,18 +39,68 @@ impl Active {
     }
 }
 
+/// A connection on either kind of socket.
+pub(crate) type Stream = Either<TcpStream, UnixStream>;
+
+/// A listening socket registered with a worker's runtime.
+pub(crate) enum Accept {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Accept {
+    /// The next connection and, on TCP, the caller's address.
+    async fn accept(&self) -> std::io::Result<(Stream, Option<SocketAddr>)> {
+        match self {
+            Accept::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Either::Left(s), Some(peer)))
+            }
+            Accept::Unix(l) => Ok((Either::Right(l.accept().await?.0), None)),
+        }
+    }
+}
+
+/// Connects to `to` (a TCP address or a Unix socket).
+pub(crate) async fn connect(to: &Endpoint) -> std::io::Result<Stream> {
+    Ok(match to {
+        Endpoint::Tcp(addr) => {
+            let s = TcpStream::connect(addr).await?;
+            let _ = s.set_nodelay(true);
+            Either::Left(s)
+        }
+        Endpoint::Unix(path) => Either::Right(UnixStream::connect(path).await?),
+    })
+}
+
+/// Where an outbound listener connects.
+enum Remote {
+    Tcp { host: String, port: u16 },
+    Unix(Endpoint),
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Remote::Unix(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 enum Side {
     Inbound {
         acceptor: TlsAcceptor,
         verifier: Arc<SpiffeVerifier>,
-        to: SocketAddr,
+        to: Endpoint,
         http: Option<Arc<crate::http::Forwarder>>,
+        proxy_protocol_to_app: Option<ProxyProtocol>,
     },
     Outbound {
         connector: TlsConnector,
         verifier: Arc<SpiffeVerifier>,
-        host: String,
-        port: u16,
+        remote: Remote,
         name: rustls::pki_types::ServerName<'static>,
         server_id: String,
     },
@@ -55,6 +109,8 @@ enum Side {
 pub(crate) struct Listener {
     name: Arc<str>,
     limits: Limits,
+    /// Connections start with a PROXY protocol header.
+    accept_proxy_protocol: bool,
     identity: Identity,
     policy: Option<Arc<PolicyHandle>>,
     side: Side,
@@ -111,6 +167,8 @@ impl Listener {
                 policy: policy_ref,
                 http,
                 insecure_keep_escaped_slashes: keep_escaped_slashes,
+                app_protocol,
+                proxy_protocol_to_app,
             }) => {
                 if let Some(p) = policy_ref {
                     let shared = loaded.iter().find(|(r, _)| r == p).map(|(_, h)| h.clone());
@@ -135,15 +193,17 @@ impl Listener {
                 Side::Inbound {
                     acceptor: TlsAcceptor::from(Arc::new(tls)),
                     verifier,
-                    to: *to,
+                    to: to.clone(),
                     http: http.then(|| {
                         Arc::new(crate::http::Forwarder::new(
                             name.clone(),
-                            *to,
+                            to.clone(),
                             config.limits.connect_timeout,
                             *keep_escaped_slashes,
+                            *app_protocol,
                         ))
                     }),
+                    proxy_protocol_to_app: *proxy_protocol_to_app,
                 }
             }
             Mode::Outbound(Outbound {
@@ -152,8 +212,23 @@ impl Listener {
                 server_trust_domains,
                 sni,
             }) => {
-                let (host, port) =
-                    host_port(to).ok_or_else(|| setup(format!("{to:?} is not host:port")))?;
+                let remote = match to.strip_prefix("unix:") {
+                    Some(_) => Remote::Unix(Endpoint::parse(to).map_err(setup)?),
+                    None => {
+                        let (host, port) = host_port(to)
+                            .ok_or_else(|| setup(format!("{to:?} is not host:port")))?;
+                        Remote::Tcp {
+                            host: host.to_string(),
+                            port,
+                        }
+                    }
+                };
+                // A Unix socket has no host name to send; the server is
+                // known by its SPIFFE ID anyway.
+                let host = match &remote {
+                    Remote::Tcp { host, .. } => host.as_str(),
+                    Remote::Unix(_) => "localhost",
+                };
                 let (tls, verifier) = crate::tls::client_config(
                     &identity,
                     crate::tls::allow_list(server_ids, server_trust_domains),
@@ -170,9 +245,8 @@ impl Listener {
                 Side::Outbound {
                     connector: TlsConnector::from(Arc::new(tls)),
                     verifier,
-                    host: host.to_string(),
-                    port,
                     name: crate::tls::server_name(sni.as_deref(), host).map_err(setup)?,
+                    remote,
                     server_id,
                 }
             }
@@ -181,6 +255,7 @@ impl Listener {
         Ok(Listener {
             name,
             limits: config.limits.clone(),
+            accept_proxy_protocol: config.accept_proxy_protocol,
             identity,
             policy,
             side,
@@ -200,11 +275,10 @@ impl Listener {
         self.active.clone()
     }
 
-    /// Accepts until drained; waits for an identity before the first accept.
-    /// Accepts on `tcp` until drained, serving each connection on this
+    /// Accepts on `socket` until drained, serving each connection on this
     /// thread (a worker's); waits for an identity before the first accept.
     /// `announce`: this loop logs when accepting starts (one per listener).
-    pub(crate) async fn run(self: Arc<Self>, tcp: TcpListener, announce: bool) {
+    pub(crate) async fn run(self: Arc<Self>, socket: Accept, announce: bool) {
         let listener = self;
         let name = listener.name.clone();
         tokio::select! {
@@ -217,7 +291,7 @@ impl Listener {
         }
         loop {
             let accepted = tokio::select! {
-                a = tcp.accept() => a,
+                a = socket.accept() => a,
                 () = listener.shutdown.drained() => return,
             };
             let (stream, peer) = match accepted {
@@ -231,12 +305,14 @@ impl Listener {
             };
             let Ok(permit) = listener.active.slots.clone().try_acquire_owned() else {
                 counter!("signet_proxy_connections_total", "listener" => name.to_string(), "result" => "limit").increment(1);
-                tracing::warn!(listener = %name, %peer, limit = listener.active.max, "connection refused: connection limit reached");
+                tracing::warn!(listener = %name, peer = ?peer, limit = listener.active.max, "connection refused: connection limit reached");
                 continue;
             };
-            let _ = stream.set_nodelay(true);
             let l = listener.clone();
-            let span = tracing::info_span!("connection", listener = %name, %peer);
+            let span = match peer {
+                Some(peer) => tracing::info_span!("connection", listener = %name, %peer),
+                None => tracing::info_span!("connection", listener = %name),
+            };
             tokio::spawn(
                 async move {
                     gauge!("signet_proxy_active_connections", "listener" => l.name.to_string())
@@ -255,31 +331,21 @@ impl Listener {
 
     async fn handle(
         self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
+        stream: Stream,
+        peer: Option<SocketAddr>,
         permit: OwnedSemaphorePermit,
     ) {
         let _permit = permit;
         match &self.side {
-            Side::Inbound {
-                acceptor,
-                verifier,
-                to,
-                http,
-            } => {
-                self.inbound(acceptor, verifier, *to, http.clone(), stream, peer)
-                    .await;
-            }
+            Side::Inbound { .. } => self.inbound(stream, peer).await,
             Side::Outbound {
                 connector,
                 verifier,
-                host,
-                port,
+                remote,
                 name,
                 server_id,
             } => {
-                let to = (host.as_str(), *port);
-                self.outbound(connector, verifier, to, name, server_id, stream)
+                self.outbound(connector, verifier, remote, name, server_id, stream)
                     .await;
             }
         }
@@ -297,22 +363,59 @@ impl Listener {
         }
     }
 
-    async fn inbound(
-        &self,
-        acceptor: &TlsAcceptor,
-        verifier: &SpiffeVerifier,
-        to: SocketAddr,
-        http: Option<Arc<crate::http::Forwarder>>,
-        stream: TcpStream,
-        peer: SocketAddr,
-    ) {
-        let local = stream.local_addr().ok();
+    async fn inbound(&self, mut stream: Stream, mut peer: Option<SocketAddr>) {
+        let Side::Inbound {
+            acceptor,
+            verifier,
+            to,
+            http,
+            proxy_protocol_to_app,
+        } = &self.side
+        else {
+            return;
+        };
+        let mut local = match &stream {
+            Either::Left(tcp) => tcp.local_addr().ok(),
+            Either::Right(_) => None,
+        };
+        // Behind a load balancer speaking the PROXY protocol, its header
+        // names the caller (within the handshake's time limit).
+        let mut prefix = Vec::new();
+        if self.accept_proxy_protocol {
+            let header = Box::pin(tokio::time::timeout(
+                self.limits.handshake_timeout,
+                crate::proxy_protocol::read_header(&mut stream),
+            ))
+            .await;
+            match header {
+                Ok(Ok((received, rest))) => {
+                    if let Some(source) = received.source {
+                        tracing::debug!(via = ?peer, caller = %source, "PROXY protocol header");
+                        peer = Some(source);
+                        local = received.destination.or(local);
+                    }
+                    prefix = rest;
+                }
+                Ok(Err(e)) => {
+                    self.count("signet_proxy_handshakes_total", "proxy_protocol");
+                    tracing::warn!(reason = %e, "connection rejected: PROXY protocol");
+                    return;
+                }
+                Err(_) => {
+                    self.count("signet_proxy_handshakes_total", "timeout");
+                    tracing::warn!(timeout = ?self.limits.handshake_timeout, "connection rejected: no PROXY protocol header in time");
+                    return;
+                }
+            }
+        }
         // Futures only some connections or only the handshake need are
         // boxed: a connection's task keeps the size of its largest await
         // point for its whole life (see BENCHMARKS.md, memory per
         // connection).
         let mut tls = match Box::pin(tokio::time::timeout(self.limits.handshake_timeout, async {
-            let tls = acceptor.accept(ReadAhead::new(stream)).await?;
+            let tls = acceptor
+                .accept(ReadAhead::with_prefix(stream, prefix))
+                .await?;
             crate::tls::recheck_resumed_client(verifier, tls.get_ref().1)?;
             Ok::<_, std::io::Error>(tls)
         }))
@@ -354,22 +457,24 @@ impl Listener {
             .unwrap_or_default();
         let mut input = InputBuilder::default()
             .peer_id(peer_id.as_str())
-            .own_id(own_id.clone())
-            .source(peer)
-            .tls(
-                conn.protocol_version().map(tls_version_name),
-                conn.negotiated_cipher_suite()
-                    .and_then(|c| c.suite().as_str())
-                    .map(str::to_string),
-                conn.server_name().map(str::to_string),
-                conn.alpn_protocol()
-                    .map(|p| String::from_utf8_lossy(p).into_owned()),
-            );
+            .own_id(own_id.clone());
+        if let Some(peer) = peer {
+            input = input.source(peer);
+        }
+        input = input.tls(
+            conn.protocol_version().map(tls_version_name),
+            conn.negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .map(str::to_string),
+            conn.server_name().map(str::to_string),
+            conn.alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        );
         if let Some(local) = local {
             input = input.destination(local);
         }
         tracing::debug!(peer_id = %peer_id, "handshake complete");
-        if let Some(forwarder) = http {
+        if let Some(forwarder) = http.clone() {
             let ctx = crate::http::ConnContext {
                 peer_id: peer_id.to_string(),
                 own_id,
@@ -398,21 +503,28 @@ impl Listener {
         // The leaf's DER was only needed to authorize: give it back before
         // the connection settles into its (long) relay.
         drop(peer_leaf);
-        let app =
-            match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(to)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    self.count("signet_proxy_connections_total", "upstream_error");
-                    tracing::error!(app = %to, error = %e, "cannot reach the app");
-                    return;
-                }
-                Err(_) => {
-                    self.count("signet_proxy_connections_total", "upstream_timeout");
-                    tracing::error!(app = %to, "connecting to the app timed out");
-                    return;
-                }
-            };
-        let _ = app.set_nodelay(true);
+        let app = match Box::pin(tokio::time::timeout(self.limits.connect_timeout, async {
+            let mut app = connect(to).await?;
+            if let Some(version) = proxy_protocol_to_app {
+                let header = crate::proxy_protocol::encode(*version, peer, local)?;
+                app.write_all(&header).await?;
+            }
+            Ok::<_, std::io::Error>(app)
+        }))
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.count("signet_proxy_connections_total", "upstream_error");
+                tracing::error!(app = %to, error = %e, "cannot reach the app");
+                return;
+            }
+            Err(_) => {
+                self.count("signet_proxy_connections_total", "upstream_timeout");
+                tracing::error!(app = %to, "connecting to the app timed out");
+                return;
+            }
+        };
         self.count("signet_proxy_connections_total", "accepted");
         tracing::info!(peer_id = %peer_id, "connection accepted");
         let r = relay(
@@ -435,30 +547,35 @@ impl Listener {
         &self,
         connector: &TlsConnector,
         verifier: &SpiffeVerifier,
-        (host, port): (&str, u16),
+        to: &Remote,
         name: &rustls::pki_types::ServerName<'static>,
         server_id: &str,
-        app: TcpStream,
+        app: Stream,
     ) {
-        let remote = match Box::pin(tokio::time::timeout(
-            self.limits.connect_timeout,
-            TcpStream::connect((host, port)),
-        ))
+        let remote = match Box::pin(tokio::time::timeout(self.limits.connect_timeout, async {
+            match to {
+                Remote::Tcp { host, port } => {
+                    let s = TcpStream::connect((host.as_str(), *port)).await?;
+                    let _ = s.set_nodelay(true);
+                    Ok(Either::Left(s))
+                }
+                Remote::Unix(e) => connect(e).await,
+            }
+        }))
         .await
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.count("signet_proxy_connections_total", "upstream_error");
-                tracing::error!(remote = %format!("{host}:{port}"), error = %e, "cannot reach the server");
+                tracing::error!(remote = %to, error = %e, "cannot reach the server");
                 return;
             }
             Err(_) => {
                 self.count("signet_proxy_connections_total", "upstream_timeout");
-                tracing::error!(remote = %format!("{host}:{port}"), "connecting to the server timed out");
+                tracing::error!(remote = %to, "connecting to the server timed out");
                 return;
             }
         };
-        let _ = remote.set_nodelay(true);
         let mut tls = match Box::pin(tokio::time::timeout(self.limits.handshake_timeout, async {
             let tls = connector
                 .connect(name.clone(), ReadAhead::new(remote))

@@ -41,6 +41,19 @@ impl<S> ReadAhead<S> {
         }
     }
 
+    /// Starts by handing out `prefix`: bytes already read from `inner`
+    /// (after a PROXY protocol header, the start of the TLS handshake).
+    pub fn with_prefix(inner: S, prefix: Vec<u8>) -> Self {
+        let end = prefix.len();
+        ReadAhead {
+            inner,
+            buf: prefix,
+            pos: 0,
+            end,
+            bulk: false,
+        }
+    }
+
     fn hand_out(&mut self, out: &mut ReadBuf<'_>) {
         let n = out.remaining().min(self.end - self.pos);
         out.put_slice(&self.buf[self.pos..self.pos + n]);
@@ -69,6 +82,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         let me = self.get_mut();
         if me.pos < me.end {
             me.hand_out(out);
+            if me.pos == me.end && me.buf.len() != AHEAD {
+                // A prefix, not a read-ahead buffer: done with it.
+                me.buf = Vec::new();
+                (me.pos, me.end) = (0, 0);
+            }
             return Poll::Ready(Ok(()));
         }
         if !me.bulk || out.remaining() >= AHEAD {

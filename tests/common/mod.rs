@@ -64,6 +64,24 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A command's stdout as JSON, failing the test with stderr if it failed.
+pub fn json_stdout(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs `signet ARGS`, which must fail with `says` in its stderr.
+pub fn fails_saying(args: &[&str], says: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "signet {args:?} succeeded");
+    assert!(err.contains(says), "signet {args:?}: {err}");
+}
+
 /// A command's stdout if it succeeded.
 pub fn stdout_if_ok(out: Output) -> Option<String> {
     out.status
@@ -80,6 +98,14 @@ pub struct Combined {
 }
 
 impl Combined {
+    /// A sidecar (`signet proxy MODE --listen 127.0.0.1:0 ARGS`) on this
+    /// core's agent socket, ready; and the port it listens on.
+    pub fn sidecar(&self, name: &str, mode: &str, args: &[&str]) -> (Proc, u16) {
+        let mut all = args.to_vec();
+        all.extend(["--agent-socket", &self.agent]);
+        start_sidecar(name, signet(), mode, &all, &self.dir)
+    }
+
     pub fn start(dir: &Path, extra: &[&str]) -> Combined {
         let admin = dir.join("admin.sock").display().to_string();
         let agent = dir.join("agent.sock").display().to_string();
