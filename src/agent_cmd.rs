@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,10 @@ pub struct AgentSettings {
     /// entries and SVIDs; ext_authz checks) on this address.
     #[arg(long)]
     health_listen: Option<SocketAddr>,
+    /// Log filter (as --log), config file only: applied once the file is
+    /// read, and again when SIGHUP asks the agent to reread it.
+    #[arg(skip)]
+    log_level: Option<String>,
     #[command(flatten)]
     #[serde(default)]
     authz: AuthzSettings,
@@ -187,6 +192,8 @@ impl AgentSettings {
             },
             authz: s.authz.load()?,
             health: s.health_listen,
+            config_file: path,
+            log_level: s.log_level,
         })
     }
 }
@@ -201,6 +208,9 @@ pub struct ResolvedAgent {
     pub authz: Option<AgentAuthz>,
     /// `--health-listen`.
     pub health: Option<SocketAddr>,
+    /// The config file, reread for its `log_level` on SIGHUP.
+    pub config_file: Option<PathBuf>,
+    pub log_level: Option<String>,
 }
 
 /// The banner's lines about what the agent serves beside the Workload API
@@ -209,6 +219,7 @@ pub fn agent_lines(
     authz: Option<&AgentAuthz>,
     health: Option<crate::health::HealthEndpoint>,
     agent: &agent::AgentHandle,
+    server: Option<Arc<signet_server::Server>>,
 ) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(authz) = authz {
@@ -219,13 +230,22 @@ pub fn agent_lines(
     }
     if let Some(health) = health {
         lines.push(format!("  health         {}", health.describe()));
-        health.serve(agent, authz.map(|a| a.service.policy()));
+        let mut probes: Vec<_> = server
+            .map(crate::health::server_probe)
+            .into_iter()
+            .collect();
+        probes.push(crate::health::agent_probe(
+            agent,
+            authz.map(|a| a.service.policy()),
+        ));
+        health.serve(probes);
     }
     lines
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn serve(mut r: ResolvedAgent) -> anyhow::Result<()> {
+    crate::logging::follow_config_level(r.config_file.clone(), r.log_level.as_deref())?;
     if let Some(authz) = r.authz.as_mut() {
         authz.serve_own_listener().await?;
     }
@@ -239,7 +259,7 @@ pub async fn serve(mut r: ResolvedAgent) -> anyhow::Result<()> {
         let socket = running.socket.display();
         println!("signet agent is running");
         println!("  agent socket   {socket} (SPIFFE_ENDPOINT_SOCKET=unix://{socket})");
-        for line in agent_lines(authz, health, &running.handle) {
+        for line in agent_lines(authz, health, &running.handle, None) {
             println!("{line}");
         }
         println!("Press Ctrl-C to stop.");

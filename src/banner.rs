@@ -15,9 +15,9 @@ pub fn print_banner(
     running: &Running,
     data_dir: &Path,
     datastore: &str,
-    agent: Option<(&Path, &[String])>,
+    agent_socket: Option<&Path>,
+    lines: &[String],
 ) {
-    let agent_socket = agent.as_ref().map(|(socket, _)| *socket);
     let server = &running.server;
     let admin_socket = &running.admin_socket;
     let node_addr = running.node_addr;
@@ -76,10 +76,8 @@ pub fn print_banner(
             agent.display()
         );
     }
-    if let Some((_, lines)) = &agent {
-        for line in *lines {
-            println!("{line}");
-        }
+    for line in lines {
+        println!("{line}");
     }
     println!(
         "  CA             {}: {} key, active until {until}; bundle sequence {}",

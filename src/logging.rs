@@ -3,6 +3,7 @@
 //! a string holding JSON, so log pipelines can index its fields.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -108,6 +109,63 @@ fn record_as_object(line: &str) -> Option<serde_json::Value> {
     let record = doc.pointer_mut("/fields/record")?;
     *record = serde_json::from_str(record.as_str()?).ok()?;
     Some(doc)
+}
+
+/// Applies the config file's `log_level` (if it has one) now, and again
+/// each time SIGHUP asks for the file to be reread. An invalid level is
+/// refused with the reason and changes nothing; at start it fails the
+/// start, as any other bad setting does.
+pub fn follow_config_level(file: Option<PathBuf>, level: Option<&str>) -> anyhow::Result<()> {
+    if let Some(level) = level {
+        apply(level).map_err(|e| anyhow::anyhow!("log_level {level:?}: {e}"))?;
+    }
+    let Some(file) = file else {
+        return Ok(());
+    };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match config_level(&file) {
+                Ok(Some(level)) => match apply(&level) {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), filter = %level, "SIGHUP: log filter reread from the config file")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), filter = %level, reason = %e, "SIGHUP: the config file's log_level is invalid; the filter is unchanged")
+                    }
+                },
+                Ok(None) => {
+                    tracing::info!(file = %file.display(), "SIGHUP: the config file sets no log_level; the filter is unchanged")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), reason = %e, "SIGHUP: cannot reread the config file; the filter is unchanged")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn apply(level: &str) -> Result<(), String> {
+    match signet_server::logger::control() {
+        Some(control) => control.set(level),
+        None => Err("logging cannot be changed in this process".into()),
+    }
+}
+
+/// The top-level `log_level` of a TOML config file.
+fn config_level(file: &Path) -> Result<Option<String>, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    match table.get("log_level") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!(
+            "log_level must be a string, not {}",
+            other.type_str()
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -216,10 +216,7 @@ fn main() -> ExitCode {
                         spiffe_validator: !r.sds_trusted_ca,
                     },
                     authz: r.authz.load()?,
-                    health: r
-                        .health_listen
-                        .map(health::HealthEndpoint::bind)
-                        .transpose()?,
+                    health: None,
                 };
                 serve(r.server.with_local_agent(r.agent_socket), Some(local)).await
             }
@@ -322,10 +319,6 @@ struct RunArgs {
     /// Most workload SVIDs the local agent keeps; streamed entries are always kept.
     #[arg(long, default_value_t = signet_agent::DEFAULT_SVID_CACHE_SIZE)]
     svid_cache_size: usize,
-    /// Serve /live, /ready and /metrics (Prometheus: the local agent's
-    /// health, entries and SVIDs; ext_authz checks) on this address.
-    #[arg(long)]
-    health_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     authz: authz_settings::AuthzSettings,
 }

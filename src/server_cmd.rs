@@ -101,6 +101,15 @@ pub struct ServerSettings {
     /// Upstream root bundle (PEM), when the upstream certificate is not the root.
     #[arg(long)]
     upstream_bundle: Option<PathBuf>,
+    /// Serve /live, /ready and /metrics (Prometheus: API calls, signing,
+    /// datastore latency, agent subscriptions, the CA; with `signet run`
+    /// also the local agent's SVIDs and ext_authz checks) on this address.
+    #[arg(long)]
+    health_listen: Option<std::net::SocketAddr>,
+    /// Log filter (as --log), config file only: applied once the file is
+    /// read, and again when SIGHUP asks the server to reread it.
+    #[arg(skip)]
+    log_level: Option<String>,
     #[command(flatten)]
     #[serde(default)]
     federation: FederationSettings,
@@ -115,6 +124,10 @@ pub struct Resolved {
     pub run: RunConfig,
     /// The local agent's socket, for `signet run`.
     pub agent_socket: Option<PathBuf>,
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// The config file, reread for its `log_level` on SIGHUP.
+    pub config_file: Option<PathBuf>,
+    pub log_level: Option<String>,
 }
 
 /// `signet run`'s `--agent-socket`, if given.
@@ -261,6 +274,9 @@ impl ServerSettings {
                 oidc,
             },
             agent_socket,
+            health_listen: s.health_listen,
+            config_file: path,
+            log_level: s.log_level,
         })
     }
 
@@ -273,11 +289,26 @@ impl ServerSettings {
 /// API and SDS on `agent_socket`) until SIGINT or SIGTERM, then drains.
 pub async fn serve(r: Resolved, local_agent: Option<LocalAgent>) -> anyhow::Result<()> {
     let shutdown = crate::signals::shutdown()?;
+    crate::logging::follow_config_level(r.config_file.clone(), r.log_level.as_deref())?;
+    let health = r
+        .health_listen
+        .map(crate::health::HealthEndpoint::bind)
+        .transpose()?;
     match (local_agent, r.agent_socket) {
-        (Some(local), Some(socket)) => serve_combined(r.run, local, socket, shutdown).await?,
+        (Some(mut local), Some(socket)) => {
+            local.health = health;
+            serve_combined(r.run, local, socket, shutdown).await?
+        }
         _ => {
             let (data_dir, datastore) = (r.run.data_dir.clone(), r.run.datastore.clone());
-            let banner = |s: &Running| print_banner(s, &data_dir, &datastore, None);
+            let banner = move |s: &Running| {
+                let mut lines = Vec::new();
+                if let Some(health) = health {
+                    lines.push(format!("  health         {}", health.describe()));
+                    health.serve(vec![crate::health::server_probe(s.server.clone())]);
+                }
+                print_banner(s, &data_dir, &datastore, None, &lines)
+            };
             signet_server::run(r.run, banner, shutdown).await?;
         }
     }
@@ -298,12 +329,18 @@ async fn serve_combined(
     let (stop, stop_rx) = watch::channel(false);
     let health = local.health.take();
     let banner = move |c: &Combined| {
-        let lines = crate::agent_cmd::agent_lines(c.authz.as_ref(), health, &c.agent.handle);
+        let lines = crate::agent_cmd::agent_lines(
+            c.authz.as_ref(),
+            health,
+            &c.agent.handle,
+            Some(c.server.server.clone()),
+        );
         print_banner(
             &c.server,
             &data_dir,
             &datastore,
-            Some((&c.agent.socket, &lines)),
+            Some(&c.agent.socket),
+            &lines,
         );
     };
     run_until(
@@ -382,7 +419,7 @@ pub struct LocalAgent {
     pub sds: signet_sds::SdsOptions,
     /// Envoy ext_authz beside SDS, when a policy is given.
     pub authz: Option<crate::authz_settings::AgentAuthz>,
-    /// `--health-listen`, bound.
+    /// `--health-listen`, bound (by [`serve`]).
     pub health: Option<crate::health::HealthEndpoint>,
 }
 

@@ -207,21 +207,8 @@ fn start_server(dir: &std::path::Path, port: &str) -> (Proc, String) {
 }
 
 fn start_server_with(dir: &std::path::Path, port: &str, extra: &[&str]) -> (Proc, String) {
-    let admin = dir.join("admin.sock").display().to_string();
-    let mut cmd = signet();
-    cmd.args(["server", "--data-dir"])
-        .arg(dir.join("server"))
-        .args([
-            "--admin-socket",
-            &admin,
-            "--bind-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(extra);
-    let mut proc = Proc::spawn("signet-server", cmd, dir);
-    let banner = proc.wait_for("Press Ctrl-C");
-    let addr = agent_api_addr(&banner).to_string();
-    (proc, addr)
+    let (proc, _, addr) = common::start_server(dir, &format!("127.0.0.1:{port}"), extra);
+    (proc, addr.to_string())
 }
 
 fn start_agent(dir: &std::path::Path, addr: &str, token: Option<&str>) -> Proc {

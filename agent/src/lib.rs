@@ -170,15 +170,17 @@ impl AgentHandle {
     }
 }
 
-/// Whether `svid` is past its rotation point: half its life, moved by a
-/// per-SVID jitter of up to ±10 % so a fleet does not rotate in lockstep.
+/// Whether `svid` is past its rotation point (see [`rotation_point`]).
 pub fn rotation_due(svid: &X509Svid, now: SystemTime) -> bool {
-    let Some(leaf) = svid.chain().first() else {
-        return true;
-    };
-    let Ok(info) = signet_identity::x509_svid::inspect_leaf(leaf) else {
-        return true;
-    };
+    rotation_point(svid).is_none_or(|at| now >= at)
+}
+
+/// When `svid` is to be rotated: half its life, moved by a per-SVID jitter
+/// of up to ±10 % so a fleet does not rotate in lockstep. `None` for a
+/// leaf that cannot be read (rotate it now).
+pub fn rotation_point(svid: &X509Svid) -> Option<SystemTime> {
+    let leaf = svid.chain().first()?;
+    let info = signet_identity::x509_svid::inspect_leaf(leaf).ok()?;
     // The server backdates NotBefore by 10 s against clock skew; the life
     // the half-life is taken of starts at issuance.
     let issued = info.not_before + signet_identity::x509_svid::BACKDATE.as_secs() as i64;
@@ -190,11 +192,7 @@ pub fn rotation_due(svid: &X509Svid, now: SystemTime) -> bool {
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     let jitter = (f64::from(seed % 2001) / 1000.0 - 1.0) * 0.1; // -0.1 ..= 0.1
     let rotate_at = issued as f64 + life * (0.5 + jitter / 2.0);
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    now >= rotate_at
+    Some(UNIX_EPOCH + std::time::Duration::from_secs_f64(rotate_at.max(0.0)))
 }
 
 /// Starts the agent's loop; returns its handle once it has an identity

@@ -663,6 +663,7 @@ pub async fn serve_admin(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .layer(crate::telemetry::ApiMetricsLayer::new("admin"))
         .add_service(AdminService::new(server).into_service())
         .serve_with_incoming_shutdown(signet_unix::incoming(listener), stop)
         .await

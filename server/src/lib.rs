@@ -31,6 +31,7 @@ pub mod lifecycle;
 pub mod logger;
 pub mod node;
 pub mod oidc;
+pub mod telemetry;
 
 pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -355,6 +355,7 @@ impl Node for NodeService {
         let (tx, rx) = mpsc::channel(4);
         let service = self.clone();
         tokio::spawn(async move {
+            let _subscribed = crate::telemetry::Subscribed::new();
             let mut revisions = service.server.watch_revision();
             let mut last: Option<SubscribeResponse> = None;
             loop {
@@ -643,6 +644,7 @@ pub async fn serve_node(
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let result = tonic::transport::Server::builder()
+        .layer(crate::telemetry::ApiMetricsLayer::new("node"))
         .layer(tower::util::MapRequestLayer::new(limit_attest_body))
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop)

@@ -51,6 +51,26 @@ pub fn run(args: &[&str]) -> Output {
     signet().args(args).output().unwrap()
 }
 
+/// A `signet server` (data in `dir/server`, admin socket `dir/admin.sock`,
+/// node API on `bind`), serving: its process, admin socket and node API
+/// address.
+pub fn start_server(
+    dir: &Path,
+    bind: &str,
+    extra: &[&str],
+) -> (Proc, String, std::net::SocketAddr) {
+    let admin = dir.join("admin.sock").display().to_string();
+    let mut cmd = signet();
+    cmd.args(["server", "--data-dir"])
+        .arg(dir.join("server"))
+        .args(["--admin-socket", &admin, "--bind-address", bind])
+        .args(extra);
+    let mut proc = Proc::spawn("signet-server", cmd, dir);
+    let banner = proc.wait_for("Press Ctrl-C");
+    let addr = agent_api_addr(&banner);
+    (proc, admin, addr)
+}
+
 /// Runs a command and returns stdout, failing the test with stderr if it fails.
 pub fn ok(args: &[&str]) -> String {
     let out = run(args);

@@ -57,6 +57,18 @@ impl Ca {
         id: &SpiffeId,
         opts: &SvidOptions,
     ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        let started = std::time::Instant::now();
+        let chain = self.sign_leaf_unmeasured(public_key, id, opts);
+        crate::telemetry::signed("x509", started, chain.is_ok());
+        chain
+    }
+
+    fn sign_leaf_unmeasured(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        opts: &SvidOptions,
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
         self.check_id(id)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -120,6 +132,18 @@ impl Ca {
 
     /// Signs a JWT-SVID for `id` and `audience`.
     pub fn sign_jwt_svid(
+        &self,
+        id: &SpiffeId,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<String, CaError> {
+        let started = std::time::Instant::now();
+        let token = self.sign_jwt_svid_unmeasured(id, audience, ttl);
+        crate::telemetry::signed("jwt", started, token.is_ok());
+        token
+    }
+
+    fn sign_jwt_svid_unmeasured(
         &self,
         id: &SpiffeId,
         audience: &[String],

@@ -443,35 +443,39 @@ fn random_id() -> Result<String> {
 #[async_trait::async_trait]
 impl Datastore for SqlDatastore {
     async fn create_entry(&self, entry: Entry) -> Result<Entry> {
-        SqlDatastore::create_entry(self, entry).await
+        crate::telemetry::store_op("create_entry", SqlDatastore::create_entry(self, entry)).await
     }
 
     async fn update_entry(&self, entry: Entry) -> Result<Entry> {
-        SqlDatastore::update_entry(self, entry).await
+        crate::telemetry::store_op("update_entry", SqlDatastore::update_entry(self, entry)).await
     }
 
     async fn delete_entry(&self, id: &str) -> Result<Entry> {
-        SqlDatastore::delete_entry(self, id).await
+        crate::telemetry::store_op("delete_entry", SqlDatastore::delete_entry(self, id)).await
     }
 
     async fn get_entry(&self, id: &str) -> Result<Option<Entry>> {
-        SqlDatastore::get_entry(self, id).await
+        crate::telemetry::store_op("get_entry", SqlDatastore::get_entry(self, id)).await
     }
 
     async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>> {
-        SqlDatastore::list_entries(self, filter).await
+        crate::telemetry::store_op("list_entries", SqlDatastore::list_entries(self, filter)).await
     }
 
     async fn count_entries(&self) -> Result<u64> {
-        SqlDatastore::count_entries(self).await
+        crate::telemetry::store_op("count_entries", SqlDatastore::count_entries(self)).await
     }
 
     async fn list_entries_by_parents(&self, parents: &[SpiffeId]) -> Result<Vec<Entry>> {
-        SqlDatastore::list_entries_by_parents(self, parents).await
+        crate::telemetry::store_op(
+            "list_entries_by_parents",
+            SqlDatastore::list_entries_by_parents(self, parents),
+        )
+        .await
     }
 
     async fn put_node(&self, node: &AttestedNode) -> Result<()> {
-        SqlDatastore::put_node(self, node).await
+        crate::telemetry::store_op("put_node", SqlDatastore::put_node(self, node)).await
     }
 
     async fn swap_node(
@@ -479,87 +483,117 @@ impl Datastore for SqlDatastore {
         current: Option<&AttestedNode>,
         updated: &AttestedNode,
     ) -> Result<bool> {
-        SqlDatastore::swap_node(self, current, updated).await
+        crate::telemetry::store_op("swap_node", SqlDatastore::swap_node(self, current, updated))
+            .await
     }
 
     async fn get_node(&self, spiffe_id: &SpiffeId) -> Result<Option<AttestedNode>> {
-        SqlDatastore::get_node(self, spiffe_id).await
+        crate::telemetry::store_op("get_node", SqlDatastore::get_node(self, spiffe_id)).await
     }
 
     async fn list_nodes(&self) -> Result<Vec<AttestedNode>> {
-        SqlDatastore::list_nodes(self).await
+        crate::telemetry::store_op("list_nodes", SqlDatastore::list_nodes(self)).await
     }
 
     async fn delete_node(&self, spiffe_id: &SpiffeId) -> Result<bool> {
-        SqlDatastore::delete_node(self, spiffe_id).await
+        crate::telemetry::store_op("delete_node", SqlDatastore::delete_node(self, spiffe_id)).await
     }
 
     async fn create_join_token(&self, token: &JoinToken) -> Result<()> {
-        SqlDatastore::create_join_token(self, token).await
+        crate::telemetry::store_op(
+            "create_join_token",
+            SqlDatastore::create_join_token(self, token),
+        )
+        .await
     }
 
     async fn take_join_token(&self, hash: &str) -> Result<Option<JoinToken>> {
-        SqlDatastore::take_join_token(self, hash).await
+        crate::telemetry::store_op("take_join_token", SqlDatastore::take_join_token(self, hash))
+            .await
     }
 
     async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
-        SqlDatastore::prune_join_tokens(self, now).await
+        crate::telemetry::store_op(
+            "prune_join_tokens",
+            SqlDatastore::prune_join_tokens(self, now),
+        )
+        .await
     }
 
     async fn put_bundle(&self, bundle: &Bundle) -> Result<()> {
-        SqlDatastore::put_bundle(self, bundle).await
+        crate::telemetry::store_op("put_bundle", SqlDatastore::put_bundle(self, bundle)).await
     }
 
     async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>> {
-        SqlDatastore::get_bundle(self, td).await
+        crate::telemetry::store_op("get_bundle", SqlDatastore::get_bundle(self, td)).await
     }
 
     async fn list_bundles(&self) -> Result<Vec<Bundle>> {
-        SqlDatastore::list_bundles(self).await
+        crate::telemetry::store_op("list_bundles", SqlDatastore::list_bundles(self)).await
     }
 
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<bool> {
-        SqlDatastore::delete_bundle(self, td).await
+        crate::telemetry::store_op("delete_bundle", SqlDatastore::delete_bundle(self, td)).await
     }
 
     async fn put_federation(&self, rel: &Relationship, create: bool) -> Result<()> {
-        SqlDatastore::put_federation(self, rel, create).await
+        crate::telemetry::store_op(
+            "put_federation",
+            SqlDatastore::put_federation(self, rel, create),
+        )
+        .await
     }
 
     async fn get_federation(&self, td: &TrustDomain) -> Result<Option<Relationship>> {
-        SqlDatastore::get_federation(self, td).await
+        crate::telemetry::store_op("get_federation", SqlDatastore::get_federation(self, td)).await
     }
 
     async fn list_federations(&self) -> Result<Vec<Relationship>> {
-        SqlDatastore::list_federations(self).await
+        crate::telemetry::store_op("list_federations", SqlDatastore::list_federations(self)).await
     }
 
     async fn delete_federation(&self, td: &TrustDomain) -> Result<bool> {
-        SqlDatastore::delete_federation(self, td).await
+        crate::telemetry::store_op(
+            "delete_federation",
+            SqlDatastore::delete_federation(self, td),
+        )
+        .await
     }
 
     async fn put_ca_journal(&self, server_id: &str, journal_json: &str) -> Result<()> {
-        SqlDatastore::put_ca_journal(self, server_id, journal_json).await
+        crate::telemetry::store_op(
+            "put_ca_journal",
+            SqlDatastore::put_ca_journal(self, server_id, journal_json),
+        )
+        .await
     }
 
     async fn get_ca_journal(&self, server_id: &str) -> Result<Option<String>> {
-        SqlDatastore::get_ca_journal(self, server_id).await
+        crate::telemetry::store_op(
+            "get_ca_journal",
+            SqlDatastore::get_ca_journal(self, server_id),
+        )
+        .await
     }
 
     async fn list_ca_journals(&self) -> Result<Vec<(String, String)>> {
-        SqlDatastore::list_ca_journals(self).await
+        crate::telemetry::store_op("list_ca_journals", SqlDatastore::list_ca_journals(self)).await
     }
 
     async fn current_revision(&self) -> Result<u64> {
-        SqlDatastore::current_revision(self).await
+        crate::telemetry::store_op("current_revision", SqlDatastore::current_revision(self)).await
     }
 
     async fn prune_changes(&self, before: i64) -> Result<u64> {
-        SqlDatastore::prune_changes(self, before).await
+        crate::telemetry::store_op("prune_changes", SqlDatastore::prune_changes(self, before)).await
     }
 
     async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
-        SqlDatastore::changes_since(self, after, limit).await
+        crate::telemetry::store_op(
+            "changes_since",
+            SqlDatastore::changes_since(self, after, limit),
+        )
+        .await
     }
 }
 
