@@ -116,6 +116,99 @@ async fn entry_ids(
     ids
 }
 
+async fn next_push(
+    stream: &mut tonic::Streaming<signet_wire::node::SubscribeResponse>,
+) -> signet_wire::node::SubscribeResponse {
+    tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("a push in time")
+        .unwrap()
+        .unwrap()
+}
+
+/// Entry ids of a push, sorted.
+fn ids_of(entries: &[signet_wire::types::Entry]) -> Vec<String> {
+    let mut ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(ids: &[&String]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_subscription_sends_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let token = server.token();
+    let (mut a, a_id) = agent(&server, AttestWith::JoinToken(&token)).await;
+    let entry = |name: &str| {
+        server.entry(
+            &format!("spiffe://example.org/{name}"),
+            &a_id,
+            "unix:uid:1",
+            false,
+        )
+    };
+    let (one, two, three) = (entry("one"), entry("two"), entry("three"));
+
+    // Holding nothing: everything, as a delta.
+    let mut stream = a.subscribe_deltas(0, []).await.unwrap();
+    let first = next_push(&mut stream).await;
+    assert!(first.delta);
+    assert_eq!(ids_of(&first.entries), sorted(&[&one, &two, &three]));
+    assert!(first.removed_entry_ids.is_empty());
+    assert!(!first.bundles.is_empty());
+    let revision_of = |id: &str| first.entries.iter().find(|e| e.id == id).unwrap().revision;
+
+    // Then only what changed: a deletion, an addition.
+    server.admin(&["entry", "delete", "--id", &three]);
+    let push = next_push(&mut stream).await;
+    assert!(push.delta && push.entries.is_empty(), "{push:?}");
+    assert_eq!(push.removed_entry_ids, std::slice::from_ref(&three));
+    let four = entry("four");
+    let push = next_push(&mut stream).await;
+    assert_eq!(ids_of(&push.entries), std::slice::from_ref(&four));
+    assert!(push.removed_entry_ids.is_empty());
+    let four_revision = push.entries[0].revision;
+    let revision = push.revision;
+    drop(stream);
+
+    // Resumed holding exactly the current set: no entry crosses the wire.
+    let held = [
+        (one.clone(), revision_of(&one)),
+        (two.clone(), revision_of(&two)),
+        (four.clone(), four_revision),
+    ];
+    let mut stream = a.subscribe_deltas(revision, held).await.unwrap();
+    let push = next_push(&mut stream).await;
+    assert!(push.delta && push.entries.is_empty() && push.removed_entry_ids.is_empty());
+    assert!(!push.bundles.is_empty(), "bundles always come whole");
+    drop(stream);
+
+    // Resumed with a stale view (another revision of one, the deleted
+    // three, no four): exactly the difference.
+    let stale = [
+        (one.clone(), revision_of(&one) + 7),
+        (two.clone(), revision_of(&two)),
+        (three.clone(), 1),
+    ];
+    let mut stream = a.subscribe_deltas(1, stale).await.unwrap();
+    let push = next_push(&mut stream).await;
+    assert_eq!(ids_of(&push.entries), sorted(&[&one, &four]));
+    assert_eq!(push.removed_entry_ids, std::slice::from_ref(&three));
+    drop(stream);
+
+    // Agents that ask for no deltas get the full set every time.
+    let mut stream = a.subscribe().await.unwrap();
+    let push = next_push(&mut stream).await;
+    assert!(!push.delta);
+    assert_eq!(ids_of(&push.entries), sorted(&[&one, &two, &four]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unauthenticated_attest_messages_are_small() {
     let dir = tempfile::tempdir().unwrap();

@@ -334,7 +334,17 @@ async fn session(
 ) -> Result<(), AgentError> {
     let mut client =
         NodeClient::connect(addr, identity.bundle.clone(), Some(&identity.svid)).await?;
-    let mut updates = client.subscribe().await.map_err(|e| {
+    // A resumed subscription sends only what changed since what is held.
+    let (since, known) = {
+        let s = tx.borrow();
+        let known: Vec<(String, u64)> = s
+            .entries
+            .iter()
+            .map(|e| (e.id.clone(), e.revision))
+            .collect();
+        (s.revision, known)
+    };
+    let mut updates = client.subscribe_deltas(since, known).await.map_err(|e| {
         if is_refusal(&e) {
             AgentError::Refused(e.to_string())
         } else {
@@ -359,7 +369,12 @@ async fn session(
                     Err(s) if s.code() == tonic::Code::PermissionDenied => return Err(AgentError::Refused(s.message().to_owned())),
                     Err(s) => return Err(ClientError::from(s).into()),
                 };
-                let entries: Vec<Entry> = msg.entries.iter().filter_map(|e| Entry::try_from(e).ok()).collect();
+                let upserts: Vec<Entry> = msg.entries.iter().filter_map(|e| Entry::try_from(e).ok()).collect();
+                let entries = if msg.delta {
+                    apply_delta(&tx.borrow().entries, upserts, &msg.removed_entry_ids)
+                } else {
+                    upserts
+                };
                 let mut bundles = BundleSet::new();
                 for b in &msg.bundles {
                     match bundle_from_wire(b) {
@@ -416,6 +431,25 @@ async fn session(
             }
         }
     }
+}
+
+/// The entries held after a delta: `held` without the `removed` ids, each
+/// entry of `upserts` replacing the one of its id or added at the end.
+pub fn apply_delta(held: &[Entry], upserts: Vec<Entry>, removed: &[String]) -> Vec<Entry> {
+    let mut by_id: HashMap<String, Entry> =
+        upserts.into_iter().map(|e| (e.id.clone(), e)).collect();
+    let removed: std::collections::HashSet<&str> = removed.iter().map(String::as_str).collect();
+    let mut out = Vec::with_capacity(held.len() + by_id.len());
+    for e in held {
+        if removed.contains(e.id.as_str()) {
+            continue;
+        }
+        out.push(by_id.remove(&e.id).unwrap_or_else(|| e.clone()));
+    }
+    let mut added: Vec<Entry> = by_id.into_values().collect();
+    added.sort_by(|a, b| a.id.cmp(&b.id));
+    out.extend(added);
+    out
 }
 
 /// Mints the SVIDs the cache should hold and evicts what it should not:
@@ -486,6 +520,29 @@ mod tests {
     use signet_server::ca::{Ca, CaConfig, SvidOptions};
     use signet_server::clock::ManualClock;
     use signet_server::key_manager::memory::MemoryKeyManager;
+
+    #[test]
+    fn a_delta_replaces_removes_and_adds_by_id() {
+        let entry = |id: &str, revision: u64| {
+            let mut e = Entry::new(
+                signet_identity::SpiffeId::parse(&format!("spiffe://example.org/{id}")).unwrap(),
+                signet_identity::SpiffeId::parse("spiffe://example.org/agent").unwrap(),
+                vec![signet_identity::Selector::parse("unix:uid:1").unwrap()],
+            );
+            e.id = id.into();
+            e.revision = revision;
+            e
+        };
+        let held = [entry("a", 1), entry("b", 1), entry("c", 1)];
+        let out = apply_delta(
+            &held,
+            vec![entry("d", 1), entry("b", 2)],
+            &["c".to_string(), "unknown".to_string()],
+        );
+        let got: Vec<(&str, u64)> = out.iter().map(|e| (e.id.as_str(), e.revision)).collect();
+        assert_eq!(got, [("a", 1), ("b", 2), ("d", 1)]);
+        assert!(apply_delta(&held, Vec::new(), &[]).iter().eq(held.iter()));
+    }
 
     #[test]
     fn svids_rotate_between_40_and_60_percent_of_their_life() {

@@ -232,11 +232,38 @@ impl NodeClient {
         svid_from_wire(r.svid, &key)
     }
 
-    /// The stream of authorized entries and bundles.
+    /// The stream of authorized entries and bundles, each response the
+    /// full set.
     pub async fn subscribe(&mut self) -> Result<tonic::Streaming<SubscribeResponse>, ClientError> {
         Ok(self
             .grpc
-            .subscribe(SubscribeRequest { since_revision: 0 })
+            .subscribe(SubscribeRequest {
+                since_revision: 0,
+                known_entries: Vec::new(),
+                deltas: false,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The stream of authorized entries and bundles as deltas: the first
+    /// response against `known` (entry id, revision) as of `since_revision`,
+    /// each later one against the previous response (see [`apply_delta`]).
+    pub async fn subscribe_deltas(
+        &mut self,
+        since_revision: u64,
+        known: impl IntoIterator<Item = (String, u64)>,
+    ) -> Result<tonic::Streaming<SubscribeResponse>, ClientError> {
+        Ok(self
+            .grpc
+            .subscribe(SubscribeRequest {
+                since_revision,
+                known_entries: known
+                    .into_iter()
+                    .map(|(id, revision)| EntryVersion { id, revision })
+                    .collect(),
+                deltas: true,
+            })
             .await?
             .into_inner())
     }

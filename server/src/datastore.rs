@@ -245,6 +245,15 @@ pub trait Datastore: Send + Sync + fmt::Debug {
 
     /// The highest revision in the change feed (0 when empty).
     async fn current_revision(&self) -> Result<u64>;
+    /// Wakes when another process may have appended to the change feed
+    /// (PostgreSQL: LISTEN on the channel every writer notifies on commit);
+    /// `None` where only this process writes, or listening failed: the
+    /// follower polls.
+    async fn change_notifications(
+        &self,
+    ) -> Option<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = ()> + Send>>> {
+        None
+    }
     /// Changes with revision > `after`, oldest first, at most `limit`.
     async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<Change>>;
     /// Deletes changes recorded before `before` (unix seconds), except the

@@ -308,11 +308,25 @@ impl Server {
     /// local write and at least every `poll` (other servers may write to a
     /// shared database), and publishes the newest revision.
     pub async fn follow_changes(&self, poll: Duration, stop: impl Future<Output = ()>) {
+        use tokio_stream::StreamExt;
         tokio::pin!(stop);
+        // Other servers' writes, as they commit (PostgreSQL); the poll
+        // stays as the fallback.
+        let mut notifications = self.store.change_notifications().await;
         loop {
+            let notified = async {
+                match notifications.as_mut() {
+                    Some(n) => n.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut stop => return,
                 _ = self.wrote.notified() => {}
+                n = notified => if n.is_none() {
+                    tracing::warn!("change notifications ended; polling only");
+                    notifications = None;
+                },
                 _ = tokio::time::sleep(poll) => {}
             }
             match self.store.current_revision().await {

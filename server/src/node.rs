@@ -352,6 +352,16 @@ impl Node for NodeService {
         req: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let node = self.peer(&req).await?;
+        let request = req.into_inner();
+        // What the agent holds, by entry id and revision: with deltas, only
+        // what differs from it is sent.
+        let mut held: Option<HashMap<String, u64>> = request.deltas.then(|| {
+            request
+                .known_entries
+                .iter()
+                .map(|k| (k.id.clone(), k.revision))
+                .collect()
+        });
         let (tx, rx) = mpsc::channel(4);
         let service = self.clone();
         tokio::spawn(async move {
@@ -380,25 +390,32 @@ impl Node for NodeService {
                         revision,
                         entries: entries.iter().map(types::Entry::from).collect(),
                         bundles,
+                        delta: false,
+                        removed_entry_ids: Vec::new(),
                     })
                 }
                 .await;
-                match state {
+                let state = match state {
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
-                    Ok(state) => {
-                        let changed = last.as_ref().is_none_or(|l| {
-                            l.entries != state.entries || l.bundles != state.bundles
-                        });
-                        if changed {
-                            if tx.send(Ok(state.clone())).await.is_err() {
-                                return;
-                            }
-                            last = Some(state);
-                        }
+                    Ok(state) => state,
+                };
+                let changed = last
+                    .as_ref()
+                    .is_none_or(|l| l.entries != state.entries || l.bundles != state.bundles);
+                if changed {
+                    let msg = match held.as_mut() {
+                        Some(held) => delta_from(held, &state),
+                        None => state.clone(),
+                    };
+                    metrics::counter!("signet_server_subscription_entries_sent_total")
+                        .increment(msg.entries.len() as u64);
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
                     }
+                    last = Some(state);
                 }
                 tokio::select! {
                     r = revisions.changed() => if r.is_err() { return },
@@ -652,6 +669,37 @@ pub async fn serve_node(
     let _ = stop_tx.send(true);
     let _ = accept.await;
     result.map_err(|e| ServerError::InvalidArgument(format!("agent API: {e}")))
+}
+
+/// `state` as a delta against what the agent `held` (entry id -> revision):
+/// the entries it lacks or holds at another revision, and the ids it holds
+/// that are no longer authorized; `held` becomes `state`'s entries.
+fn delta_from(held: &mut HashMap<String, u64>, state: &SubscribeResponse) -> SubscribeResponse {
+    let entries: Vec<types::Entry> = state
+        .entries
+        .iter()
+        .filter(|e| held.get(&e.id) != Some(&e.revision))
+        .cloned()
+        .collect();
+    let now: HashMap<String, u64> = state
+        .entries
+        .iter()
+        .map(|e| (e.id.clone(), e.revision))
+        .collect();
+    let mut removed: Vec<String> = held
+        .keys()
+        .filter(|id| !now.contains_key(*id))
+        .cloned()
+        .collect();
+    removed.sort();
+    *held = now;
+    SubscribeResponse {
+        revision: state.revision,
+        entries,
+        bundles: state.bundles.clone(),
+        delta: true,
+        removed_entry_ids: removed,
+    }
 }
 
 /// Bounds the body of an `Attest` call (anyone may make one, before any

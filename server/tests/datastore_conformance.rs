@@ -839,3 +839,52 @@ async fn postgres_several_servers_share_one_database() {
     let err = datastore::open(&url).await.unwrap_err();
     assert!(err.to_string().contains("newer"), "{err}");
 }
+
+/// A change written through one server wakes the others as it commits
+/// (LISTEN/NOTIFY), rather than at their next poll; SQLite, written by one
+/// process only, has nothing to listen to.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_writes_wake_the_other_servers() {
+    use tokio_stream::StreamExt;
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("signet_notify").await;
+    let writer = datastore::open(&url).await.unwrap();
+    let follower = datastore::open(&url).await.unwrap();
+    let mut wakes = follower
+        .change_notifications()
+        .await
+        .expect("PostgreSQL can be listened to");
+    let deadline = signet_testkit::DEADLINE;
+
+    writer
+        .create_entry(entry(
+            "spiffe://example.org/notified",
+            AGENT,
+            &["unix:uid:7"],
+        ))
+        .await
+        .unwrap();
+    tokio::time::timeout(deadline, wakes.next())
+        .await
+        .expect("a notification for the committed change")
+        .expect("the stream goes on");
+
+    // And for every later one.
+    writer
+        .create_entry(entry("spiffe://example.org/again", AGENT, &["unix:uid:8"]))
+        .await
+        .unwrap();
+    tokio::time::timeout(deadline, wakes.next())
+        .await
+        .expect("a notification for the second change")
+        .expect("the stream goes on");
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = datastore::open(&format!(
+        "sqlite://{}",
+        dir.path().join("d.sqlite3").display()
+    ))
+    .await
+    .unwrap();
+    assert!(sqlite.change_notifications().await.is_none());
+}

@@ -62,6 +62,10 @@ enum Dialect {
     Postgres,
 }
 
+/// The PostgreSQL channel every change-feed writer notifies on commit (the
+/// `pg_notify` in [`Write::commit`] names it too).
+const CHANGES_CHANNEL: &str = "signet_changes";
+
 /// A datastore on SQLite or PostgreSQL.
 #[derive(Debug)]
 pub struct SqlDatastore {
@@ -69,6 +73,17 @@ pub struct SqlDatastore {
     dialect: Dialect,
     /// Serializes this process's writes (SQLite has one writer).
     write: Mutex<()>,
+    /// PostgreSQL: where to LISTEN for other servers' changes.
+    listen_url: Option<ListenUrl>,
+}
+
+/// A connection URL kept for LISTEN; shown redacted.
+struct ListenUrl(String);
+
+impl std::fmt::Debug for ListenUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
 }
 
 /// A write in progress (see [`SqlDatastore::write`]). Dropped without
@@ -87,6 +102,13 @@ impl Write<'_> {
     async fn commit(mut self, change: Option<ChangeKind>) -> Result<()> {
         if let Some(kind) = change {
             self.store.record_change(&mut self.tx, &kind).await?;
+            if self.store.dialect == Dialect::Postgres {
+                // Delivered to every listening server when this commits.
+                sqlx::query("SELECT pg_notify('signet_changes', '')")
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(query_err(self.op))?;
+            }
         }
         self.tx.commit().await.map_err(query_err(self.op))
     }
@@ -216,6 +238,7 @@ impl SqlDatastore {
             pool,
             dialect,
             write: Mutex::new(()),
+            listen_url: (dialect == Dialect::Postgres).then(|| ListenUrl(url.clone())),
         };
         store.migrate().await.map_err(|e| match e {
             DatastoreError::Query(reason) => open_err(reason),
@@ -586,6 +609,28 @@ impl Datastore for SqlDatastore {
 
     async fn prune_changes(&self, before: i64) -> Result<u64> {
         crate::telemetry::store_op("prune_changes", SqlDatastore::prune_changes(self, before)).await
+    }
+
+    async fn change_notifications(
+        &self,
+    ) -> Option<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = ()> + Send>>> {
+        use tokio_stream::StreamExt;
+        let url = self.listen_url.as_ref()?;
+        let listen = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&url.0).await?;
+            listener.listen(CHANGES_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listen.await {
+            // A lost connection is re-established by the listener (what was
+            // sent meanwhile is lost: the error wakes the follower too, which
+            // then reads the feed).
+            Ok(listener) => Some(Box::pin(listener.into_stream().map(|_| ()))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for other servers' changes; polling only");
+                None
+            }
+        }
     }
 
     async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
