@@ -39,6 +39,10 @@ use node_client::{ClientError, NodeClient};
 use server_address::ServerAddress;
 use signet_wire::bundle_from_wire;
 
+/// A session with a server that lasted this long resets the reconnection
+/// backoff when it ends.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 /// Entries per MintX509Svids call.
 const MINT_BATCH: usize = 500;
 
@@ -252,6 +256,7 @@ async fn agent_loop(
             return;
         }
         let addrs = server_address::resolve_all(&config.servers).await;
+        let started = std::time::Instant::now();
         let outcome = match addrs.get(server_index % addrs.len().max(1)) {
             Some(&addr) => tokio::select! {
                 r = session(&config, addr, &mut identity, &tx, &shared_client, &demand) => r.map_err(|e| (addr.to_string(), e)),
@@ -295,6 +300,12 @@ async fn agent_loop(
                 return;
             }
             Err((addr, e)) => {
+                // A session that served for a while was a success: the
+                // next server is tried at once, not after earlier
+                // failures' longer delays.
+                if started.elapsed() >= HEALTHY_SESSION {
+                    backoff.reset();
+                }
                 tracing::warn!(server = %addr, error = %e, retry_within = ?backoff.step(), "lost the server; serving cached SVIDs");
                 server_index += 1;
             }

@@ -134,6 +134,17 @@ impl Postgres {
         )
     }
 
+    /// Stops the server as an operator's restart does (fast shutdown:
+    /// clients are disconnected, nothing committed is lost); start it again
+    /// with [`Postgres::start_server`].
+    pub fn stop_server(&self) {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
     /// Appends `text` to `file` in the data directory (postgresql.conf,
     /// pg_hba.conf, pg_ident.conf), keeping the file's owner.
     pub fn append_conf(&self, file: &str, text: &str) {
