@@ -209,6 +209,45 @@ async fn a_resumed_subscription_sends_only_what_changed() {
     assert_eq!(ids_of(&push.entries), sorted(&[&one, &two, &four]));
 }
 
+/// A subscription recomputes its agent's entries only for changes that
+/// can concern it; those must all still arrive: entries nested under its
+/// workloads, and their removal with their parent's.
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_follow_nested_entries_and_ignore_other_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let (mut a, a_id) = agent(&server, AttestWith::JoinToken(&server.token())).await;
+    let (mut b, b_id) = agent(&server, AttestWith::JoinToken(&server.token())).await;
+    let mut a_stream = a.subscribe_deltas(0, []).await.unwrap();
+    let mut b_stream = b.subscribe_deltas(0, []).await.unwrap();
+    assert!(next_push(&mut a_stream).await.entries.is_empty());
+    assert!(next_push(&mut b_stream).await.entries.is_empty());
+
+    let web = server.entry("spiffe://example.org/web", &a_id, "unix:uid:1", false);
+    assert_eq!(
+        ids_of(&next_push(&mut a_stream).await.entries),
+        std::slice::from_ref(&web)
+    );
+    // Nested under web's SPIFFE ID: A's too.
+    let nested = server.entry(
+        "spiffe://example.org/web/sidecar",
+        "spiffe://example.org/web",
+        "unix:uid:2",
+        false,
+    );
+    assert_eq!(
+        ids_of(&next_push(&mut a_stream).await.entries),
+        std::slice::from_ref(&nested)
+    );
+    // B's entry reaches B, and A's next push is about A's own change.
+    let db = server.entry("spiffe://example.org/db", &b_id, "unix:uid:3", false);
+    assert_eq!(ids_of(&next_push(&mut b_stream).await.entries), [db]);
+    server.admin(&["entry", "delete", "--id", &web]);
+    let push = next_push(&mut a_stream).await;
+    assert!(push.entries.is_empty(), "{push:?}");
+    assert_eq!(push.removed_entry_ids, sorted(&[&nested, &web]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unauthenticated_attest_messages_are_small() {
     let dir = tempfile::tempdir().unwrap();

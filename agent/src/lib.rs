@@ -371,6 +371,10 @@ async fn session(
         }
     });
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Nothing is minted before the server's first answer has brought the
+    // entries up to date: entries deleted while the agent was away would
+    // be asked for, and the server refuses a batch holding one.
+    let mut synced = false;
     loop {
         tokio::select! {
             msg = updates.message() => {
@@ -409,11 +413,12 @@ async fn session(
                 let mut next = Snapshot { entries, bundles, svids, revision: msg.revision, healthy: true };
                 mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
                 tx.send_replace(Arc::new(next));
+                synced = true;
                 if let Err(e) = persist_identity(config, identity) {
                     tracing::warn!(error = %e, "cannot persist the bundle");
                 }
             }
-            _ = demand.wake.notified() => {
+            _ = demand.wake.notified(), if synced => {
                 // A workload waits for an entry whose SVID is not cached.
                 let current = tx.borrow().clone();
                 let mut next = (*current).clone();
@@ -422,7 +427,7 @@ async fn session(
                     tx.send_replace(Arc::new(next));
                 }
             }
-            _ = tick.tick() => {
+            _ = tick.tick(), if synced => {
                 let now = SystemTime::now();
                 if rotation_due(&identity.svid, now) {
                     let renewed = client.renew().await.map_err(|e| if is_refusal(&e) { AgentError::Refused(e.to_string()) } else { e.into() })?;

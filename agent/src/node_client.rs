@@ -113,6 +113,8 @@ impl NodeClient {
                 let connector = connector.clone();
                 async move {
                     let tcp = TcpStream::connect(addr).await?;
+                    // No Nagle delay on gRPC's small frames (see the server).
+                    tcp.set_nodelay(true)?;
                     let name = rustls_pki_types::ServerName::try_from("signet-server")
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                     let tls = connector.connect(name, tcp).await?;

@@ -54,6 +54,17 @@ pub async fn authorized_entries(
     node: &AttestedNode,
     now: i64,
 ) -> Result<Vec<Entry>> {
+    Ok(authorized_entries_and_parents(store, node, now).await?.0)
+}
+
+/// [`authorized_entries`], and every parent ID whose children were looked
+/// up (the agent, its node aliases, the nested parents): a change to an
+/// entry under none of them (and not a node alias) cannot change the set.
+pub async fn authorized_entries_and_parents(
+    store: &dyn Datastore,
+    node: &AttestedNode,
+    now: i64,
+) -> Result<(Vec<Entry>, HashSet<SpiffeId>)> {
     let mut visited: HashSet<SpiffeId> = HashSet::new();
     let mut frontier = agent_parent_ids(store, node, now).await?;
     let mut seen_entries: HashSet<String> = HashSet::new();
@@ -74,7 +85,7 @@ pub async fn authorized_entries(
         frontier = next;
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    Ok((out, visited))
 }
 
 /// The authorized entry with this id, or `None` when the agent may not

@@ -138,15 +138,23 @@ pub enum ChangeKind {
     EntryCreated {
         entry_id: String,
         parent_id: SpiffeId,
+        /// A node-alias entry (before or after the change): it may change
+        /// what any agent is authorized for. Older records lack it.
+        #[serde(default)]
+        node: bool,
     },
     EntryUpdated {
         entry_id: String,
         parent_id: SpiffeId,
         old_parent_id: SpiffeId,
+        #[serde(default)]
+        node: bool,
     },
     EntryDeleted {
         entry_id: String,
         parent_id: SpiffeId,
+        #[serde(default)]
+        node: bool,
     },
     NodeUpdated {
         spiffe_id: SpiffeId,

@@ -46,7 +46,7 @@ use signet_identity::{Bundle, Entry, SpiffeId, TrustDomain};
 use tokio::sync::{Notify, watch};
 
 use crate::ca::CaJournal;
-use crate::datastore::{Datastore, DatastoreError, JoinToken};
+use crate::datastore::{Change, Datastore, DatastoreError, JoinToken};
 
 /// The path of the SPIFFE ID of the agent inside `signet run`, which
 /// [`Server::attest_local_agent`] issues its identity to.
@@ -105,6 +105,31 @@ pub enum ServerError {
     Journal(String),
 }
 
+/// Changes read per change-feed query.
+const FOLLOW_BATCH: u32 = 1000;
+/// Changes kept for subscriptions; a subscription further behind
+/// recomputes its agent's entries.
+const RECENT_CHANGES: usize = 10_000;
+
+/// Every change after revision `after`, oldest first (at most
+/// [`RECENT_CHANGES`]).
+#[derive(Debug)]
+struct RecentChanges {
+    after: u64,
+    changes: std::collections::VecDeque<Change>,
+}
+
+impl RecentChanges {
+    fn push(&mut self, batch: Vec<Change>) {
+        self.changes.extend(batch);
+        while self.changes.len() > RECENT_CHANGES {
+            if let Some(dropped) = self.changes.pop_front() {
+                self.after = dropped.revision;
+            }
+        }
+    }
+}
+
 /// The running server state shared by its APIs.
 pub struct Server {
     config: ServerConfig,
@@ -113,6 +138,9 @@ pub struct Server {
     clock: Arc<dyn Clock>,
     /// Latest change-feed revision seen; APIs that push wait on it.
     revision: watch::Sender<u64>,
+    /// The changes the follower read, so each subscription can tell
+    /// whether one concerns its agent without reading the datastore.
+    recent: std::sync::RwLock<RecentChanges>,
     /// Poked after local writes so the feed is read at once.
     wrote: Notify,
     /// Poked when federation relationships change or a refresh is asked
@@ -158,6 +186,10 @@ impl Server {
             store,
             clock,
             revision: watch::Sender::new(revision),
+            recent: std::sync::RwLock::new(RecentChanges {
+                after: revision,
+                changes: std::collections::VecDeque::new(),
+            }),
             wrote: Notify::new(),
             federation_poke: Notify::new(),
             resumed,
@@ -329,19 +361,54 @@ impl Server {
                 },
                 _ = tokio::time::sleep(poll) => {}
             }
-            match self.store.current_revision().await {
-                Ok(rev) => {
-                    self.revision.send_if_modified(|cur| {
-                        let newer = rev > *cur;
-                        if newer {
-                            *cur = rev;
+            // Read every change since the last one seen (in batches), keep
+            // them for the subscriptions, then publish the newest revision.
+            loop {
+                let from = *self.revision.borrow();
+                match self.store.changes_since(from, FOLLOW_BATCH).await {
+                    Ok(batch) => {
+                        let Some(newest) = batch.last().map(|c| c.revision) else {
+                            break;
+                        };
+                        let full = batch.len() == FOLLOW_BATCH as usize;
+                        self.recent
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(batch);
+                        self.revision.send_replace(newest);
+                        if !full {
+                            break;
                         }
-                        newer
-                    });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the change feed");
+                        break;
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the change feed"),
             }
         }
+    }
+
+    /// The changes after revision `after` up to `to`, if this server still
+    /// holds them all (`None`: ask the datastore, or recompute).
+    pub fn changes_between(&self, after: u64, to: u64) -> Option<Vec<Change>> {
+        let recent = self
+            .recent
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if after < recent.after {
+            return None;
+        }
+        // Oldest first: skip to the first change after `after`.
+        let start = recent.changes.partition_point(|c| c.revision <= after);
+        Some(
+            recent
+                .changes
+                .range(start..)
+                .take_while(|c| c.revision <= to)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// The own trust bundle as published (every server's CA in a shared

@@ -7,7 +7,7 @@
 //! attested, unbanned agent whose SVID serial is the one on record, and only
 //! ever touches entries authorized for that agent (security invariant 1).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::attest::node::{AttestError, Attested, Challenger, Evidence, NodeAttestor};
 use crate::authz;
 use crate::ca::SvidOptions;
-use crate::datastore::AttestedNode;
+use crate::datastore::{AttestedNode, ChangeKind};
 use crate::{Server, ServerError};
 use signet_tls::{RotatingCert, SharedBundles, SpiffeVerifier};
 use signet_wire::node::node_server::{Node, NodeServer};
@@ -368,59 +368,88 @@ impl Node for NodeService {
             let _subscribed = crate::telemetry::Subscribed::new();
             let mut revisions = service.server.watch_revision();
             let mut last: Option<SubscribeResponse> = None;
+            // The revision the state was computed at, and the parent IDs
+            // it was computed from: a change under none of them (and not
+            // to this node or a node alias or a bundle) leaves it as it is.
+            let mut computed_at = 0u64;
+            let mut parents: HashSet<SpiffeId> = HashSet::new();
+            let mut refresh = true;
             loop {
                 let revision = *revisions.borrow_and_update();
-                let state = async {
-                    let store = service.server.store();
-                    match store
-                        .get_node(&node.spiffe_id)
-                        .await
-                        .map_err(ServerError::from)?
-                    {
-                        Some(n) if !n.banned => {}
-                        Some(_) => return Err(denied(&node.spiffe_id, "is banned")),
-                        None => return Err(denied(&node.spiffe_id, "is no longer attested")),
-                    }
-                    let entries =
-                        authz::authorized_entries(store.as_ref(), &node, service.server.now_secs())
-                            .await
-                            .map_err(ServerError::from)?;
-                    let bundles = service.bundles_for(&entries).await?;
-                    Ok::<_, Status>(SubscribeResponse {
-                        revision,
-                        entries: entries.iter().map(types::Entry::from).collect(),
-                        bundles,
-                        delta: false,
-                        removed_entry_ids: Vec::new(),
-                    })
-                }
-                .await;
-                let state = match state {
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                    Ok(state) => state,
-                };
-                let changed = last
-                    .as_ref()
-                    .is_none_or(|l| l.entries != state.entries || l.bundles != state.bundles);
-                if changed {
-                    let msg = match held.as_mut() {
-                        Some(held) => delta_from(held, &state),
-                        None => state.clone(),
+                let concerned = refresh
+                    || match service.server.changes_between(computed_at, revision) {
+                        Some(changes) => changes
+                            .iter()
+                            .any(|c| concerns(&c.kind, &node.spiffe_id, &parents)),
+                        None => true,
                     };
-                    metrics::counter!("signet_server_subscription_entries_sent_total")
-                        .increment(msg.entries.len() as u64);
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
+                refresh = false;
+                if concerned {
+                    let state = async {
+                        let store = service.server.store();
+                        match store
+                            .get_node(&node.spiffe_id)
+                            .await
+                            .map_err(ServerError::from)?
+                        {
+                            Some(n) if !n.banned => {}
+                            Some(_) => return Err(denied(&node.spiffe_id, "is banned")),
+                            None => return Err(denied(&node.spiffe_id, "is no longer attested")),
+                        }
+                        let (entries, parents) = authz::authorized_entries_and_parents(
+                            store.as_ref(),
+                            &node,
+                            service.server.now_secs(),
+                        )
+                        .await
+                        .map_err(ServerError::from)?;
+                        let bundles = service.bundles_for(&entries).await?;
+                        Ok::<_, Status>((
+                            SubscribeResponse {
+                                revision,
+                                entries: entries.iter().map(types::Entry::from).collect(),
+                                bundles,
+                                delta: false,
+                                removed_entry_ids: Vec::new(),
+                            },
+                            parents,
+                        ))
                     }
-                    last = Some(state);
+                    .await;
+                    let state = match state {
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        Ok((state, now_parents)) => {
+                            parents = now_parents;
+                            state
+                        }
+                    };
+                    let changed = last
+                        .as_ref()
+                        .is_none_or(|l| l.entries != state.entries || l.bundles != state.bundles);
+                    if changed {
+                        let msg = match held.as_mut() {
+                            Some(held) => delta_from(held, &state),
+                            None => state.clone(),
+                        };
+                        metrics::counter!("signet_server_subscription_entries_sent_total")
+                            .increment(msg.entries.len() as u64);
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                        last = Some(state);
+                    }
+                } else {
+                    metrics::counter!("signet_server_subscription_wakes_skipped_total")
+                        .increment(1);
                 }
+                computed_at = revision;
                 tokio::select! {
                     r = revisions.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
-                    _ = tokio::time::sleep(SUBSCRIPTION_REFRESH) => {}
+                    _ = tokio::time::sleep(SUBSCRIPTION_REFRESH) => refresh = true,
                 }
             }
         });
@@ -636,6 +665,9 @@ pub async fn serve_node(
                     _ = renew.tick() => svid.renew_if_due(&server),
                     conn = listener.accept() => match conn {
                         Ok((tcp, peer)) => {
+                            // gRPC's small frames must not wait for the
+                            // peer's delayed ACK (Nagle): tens of ms per push.
+                            let _ = tcp.set_nodelay(true);
                             let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                                 log_handshake_failure(peer, "too many handshakes in progress; connection closed");
                                 continue;
@@ -669,6 +701,31 @@ pub async fn serve_node(
     let _ = stop_tx.send(true);
     let _ = accept.await;
     result.map_err(|e| ServerError::InvalidArgument(format!("agent API: {e}")))
+}
+
+/// Whether a change can alter what `agent` is authorized for, computed from
+/// `parents` (see [`authz::authorized_entries_and_parents`]): an entry
+/// under one of them, a node alias (any agent may gain or lose one), the
+/// agent's own node record, a bundle.
+fn concerns(change: &ChangeKind, agent: &SpiffeId, parents: &HashSet<SpiffeId>) -> bool {
+    match change {
+        ChangeKind::EntryCreated {
+            parent_id, node, ..
+        }
+        | ChangeKind::EntryDeleted {
+            parent_id, node, ..
+        } => *node || parents.contains(parent_id),
+        ChangeKind::EntryUpdated {
+            parent_id,
+            old_parent_id,
+            node,
+            ..
+        } => *node || parents.contains(parent_id) || parents.contains(old_parent_id),
+        ChangeKind::NodeUpdated { spiffe_id } | ChangeKind::NodeDeleted { spiffe_id } => {
+            spiffe_id == agent
+        }
+        ChangeKind::BundleUpdated { .. } | ChangeKind::BundleDeleted { .. } => true,
+    }
 }
 
 /// `state` as a delta against what the agent `held` (entry id -> revision):
@@ -718,4 +775,63 @@ fn limit_attest_body(
 
 fn log_handshake_failure(peer: SocketAddr, why: &str) {
     tracing::warn!(%peer, reason = why, "agent TLS handshake failed");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_change_concerns_an_agent_under_its_parents_or_to_its_node() {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let agent = id("spiffe://example.org/agent/a");
+        let parents: HashSet<SpiffeId> = [agent.clone(), id("spiffe://example.org/web")].into();
+        let created = |parent: &str, node: bool| ChangeKind::EntryCreated {
+            entry_id: "e".into(),
+            parent_id: id(parent),
+            node,
+        };
+        assert!(concerns(
+            &created("spiffe://example.org/agent/a", false),
+            &agent,
+            &parents
+        ));
+        assert!(concerns(
+            &created("spiffe://example.org/web", false),
+            &agent,
+            &parents
+        ));
+        assert!(!concerns(
+            &created("spiffe://example.org/agent/b", false),
+            &agent,
+            &parents
+        ));
+        // A node alias may be the agent's whatever its parent.
+        assert!(concerns(
+            &created("spiffe://example.org/signet/server", true),
+            &agent,
+            &parents
+        ));
+        // An entry moved away from the agent concerns it.
+        let moved = ChangeKind::EntryUpdated {
+            entry_id: "e".into(),
+            parent_id: id("spiffe://example.org/agent/b"),
+            old_parent_id: agent.clone(),
+            node: false,
+        };
+        assert!(concerns(&moved, &agent, &parents));
+        let other_node = ChangeKind::NodeUpdated {
+            spiffe_id: id("spiffe://example.org/agent/b"),
+        };
+        assert!(!concerns(&other_node, &agent, &parents));
+        let own_node = ChangeKind::NodeDeleted {
+            spiffe_id: agent.clone(),
+        };
+        assert!(concerns(&own_node, &agent, &parents));
+        let bundle = ChangeKind::BundleUpdated {
+            trust_domain: signet_identity::TrustDomain::parse("partner.test").unwrap(),
+        };
+        assert!(concerns(&bundle, &agent, &parents));
+    }
 }

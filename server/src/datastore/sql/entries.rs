@@ -54,6 +54,7 @@ impl SqlDatastore {
         w.commit(Some(ChangeKind::EntryCreated {
             entry_id: entry.id.clone(),
             parent_id: entry.parent_id.clone(),
+            node: entry.node,
         }))
         .await?;
         Ok(entry)
@@ -114,6 +115,7 @@ impl SqlDatastore {
             entry_id: entry.id.clone(),
             parent_id: entry.parent_id.clone(),
             old_parent_id: old.parent_id.clone(),
+            node: entry.node || old.node,
         }))
         .await?;
         Ok(entry)
@@ -142,6 +144,7 @@ impl SqlDatastore {
         w.commit(Some(ChangeKind::EntryDeleted {
             entry_id: id.to_owned(),
             parent_id: old.parent_id.clone(),
+            node: old.node,
         }))
         .await?;
         Ok(old)
