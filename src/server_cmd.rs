@@ -88,6 +88,11 @@ pub struct ServerSettings {
     /// Default join token life [default: 10m].
     #[arg(long)]
     join_token_ttl: Option<String>,
+    /// Remove agents whose SVID expired this long ago (they stopped
+    /// renewing); banned agents stay [default: never; `agent purge` does it
+    /// by hand].
+    #[arg(long)]
+    purge_expired_agents_after: Option<String>,
     /// `iss` claim of JWT-SVIDs: the https URL of the OIDC issuer relying
     /// parties know [default with --oidc-listen: the provider's own URL].
     #[arg(long)]
@@ -184,6 +189,10 @@ impl ServerSettings {
         let jwt_ttl = duration("jwt_svid_ttl", &s.jwt_svid_ttl, "5m");
         let token_ttl = duration("join_token_ttl", &s.join_token_ttl, "10m");
         let agent_ttl = duration("agent_svid_ttl", &s.agent_svid_ttl, "1h");
+        let purge_after = s
+            .purge_expired_agents_after
+            .as_ref()
+            .map(|v| duration("purge_expired_agents_after", &Some(v.clone()), "0s"));
         let mut key_type = |name: &str, v: &Option<String>| {
             v.as_deref()
                 .unwrap_or("ec-p256")
@@ -258,6 +267,7 @@ impl ServerSettings {
         config.ca.jwt_issuer = s.jwt_issuer;
         config.join_token_ttl = token_ttl;
         config.agent_svid_ttl = agent_ttl;
+        config.purge_expired_agents_after = purge_after;
         if let Some(id) = s.server_id {
             config.server_id = id;
         }

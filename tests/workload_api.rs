@@ -555,3 +555,97 @@ fn silent_agents_are_listed_counted_and_purged() {
     assert_eq!(count(&[]), 1);
     assert_eq!(count(&["--expired"]), 0);
 }
+
+/// With `--purge-expired-agents-after`, the server removes an agent that
+/// stopped renewing on its own; a banned agent, silent just as long, stays
+/// banned (its record is the ban), and a live one stays.
+#[test]
+fn the_server_purges_silent_agents_but_keeps_bans() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server_with(
+        dir.path(),
+        "0",
+        &[
+            "--agent-svid-ttl",
+            "4s",
+            "--purge-expired-agents-after",
+            "1s",
+        ],
+    );
+    let admin = dir.path().join("admin.sock").display().to_string();
+    let pem = ok(&["bundle", "show", "--socket", &admin]);
+    let agent = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("bundle.pem"), &pem).unwrap();
+        let t = json_stdout(&run(&[
+            "token",
+            "generate",
+            "--socket",
+            &admin,
+            "--spiffe-id",
+            &format!("spiffe://example.org/node/{name}"),
+            "--output",
+            "json",
+        ]));
+        start_agent(&d, &addr, t["token"].as_str())
+    };
+    let mut gone = agent("gone");
+    let mut banned = agent("banned");
+    let _live = agent("live");
+    let ids = || {
+        let v = json_stdout(&run(&[
+            "agent", "list", "--socket", &admin, "--output", "json",
+        ]));
+        let mut ids: Vec<String> = v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["spiffe_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids().len(), 3);
+    ok(&[
+        "agent",
+        "ban",
+        "--spiffe-id",
+        "spiffe://example.org/node/banned",
+        "--socket",
+        &admin,
+    ]);
+    gone.signal_and_wait("TERM");
+    banned.signal_and_wait("TERM");
+    eventually("the silent agent to be purged", || {
+        (ids()
+            == [
+                "spiffe://example.org/node/banned",
+                "spiffe://example.org/node/live",
+            ])
+        .then_some(())
+    });
+    // `agent purge` by hand keeps the ban too.
+    let purged = json_stdout(&run(&[
+        "agent",
+        "purge",
+        "--expired-for",
+        "0s",
+        "--socket",
+        &admin,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(purged["purged"], serde_json::json!([]));
+    let banned_now = json_stdout(&run(&[
+        "agent",
+        "show",
+        "--spiffe-id",
+        "spiffe://example.org/node/banned",
+        "--socket",
+        &admin,
+        "--output",
+        "json",
+    ]));
+    assert_eq!(banned_now["banned"], true, "{banned_now}");
+}

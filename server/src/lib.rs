@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// Parent of entries created without one (the local agent of the
     /// combined core).
     pub default_parent_id: Option<SpiffeId>,
+    /// Agents whose SVID expired this long ago are removed at the next
+    /// maintenance step (banned ones stay: their record is the ban).
+    pub purge_expired_agents_after: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -79,6 +82,7 @@ impl ServerConfig {
             join_token_ttl: Duration::from_secs(600),
             agent_svid_ttl: Duration::from_secs(3600),
             default_parent_id: None,
+            purge_expired_agents_after: None,
         }
     }
 
@@ -326,12 +330,43 @@ impl Server {
             self.publish_bundle().await?;
         }
         self.store.prune_join_tokens(self.now_secs()).await?;
+        if let Some(after) = self.config.purge_expired_agents_after {
+            self.purge_expired_agents(after).await?;
+        }
         let pruned = self
             .store
             .prune_changes(self.now_secs() - CHANGE_RETENTION.as_secs() as i64)
             .await?;
         if pruned > 0 {
             tracing::debug!(pruned, "change feed pruned");
+        }
+        Ok(())
+    }
+
+    /// Removes agents whose SVID expired more than `after` ago: they
+    /// stopped renewing and can only come back by attesting again. Never a
+    /// banned agent (removing its record would lift the ban) or the local
+    /// agent of `signet run`.
+    async fn purge_expired_agents(&self, after: Duration) -> Result<(), ServerError> {
+        let before = self
+            .now_secs()
+            .saturating_sub(i64::try_from(after.as_secs()).unwrap_or(i64::MAX));
+        let mut purged = 0u64;
+        for node in self.store.list_nodes().await? {
+            if node.svid_expires_at > before
+                || node.banned
+                || node.spiffe_id.path() == LOCAL_AGENT_PATH
+            {
+                continue;
+            }
+            if self.store.delete_node(&node.spiffe_id).await? {
+                purged += 1;
+                tracing::info!(agent_id = %node.spiffe_id, silent_for = ?after, "agent purged: its SVID expired and it did not come back");
+            }
+        }
+        if purged > 0 {
+            metrics::counter!("signet_server_agents_purged_total").increment(purged);
+            self.wrote();
         }
         Ok(())
     }

@@ -174,8 +174,10 @@ pub async fn agent(cmd: AgentCmd, opts: AdminOpts) -> anyhow::Result<()> {
         } => {
             let before =
                 unix_now().saturating_sub(i64::try_from(expired_for.as_secs()).unwrap_or(i64::MAX));
+            // A banned agent's record is its ban: never purged.
             let gone = agents_where(&mut c, |a| {
                 a.svid_expires_at <= before
+                    && !a.banned
                     && !a.spiffe_id.ends_with(signet_server::LOCAL_AGENT_PATH)
             })
             .await?;

@@ -266,7 +266,12 @@ pub async fn keep_federated(server: Arc<Server>, stop: impl Future<Output = ()>)
             if schedule.next > now {
                 continue;
             }
-            match refresh_one(&server, rel).await {
+            let refreshed = refresh_one(&server, rel).await;
+            let td = rel.trust_domain.to_string();
+            metrics::counter!("signet_server_federation_refreshes_total", "trust_domain" => td.clone(), "result" => if refreshed.is_ok() { "ok" } else { "error" }).increment(1);
+            metrics::gauge!("signet_server_federation_failing", "trust_domain" => td)
+                .set(if refreshed.is_ok() { 0.0 } else { 1.0 });
+            match refreshed {
                 Ok(next) => {
                     if schedule.failing {
                         tracing::info!(trust_domain = %rel.trust_domain, "bundle endpoint reachable again");
