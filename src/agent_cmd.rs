@@ -37,6 +37,11 @@ pub struct AgentSettings {
     #[arg(long = "server-address")]
     #[serde(default)]
     server_address: Vec<String>,
+    /// Failed over to another server, check the first one again this often
+    /// (plus up to half of it, at random) and move back once it answers;
+    /// `0s`: stay [default: 5m].
+    #[arg(long)]
+    rebalance_after: Option<String>,
     /// Trust bundle (PEM) to verify the server with before the first attestation.
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
@@ -117,6 +122,17 @@ impl AgentSettings {
                 Err(e) => problems.push(format!("server_address {a:?}: {e}")),
             }
         }
+        let rebalance_after = match s.rebalance_after.as_deref() {
+            None => Some(agent::DEFAULT_REBALANCE_AFTER),
+            Some(v) => match humantime::parse_duration(v) {
+                Ok(d) if d.is_zero() => None,
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("rebalance_after {v:?}: {e} (e.g. 5m, 30s, 0s)"));
+                    None
+                }
+            },
+        };
         if let Some(path) = s.join_token_file.take() {
             if s.join_token.is_some() {
                 problems.push("join_token and join_token_file: give one of them".into());
@@ -180,9 +196,8 @@ impl AgentSettings {
             bootstrap_bundle: bundle,
             attestation,
             data_dir: Some(s.data_dir.unwrap_or_else(|| PathBuf::from(".signet-agent"))),
-            svid_cache_size: self
-                .svid_cache_size
-                .unwrap_or(agent::DEFAULT_SVID_CACHE_SIZE),
+            svid_cache_size: s.svid_cache_size.unwrap_or(agent::DEFAULT_SVID_CACHE_SIZE),
+            rebalance_after,
         };
         Ok(ResolvedAgent {
             config,

@@ -29,9 +29,11 @@ struct Server {
     proc: Option<Proc>,
     admin: String,
     port: u16,
+    health: std::net::SocketAddr,
 }
 
-fn start_server(dir: &Path, i: usize, url: &str, port: u16) -> Proc {
+/// A server on `port`, and the address of its /metrics.
+fn start_server(dir: &Path, i: usize, url: &str, port: u16) -> (Proc, std::net::SocketAddr) {
     let name = format!("s{i}");
     let mut cmd = signet();
     cmd.args([
@@ -50,10 +52,13 @@ fn start_server(dir: &Path, i: usize, url: &str, port: u16) -> Proc {
         &format!("127.0.0.1:{port}"),
         "--x509-svid-ttl",
         "30s",
+        "--health-listen",
+        "127.0.0.1:0",
     ]);
     let mut proc = Proc::spawn(&name, cmd, dir);
+    let health = proc.reported_addr("health");
     proc.wait_for("Press Ctrl-C");
-    proc
+    (proc, health)
 }
 
 fn now_secs() -> i64 {
@@ -71,12 +76,13 @@ struct Received {
     errors: Vec<String>,
 }
 
-/// The agents' entry counts as their /metrics say.
-fn agent_entries(health: std::net::SocketAddr) -> Option<u64> {
+/// A gauge from a process's /metrics (`signet_agent_entries` of an agent,
+/// `signet_server_agent_subscriptions` of a server).
+fn gauge(health: std::net::SocketAddr, name: &str) -> Option<u64> {
     let (code, body) = curl(&format!("http://{health}/metrics"));
     (code == 200).then_some(())?;
     body.lines()
-        .find_map(|l| l.strip_prefix("signet_agent_entries "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
 }
@@ -108,10 +114,12 @@ async fn identities_survive_server_and_database_faults() {
     let mut servers: Vec<Server> = (0..SERVERS)
         .map(|i| {
             let port = signet_testkit::ports::free_port();
+            let (proc, health) = start_server(&d, i, &url, port);
             Server {
-                proc: Some(start_server(&d, i, &url, port)),
+                proc: Some(proc),
                 admin: d.join(format!("s{i}.sock")).display().to_string(),
                 port,
+                health,
             }
         })
         .collect();
@@ -166,7 +174,9 @@ async fn identities_survive_server_and_database_faults() {
             .arg(d.join(format!("a{a}")))
             .arg("--agent-socket")
             .arg(&socket)
-            .args(["--health-listen", "127.0.0.1:0"]);
+            .args(["--health-listen", "127.0.0.1:0"])
+            // Failed over, back to the first server soon after it returns.
+            .args(["--rebalance-after", "3s"]);
         let mut proc = Proc::spawn(&format!("a{a}"), cmd, &d);
         let health = proc.reported_addr("health");
         agents.push((proc, socket, health, agent_id));
@@ -283,7 +293,8 @@ async fn identities_survive_server_and_database_faults() {
     servers[1].proc.take().unwrap().signal_and_wait("KILL");
     pause(15).await;
     for (i, s) in servers.iter_mut().enumerate().take(2) {
-        s.proc = Some(start_server(&d, i, &url, s.port));
+        let (proc, health) = start_server(&d, i, &url, s.port);
+        (s.proc, s.health) = (Some(proc), health);
     }
     pause(10).await;
     let port = pg.port;
@@ -323,8 +334,18 @@ async fn identities_survive_server_and_database_faults() {
     for (_, _, health, agent_id) in &agents {
         let want = held.iter().filter(|(_, p)| p == agent_id).count() as u64;
         eventually(&format!("{agent_id} to hold its {want} entries"), || {
-            (agent_entries(*health) == Some(want)).then_some(())
+            (gauge(*health, "signet_agent_entries") == Some(want)).then_some(())
         });
+    }
+
+    // Every agent is back on the first server it lists (agent a lists
+    // server a % 3 first), the two killed ones included.
+    for (i, s) in servers.iter().enumerate() {
+        let want = (0..AGENTS).filter(|a| a % SERVERS == i).count() as u64;
+        eventually(
+            &format!("server s{i} to serve its {want} agents again"),
+            || (gauge(s.health, "signet_server_agent_subscriptions") == Some(want)).then_some(()),
+        );
     }
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

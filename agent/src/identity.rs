@@ -24,7 +24,7 @@ pub(super) fn svid_expired(svid: &X509Svid) -> bool {
 
 pub(super) async fn attest(config: &AgentConfig) -> Result<Identity, AgentError> {
     let mut last = None;
-    for addr in crate::server_address::resolve_all(&config.servers).await {
+    for addr in crate::server_address::resolve_all(&config.servers, crate::random_u64()).await {
         let connected = match &config.bootstrap_bundle {
             Some(b) => NodeClient::connect(addr, b.clone(), None).await,
             None => NodeClient::connect_insecure(addr).await,

@@ -90,7 +90,15 @@ pub struct AgentConfig {
     /// kept; others are minted ahead while there is room, and evicted least
     /// recently served first.
     pub svid_cache_size: usize,
+    /// Failed over to a server other than the first, the agent checks the
+    /// first again every this long (plus up to half of it, at random) and
+    /// moves back once it answers, so load returns to a server that comes
+    /// back. `None`: stay where it is.
+    pub rebalance_after: Option<Duration>,
 }
+
+/// Default of [`AgentConfig::rebalance_after`].
+pub const DEFAULT_REBALANCE_AFTER: Duration = Duration::from_secs(300);
 
 impl AgentConfig {
     /// The combined core's own agent: handed the identity its server
@@ -104,6 +112,7 @@ impl AgentConfig {
             attestation: NodeAttestation::Preissued,
             data_dir: None,
             svid_cache_size,
+            rebalance_after: None,
         }
     }
 }
@@ -251,15 +260,35 @@ async fn agent_loop(
     let mut backoff =
         signet_workload::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut server_index = 0usize;
+    // Spreads the agents over the addresses a name resolves to.
+    let seed = agent_seed(&identity);
     loop {
         if *stop.borrow() {
             return;
         }
-        let addrs = server_address::resolve_all(&config.servers).await;
+        let addrs = server_address::resolve_all(&config.servers, seed).await;
         let started = std::time::Instant::now();
-        let outcome = match addrs.get(server_index % addrs.len().max(1)) {
+        let index = server_index % addrs.len().max(1);
+        // Away from the first server, a probe watches for its return.
+        let (bundle, svid) = (identity.bundle.clone(), identity.svid.clone());
+        let probe = async {
+            match config.rebalance_after {
+                Some(every) if index != 0 => {
+                    probe_first_server(&config, every, seed, bundle, svid).await
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        let outcome = match addrs.get(index) {
             Some(&addr) => tokio::select! {
                 r = session(&config, addr, &mut identity, &tx, &shared_client, &demand) => r.map_err(|e| (addr.to_string(), e)),
+                first = probe => {
+                    tracing::info!(from = %addr, to = %first, "the first server answers again: moving back to it");
+                    server_index = 0;
+                    backoff.reset();
+                    *shared_client.lock().await = None;
+                    continue;
+                }
                 _ = stop.changed() => return,
             },
             None => Err((
@@ -327,6 +356,57 @@ async fn agent_loop(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// A per-agent number: the hash of its SPIFFE ID.
+fn agent_seed(identity: &Identity) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    identity.svid.spiffe_id().to_string().hash(&mut h);
+    h.finish()
+}
+
+/// Waits until the first of the agent's servers accepts a connection (mTLS
+/// with the agent's SVID), trying every `every` plus a random part of up to
+/// half of it, so a fleet does not move back at the same instant.
+async fn probe_first_server(
+    config: &AgentConfig,
+    every: Duration,
+    seed: u64,
+    bundle: Bundle,
+    svid: X509Svid,
+) -> SocketAddr {
+    loop {
+        tokio::time::sleep(jittered(every)).await;
+        let Some(&first) = server_address::resolve_all(&config.servers, seed)
+            .await
+            .first()
+        else {
+            continue;
+        };
+        let connect = NodeClient::connect(first, bundle.clone(), Some(&svid));
+        match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(_)) => return first,
+            Ok(Err(e)) => {
+                tracing::debug!(server = %first, error = %e, "the first server is still away")
+            }
+            Err(_) => tracing::debug!(server = %first, "the first server is still away (timeout)"),
+        }
+    }
+}
+
+/// `base` plus a random part of up to half of it.
+fn jittered(base: Duration) -> Duration {
+    base + base.mul_f64((random_u64() % 1000) as f64 / 2000.0)
+}
+
+/// A random number (from the standard library's randomly keyed hasher):
+/// for jitter and spreading, never for secrets.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 fn is_refusal(e: &ClientError) -> bool {

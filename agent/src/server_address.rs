@@ -68,15 +68,16 @@ impl fmt::Display for ServerAddress {
     }
 }
 
-/// Every address of every server, in the configured order (a name's
-/// addresses as the resolver gives them); names that do not resolve now
-/// are logged and left out.
-pub async fn resolve_all(servers: &[ServerAddress]) -> Vec<SocketAddr> {
+/// Every address of every server, in the configured order; a name's
+/// addresses sorted, then turned by `seed` (an agent's own number) so that
+/// agents given one name start on different servers. Names that do not
+/// resolve now are logged and left out.
+pub async fn resolve_all(servers: &[ServerAddress], seed: u64) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for server in servers {
         match tokio::net::lookup_host((server.host.as_str(), server.port)).await {
             Ok(addrs) => {
-                for addr in addrs {
+                for addr in turned(addrs.collect(), seed) {
                     if !out.contains(&addr) {
                         out.push(addr);
                     }
@@ -88,6 +89,17 @@ pub async fn resolve_all(servers: &[ServerAddress]) -> Vec<SocketAddr> {
         }
     }
     out
+}
+
+/// `addrs` sorted, without repeats, and turned left by `seed`.
+fn turned(mut addrs: Vec<SocketAddr>, seed: u64) -> Vec<SocketAddr> {
+    addrs.sort();
+    addrs.dedup();
+    if !addrs.is_empty() {
+        let turn = (seed % addrs.len() as u64) as usize;
+        addrs.rotate_left(turn);
+    }
+    addrs
 }
 
 #[cfg(test)]
@@ -116,6 +128,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn agents_spread_over_a_names_addresses() {
+        let addrs: Vec<SocketAddr> = ["10.0.0.3:1", "10.0.0.1:1", "10.0.0.2:1", "10.0.0.1:1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let firsts: Vec<SocketAddr> = (0..6).map(|seed| turned(addrs.clone(), seed)[0]).collect();
+        let one: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        // Whatever the resolver's order, the same seed gives the same list.
+        let mut reversed = addrs.clone();
+        reversed.reverse();
+        assert_eq!(turned(reversed, 4), turned(addrs.clone(), 4));
+        assert_eq!(turned(addrs.clone(), 4).len(), 3, "repeats removed");
+        assert_eq!(firsts[0], one);
+        assert_eq!(firsts[3], one);
+        let distinct: std::collections::BTreeSet<_> = firsts.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "three seeds, three first servers: {firsts:?}"
+        );
+    }
+
     #[tokio::test]
     async fn localhost_resolves_and_bad_names_are_left_out() {
         let servers: Vec<ServerAddress> =
@@ -123,7 +158,7 @@ mod tests {
                 .iter()
                 .map(|s| s.parse().unwrap())
                 .collect();
-        let addrs = resolve_all(&servers).await;
+        let addrs = resolve_all(&servers, 0).await;
         assert!(
             addrs.contains(&"127.0.0.1:8081".parse().unwrap()),
             "{addrs:?}"
