@@ -37,8 +37,52 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A simulated agent: its connection and its entries' ids.
-type Agent = (NodeClient, Vec<String>);
+/// What a simulated agent holds from its subscription: the revision and
+/// its entries' revisions, to resume from as the agent does.
+#[derive(Default)]
+struct Held {
+    revision: u64,
+    entries: HashMap<String, u64>,
+}
+
+/// A simulated agent: its server and connection, its own entries' ids,
+/// and what its subscription brought.
+struct Agent {
+    addr: std::net::SocketAddr,
+    client: NodeClient,
+    ids: Vec<String>,
+    held: Arc<std::sync::Mutex<Held>>,
+}
+
+/// Follows a subscription: applies each response to `held` and reports
+/// when each entry arrived.
+fn follow(
+    mut stream: tonic::Streaming<signet_wire::node::SubscribeResponse>,
+    held: Arc<std::sync::Mutex<Held>>,
+    seen_tx: mpsc::UnboundedSender<(String, Instant)>,
+) {
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = stream.message().await {
+            let now = Instant::now();
+            {
+                let mut h = held.lock().unwrap();
+                if !msg.delta {
+                    h.entries.clear();
+                }
+                for id in &msg.removed_entry_ids {
+                    h.entries.remove(id);
+                }
+                for e in &msg.entries {
+                    h.entries.insert(e.id.clone(), e.revision);
+                }
+                h.revision = msg.revision;
+            }
+            for e in msg.entries {
+                let _ = seen_tx.send((e.spiffe_id, now));
+            }
+        }
+    });
+}
 
 struct Server {
     proc: Proc,
@@ -46,7 +90,7 @@ struct Server {
     addr: std::net::SocketAddr,
 }
 
-fn start_server(dir: &Path, i: usize, datastore: &str, ttl: &str) -> Server {
+fn start_server(dir: &Path, i: usize, datastore: &str, ttl: &str, agent_ttl: &str) -> Server {
     let name = format!("s{i}");
     let admin = dir.join(format!("{name}.sock")).display().to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
@@ -69,6 +113,8 @@ fn start_server(dir: &Path, i: usize, datastore: &str, ttl: &str) -> Server {
             "127.0.0.1:0",
             "--x509-svid-ttl",
             ttl,
+            "--agent-svid-ttl",
+            agent_ttl,
         ]);
     let mut proc = Proc::spawn(&name, cmd, dir);
     let banner = proc.wait_for("Press Ctrl-C");
@@ -141,6 +187,30 @@ where
     }
 }
 
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Bytes the datastore takes: the PostgreSQL database, or the SQLite file
+/// and its WAL.
+fn datastore_size(pg: &Option<signet_testkit::postgres::Postgres>, dir: &Path) -> u64 {
+    match pg {
+        Some(pg) => Command::new("psql")
+            .args([
+                &format!("postgres://signet@127.0.0.1:{}/signet_load", pg.port),
+                "-Atc",
+                "SELECT pg_database_size('signet_load')",
+            ])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0),
+        None => ["load.sqlite3", "load.sqlite3-wal"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+            .sum(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let agents: usize = env("SIGNET_LOAD_AGENTS", 1000);
@@ -150,7 +220,9 @@ async fn main() {
     let seconds: u64 = env("SIGNET_LOAD_SECONDS", 60);
     let ttl: String = env("SIGNET_LOAD_SVID_TTL", "10m".to_string());
     let churn: u64 = env("SIGNET_LOAD_CHURN", 20);
+    let agent_ttl: String = env("SIGNET_LOAD_AGENT_SVID_TTL", "1h".to_string());
     let ttl_d = humantime::parse_duration(&ttl).unwrap();
+    let agent_half = humantime::parse_duration(&agent_ttl).unwrap() / 2;
     assert!(
         servers_n == 1 || kind == "postgres",
         "several servers need SIGNET_LOAD_DATASTORE=postgres"
@@ -162,10 +234,10 @@ async fn main() {
         None => format!("sqlite://{}", dir.path().join("load.sqlite3").display()),
     };
     let servers: Vec<Server> = (0..servers_n)
-        .map(|i| start_server(dir.path(), i, &datastore, &ttl))
+        .map(|i| start_server(dir.path(), i, &datastore, &ttl, &agent_ttl))
         .collect();
     println!(
-        "load: {agents} agents x {per_agent} entries, {servers_n} server(s) on {kind}, SVID TTL {ttl}, churn {churn}/s, {seconds} s steady"
+        "load: {agents} agents x {per_agent} entries, {servers_n} server(s) on {kind}, SVID TTL {ttl}, agent SVID TTL {agent_ttl}, churn {churn}/s, {seconds} s steady"
     );
     let cpu_of = |s: &[Server]| s.iter().map(|s| usage(s.proc.pid()).0).sum::<f64>();
     let rss_of = |s: &[Server]| s.iter().map(|s| usage(s.proc.pid()).1).sum::<u64>();
@@ -243,20 +315,25 @@ async fn main() {
             let mut stream = c.subscribe_deltas(0, []).await.unwrap();
             let first = stream.message().await.unwrap().unwrap();
             let ids: Vec<String> = first.entries.iter().map(|e| e.id.clone()).collect();
+            let held = Arc::new(std::sync::Mutex::new(Held {
+                revision: first.revision,
+                entries: first
+                    .entries
+                    .iter()
+                    .map(|e| (e.id.clone(), e.revision))
+                    .collect(),
+            }));
             for chunk in ids.chunks(500) {
                 let svids = c.mint_x509_batch(chunk).await.unwrap();
                 minted.fetch_add(svids.len() as u64, Ordering::Relaxed);
             }
-            // Follow the subscription: note when each new entry arrives.
-            tokio::spawn(async move {
-                while let Ok(Some(msg)) = stream.message().await {
-                    let now = Instant::now();
-                    for e in msg.entries {
-                        let _ = seen_tx.send((e.spiffe_id, now));
-                    }
-                }
+            follow(stream, held.clone(), seen_tx);
+            clients.lock().await[a] = Some(Agent {
+                addr,
+                client: c,
+                ids,
+                held,
             });
-            clients.lock().await[a] = Some((c, ids));
         }
     })
     .await;
@@ -269,35 +346,69 @@ async fn main() {
         rss_of(&servers) / 1024
     );
 
-    // Steady state: rotation at half-life, spread over the period, and the
-    // churn of entry changes, each timed until its agent holds it.
+    // Steady state: SVIDs re-minted at half-life and agent SVIDs renewed at
+    // theirs (then reconnect and resume the subscription, as the agent
+    // does), spread over the period; and the churn of entry changes, each
+    // timed until its agent holds it.
+    let size_before = datastore_size(&pg, dir.path());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rotated = Arc::new(AtomicU64::new(0));
+    let renewed = Arc::new(AtomicU64::new(0));
     let half = ttl_d / 2;
     let mut rotators = Vec::new();
     {
         let all = std::mem::take(&mut *clients.lock().await);
         for (a, slot) in all.into_iter().enumerate() {
-            let Some((mut c, ids)) = slot else { continue };
-            let (stop, rotated) = (stop.clone(), rotated.clone());
-            let offset = half.mul_f64(a as f64 / agents as f64);
+            let Some(mut agent) = slot else { continue };
+            let (stop, rotated, renewed) = (stop.clone(), rotated.clone(), renewed.clone());
+            let (bundle, seen_tx) = (bundle.clone(), seen_tx.clone());
+            let spread = a as f64 / agents as f64;
             rotators.push(tokio::spawn(async move {
-                tokio::time::sleep(offset).await;
+                let start = tokio::time::Instant::now();
+                let mut mint_at = start + half.mul_f64(spread);
+                let mut renew_at = start + agent_half.mul_f64(spread);
                 while !stop.load(Ordering::Relaxed) {
-                    for chunk in ids.chunks(500) {
-                        if let Ok(s) = c.mint_x509_batch(chunk).await {
-                            rotated.fetch_add(s.len() as u64, Ordering::Relaxed);
+                    tokio::time::sleep_until(mint_at.min(renew_at)).await;
+                    if renew_at <= tokio::time::Instant::now() {
+                        renew_at += agent_half;
+                        let Ok(svid) = agent.client.renew().await else {
+                            continue;
+                        };
+                        renewed.fetch_add(1, Ordering::Relaxed);
+                        let Ok(mut c) =
+                            NodeClient::connect(agent.addr, bundle.clone(), Some(&svid)).await
+                        else {
+                            continue;
+                        };
+                        let (since, known) = {
+                            let h = agent.held.lock().unwrap();
+                            (h.revision, h.entries.clone())
+                        };
+                        if let Ok(stream) = c.subscribe_deltas(since, known).await {
+                            follow(stream, agent.held.clone(), seen_tx.clone());
+                        }
+                        agent.client = c;
+                    }
+                    if mint_at <= tokio::time::Instant::now() {
+                        mint_at += half;
+                        for chunk in agent.ids.chunks(500) {
+                            if let Ok(s) = agent.client.mint_x509_batch(chunk).await {
+                                rotated.fetch_add(s.len() as u64, Ordering::Relaxed);
+                            }
                         }
                     }
-                    tokio::time::sleep(half).await;
                 }
             }));
         }
     }
+    drop(seen_tx);
     let cpu0 = cpu_of(&servers);
     let t = Instant::now();
-    let mut sent: HashMap<String, Instant> = HashMap::new();
+    // Each change's start, and whether its agent is on another server than
+    // the one written to (reached through the database's notifications).
+    let mut sent: HashMap<String, (Instant, bool)> = HashMap::new();
     let mut latencies = Vec::new();
+    let mut remote_latencies = Vec::new();
     let mut live: Vec<String> = Vec::new();
     let mut churn_admin = admin(&servers[servers_n - 1].admin).await;
     let tick = Duration::from_secs_f64(1.0 / churn.max(1) as f64);
@@ -309,9 +420,12 @@ async fn main() {
             let _ = churn_admin.delete_entry(DeleteEntryRequest { id }).await;
         } else {
             let spiffe_id = format!("spiffe://example.org/load/churn/{k}");
+            // Creations fall on odd k: spread them over every agent.
+            let owner = (k / 2) % agents;
+            let remote = owner % servers_n != servers_n - 1;
             let w = entry(
                 spiffe_id.clone(),
-                &agent_id(k % agents),
+                &agent_id(owner),
                 format!("unix:uid:{}", 20_000 + k),
             );
             let started = Instant::now();
@@ -319,13 +433,16 @@ async fn main() {
                 .create_entry(CreateEntryRequest { entry: Some(w) })
                 .await
             {
-                sent.insert(spiffe_id, started);
+                sent.insert(spiffe_id, (started, remote));
                 live.push(r.into_inner().entry.unwrap_or_default().id);
             }
         }
         while let Ok((spiffe_id, at)) = seen_rx.try_recv() {
-            if let Some(started) = sent.remove(&spiffe_id) {
+            if let Some((started, remote)) = sent.remove(&spiffe_id) {
                 latencies.push(at - started);
+                if remote {
+                    remote_latencies.push(at - started);
+                }
             }
         }
         tokio::time::sleep(tick).await;
@@ -335,9 +452,12 @@ async fn main() {
     while !sent.is_empty() && drain.elapsed() < Duration::from_secs(10) {
         if let Ok(Some((spiffe_id, at))) =
             tokio::time::timeout(Duration::from_secs(1), seen_rx.recv()).await
-            && let Some(started) = sent.remove(&spiffe_id)
+            && let Some((started, remote)) = sent.remove(&spiffe_id)
         {
             latencies.push(at - started);
+            if remote {
+                remote_latencies.push(at - started);
+            }
         }
     }
     let steady = t.elapsed().as_secs_f64();
@@ -346,9 +466,10 @@ async fn main() {
     latencies.sort();
     let rotations = rotated.load(Ordering::Relaxed);
     println!(
-        "steady {steady:.0} s: {} SVIDs re-minted ({:.0}/s); server CPU {:.1} s ({:.0} % of one core); RSS {} MiB",
+        "steady {steady:.0} s: {} SVIDs re-minted ({:.0}/s), {} agent SVIDs renewed; server CPU {:.1} s ({:.0} % of one core); RSS {} MiB",
         rotations,
         rotations as f64 / steady,
+        renewed.load(Ordering::Relaxed),
         cpu,
         100.0 * cpu / steady,
         rss_of(&servers) / 1024
@@ -365,24 +486,22 @@ async fn main() {
             sent.len()
         );
     }
-    let size = match &pg {
-        Some(pg) => Command::new("psql")
-            .args([
-                &format!("postgres://signet@127.0.0.1:{}/signet_load", pg.port),
-                "-Atc",
-                "SELECT pg_database_size('signet_load')",
-            ])
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0),
-        None => ["load.sqlite3", "load.sqlite3-wal"]
-            .iter()
-            .map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()))
-            .sum(),
-    };
-    println!("datastore: {:.1} MiB", size as f64 / (1024.0 * 1024.0));
+    if !remote_latencies.is_empty() {
+        remote_latencies.sort();
+        println!(
+            "churn, agents of another server than the one written to: {} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            remote_latencies.len(),
+            ms(percentile(&remote_latencies, 0.5)),
+            ms(percentile(&remote_latencies, 0.99)),
+            ms(*remote_latencies.last().unwrap()),
+        );
+    }
+    let size = datastore_size(&pg, dir.path());
+    println!(
+        "datastore: {:.1} MiB before the steady phase, {:.1} MiB after",
+        size_before as f64 / MIB,
+        size as f64 / MIB
+    );
     for r in rotators {
         r.abort();
     }
