@@ -1,6 +1,7 @@
 //! Admin commands over the server's admin socket: entries, join tokens,
 //! agents, bundles, minting and the health check.
 
+mod authority;
 mod bundle;
 mod entry;
 mod federation;
@@ -19,6 +20,7 @@ use signet_server::admin::connect_admin;
 use signet_wire::admin::*;
 use signet_workload::{SocketRole, explain_connect_error};
 
+pub use authority::{AuthorityCmd, authority};
 pub use bundle::{BundleCmd, BundleFormat, bundle};
 pub use entry::{EntryCmd, entry};
 pub use federation::{FederationCmd, federation};

@@ -85,6 +85,14 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// The server's CA authorities: show; prepare, activate, taint, revoke
+    /// after a suspected key compromise.
+    Authority {
+        #[command(subcommand)]
+        cmd: admin_cli::AuthorityCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
     /// The server's log filter: get, set, reset while it runs.
     Logger {
         #[command(subcommand)]
@@ -235,6 +243,7 @@ fn main() -> ExitCode {
             Command::Entry { cmd, opts } => admin_cli::entry(cmd, opts).await,
             Command::Token { cmd, opts } => admin_cli::token(cmd, opts).await,
             Command::Logger { cmd, opts } => admin_cli::logger(cmd, opts).await,
+            Command::Authority { cmd, opts } => admin_cli::authority(cmd, opts).await,
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::Federation { cmd, opts } => admin_cli::federation(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,

@@ -483,6 +483,21 @@ async fn session(
                 let previous = tx.borrow().clone();
                 let mut svids = previous.svids.clone();
                 svids.retain(|id, _| entries.iter().any(|e| &e.id == id));
+                // The own bundle changed (an authority tainted or revoked):
+                // SVIDs from a tainted authority are replaced now, those
+                // that no longer verify are not served again.
+                let td = identity.bundle.trust_domain().as_str();
+                let bundle_changed = match (previous.bundles.bundle_for(td), bundles.bundle_for(td)) {
+                    (Some(a), Some(b)) => !a.same_keys(b),
+                    _ => true,
+                };
+                if bundle_changed {
+                    let before = svids.len();
+                    svids.retain(|_, svid| still_trusted(svid, &bundles));
+                    if svids.len() != before {
+                        tracing::warn!(replaced = before - svids.len(), "SVIDs from a tainted or revoked authority dropped; minting new ones");
+                    }
+                }
                 // An entry whose SPIFFE ID, TTL or DNS names changed needs a new SVID.
                 for e in &entries {
                     let old = previous.entries.iter().find(|p| p.id == e.id);
@@ -509,7 +524,7 @@ async fn session(
             }
             _ = tick.tick(), if synced => {
                 let now = SystemTime::now();
-                if rotation_due(&identity.svid, now) {
+                if rotation_due(&identity.svid, now) || tainted(&identity.svid, &identity.bundle) {
                     let renewed = client.renew().await.map_err(|e| if is_refusal(&e) { AgentError::Refused(e.to_string()) } else { e.into() })?;
                     tracing::info!(agent_id = %renewed.spiffe_id(), serial = renewed.serial(), "agent SVID renewed");
                     identity.svid = renewed;
@@ -527,6 +542,25 @@ async fn session(
             }
         }
     }
+}
+
+/// Whether an authority in the SVID's chain is tainted in `bundle`.
+pub fn tainted(svid: &X509Svid, bundle: &Bundle) -> bool {
+    signet_identity::x509_svid::chain_authority_ids(svid.chain())
+        .iter()
+        .any(|id| bundle.is_tainted(id))
+}
+
+/// Whether an SVID may still be served under `bundles`: nothing in its
+/// chain is tainted, and it verifies (its authority was not revoked).
+pub fn still_trusted(svid: &X509Svid, bundles: &BundleSet) -> bool {
+    let td = svid.spiffe_id().trust_domain_str();
+    let Some(own) = bundles.bundle_for(td) else {
+        return true;
+    };
+    !tainted(svid, own)
+        && signet_identity::x509_svid::verify_x509_svid(svid.chain(), bundles, SystemTime::now())
+            .is_ok()
 }
 
 /// The entries held after a delta: `held` without the `removed` ids, each

@@ -68,6 +68,9 @@ struct CachedJwt {
     token: String,
     expires_at: i64,
     issued_at: i64,
+    /// The signing key's id: a token whose key is tainted or revoked is not
+    /// handed out again.
+    kid: Option<String>,
 }
 
 /// JWT-SVIDs by (entry id, sorted audience).
@@ -449,9 +452,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let now = now_secs();
             let cached = self.jwt_cache.lock().await.get(&key).cloned();
             // Reuse a token until half of its life is gone.
-            let token = match cached
-                .filter(|c| now < c.issued_at + (c.expires_at - c.issued_at) / 2)
-            {
+            let own = signet_identity::BundleSource::bundle_for(
+                &snapshot.bundles,
+                e.spiffe_id.trust_domain_str(),
+            );
+            let key_good = |kid: &Option<String>| match (own, kid) {
+                (Some(b), Some(kid)) => b.jwt_authority(kid).is_some() && !b.is_tainted(kid),
+                _ => true,
+            };
+            let token = match cached.filter(|c| {
+                now < c.issued_at + (c.expires_at - c.issued_at) / 2 && key_good(&c.kid)
+            }) {
                 Some(c) => c.token,
                 None => {
                     let (token, expires_at) = self.agent.mint_jwt(&e.id, &r.audience).await.map_err(|err| {
@@ -473,6 +484,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     cache.insert(
                         key,
                         CachedJwt {
+                            kid: signet_identity::jwt_svid::key_id_insecure(&token),
                             token: token.clone(),
                             expires_at,
                             issued_at: now,

@@ -4,7 +4,7 @@
 //! `spiffe_sequence` and `spiffe_refresh_hint`. Unknown `use` and `kty`
 //! values are ignored, as the spec requires.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -100,6 +100,12 @@ pub struct Bundle {
     jwt_authorities: BTreeMap<String, JwtAuthority>,
     sequence: u64,
     refresh_hint: Option<u64>,
+    /// Authorities whose key may be compromised: X.509 authorities by
+    /// authority ID (Subject Key Identifier, hex), JWT keys by kid. They
+    /// still verify; whatever they signed is to be replaced now. In JSON, a
+    /// `"tainted": true` member on the key (other readers ignore it, as
+    /// RFC 7517 section 4 requires of unknown members).
+    tainted: BTreeSet<String>,
 }
 
 impl Bundle {
@@ -111,6 +117,7 @@ impl Bundle {
             jwt_authorities: BTreeMap::new(),
             sequence: 0,
             refresh_hint: None,
+            tainted: BTreeSet::new(),
         }
     }
 
@@ -135,6 +142,7 @@ impl Bundle {
                 problem: problem.to_owned(),
             };
             let key = key.as_object().ok_or_else(|| err("is not a JSON object"))?;
+            let tainted = key.get("tainted").and_then(Value::as_bool) == Some(true);
             let key_use = key.get("use").and_then(Value::as_str).unwrap_or_default();
             let kty = key
                 .get("kty")
@@ -160,6 +168,9 @@ impl Bundle {
                     .and_then(|s| STANDARD.decode(s).ok())
                     .ok_or_else(|| err("\"x5c\" entry is not base64"))?;
                 parse_cert(&der).map_err(|e| err(&e.to_string()))?;
+                if tainted && let Some(id) = crate::x509_svid::authority_id(&der) {
+                    bundle.tainted.insert(id);
+                }
                 bundle.add_x509_authority(CertificateDer::from(der));
             } else {
                 let kid = key
@@ -170,6 +181,10 @@ impl Bundle {
                 let mut params = key.clone();
                 params.remove("use");
                 params.remove("kid");
+                params.remove("tainted");
+                if tainted {
+                    bundle.tainted.insert(kid.to_owned());
+                }
                 let authority = JwtAuthority::from_params(kid, params)
                     .map_err(|e| err(&format!("jwt-svid key is not a valid JWK: {e}")))?;
                 if bundle.jwt_authorities.contains_key(kid) {
@@ -194,10 +209,17 @@ impl Bundle {
             let mut m = jwk_params_from_spki(parsed.public_key().raw)?;
             m.insert("use".into(), USE_X509.into());
             m.insert("x5c".into(), json!([STANDARD.encode(cert.as_ref())]));
+            if crate::x509_svid::authority_id(cert).is_some_and(|id| self.tainted.contains(&id)) {
+                m.insert("tainted".into(), true.into());
+            }
             keys.push(Value::Object(m));
         }
         for authority in self.jwt_authorities.values() {
-            keys.push(authority.to_json(USE_JWT));
+            let mut key = authority.to_json(USE_JWT);
+            if self.tainted.contains(&authority.kid) {
+                key["tainted"] = true.into();
+            }
+            keys.push(key);
         }
         let mut doc = json!({ "keys": keys, "spiffe_sequence": self.sequence });
         if let Some(hint) = self.refresh_hint {
@@ -279,7 +301,14 @@ impl Bundle {
         mut drop: impl FnMut(&CertificateDer<'static>) -> bool,
     ) -> bool {
         let before = self.x509_authorities.len();
-        self.x509_authorities.retain(|c| !drop(c));
+        let tainted = &mut self.tainted;
+        self.x509_authorities.retain(|c| {
+            let gone = drop(c);
+            if gone && let Some(id) = crate::x509_svid::authority_id(c) {
+                tainted.remove(&id);
+            }
+            !gone
+        });
         before != self.x509_authorities.len()
     }
 
@@ -293,15 +322,41 @@ impl Bundle {
 
     /// Removes a JWT authority by key ID. Returns whether it was present.
     pub fn remove_jwt_authority(&mut self, kid: &str) -> bool {
+        self.tainted.remove(kid);
         self.jwt_authorities.remove(kid).is_some()
     }
 
-    /// True when the bundle carries the same keys as `other` (sequence and
-    /// refresh hint aside).
+    /// Marks an authority (X.509 authority ID or JWT kid) tainted, or
+    /// clears the mark. Returns whether the bundle changed.
+    pub fn set_tainted(&mut self, authority_id: &str, tainted: bool) -> bool {
+        if tainted {
+            self.tainted.insert(authority_id.to_owned())
+        } else {
+            self.tainted.remove(authority_id)
+        }
+    }
+
+    /// Whether an authority (X.509 authority ID or JWT kid) is tainted.
+    pub fn is_tainted(&self, authority_id: &str) -> bool {
+        self.tainted.contains(authority_id)
+    }
+
+    /// The tainted authorities (a removed authority's mark goes with it).
+    pub fn tainted(&self) -> impl Iterator<Item = &str> {
+        self.tainted.iter().map(String::as_str)
+    }
+
+    /// True when the bundle carries the same keys as `other`, in any order,
+    /// with the same taints (sequence and refresh hint aside).
     pub fn same_keys(&self, other: &Bundle) -> bool {
         self.trust_domain == other.trust_domain
-            && self.x509_authorities == other.x509_authorities
+            && self.x509_authorities.len() == other.x509_authorities.len()
+            && self
+                .x509_authorities
+                .iter()
+                .all(|c| other.x509_authorities.contains(c))
             && self.jwt_authorities == other.jwt_authorities
+            && self.tainted == other.tainted
     }
 }
 
@@ -490,6 +545,41 @@ mod tests {
         assert_eq!(v["keys"][2]["crv"], "P-384");
         let back = Bundle::parse_json(td(), json.as_bytes()).unwrap();
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn taints_travel_in_json_and_count_as_a_change() {
+        let (a, _) = ca_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let (b, _) = ca_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let jwt_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&jwt_key);
+        let mut bundle = Bundle::new(td());
+        bundle.add_x509_authority(a.clone());
+        bundle.add_x509_authority(b.clone());
+        bundle.add_jwt_authority(JwtAuthority::from_spki("k1", &spki).unwrap());
+        let clean = bundle.clone();
+        let a_id = crate::x509_svid::authority_id(&a).expect("a CA certificate has an SKI");
+        assert_eq!(a_id.len(), 40, "{a_id}");
+        assert!(bundle.set_tainted(&a_id, true));
+        assert!(bundle.set_tainted("k1", true));
+        assert!(!bundle.same_keys(&clean), "a taint is a change to publish");
+        let v = bundle.to_json_value().unwrap();
+        assert_eq!(v["keys"][0]["tainted"], true);
+        assert_eq!(v["keys"][1].get("tainted"), None);
+        assert_eq!(v["keys"][2]["tainted"], true);
+        let back = Bundle::parse_json(td(), v.to_string().as_bytes()).unwrap();
+        assert_eq!(back, bundle);
+        assert!(back.is_tainted(&a_id) && back.is_tainted("k1"));
+        // The order of authorities is not a change.
+        let mut reordered = Bundle::new(td());
+        reordered.add_x509_authority(b);
+        reordered.add_x509_authority(a.clone());
+        reordered.add_jwt_authority(JwtAuthority::from_spki("k1", &spki).unwrap());
+        assert!(reordered.same_keys(&clean));
+        // An authority leaving takes its mark with it.
+        bundle.remove_x509_authorities(|c| *c == a);
+        bundle.remove_jwt_authority("k1");
+        assert_eq!(bundle.tainted().count(), 0);
     }
 
     #[test]

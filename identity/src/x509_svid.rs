@@ -272,6 +272,49 @@ pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
         .map(|(_, c)| c.validity().not_after.timestamp())
 }
 
+/// The authority ID of a CA certificate, as SPIRE names X.509 authorities:
+/// its Subject Key Identifier in lowercase hex (`None` without one).
+pub fn authority_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(hex(k.0)),
+            _ => None,
+        })
+}
+
+/// The authority that signed a certificate, by its Authority Key
+/// Identifier in lowercase hex (`None` without one).
+pub fn issuer_authority_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| hex(k.0))
+            }
+            _ => None,
+        })
+}
+
+/// Every authority an X509-SVID's chain names: each certificate's issuer
+/// (Authority Key Identifier) and each intermediate's own key.
+pub fn chain_authority_ids(chain: &[CertificateDer<'_>]) -> Vec<String> {
+    let mut ids: Vec<String> = chain
+        .iter()
+        .filter_map(|c| issuer_authority_id(c))
+        .collect();
+    ids.extend(chain.iter().skip(1).filter_map(|c| authority_id(c)));
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Reads and shape-checks an X509-SVID leaf without verifying its chain.
 pub fn inspect_leaf(der: &[u8]) -> Result<LeafInfo, X509SvidError> {
     leaf_facts(der)

@@ -44,6 +44,12 @@ impl From<ServerError> for Status {
                 | crate::ca::CaError::PublicKey(_)
                 | crate::ca::CaError::Csr(_),
             ) => Status::invalid_argument(e.to_string()),
+            ServerError::Ca(crate::ca::CaError::Authority(
+                crate::ca::AuthorityError::Unknown { .. },
+            )) => Status::not_found(e.to_string()),
+            ServerError::Ca(crate::ca::CaError::Authority(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
             _ => {
                 tracing::error!(error = %e, "admin API internal error");
                 Status::internal(e.to_string())
@@ -582,6 +588,63 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn list_authorities(
+        &self,
+        req: Request<AuthorityRequest>,
+    ) -> Result<Response<Authorities>, Status> {
+        let kind = authority_kind(req.get_ref());
+        self.authorities(kind).await
+    }
+
+    async fn prepare_authority(
+        &self,
+        req: Request<AuthorityRequest>,
+    ) -> Result<Response<Authorities>, Status> {
+        let kind = authority_kind(req.get_ref());
+        let prepared = self
+            .server
+            .change_authorities(|ca| ca.prepare(kind))
+            .await?;
+        tracing::warn!(%kind, authority_id = %prepared.id, "authority prepared through the admin API");
+        self.authorities(kind).await
+    }
+
+    async fn activate_authority(
+        &self,
+        req: Request<AuthorityRequest>,
+    ) -> Result<Response<Authorities>, Status> {
+        let (kind, id) = authority_target(req.get_ref())?;
+        self.server
+            .change_authorities(|ca| ca.activate(kind, &id))
+            .await?;
+        tracing::warn!(%kind, authority_id = %id, "authority activated through the admin API");
+        self.authorities(kind).await
+    }
+
+    async fn taint_authority(
+        &self,
+        req: Request<AuthorityRequest>,
+    ) -> Result<Response<Authorities>, Status> {
+        let (kind, id) = authority_target(req.get_ref())?;
+        self.server
+            .change_authorities(|ca| ca.taint(kind, &id))
+            .await?;
+        tracing::warn!(%kind, authority_id = %id, "authority tainted through the admin API: what it signed is being replaced");
+        self.authorities(kind).await
+    }
+
+    async fn revoke_authority(
+        &self,
+        req: Request<AuthorityRequest>,
+    ) -> Result<Response<Authorities>, Status> {
+        let (kind, id) = authority_target(req.get_ref())?;
+        self.server
+            .change_authorities(|ca| ca.revoke(kind, &id))
+            .await?;
+        tracing::warn!(%kind, authority_id = %id, "authority revoked through the admin API: it left the bundle");
+        self.authorities(kind).await
+    }
+
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         let store = self.server.store();
         let entries = store.count_entries().await.map_err(ServerError::from)?;
@@ -674,4 +737,56 @@ pub async fn connect_admin(
     path: PathBuf,
 ) -> Result<AdminClient<tonic::transport::Channel>, tonic::transport::Error> {
     Ok(AdminClient::new(signet_workload::channel(path).await?))
+}
+
+fn authority_kind(req: &AuthorityRequest) -> crate::ca::AuthorityKind {
+    match req.kind() {
+        signet_wire::admin::AuthorityKind::X509 => crate::ca::AuthorityKind::X509,
+        signet_wire::admin::AuthorityKind::Jwt => crate::ca::AuthorityKind::Jwt,
+    }
+}
+
+fn authority_target(req: &AuthorityRequest) -> Result<(crate::ca::AuthorityKind, String), Status> {
+    let id = req.authority_id.trim().to_ascii_lowercase();
+    if id.is_empty() {
+        return Err(Status::invalid_argument(
+            "an authority id is required (--authority-id)",
+        ));
+    }
+    // JWT kids are case-sensitive; X.509 ids are hex.
+    let id = match authority_kind(req) {
+        crate::ca::AuthorityKind::Jwt => req.authority_id.trim().to_owned(),
+        crate::ca::AuthorityKind::X509 => id,
+    };
+    Ok((authority_kind(req), id))
+}
+
+impl AdminService {
+    /// This server's authorities of `kind`, with the bundle's sequence.
+    async fn authorities(
+        &self,
+        kind: crate::ca::AuthorityKind,
+    ) -> Result<Response<Authorities>, Status> {
+        let bundle = self.server.own_bundle().await?;
+        let authorities = self
+            .server
+            .ca()
+            .authorities(kind)
+            .into_iter()
+            .map(|a| Authority {
+                authority_id: a.id,
+                state: a.state.as_str().to_owned(),
+                key_id: a.key_id.unwrap_or_default(),
+                not_after: a
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+                tainted: a.tainted,
+            })
+            .collect();
+        Ok(Response::new(Authorities {
+            authorities,
+            bundle_sequence: bundle.sequence(),
+        }))
+    }
 }

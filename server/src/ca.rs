@@ -25,6 +25,7 @@ use crate::key_manager::{KeyError, KeyManager, KeyType};
 
 use authority::{new_jwt_key, new_x509_authority};
 pub use journal::{CaJournal, JournalJwt, JournalX509};
+pub use operations::{AuthorityError, AuthorityInfo, AuthorityKind, AuthorityState};
 pub use upstream::UpstreamAuthority;
 
 pub use signet_identity::x509_svid::BACKDATE;
@@ -90,6 +91,8 @@ pub enum CaError {
     Journal(String),
     #[error("upstream CA {path}: {reason}")]
     Upstream { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
 }
 
 /// One X.509 signing authority.
@@ -505,6 +508,7 @@ pub(crate) fn to_offset(t: SystemTime) -> OffsetDateTime {
 mod authority;
 mod issue;
 mod journal;
+mod operations;
 mod upstream;
 
 #[cfg(test)]

@@ -256,6 +256,17 @@ impl Server {
         self.publish_bundle().await
     }
 
+    /// Runs an operator's CA operation (`Ca::prepare`, `activate`, `taint`,
+    /// `revoke`), then saves the journal and publishes the bundle at once.
+    pub async fn change_authorities<T>(
+        &self,
+        op: impl FnOnce(&Ca) -> Result<T, CaError>,
+    ) -> Result<T, ServerError> {
+        let out = op(&self.ca)?;
+        self.persist_ca().await?;
+        Ok(out)
+    }
+
     /// Stores the own bundle when its keys changed.
     async fn publish_bundle(&self) -> Result<(), ServerError> {
         let bundle = self.published_bundle().await?;
@@ -299,12 +310,20 @@ impl Server {
                     .is_some_and(|t| t > now);
                 if live {
                     bundle.add_x509_authority(cert.clone());
+                    if let Some(id) = signet_identity::x509_svid::authority_id(cert)
+                        && theirs.is_tainted(&id)
+                    {
+                        bundle.set_tainted(&id, true);
+                    }
                 }
             }
             for key in theirs.jwt_authorities() {
                 let live = journal.jwt_expiry.get(key.kid()).is_some_and(|t| *t > now);
                 if live && bundle.jwt_authority(key.kid()).is_none() {
                     bundle.add_jwt_authority(key.clone());
+                    if theirs.is_tainted(key.kid()) {
+                        bundle.set_tainted(key.kid(), true);
+                    }
                 }
             }
         }

@@ -647,3 +647,135 @@ fn a_late_successor_is_published_before_it_signs() {
     assert!(r.x509_activated && r.jwt_activated);
     assert!(Arc::ptr_eq(&ca.x509_authority(), &next));
 }
+
+#[test]
+fn authority_operations_follow_spires_rules() {
+    use super::operations::{AuthorityError, AuthorityKind::*, AuthorityState::*};
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let refused = |r: Result<(), CaError>| match r {
+        Err(CaError::Authority(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    for kind in [X509, Jwt] {
+        let first = ca.authorities(kind);
+        assert_eq!(first.len(), 1, "{kind}: {first:?}");
+        assert_eq!(first[0].state, Active);
+        let active = first[0].id.clone();
+        let seq = ca.bundle().sequence();
+
+        // The active authority can be neither tainted nor revoked; unknown
+        // ids are named.
+        assert!(matches!(
+            refused(ca.taint(kind, &active)),
+            AuthorityError::Active { .. }
+        ));
+        assert!(matches!(
+            refused(ca.revoke(kind, &active)),
+            AuthorityError::Active { .. }
+        ));
+        assert!(matches!(
+            refused(ca.taint(kind, "00ff")),
+            AuthorityError::Unknown { .. }
+        ));
+        assert!(matches!(
+            ca.activate(kind, "00ff"),
+            Err(CaError::Authority(AuthorityError::NothingPrepared { .. }))
+        ));
+
+        // Prepare: published, not signing.
+        let prepared = ca.prepare(kind).unwrap();
+        assert_eq!(prepared.state, Prepared);
+        assert!(
+            ca.bundle().sequence() > seq,
+            "{kind}: prepare bumps the sequence"
+        );
+        assert!(matches!(
+            refused(ca.taint(kind, &prepared.id)),
+            AuthorityError::Prepared { .. }
+        ));
+        assert!(matches!(
+            ca.activate(kind, &active),
+            Err(CaError::Authority(AuthorityError::NotPrepared { .. }))
+        ));
+        // Activate: the prepared one signs, the active one is old.
+        ca.activate(kind, &prepared.id).unwrap();
+        let now: Vec<_> = ca
+            .authorities(kind)
+            .into_iter()
+            .map(|a| (a.id, a.state))
+            .collect();
+        assert!(
+            now.contains(&(prepared.id.clone(), Active)),
+            "{kind}: {now:?}"
+        );
+        assert!(now.contains(&(active.clone(), Old)), "{kind}: {now:?}");
+
+        // Revoke only after taint; taint once.
+        assert!(matches!(
+            refused(ca.revoke(kind, &active)),
+            AuthorityError::NotTainted { .. }
+        ));
+        let seq = ca.bundle().sequence();
+        ca.taint(kind, &active).unwrap();
+        assert!(ca.bundle().is_tainted(&active));
+        assert!(
+            ca.bundle().sequence() > seq,
+            "{kind}: taint bumps the sequence"
+        );
+        assert!(matches!(
+            refused(ca.taint(kind, &active)),
+            AuthorityError::AlreadyTainted { .. }
+        ));
+        ca.revoke(kind, &active).unwrap();
+        assert!(
+            !ca.authorities(kind).iter().any(|a| a.id == active),
+            "{kind}: revoked is gone"
+        );
+        assert!(matches!(
+            refused(ca.revoke(kind, &active)),
+            AuthorityError::Unknown { .. }
+        ));
+    }
+    // What the new authorities sign verifies; the revoked root left the
+    // bundle, and JWT-SVIDs carry the new kid.
+    let chain = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
+    assert_eq!(ca.bundle().x509_authorities().len(), 1);
+    verify_x509_svid(&chain, &ca.bundle(), clock.now()).unwrap();
+    let jwt = ca
+        .sign_jwt_svid(&workload(), &["aud".to_string()], None)
+        .unwrap();
+    let kid = signet_identity::jwt_svid::key_id_insecure(&jwt).unwrap();
+    assert_eq!(ca.authorities(Jwt)[0].id, kid);
+    assert_eq!(ca.bundle().jwt_authorities().count(), 1);
+}
+
+#[test]
+fn taints_survive_the_journal() {
+    use super::operations::AuthorityKind::X509;
+    let clock = ManualClock::new(start());
+    let keys: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let ca = Ca::new(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys.clone(),
+        None,
+    )
+    .unwrap();
+    let old = ca.authorities(X509)[0].id.clone();
+    let next = ca.prepare(X509).unwrap().id;
+    ca.activate(X509, &next).unwrap();
+    ca.taint(X509, &old).unwrap();
+    let restored = Ca::restore(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys,
+        None,
+        ca.journal().unwrap(),
+    )
+    .unwrap();
+    assert!(restored.bundle().is_tainted(&old));
+    assert_eq!(restored.authorities(X509)[0].id, next);
+}
