@@ -573,6 +573,35 @@ fn a_corrupt_datastore_stops_the_server_and_is_kept() {
     );
 }
 
+/// A subscription opened with an SVID the agent has since renewed ends:
+/// whoever holds the old SVID and key stops hearing about entries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_ends_when_its_svid_is_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let (mut old, _) = agent(&server, AttestWith::JoinToken(&server.token())).await;
+    let mut stream = old.subscribe_deltas(0, []).await.unwrap();
+    next_push(&mut stream).await;
+    old.renew().await.unwrap();
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the old subscription ends");
+    match ended {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+            assert!(s.message().contains("no longer current"), "{s:?}");
+        }
+        Ok(_) => panic!("the stream ended without saying why"),
+    }
+}
+
 /// Renewals in flight race a ban or an eviction: the ban or eviction
 /// always stands (SECURITY.md invariant 7). Each round attests an agent,
 /// then fires eight renewals over eight connections presenting the same

@@ -392,8 +392,18 @@ impl Node for NodeService {
                             .await
                             .map_err(ServerError::from)?
                         {
-                            Some(n) if !n.banned => {}
-                            Some(_) => return Err(denied(&node.spiffe_id, "is banned")),
+                            Some(n) if n.banned => {
+                                return Err(denied(&node.spiffe_id, "is banned"));
+                            }
+                            // Renewed: this connection's SVID is no longer
+                            // the current one (the agent reconnects with it).
+                            Some(n) if n.svid_serial != node.svid_serial => {
+                                return Err(denied(
+                                    &node.spiffe_id,
+                                    "presented an SVID that is no longer current",
+                                ));
+                            }
+                            Some(_) => {}
                             None => return Err(denied(&node.spiffe_id, "is no longer attested")),
                         }
                         let (entries, parents) = authz::authorized_entries_and_parents(
