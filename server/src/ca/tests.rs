@@ -32,6 +32,19 @@ fn ca_with(config: CaConfig, clock: &ManualClock) -> Ca {
     .unwrap()
 }
 
+/// A CA and the key manager it keeps its keys in.
+fn ca_and_keys(clock: &ManualClock) -> (Ca, Arc<dyn KeyManager>) {
+    let keys: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let ca = Ca::new(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys.clone(),
+        None,
+    )
+    .unwrap();
+    (ca, keys)
+}
+
 fn ca(clock: &ManualClock) -> Ca {
     ca_with(CaConfig::new(td()), clock)
 }
@@ -568,14 +581,7 @@ fn journal_restores_the_same_authorities() {
 #[test]
 fn a_journal_that_cannot_be_honoured_is_an_error() {
     let clock = ManualClock::new(start());
-    let keys: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
-    let ca = Ca::new(
-        CaConfig::new(td()),
-        Arc::new(clock.clone()),
-        keys.clone(),
-        None,
-    )
-    .unwrap();
+    let (ca, keys) = ca_and_keys(&clock);
     let journal = ca.journal().unwrap();
 
     let other_td = CaConfig::new(TrustDomain::parse("other.org").unwrap());
@@ -756,14 +762,7 @@ fn authority_operations_follow_spires_rules() {
 fn taints_survive_the_journal() {
     use super::operations::AuthorityKind::X509;
     let clock = ManualClock::new(start());
-    let keys: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
-    let ca = Ca::new(
-        CaConfig::new(td()),
-        Arc::new(clock.clone()),
-        keys.clone(),
-        None,
-    )
-    .unwrap();
+    let (ca, keys) = ca_and_keys(&clock);
     let old = ca.authorities(X509)[0].id.clone();
     let next = ca.prepare(X509).unwrap().id;
     ca.activate(X509, &next).unwrap();
