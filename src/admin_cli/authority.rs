@@ -33,18 +33,21 @@ pub enum AuthorityOp {
     /// Sign with the prepared authority from now on; the active one becomes
     /// old (its key is deleted).
     Activate {
+        /// The prepared authority's id (as `show` prints it).
         #[arg(long)]
         authority_id: String,
     },
     /// Mark an old authority as compromised: every SVID it signed is
     /// replaced at once, everywhere. It still verifies until revoked.
     Taint {
+        /// The old authority's id (as `show` prints it).
         #[arg(long)]
         authority_id: String,
     },
     /// Remove a tainted old authority from the bundle: nothing it signed
     /// verifies any more.
     Revoke {
+        /// The tainted old authority's id (as `show` prints it).
         #[arg(long)]
         authority_id: String,
     },
