@@ -747,18 +747,19 @@ fn authority_kind(req: &AuthorityRequest) -> crate::ca::AuthorityKind {
 }
 
 fn authority_target(req: &AuthorityRequest) -> Result<(crate::ca::AuthorityKind, String), Status> {
-    let id = req.authority_id.trim().to_ascii_lowercase();
+    let kind = authority_kind(req);
+    let id = req.authority_id.trim();
     if id.is_empty() {
         return Err(Status::invalid_argument(
             "an authority id is required (--authority-id)",
         ));
     }
-    // JWT kids are case-sensitive; X.509 ids are hex.
-    let id = match authority_kind(req) {
-        crate::ca::AuthorityKind::Jwt => req.authority_id.trim().to_owned(),
-        crate::ca::AuthorityKind::X509 => id,
+    // X.509 ids are hex, in any case; JWT kids are case-sensitive.
+    let id = match kind {
+        crate::ca::AuthorityKind::X509 => id.to_ascii_lowercase(),
+        crate::ca::AuthorityKind::Jwt => id.to_owned(),
     };
-    Ok((authority_kind(req), id))
+    Ok((kind, id))
 }
 
 impl AdminService {
