@@ -20,7 +20,7 @@ use signet_server::admin::connect_admin;
 use signet_wire::admin::*;
 use signet_workload::{SocketRole, explain_connect_error};
 
-pub use authority::{AuthorityCmd, authority};
+pub use authority::{AuthorityCmd, UpstreamAuthorityCmd, authority, upstream_authority};
 pub use bundle::{BundleCmd, BundleFormat, bundle};
 pub use entry::{EntryCmd, entry};
 pub use federation::{FederationCmd, federation};

@@ -93,6 +93,14 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// The upstream CA's roots in the bundle (with `--upstream-cert`):
+    /// show; taint, revoke once the upstream CA was replaced.
+    UpstreamAuthority {
+        #[command(subcommand)]
+        cmd: admin_cli::UpstreamAuthorityCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
     /// The server's log filter: get, set, reset while it runs.
     Logger {
         #[command(subcommand)]
@@ -244,6 +252,9 @@ fn main() -> ExitCode {
             Command::Token { cmd, opts } => admin_cli::token(cmd, opts).await,
             Command::Logger { cmd, opts } => admin_cli::logger(cmd, opts).await,
             Command::Authority { cmd, opts } => admin_cli::authority(cmd, opts).await,
+            Command::UpstreamAuthority { cmd, opts } => {
+                admin_cli::upstream_authority(cmd, opts).await
+            }
             Command::Bundle { cmd, opts } => admin_cli::bundle(cmd, opts).await,
             Command::Federation { cmd, opts } => admin_cli::federation(cmd, opts).await,
             Command::X509 { cmd, opts } => admin_cli::x509(cmd, opts).await,

@@ -4,7 +4,9 @@
 //! authority as soon as the old one is tainted, and loses the old root
 //! from its bundle when it is revoked; a cached JWT-SVID signed by a
 //! tainted key is not handed out again, and once the key is revoked the
-//! old token no longer validates. The refusals name the problem.
+//! old token no longer validates. With an upstream CA, its root is
+//! replaced on disk, then tainted and revoked (`signet
+//! upstream-authority`). The refusals name the problem.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,9 +20,13 @@ use tokio_stream::StreamExt;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// `signet authority KIND ARGS --output json` (asserts success).
+/// `signet authority KIND ARGS --output json`, or `signet
+/// upstream-authority ARGS` for the kind "upstream" (asserts success).
 fn authority(c: &Combined, kind: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["authority", kind];
+    let mut all = match kind {
+        "upstream" => vec!["upstream-authority"],
+        _ => vec!["authority", kind],
+    };
     all.extend(args);
     all.extend(["--output", "json"]);
     let out = c.admin(&all);
@@ -51,6 +57,23 @@ fn refused(c: &Combined, args: &[&str], says: &str) {
     all.extend(args);
     all.extend(["--admin-socket", &c.admin]);
     fails_saying(&all, says);
+}
+
+/// Whether the Workload API's bundle stream comes to hold exactly one
+/// root for example.org before the deadline.
+async fn one_root_streamed(client: &WorkloadApiClient) -> bool {
+    let td = spiffe::TrustDomain::new("example.org").unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        let mut bundles = client.stream_x509_bundles().await.unwrap();
+        loop {
+            let set = bundles.next().await.unwrap().unwrap();
+            if set.get(&td).is_some_and(|b| b.authorities().len() == 1) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,19 +169,8 @@ async fn taint_replaces_and_revoke_removes_what_an_authority_signed() {
         let pem = ok(&["bundle", "show", "--socket", &c.admin]);
         (pem.matches("BEGIN CERTIFICATE").count() == 1).then_some(pem)
     });
-    let revoked_gone = tokio::time::timeout(DEADLINE, async {
-        let mut bundles = client.stream_x509_bundles().await.unwrap();
-        loop {
-            let set = bundles.next().await.unwrap().unwrap();
-            let td = spiffe::TrustDomain::new("example.org").unwrap();
-            if set.get(&td).is_some_and(|b| b.authorities().len() == 1) {
-                return;
-            }
-        }
-    })
-    .await;
     assert!(
-        revoked_gone.is_ok(),
+        one_root_streamed(&client).await,
         "the Workload API bundle still holds the revoked root"
     );
     assert!(!bundle.is_empty());
@@ -235,4 +247,99 @@ fn json_stdout_if_ok(out: std::process::Output) -> Option<serde_json::Value> {
         .success()
         .then(|| serde_json::from_slice(&out.stdout).ok())
         .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_root_is_replaced_then_tainted_and_revoked() {
+    use signet_identity::x509_svid::chain_authority_ids;
+    let dir = tempfile::tempdir().unwrap();
+    let root = |name: &str| signet_testkit::pki::TestCa::new(name).write(dir.path(), "upstream");
+    let cert = root("Upstream Root 1").display().to_string();
+    let key = dir.path().join("upstream.key").display().to_string();
+    let c = Combined::start(
+        dir.path(),
+        &["--upstream-cert", &cert, "--upstream-key", &key],
+    );
+    c.entry_for_uid("spiffe://example.org/payments", uid());
+    c.x509_json("an SVID for this process");
+    let client = WorkloadApiClient::connect_to(format!("unix://{}", c.agent))
+        .await
+        .unwrap();
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    let ids = |svid: &spiffe::X509Svid| {
+        let chain: Vec<_> = svid
+            .cert_chain()
+            .iter()
+            .map(|c| signet_identity::CertificateDer::from(c.as_ref().to_vec()))
+            .collect();
+        chain_authority_ids(&chain)
+    };
+    let first = tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let roots = authority(&c, "upstream", &["show"]);
+    let old = id_in(&roots, "active");
+    assert!(ids(&first).contains(&old), "{roots}");
+    let refused_upstream = |args: &[&str], says: &str| {
+        let mut all = vec!["upstream-authority"];
+        all.extend(args);
+        all.extend(["--admin-socket", &c.admin]);
+        fails_saying(&all, says);
+    };
+    refused_upstream(
+        &["taint", "--subject-key-id", &old],
+        "signs the active authority: replace the upstream CA files",
+    );
+    refused(
+        &c,
+        &["x509", "taint", "--authority-id", &old],
+        "taint or revoke at the upstream authority",
+    );
+
+    // The upstream CA is replaced on disk; a new authority chains to it.
+    root("Upstream Root 2");
+    let new = id_in(&authority(&c, "x509", &["prepare"]), "prepared");
+    authority(&c, "x509", &["activate", "--authority-id", &new]);
+    let roots = authority(&c, "upstream", &["show"]);
+    assert_eq!(id_in(&roots, "old"), old, "{roots}");
+    let new_root = id_in(&roots, "active");
+
+    // Taint, by the id as openssl prints it: the open stream gets an SVID
+    // that no longer chains to the old root.
+    let openssl_form = old
+        .as_bytes()
+        .chunks(2)
+        .map(|b| std::str::from_utf8(b).unwrap().to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    authority(
+        &c,
+        "upstream",
+        &["taint", "--subject-key-id", &openssl_form],
+    );
+    let replaced = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let svid = stream.next().await.unwrap().unwrap();
+            if !ids(&svid).contains(&old) {
+                return svid;
+            }
+        }
+    })
+    .await
+    .expect("an SVID chaining to the new root on the open stream after the taint");
+    assert!(ids(&replaced).contains(&new_root));
+
+    // Revoke: the old root leaves the Workload API bundle.
+    authority(&c, "upstream", &["revoke", "--subject-key-id", &old]);
+    assert!(
+        one_root_streamed(&client).await,
+        "the revoked upstream root is still in the bundle"
+    );
+    refused_upstream(
+        &["taint", "--subject-key-id", &old],
+        "no upstream X.509 authority has id",
+    );
 }

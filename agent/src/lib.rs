@@ -506,7 +506,7 @@ async fn session(
                     }
                 }
                 let mut next = Snapshot { entries, bundles, svids, revision: msg.revision, healthy: true };
-                mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
+                mint_missing(&mut client, &mut next, demand, config.svid_cache_size, tx).await?;
                 tx.send_replace(Arc::new(next));
                 synced = true;
                 if let Err(e) = persist_identity(config, identity) {
@@ -517,7 +517,7 @@ async fn session(
                 // A workload waits for an entry whose SVID is not cached.
                 let current = tx.borrow().clone();
                 let mut next = (*current).clone();
-                mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
+                mint_missing(&mut client, &mut next, demand, config.svid_cache_size, tx).await?;
                 if next.svids.len() != current.svids.len() || next.svids.keys().any(|k| !current.svids.contains_key(k)) {
                     tx.send_replace(Arc::new(next));
                 }
@@ -536,7 +536,7 @@ async fn session(
                 if current.svids.values().any(|s| rotation_due(s, now)) {
                     let mut next = (*current).clone();
                     next.svids.retain(|_, s| !rotation_due(s, now));
-                    mint_missing(&mut client, &mut next, demand, config.svid_cache_size).await?;
+                    mint_missing(&mut client, &mut next, demand, config.svid_cache_size, tx).await?;
                     tx.send_replace(Arc::new(next));
                 }
             }
@@ -591,38 +591,61 @@ pub fn apply_delta(held: &[Entry], upserts: Vec<Entry>, removed: &[String]) -> V
 /// every entry a workload streams gets one; other entries are minted ahead
 /// while there is room under `bound`; beyond the bound, SVIDs no workload
 /// streams are evicted, least recently served first.
+///
+/// Streamed entries go first: when others wait behind them (a taint
+/// replaces every SVID at once), the streamed ones are published through
+/// `tx` before the rest are minted.
 async fn mint_missing(
     client: &mut NodeClient,
     snapshot: &mut Snapshot,
     demand: &Demand,
     bound: usize,
+    tx: &watch::Sender<Arc<Snapshot>>,
 ) -> Result<(), AgentError> {
     let mut room = bound.saturating_sub(snapshot.svids.len());
-    let mut missing = Vec::new();
+    let (mut streamed, mut ahead) = (Vec::new(), Vec::new());
     for e in &snapshot.entries {
         if snapshot.svids.contains_key(&e.id) {
             continue;
         }
         if demand.is_streaming(&e.id) {
-            missing.push(e.id.clone());
+            streamed.push(e.id.clone());
         } else if room > 0 {
             room -= 1;
-            missing.push(e.id.clone());
+            ahead.push(e.id.clone());
         }
     }
-    // Bounded batches keep every message well under gRPC size limits.
-    for chunk in missing.chunks(MINT_BATCH) {
+    mint(client, snapshot, &streamed).await?;
+    if !streamed.is_empty() && !ahead.is_empty() {
+        tx.send_replace(Arc::new(snapshot.clone()));
+    }
+    mint(client, snapshot, &ahead).await?;
+    if streamed.len() + ahead.len() > 0 {
+        tracing::info!(
+            streamed = streamed.len(),
+            ahead = ahead.len(),
+            "workload SVIDs minted"
+        );
+    }
+    for id in evictions(snapshot, demand, bound) {
+        snapshot.svids.remove(&id);
+    }
+    Ok(())
+}
+
+/// Mints the SVIDs of `ids` into `snapshot`, in batches that keep every
+/// message well under gRPC size limits.
+async fn mint(
+    client: &mut NodeClient,
+    snapshot: &mut Snapshot,
+    ids: &[String],
+) -> Result<(), AgentError> {
+    for chunk in ids.chunks(MINT_BATCH) {
         let minted = client.mint_x509_batch(chunk).await?;
         for (id, svid) in chunk.iter().zip(minted) {
             tracing::debug!(entry_id = %id, spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "workload SVID minted");
             snapshot.svids.insert(id.clone(), Arc::new(svid));
         }
-    }
-    if !missing.is_empty() {
-        tracing::info!(count = missing.len(), "workload SVIDs minted");
-    }
-    for id in evictions(snapshot, demand, bound) {
-        snapshot.svids.remove(&id);
     }
     Ok(())
 }

@@ -47,9 +47,9 @@ impl From<ServerError> for Status {
             ServerError::Ca(crate::ca::CaError::Authority(
                 crate::ca::AuthorityError::Unknown { .. },
             )) => Status::not_found(e.to_string()),
-            ServerError::Ca(crate::ca::CaError::Authority(_)) => {
-                Status::failed_precondition(e.to_string())
-            }
+            ServerError::Ca(
+                crate::ca::CaError::Authority(_) | crate::ca::CaError::Upstream { .. },
+            ) => Status::failed_precondition(e.to_string()),
             _ => {
                 tracing::error!(error = %e, "admin API internal error");
                 Status::internal(e.to_string())
@@ -626,6 +626,9 @@ impl Admin for AdminService {
         req: Request<AuthorityRequest>,
     ) -> Result<Response<Authorities>, Status> {
         let (kind, id) = authority_target(req.get_ref())?;
+        if kind == crate::ca::AuthorityKind::UpstreamX509 {
+            self.server.upstream_unused_elsewhere(&id).await?;
+        }
         self.server
             .change_authorities(|ca| ca.taint(kind, &id))
             .await?;
@@ -743,6 +746,7 @@ fn authority_kind(req: &AuthorityRequest) -> crate::ca::AuthorityKind {
     match req.kind() {
         signet_wire::admin::AuthorityKind::X509 => crate::ca::AuthorityKind::X509,
         signet_wire::admin::AuthorityKind::Jwt => crate::ca::AuthorityKind::Jwt,
+        signet_wire::admin::AuthorityKind::UpstreamX509 => crate::ca::AuthorityKind::UpstreamX509,
     }
 }
 
@@ -754,9 +758,12 @@ fn authority_target(req: &AuthorityRequest) -> Result<(crate::ca::AuthorityKind,
             "an authority id is required (--authority-id)",
         ));
     }
-    // X.509 ids are hex, in any case; JWT kids are case-sensitive.
+    // X.509 ids are hex, in any case, with or without the colons openssl
+    // prints; JWT kids are case-sensitive.
     let id = match kind {
-        crate::ca::AuthorityKind::X509 => id.to_ascii_lowercase(),
+        crate::ca::AuthorityKind::X509 | crate::ca::AuthorityKind::UpstreamX509 => {
+            id.replace(':', "").to_ascii_lowercase()
+        }
         crate::ca::AuthorityKind::Jwt => id.to_owned(),
     };
     Ok((kind, id))

@@ -7,7 +7,7 @@
 //! bundle; at `min(life/6, 7 d)` it becomes active. Keys leave the bundle
 //! once they expire. Every bundle change bumps `spiffe_sequence`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -165,6 +165,11 @@ struct CaState {
     jwt_next: Option<Arc<JwtKey>>,
     bundle: Bundle,
     jwt_expiry: BTreeMap<String, SystemTime>,
+    /// The upstream CA new authorities chain to, if any.
+    upstream: Option<Arc<UpstreamAuthority>>,
+    /// Ids of upstream authorities revoked by an operator: never put back
+    /// in the bundle, never signed with again.
+    revoked: BTreeSet<String>,
 }
 
 /// What one [`Ca::rotate`] call changed.
@@ -193,7 +198,6 @@ pub struct Ca {
     config: CaConfig,
     clock: Arc<dyn Clock>,
     keys: Arc<dyn KeyManager>,
-    upstream: Option<UpstreamAuthority>,
     state: RwLock<Arc<CaState>>,
 }
 
@@ -201,7 +205,7 @@ impl fmt::Debug for Ca {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ca")
             .field("trust_domain", &self.config.trust_domain)
-            .field("upstream", &self.upstream)
+            .field("upstream", &self.state().upstream)
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +238,7 @@ impl Ca {
                 bundle.add_x509_authority(x509.cert.clone());
             }
         }
+        let upstream = upstream.map(Arc::new);
         bundle.add_jwt_authority(jwt.authority.clone());
         bundle.set_sequence(1);
         let mut jwt_expiry = BTreeMap::new();
@@ -245,12 +250,13 @@ impl Ca {
             jwt_next: None,
             bundle,
             jwt_expiry,
+            upstream,
+            revoked: BTreeSet::new(),
         };
         Ok(Self {
             config,
             clock,
             keys,
-            upstream,
             state: RwLock::new(Arc::new(state)),
         })
     }
@@ -310,15 +316,7 @@ impl Ca {
                 30,
             )
         {
-            let next = Arc::new(new_x509_authority(
-                &self.config,
-                self.keys.as_ref(),
-                self.upstream.as_ref(),
-                now,
-            )?);
-            if self.upstream.is_none() {
-                s.bundle.add_x509_authority(next.cert.clone());
-            }
+            let next = Arc::new(self.new_x509_authority(&mut s, now)?);
             s.x509_next = Some(next);
             r.x509_prepared = true;
         }

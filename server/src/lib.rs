@@ -267,6 +267,39 @@ impl Server {
         Ok(out)
     }
 
+    /// Refuses to taint the upstream authority `id` while another server
+    /// on this datastore signs under it: its agents would replace their
+    /// SVIDs with ones that are tainted again, over and over.
+    pub async fn upstream_unused_elsewhere(&self, id: &str) -> Result<(), ServerError> {
+        for (server_id, json) in self.store.list_ca_journals().await? {
+            if server_id == self.config.server_id {
+                continue;
+            }
+            let Ok(journal) = serde_json::from_str::<CaJournal>(&json) else {
+                continue;
+            };
+            let Some(active) = journal.x509.first() else {
+                continue;
+            };
+            let pem = format!("{}\n{}", active.cert_pem, active.intermediates_pem);
+            let chain =
+                signet_identity::bundle::certificates_from_pem(pem.as_bytes()).unwrap_or_default();
+            if signet_identity::x509_svid::chain_authority_ids(&chain)
+                .iter()
+                .any(|i| i == id)
+            {
+                return Err(
+                    ca::CaError::Authority(ca::AuthorityError::UpstreamInUseElsewhere {
+                        id: id.to_owned(),
+                        server_id,
+                    })
+                    .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Stores the own bundle when its keys changed.
     async fn publish_bundle(&self) -> Result<(), ServerError> {
         let bundle = self.published_bundle().await?;
@@ -283,6 +316,8 @@ impl Server {
     /// server trust SVIDs of all. The sequence moves past the stored one.
     async fn published_bundle(&self) -> Result<Bundle, ServerError> {
         let mut bundle = self.ca.bundle();
+        // Upstream roots revoked on any server stay out of the bundle of all.
+        let mut revoked = self.ca.journal()?.revoked;
         for (server_id, json) in self.store.list_ca_journals().await? {
             if server_id == self.config.server_id {
                 continue;
@@ -297,6 +332,7 @@ impl Server {
             if journal.trust_domain != self.trust_domain().as_str() {
                 continue;
             }
+            revoked.extend(journal.revoked.iter().cloned());
             let Ok(theirs) = Bundle::parse_json(
                 self.trust_domain().clone(),
                 journal.bundle.to_string().as_bytes(),
@@ -327,6 +363,9 @@ impl Server {
                 }
             }
         }
+        bundle.remove_x509_authorities(|c| {
+            signet_identity::x509_svid::authority_id(c).is_some_and(|id| revoked.contains(&id))
+        });
         let stored = self.store.get_bundle(self.trust_domain()).await?;
         let seq = match &stored {
             Some(s) if s.same_keys(&bundle) => s.sequence(),

@@ -1,6 +1,8 @@
 //! `signet authority x509|jwt`: this server's signing authorities, and the
 //! operations for a suspected key compromise (prepare, activate, taint,
-//! revoke), as SPIRE's `localauthority` commands.
+//! revoke), as SPIRE's `localauthority` commands; `signet
+//! upstream-authority` for an upstream CA's roots, as SPIRE's
+//! `upstreamauthority`.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -53,11 +55,51 @@ pub enum AuthorityOp {
     },
 }
 
-pub async fn authority(cmd: AuthorityCmd, opts: AdminOpts) -> anyhow::Result<()> {
-    let (kind, op) = match cmd {
-        AuthorityCmd::X509 { op } => (AuthorityKind::X509, op),
-        AuthorityCmd::Jwt { op } => (AuthorityKind::Jwt, op),
+/// `signet upstream-authority`: the upstream CA's roots the bundle holds.
+#[derive(Debug, Subcommand)]
+pub enum UpstreamAuthorityCmd {
+    /// The upstream roots in the bundle: subject key id, expiry, taint, and
+    /// whether the active or prepared authority chains to them.
+    Show,
+    /// Mark an upstream root as compromised: every SVID chaining to it is
+    /// replaced at once. Replace the upstream CA files and prepare and
+    /// activate a new authority (`signet authority x509`) first.
+    Taint {
+        /// The root's subject key id, in hex (as `show` or `openssl x509
+        /// -noout -ext subjectKeyIdentifier` prints it).
+        #[arg(long)]
+        subject_key_id: String,
+    },
+    /// Remove a tainted upstream root from the bundle for good, even while
+    /// an upstream bundle file still lists it.
+    Revoke {
+        /// The tainted root's subject key id, in hex.
+        #[arg(long)]
+        subject_key_id: String,
+    },
+}
+
+pub async fn upstream_authority(cmd: UpstreamAuthorityCmd, opts: AdminOpts) -> anyhow::Result<()> {
+    let op = match cmd {
+        UpstreamAuthorityCmd::Show => AuthorityOp::Show,
+        UpstreamAuthorityCmd::Taint { subject_key_id } => AuthorityOp::Taint {
+            authority_id: subject_key_id,
+        },
+        UpstreamAuthorityCmd::Revoke { subject_key_id } => AuthorityOp::Revoke {
+            authority_id: subject_key_id,
+        },
     };
+    run(AuthorityKind::UpstreamX509, op, opts).await
+}
+
+pub async fn authority(cmd: AuthorityCmd, opts: AdminOpts) -> anyhow::Result<()> {
+    match cmd {
+        AuthorityCmd::X509 { op } => run(AuthorityKind::X509, op, opts).await,
+        AuthorityCmd::Jwt { op } => run(AuthorityKind::Jwt, op, opts).await,
+    }
+}
+
+async fn run(kind: AuthorityKind, op: AuthorityOp, opts: AdminOpts) -> anyhow::Result<()> {
     let req = |authority_id: String| AuthorityRequest {
         kind: kind as i32,
         authority_id,

@@ -1,7 +1,7 @@
 //! The CA journal: what a restart needs to resume with the same
 //! authorities (key ids and certificates, no key material).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use rcgen::KeyPair;
@@ -33,6 +33,11 @@ pub struct CaJournal {
     pub bundle: Value,
     /// Expiry (unix seconds) of every JWT key still published.
     pub jwt_expiry: BTreeMap<String, i64>,
+    /// Upstream authorities an operator revoked (subject key ids): they
+    /// stay out of every server's bundle even while an upstream bundle
+    /// file still lists them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub revoked: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +92,7 @@ impl Ca {
                 .iter()
                 .map(|(k, t)| (k.clone(), unix_secs(*t)))
                 .collect(),
+            revoked: s.revoked.clone(),
         })
     }
 
@@ -167,12 +173,13 @@ impl Ca {
                 .iter()
                 .map(|(k, t)| (k.clone(), secs_to_time(*t)))
                 .collect(),
+            upstream: upstream.map(Arc::new),
+            revoked: journal.revoked,
         };
         let ca = Self {
             config,
             clock,
             keys,
-            upstream,
             state: RwLock::new(Arc::new(state)),
         };
         ca.rotate()?;

@@ -4,20 +4,27 @@
 //! old authority, no longer active, may be tainted; only a tainted one may
 //! be revoked. Every change alters the bundle, whose sequence the caller
 //! bumps when it publishes it.
+//!
+//! With an upstream CA the bundle holds the upstream's roots; those are
+//! tainted and revoked as upstream authorities (SPIRE's
+//! `upstreamauthority`), once the upstream CA files were replaced and a
+//! new authority chaining to the new upstream is active.
 
 use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
-use signet_identity::x509_svid::authority_id;
+use signet_identity::x509_svid::{authority_id, chain_authority_ids};
 
 use super::authority::{new_jwt_key, new_x509_authority};
-use super::{Ca, CaError, CaState};
+use super::{Ca, CaError, CaState, UpstreamAuthority, X509Authority};
 
 /// Which kind of signing authority an operation is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthorityKind {
     X509,
     Jwt,
+    /// The upstream CA's roots the bundle holds, by subject key id.
+    UpstreamX509,
 }
 
 impl std::fmt::Display for AuthorityKind {
@@ -25,6 +32,7 @@ impl std::fmt::Display for AuthorityKind {
         f.write_str(match self {
             AuthorityKind::X509 => "X.509",
             AuthorityKind::Jwt => "JWT",
+            AuthorityKind::UpstreamX509 => "upstream X.509",
         })
     }
 }
@@ -32,9 +40,10 @@ impl std::fmt::Display for AuthorityKind {
 /// Where an authority stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthorityState {
-    /// Signs now.
+    /// Signs now (upstream: the active authority chains to it).
     Active,
-    /// Published in the bundle, to sign next.
+    /// Published in the bundle, to sign next (upstream: the prepared
+    /// authority chains to it).
     Prepared,
     /// Signed before; still in the bundle until it expires or is revoked.
     Old,
@@ -66,7 +75,7 @@ pub struct AuthorityInfo {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthorityError {
-    #[error("no {kind} authority has id {id:?} (see `signet authority {cli} show`)", cli = cli(*.kind))]
+    #[error("no {kind} authority has id {id:?} (see `signet {cli} show`)", cli = cli(*.kind))]
     Unknown { kind: AuthorityKind, id: String },
     #[error(
         "the {kind} authority {id} is active: only an old authority can be tainted or revoked (prepare and activate a new one first)"
@@ -80,7 +89,7 @@ pub enum AuthorityError {
     AlreadyTainted { kind: AuthorityKind, id: String },
     #[error("the {kind} authority {id} is not tainted: taint it before revoking it")]
     NotTainted { kind: AuthorityKind, id: String },
-    #[error("no {kind} authority is prepared: run `signet authority {cli} prepare` first", cli = cli(*.kind))]
+    #[error("no {kind} authority is prepared: run `signet {cli} prepare` first", cli = cli(*.kind))]
     NothingPrepared { kind: AuthorityKind },
     #[error("the prepared {kind} authority is {prepared}, not {id}")]
     NotPrepared {
@@ -92,12 +101,38 @@ pub enum AuthorityError {
         "this CA's X.509 authorities are signed by an upstream CA, whose roots are what the bundle holds: taint or revoke at the upstream authority (`signet upstream-authority`)"
     )]
     Upstream,
+    #[error(
+        "no upstream CA is configured: the X.509 authorities are this server's own (`signet authority x509`)"
+    )]
+    NoUpstream,
+    #[error(
+        "the upstream X.509 authority {id} signs the {state} authority: replace the upstream CA files (certificate, key, bundle) with the new CA, run `signet authority x509 prepare` and `activate`, then taint it"
+    )]
+    UpstreamInUse { id: String, state: &'static str },
+    #[error(
+        "the upstream X.509 authority {id} signs the active authority of server {server_id} (same datastore): replace the upstream CA files there and run `signet authority x509 prepare` and `activate` against it, then taint"
+    )]
+    UpstreamInUseElsewhere { id: String, server_id: String },
+    #[error(
+        "upstream authorities are prepared by replacing the upstream CA files; then `signet authority x509 prepare` makes an authority that chains to the new one"
+    )]
+    UpstreamPrepare,
+    #[error(
+        "the upstream CA in {path} chains to the {why} authority {id}: replace the upstream CA files with a new CA first"
+    )]
+    UpstreamCompromised {
+        id: String,
+        why: &'static str,
+        path: std::path::PathBuf,
+    },
 }
 
+/// The CLI command of `kind`, for hints in errors.
 fn cli(kind: AuthorityKind) -> &'static str {
     match kind {
-        AuthorityKind::X509 => "x509",
-        AuthorityKind::Jwt => "jwt",
+        AuthorityKind::X509 => "authority x509",
+        AuthorityKind::Jwt => "authority jwt",
+        AuthorityKind::UpstreamX509 => "upstream-authority",
     }
 }
 
@@ -124,7 +159,7 @@ impl Ca {
                         not_after: a.not_after,
                     });
                 }
-                if self.upstream.is_none() {
+                if s.upstream.is_none() {
                     for cert in s.bundle.x509_authorities() {
                         let Some(id) = authority_id(cert) else {
                             continue;
@@ -142,6 +177,39 @@ impl Ca {
                             not_after,
                         });
                     }
+                }
+            }
+            AuthorityKind::UpstreamX509 => {
+                if s.upstream.is_none() {
+                    return out;
+                }
+                let names = |a: Option<&Arc<X509Authority>>, id: &str| {
+                    a.is_some_and(|a| {
+                        let mut chain = vec![a.cert.clone()];
+                        chain.extend(a.intermediates.iter().cloned());
+                        chain_authority_ids(&chain).iter().any(|i| i == id)
+                    })
+                };
+                for cert in s.bundle.x509_authorities() {
+                    let Some(id) = authority_id(cert) else {
+                        continue;
+                    };
+                    let state = if names(Some(&s.x509_current), &id) {
+                        AuthorityState::Active
+                    } else if names(s.x509_next.as_ref(), &id) {
+                        AuthorityState::Prepared
+                    } else {
+                        AuthorityState::Old
+                    };
+                    let not_after = signet_identity::x509_svid::certificate_not_after(cert)
+                        .map_or(SystemTime::UNIX_EPOCH, super::secs_to_time);
+                    out.push(AuthorityInfo {
+                        tainted: s.bundle.is_tainted(&id),
+                        id,
+                        state,
+                        key_id: None,
+                        not_after,
+                    });
                 }
             }
             AuthorityKind::Jwt => {
@@ -185,21 +253,13 @@ impl Ca {
         self.change(|s| {
             match kind {
                 AuthorityKind::X509 => {
-                    let next = Arc::new(new_x509_authority(
-                        &self.config,
-                        self.keys.as_ref(),
-                        self.upstream.as_ref(),
-                        now,
-                    )?);
                     if let Some(old) = s.x509_next.take() {
                         s.bundle.remove_x509_authorities(|c| *c == old.cert);
                         retired.push(old.key_id.clone());
                     }
-                    if self.upstream.is_none() {
-                        s.bundle.add_x509_authority(next.cert.clone());
-                    }
-                    s.x509_next = Some(next);
+                    s.x509_next = Some(Arc::new(self.new_x509_authority(s, now)?));
                 }
+                AuthorityKind::UpstreamX509 => return Err(AuthorityError::UpstreamPrepare.into()),
                 AuthorityKind::Jwt => {
                     let next = Arc::new(new_jwt_key(&self.config, self.keys.as_ref(), now)?);
                     if let Some(old) = s.jwt_next.take() {
@@ -229,6 +289,7 @@ impl Ca {
                     .as_ref()
                     .map(|a| authority_id(&a.cert).unwrap_or_default()),
                 AuthorityKind::Jwt => s.jwt_next.as_ref().map(|k| k.kid.clone()),
+                AuthorityKind::UpstreamX509 => return Err(AuthorityError::UpstreamPrepare.into()),
             }
             .ok_or(AuthorityError::NothingPrepared { kind })?;
             if prepared != id {
@@ -250,6 +311,7 @@ impl Ca {
                         retired.push(std::mem::replace(&mut s.jwt_current, next).key_id.clone());
                     }
                 }
+                AuthorityKind::UpstreamX509 => {}
             }
             Ok(())
         })?;
@@ -294,6 +356,11 @@ impl Ca {
                     s.bundle.remove_jwt_authority(id);
                     s.jwt_expiry.remove(id);
                 }
+                AuthorityKind::UpstreamX509 => {
+                    s.bundle
+                        .remove_x509_authorities(|c| authority_id(c).as_deref() == Some(id));
+                    s.revoked.insert(id.to_owned());
+                }
             }
             Ok(())
         })
@@ -301,12 +368,25 @@ impl Ca {
 
     /// Refuses anything but an old authority of this CA.
     fn check_old(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
-        if kind == AuthorityKind::X509 && self.upstream.is_some() {
-            return Err(AuthorityError::Upstream.into());
+        let upstream = self.state().upstream.is_some();
+        match kind {
+            AuthorityKind::X509 if upstream => return Err(AuthorityError::Upstream.into()),
+            AuthorityKind::UpstreamX509 if !upstream => {
+                return Err(AuthorityError::NoUpstream.into());
+            }
+            _ => {}
         }
         let found = self.authorities(kind).into_iter().find(|a| a.id == id);
         let err = match found.map(|a| a.state) {
             Some(AuthorityState::Old) => return Ok(()),
+            Some(state @ (AuthorityState::Active | AuthorityState::Prepared))
+                if kind == AuthorityKind::UpstreamX509 =>
+            {
+                AuthorityError::UpstreamInUse {
+                    id: id.to_owned(),
+                    state: state.as_str(),
+                }
+            }
             Some(AuthorityState::Active) => AuthorityError::Active {
                 kind,
                 id: id.to_owned(),
@@ -346,6 +426,21 @@ impl Ca {
         Ok(())
     }
 
+    /// A new X.509 authority, its certificate added to the bundle (or,
+    /// with an upstream CA, the upstream's roots).
+    pub(super) fn new_x509_authority(
+        &self,
+        s: &mut CaState,
+        now: SystemTime,
+    ) -> Result<X509Authority, CaError> {
+        let upstream = signing_upstream(s)?;
+        let next = new_x509_authority(&self.config, self.keys.as_ref(), upstream.as_deref(), now)?;
+        if upstream.is_none() {
+            s.bundle.add_x509_authority(next.cert.clone());
+        }
+        Ok(next)
+    }
+
     fn forget_keys(&self, key_ids: Vec<String>) {
         for key_id in key_ids {
             if let Err(e) = self.keys.delete(&key_id) {
@@ -353,4 +448,47 @@ impl Ca {
             }
         }
     }
+}
+
+/// The upstream CA to sign a new authority with, read again from its
+/// files (replacing them is how an upstream CA rotates), its roots added
+/// to the bundle unless revoked. Refused while it chains to a tainted or
+/// revoked authority: what it signed would be replaced at once again.
+fn signing_upstream(s: &mut CaState) -> Result<Option<Arc<UpstreamAuthority>>, CaError> {
+    let Some(loaded) = s.upstream.clone() else {
+        return Ok(None);
+    };
+    let fresh = loaded.reload()?;
+    let up = if fresh.same_as(&loaded) {
+        loaded
+    } else {
+        tracing::warn!(
+            cert = %loaded.cert_path().display(),
+            "the upstream CA files changed: new authorities chain to the CA they hold now"
+        );
+        let fresh = Arc::new(fresh);
+        s.upstream = Some(fresh.clone());
+        fresh
+    };
+    for id in up.authority_ids() {
+        let why = if s.revoked.contains(&id) {
+            "revoked"
+        } else if s.bundle.is_tainted(&id) {
+            "tainted"
+        } else {
+            continue;
+        };
+        return Err(AuthorityError::UpstreamCompromised {
+            id,
+            why,
+            path: up.cert_path().to_owned(),
+        }
+        .into());
+    }
+    for root in &up.roots {
+        if authority_id(root).is_none_or(|id| !s.revoked.contains(&id)) {
+            s.bundle.add_x509_authority(root.clone());
+        }
+    }
+    Ok(Some(up))
 }

@@ -778,3 +778,142 @@ fn taints_survive_the_journal() {
     assert!(restored.bundle().is_tainted(&old));
     assert_eq!(restored.authorities(X509)[0].id, next);
 }
+
+#[test]
+fn an_upstream_root_is_tainted_and_revoked_once_replaced() {
+    use super::operations::{AuthorityError, AuthorityKind::*, AuthorityState::*};
+    use signet_identity::x509_svid::chain_authority_ids;
+    let refused = |r: Result<(), CaError>| match r {
+        Err(CaError::Authority(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = write_upstream(dir.path());
+    let old_files = (
+        std::fs::read(&cert_path).unwrap(),
+        std::fs::read(&key_path).unwrap(),
+    );
+    let clock = ManualClock::new(SystemTime::now());
+    let keys: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let up = UpstreamAuthority::load(&cert_path, &key_path, None).unwrap();
+    let ca = Ca::new(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys.clone(),
+        Some(up),
+    )
+    .unwrap();
+    let roots = ca.authorities(UpstreamX509);
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    assert_eq!(roots[0].state, Active);
+    let old_root = roots[0].id.clone();
+    let old_svid = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
+    assert!(chain_authority_ids(&old_svid).contains(&old_root));
+
+    // The root the active authority chains to cannot be tainted; our own
+    // intermediates are not what the bundle holds.
+    assert!(matches!(
+        refused(ca.taint(UpstreamX509, &old_root)),
+        AuthorityError::UpstreamInUse { .. }
+    ));
+    assert!(matches!(
+        refused(ca.taint(X509, &old_root)),
+        AuthorityError::Upstream
+    ));
+
+    // The upstream CA is replaced on disk; prepare reads it again.
+    write_upstream(dir.path());
+    let prepared = ca.prepare(X509).unwrap();
+    let roots = ca.authorities(UpstreamX509);
+    assert_eq!(roots.len(), 2, "both roots published: {roots:?}");
+    let new_root = roots.iter().find(|r| r.id != old_root).unwrap().id.clone();
+    assert_eq!(
+        roots.iter().find(|r| r.id == new_root).unwrap().state,
+        Prepared
+    );
+    assert!(matches!(
+        refused(ca.taint(UpstreamX509, &new_root)),
+        AuthorityError::UpstreamInUse { .. }
+    ));
+    ca.activate(X509, &prepared.id).unwrap();
+    let state_of = |id: &str| {
+        ca.authorities(UpstreamX509)
+            .into_iter()
+            .find(|r| r.id == id)
+            .map(|r| (r.state, r.tainted))
+    };
+    assert_eq!(state_of(&old_root), Some((Old, false)));
+    assert_eq!(state_of(&new_root), Some((Active, false)));
+
+    // Revoke only after taint; taint marks what chains to it.
+    assert!(matches!(
+        refused(ca.revoke(UpstreamX509, &old_root)),
+        AuthorityError::NotTainted { .. }
+    ));
+    ca.taint(UpstreamX509, &old_root).unwrap();
+    assert_eq!(state_of(&old_root), Some((Old, true)));
+    let new_svid = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
+    let bundle = ca.bundle();
+    assert!(
+        chain_authority_ids(&old_svid)
+            .iter()
+            .any(|id| bundle.is_tainted(id))
+    );
+    assert!(
+        !chain_authority_ids(&new_svid)
+            .iter()
+            .any(|id| bundle.is_tainted(id))
+    );
+    verify_x509_svid(&old_svid, &bundle, clock.now()).unwrap();
+
+    ca.revoke(UpstreamX509, &old_root).unwrap();
+    assert_eq!(
+        state_of(&old_root),
+        None,
+        "the revoked root left the bundle"
+    );
+    assert!(verify_x509_svid(&old_svid, &ca.bundle(), clock.now()).is_err());
+    verify_x509_svid(&new_svid, &ca.bundle(), clock.now()).unwrap();
+
+    // Putting the old upstream CA back cannot bring the revoked root back,
+    // after a restart either.
+    std::fs::write(&cert_path, &old_files.0).unwrap();
+    std::fs::write(&key_path, &old_files.1).unwrap();
+    let restored = Ca::restore(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys,
+        Some(UpstreamAuthority::load(&cert_path, &key_path, None).unwrap()),
+        ca.journal().unwrap(),
+    )
+    .unwrap();
+    for ca in [&ca, &restored] {
+        let err = ca.prepare(X509).unwrap_err();
+        assert!(
+            err.to_string().contains("revoked authority")
+                && err.to_string().contains("upstream.pem"),
+            "{err}"
+        );
+        assert!(
+            ca.authorities(UpstreamX509)
+                .iter()
+                .all(|r| r.id != old_root)
+        );
+    }
+    assert!(matches!(
+        refused(restored.taint(UpstreamX509, &old_root)),
+        AuthorityError::Unknown { .. }
+    ));
+
+    // Without an upstream CA there is nothing to taint there.
+    let own = ca_with(CaConfig::new(td()), &clock);
+    assert!(own.authorities(UpstreamX509).is_empty());
+    assert!(matches!(
+        refused(own.taint(UpstreamX509, &old_root)),
+        AuthorityError::NoUpstream
+    ));
+}

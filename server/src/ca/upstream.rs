@@ -1,7 +1,7 @@
 //! An upstream CA our signing authorities become the intermediates of.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rcgen::{KeyPair, PublicKeyData};
@@ -19,6 +19,9 @@ pub struct UpstreamAuthority {
     pub(super) key: KeyPair,
     pub(super) roots: Vec<CertificateDer<'static>>,
     pub(super) not_after: SystemTime,
+    /// Where it was read from: read again before each new authority, so
+    /// replacing the files rotates the upstream CA without a restart.
+    source: (PathBuf, PathBuf, Option<PathBuf>),
 }
 
 impl fmt::Debug for UpstreamAuthority {
@@ -98,7 +101,42 @@ impl UpstreamAuthority {
             key,
             roots,
             not_after,
+            source: (
+                cert_path.to_owned(),
+                key_path.to_owned(),
+                bundle_path.map(Path::to_owned),
+            ),
         })
+    }
+
+    /// The upstream CA as its files hold it now.
+    pub fn reload(&self) -> Result<Self, CaError> {
+        let (cert, key, bundle) = &self.source;
+        Self::load(cert, key, bundle.as_deref())
+    }
+
+    /// Whether `other` is the same CA with the same roots.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.chain == other.chain && self.roots == other.roots
+    }
+
+    /// Every authority an intermediate it signs names: the upstream signing
+    /// certificate's key and each authority above it.
+    pub(super) fn authority_ids(&self) -> Vec<String> {
+        let mut ids = signet_identity::x509_svid::chain_authority_ids(&self.chain);
+        ids.extend(
+            self.chain
+                .first()
+                .and_then(|c| signet_identity::x509_svid::authority_id(c)),
+        );
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The certificate file, to name in errors.
+    pub(super) fn cert_path(&self) -> &Path {
+        &self.source.0
     }
 
     pub fn roots(&self) -> &[CertificateDer<'static>] {
