@@ -312,7 +312,13 @@ fn print_x509(
         match out {
             Output::Json => println!(
                 "{}",
-                json!({ "spiffe_id": s.spiffe_id, "serial": svid.serial(), "expires_at": expires.to_string() })
+                json!({
+                    "spiffe_id": s.spiffe_id,
+                    "serial": svid.serial(),
+                    "expires_at": expires.to_string(),
+                    // The signing authority's id, as `signet authority x509 show` prints it.
+                    "authority_id": svid.chain().first().and_then(|c| signet_identity::x509_svid::issuer_authority_id(c)),
+                })
             ),
             Output::Text => println!(
                 "SPIFFE ID: {}  serial {}  expires {expires}",

@@ -3,6 +3,7 @@
 //! handshakes read them at once; established connections keep theirs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use signet_identity::{BundleSet, SpiffeId, X509Svid};
 use signet_tls::{RotatingCert, SharedBundles};
@@ -15,6 +16,10 @@ pub struct Identity {
     cert: Arc<RotatingCert>,
     bundles: SharedBundles,
     current: Arc<watch::Sender<Option<Current>>>,
+    /// Moves on whenever the SVID or the bundles change: TLS sessions made
+    /// before (tickets carry both peers' certificates of then) are not
+    /// resumed after.
+    generation: Arc<AtomicU64>,
 }
 
 /// The SVID in use: its ID and serial, for logs, XFCC and health.
@@ -37,6 +42,7 @@ impl Identity {
             cert: Arc::new(RotatingCert::new()),
             bundles: SharedBundles::default(),
             current: Arc::new(watch::channel(None).0),
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -44,11 +50,25 @@ impl Identity {
     pub fn set(&self, svid: &X509Svid, bundles: BundleSet) -> Result<(), rustls::Error> {
         self.cert.set(svid)?;
         self.bundles.set(bundles);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.current.send_replace(Some(Current {
             id: svid.spiffe_id().clone(),
             serial: svid.serial().to_string(),
         }));
         Ok(())
+    }
+
+    /// Trusts `bundles` from now on, if they differ from those trusted.
+    fn trust(&self, bundles: &BundleSet) {
+        if *self.bundles.get() != *bundles {
+            self.bundles.set(bundles.clone());
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Which SVID and bundles are in use: changes whenever either does.
+    pub fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
     }
 
     /// Keeps this identity current from `watcher` (the SVID named `svid_id`,
@@ -86,7 +106,7 @@ impl Identity {
                                     }
                                 }
                             } else {
-                                identity.bundles.set(ctx.bundles.clone());
+                                identity.trust(&ctx.bundles);
                             }
                         }
                         None => tracing::error!(

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::cipher_suite;
@@ -66,7 +67,8 @@ pub fn allow_list(ids: &[IdPattern], trust_domains: &[TrustDomain]) -> Authorize
 /// Inbound: requires a client X509-SVID that chains to the bundle of its
 /// trust domain and passes `authorize`. Returns the verifier too, for
 /// [`recheck_resumed_client`]. Session tickets are stateless (rotating
-/// keys, nothing stored per session), so resumption survives any load.
+/// keys, nothing stored per session), so resumption survives any load;
+/// their key is replaced when the identity changes ([`IdentityTicketer`]).
 pub fn server_config(
     identity: &Identity,
     authorize: Authorizer,
@@ -79,7 +81,7 @@ pub fn server_config(
         .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(identity.cert());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.ticketer = Arc::new(IdentityTicketer::new(identity.generation())?);
     Ok((config, verifier))
 }
 
@@ -97,7 +99,8 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_client_cert_resolver(identity.cert());
-    config.resumption = rustls::client::Resumption::store(Arc::new(TicketStore::default()));
+    config.resumption =
+        rustls::client::Resumption::store(Arc::new(TicketStore::new(identity.generation())));
     Ok((config, verifier))
 }
 
@@ -113,9 +116,15 @@ const TICKET_SERVERS: usize = 32;
 /// tickets per handshake, so a deeper store refills itself and nearly every
 /// new connection resumes. A resumed session is still verified again
 /// ([`recheck_resumed_server`]).
+///
+/// A ticket resumes the session it came from, with both peers'
+/// certificates of then: when our SVID or the bundles change (a rotation,
+/// a taint, a revoke), every ticket held is dropped, so new connections
+/// authenticate with what is current.
 #[derive(Default)]
 pub struct TicketStore {
-    servers: std::sync::Mutex<HashMap<String, ServerSessions>>,
+    servers: std::sync::Mutex<(u64, HashMap<String, ServerSessions>)>,
+    generation: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -132,9 +141,28 @@ impl std::fmt::Debug for TicketStore {
 }
 
 impl TicketStore {
+    /// A store whose tickets hold while `generation` stays.
+    pub fn new(generation: Arc<AtomicU64>) -> Self {
+        Self {
+            servers: Default::default(),
+            generation,
+        }
+    }
+
+    /// The tickets of the current generation, after dropping older ones.
+    fn current(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<String, ServerSessions>)> {
+        let mut guard = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.generation.load(Ordering::Relaxed);
+        if guard.0 != now {
+            *guard = (now, HashMap::new());
+        }
+        guard
+    }
+
     fn edit(&self, server: &ServerName<'_>, edit: impl FnOnce(&mut ServerSessions)) {
         let server = server.to_str();
-        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.current();
+        let servers = &mut guard.1;
         if !servers.contains_key(server.as_ref()) && servers.len() >= TICKET_SERVERS {
             // Forget some other server; tickets are only an optimisation.
             if let Some(other) = servers.keys().next().cloned() {
@@ -149,8 +177,65 @@ impl TicketStore {
         server: &ServerName<'_>,
         read: impl FnOnce(&mut ServerSessions) -> Option<T>,
     ) -> Option<T> {
-        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        servers.get_mut(server.to_str().as_ref()).and_then(read)
+        self.current()
+            .1
+            .get_mut(server.to_str().as_ref())
+            .and_then(read)
+    }
+}
+
+/// The inbound side's ticket keys, replaced (with rustls' own rotating
+/// ticketer) whenever the identity's generation moves: a ticket issued
+/// before a rotation, taint or revoke no longer decrypts, and the client
+/// falls back to a full handshake with its current SVID.
+pub struct IdentityTicketer {
+    generation: Arc<AtomicU64>,
+    current: std::sync::Mutex<(u64, Arc<dyn rustls::server::ProducesTickets>)>,
+}
+
+impl std::fmt::Debug for IdentityTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityTicketer").finish_non_exhaustive()
+    }
+}
+
+impl IdentityTicketer {
+    pub fn new(generation: Arc<AtomicU64>) -> Result<Self, rustls::Error> {
+        let now = generation.load(Ordering::Relaxed);
+        Ok(Self {
+            generation,
+            current: std::sync::Mutex::new((now, rustls::crypto::aws_lc_rs::Ticketer::new()?)),
+        })
+    }
+
+    fn ticketer(&self) -> Arc<dyn rustls::server::ProducesTickets> {
+        let mut guard = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.generation.load(Ordering::Relaxed);
+        if guard.0 != now {
+            match rustls::crypto::aws_lc_rs::Ticketer::new() {
+                Ok(fresh) => *guard = (now, fresh),
+                Err(e) => tracing::warn!(error = %e, "cannot make new session ticket keys"),
+            }
+        }
+        guard.1.clone()
+    }
+}
+
+impl rustls::server::ProducesTickets for IdentityTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.ticketer().lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.ticketer().encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.ticketer().decrypt(cipher)
     }
 }
 
