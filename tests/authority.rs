@@ -20,37 +20,6 @@ use tokio_stream::StreamExt;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// `signet authority KIND ARGS --output json`, or `signet
-/// upstream-authority ARGS` for the kind "upstream" (asserts success).
-fn authority(c: &Combined, kind: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = match kind {
-        "upstream" => vec!["upstream-authority"],
-        _ => vec!["authority", kind],
-    };
-    all.extend(args);
-    all.extend(["--output", "json"]);
-    let out = c.admin(&all);
-    assert!(
-        out.status.success(),
-        "authority {kind} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_stdout(&out)
-}
-
-/// The id of the authority in `state`.
-fn id_in(list: &serde_json::Value, state: &str) -> String {
-    list["authorities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["state"] == state)
-        .unwrap_or_else(|| panic!("no {state} authority in {list}"))["authority_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// `signet authority ...` fails, saying `says`.
 fn refused(c: &Combined, args: &[&str], says: &str) {
     let mut all = vec!["authority"];

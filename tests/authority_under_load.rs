@@ -24,33 +24,8 @@ const FIRST_UID: u32 = 40_000;
 const BACKEND: &str = "spiffe://example.org/backend";
 const FRONTEND: &str = "spiffe://example.org/frontend";
 
-/// `signet authority KIND ARGS --output json` (asserts success).
-fn authority(c: &Combined, kind: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["authority", kind];
-    all.extend(args);
-    all.extend(["--output", "json"]);
-    let out = c.admin(&all);
-    assert!(
-        out.status.success(),
-        "authority {kind} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_stdout(&out)
-}
-
 /// Prepares and activates a new authority of `kind`; returns (old, new).
 fn replace(c: &Combined, kind: &str) -> (String, String) {
-    let id_in = |v: &serde_json::Value, state: &str| {
-        v["authorities"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["state"] == state)
-            .unwrap_or_else(|| panic!("no {state} authority in {v}"))["authority_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
     let old = id_in(&authority(c, kind, &["show"]), "active");
     let new = id_in(&authority(c, kind, &["prepare"]), "prepared");
     authority(c, kind, &["activate", "--authority-id", &new]);

@@ -217,6 +217,37 @@ impl Combined {
     }
 }
 
+/// `signet authority KIND ARGS --output json`, or `signet
+/// upstream-authority ARGS` for the kind "upstream" (asserts success).
+pub fn authority(c: &Combined, kind: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = match kind {
+        "upstream" => vec!["upstream-authority"],
+        _ => vec!["authority", kind],
+    };
+    all.extend(args);
+    all.extend(["--output", "json"]);
+    let out = c.admin(&all);
+    assert!(
+        out.status.success(),
+        "authority {kind} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_stdout(&out)
+}
+
+/// The id of the authority in `state`.
+pub fn id_in(list: &serde_json::Value, state: &str) -> String {
+    list["authorities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["state"] == state)
+        .unwrap_or_else(|| panic!("no {state} authority in {list}"))["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A tiny HTTP app on a port of its own choosing; returns it and its
 /// port. It answers any method (`do_get` for a lowercase `get` too) with
 /// the method, the path and the request headers it received, and prints
