@@ -49,8 +49,9 @@ const MINT_BATCH: usize = 500;
 /// What the Workload API serves from: one consistent view.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Entries authorized for this agent.
-    pub entries: Vec<Entry>,
+    /// Entries authorized for this agent (shared: a new snapshot with the
+    /// same entries costs no copy, and streams see that they are the same).
+    pub entries: Arc<Vec<Entry>>,
     /// Own and federated bundles.
     pub bundles: BundleSet,
     /// Current X509-SVID of each entry, by entry id.
@@ -465,11 +466,11 @@ async fn session(
                     Err(s) => return Err(ClientError::from(s).into()),
                 };
                 let upserts: Vec<Entry> = msg.entries.iter().filter_map(|e| Entry::try_from(e).ok()).collect();
-                let entries = if msg.delta {
+                let entries = Arc::new(if msg.delta {
                     apply_delta(&tx.borrow().entries, upserts, &msg.removed_entry_ids)
                 } else {
                     upserts
-                };
+                });
                 let mut bundles = BundleSet::new();
                 for b in &msg.bundles {
                     match bundle_from_wire(b) {
@@ -482,7 +483,10 @@ async fn session(
                 }
                 let previous = tx.borrow().clone();
                 let mut svids = previous.svids.clone();
-                svids.retain(|id, _| entries.iter().any(|e| &e.id == id));
+                // By id, once: with thousands of entries, scanning the list for
+                // each SVID (or each old entry) made every message quadratic.
+                let held: HashMap<&str, u64> = entries.iter().map(|e| (e.id.as_str(), e.revision)).collect();
+                svids.retain(|id, _| held.contains_key(id.as_str()));
                 // The own bundle changed (an authority tainted or revoked):
                 // SVIDs from a tainted authority are replaced now, those
                 // that no longer verify are not served again.
@@ -499,18 +503,23 @@ async fn session(
                     }
                 }
                 // An entry whose SPIFFE ID, TTL or DNS names changed needs a new SVID.
-                for e in &entries {
-                    let old = previous.entries.iter().find(|p| p.id == e.id);
-                    if old.is_some_and(|o| o.revision != e.revision) {
-                        svids.remove(&e.id);
+                for p in previous.entries.iter() {
+                    if held.get(p.id.as_str()).is_some_and(|r| *r != p.revision) {
+                        svids.remove(&p.id);
                     }
                 }
+                drop(held);
                 let mut next = Snapshot { entries, bundles, svids, revision: msg.revision, healthy: true };
                 mint_missing(&mut client, &mut next, demand, config.svid_cache_size, tx).await?;
                 tx.send_replace(Arc::new(next));
                 synced = true;
                 if let Err(e) = persist_identity(config, identity) {
                     tracing::warn!(error = %e, "cannot persist the bundle");
+                }
+                // Its own SVID tainted: renewed now, before an operator's
+                // revoke can leave it unverifiable.
+                if bundle_changed && tainted(&identity.svid, &identity.bundle) {
+                    return renew_own(&mut client, config, identity).await;
                 }
             }
             _ = demand.wake.notified(), if synced => {
@@ -525,12 +534,7 @@ async fn session(
             _ = tick.tick(), if synced => {
                 let now = SystemTime::now();
                 if rotation_due(&identity.svid, now) || tainted(&identity.svid, &identity.bundle) {
-                    let renewed = client.renew().await.map_err(|e| if is_refusal(&e) { AgentError::Refused(e.to_string()) } else { e.into() })?;
-                    tracing::info!(agent_id = %renewed.spiffe_id(), serial = renewed.serial(), "agent SVID renewed");
-                    identity.svid = renewed;
-                    persist_identity(config, identity)?;
-                    // The server now knows only the new serial: reconnect with it.
-                    return Ok(());
+                    return renew_own(&mut client, config, identity).await;
                 }
                 let current = tx.borrow().clone();
                 if current.svids.values().any(|s| rotation_due(s, now)) {
@@ -542,6 +546,26 @@ async fn session(
             }
         }
     }
+}
+
+/// Renews the agent's own SVID and persists it; the session must then end:
+/// the server knows only the new serial, so the caller reconnects with it.
+async fn renew_own(
+    client: &mut NodeClient,
+    config: &AgentConfig,
+    identity: &mut Identity,
+) -> Result<(), AgentError> {
+    let renewed = client.renew().await.map_err(|e| {
+        if is_refusal(&e) {
+            AgentError::Refused(e.to_string())
+        } else {
+            e.into()
+        }
+    })?;
+    tracing::info!(agent_id = %renewed.spiffe_id(), serial = renewed.serial(), "agent SVID renewed");
+    identity.svid = renewed;
+    persist_identity(config, identity)?;
+    Ok(())
 }
 
 /// Whether an authority in the SVID's chain is tainted in `bundle`.
@@ -604,7 +628,7 @@ async fn mint_missing(
 ) -> Result<(), AgentError> {
     let mut room = bound.saturating_sub(snapshot.svids.len());
     let (mut streamed, mut ahead) = (Vec::new(), Vec::new());
-    for e in &snapshot.entries {
+    for e in snapshot.entries.iter() {
         if snapshot.svids.contains_key(&e.id) {
             continue;
         }

@@ -134,9 +134,34 @@ pub struct Caller {
     pub selectors: Vec<signet_identity::Selector>,
     pin: Arc<PinnedPeer>,
     attestor: Arc<UnixAttestor>,
+    matched: Arc<std::sync::Mutex<Option<Matched>>>,
 }
 
+/// The entry list a caller was last matched against, and the indices of
+/// its entries that matched.
+type Matched = (Arc<Vec<Entry>>, Vec<usize>);
+
 impl Caller {
+    /// The entries this caller's selectors match ([`matching`]), kept
+    /// while the agent's entries stay the same: a stream answers every
+    /// SVID and bundle change, and matching anew would cost every entry
+    /// times every stream each time.
+    pub fn matching<'a>(&self, s: &'a Snapshot) -> Vec<&'a Entry> {
+        let mut memo = self
+            .matched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = match memo.as_ref() {
+            Some((entries, at)) if Arc::ptr_eq(entries, &s.entries) => at.clone(),
+            _ => {
+                let at = matching_at(s, &self.selectors);
+                *memo = Some((s.entries.clone(), at.clone()));
+                at
+            }
+        };
+        at.iter().map(|i| &s.entries[*i]).collect()
+    }
+
     /// PermissionDenied once the caller is no longer the process that
     /// connected (exited, pid reused, another executable): checked before
     /// every message a stream sends.
@@ -181,6 +206,7 @@ pub async fn attest_peer(peer: UnixPeer, attestor: &Arc<UnixAttestor>) -> Result
         selectors,
         pin,
         attestor: attestor.clone(),
+        matched: Arc::default(),
     })
 }
 
@@ -196,12 +222,20 @@ pub fn matching<'a>(
     snapshot: &'a Snapshot,
     selectors: &[signet_identity::Selector],
 ) -> Vec<&'a Entry> {
-    let mut found: Vec<&Entry> = snapshot
-        .entries
-        .iter()
-        .filter(|e| selector::all_match(&e.selectors, selectors))
+    matching_at(snapshot, selectors)
+        .into_iter()
+        .map(|i| &snapshot.entries[i])
+        .collect()
+}
+
+/// [`matching`], as indices into the snapshot's entries.
+fn matching_at(snapshot: &Snapshot, selectors: &[signet_identity::Selector]) -> Vec<usize> {
+    let entries = &snapshot.entries;
+    let mut found: Vec<usize> = (0..entries.len())
+        .filter(|i| selector::all_match(&entries[*i].selectors, selectors))
         .collect();
     found.sort_by(|a, b| {
+        let (a, b) = (&entries[*a], &entries[*b]);
         (a.spiffe_id.as_str(), a.id.as_str()).cmp(&(b.spiffe_id.as_str(), b.id.as_str()))
     });
     found
@@ -303,11 +337,11 @@ pub fn trusted_bundles<'a>(
 /// still has an identity.
 fn bundles_by_trust_domain(
     s: &Snapshot,
-    selectors: &[signet_identity::Selector],
+    caller: &Caller,
     encode: impl Fn(&signet_identity::Bundle) -> Vec<u8>,
 ) -> Result<HashMap<String, Vec<u8>>, Status> {
     vouching(s)?;
-    let entries = matching(s, selectors);
+    let entries = caller.matching(s);
     if entries.is_empty() {
         return Err(no_identity());
     }
@@ -387,7 +421,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = self.caller(&req).await?;
         let first = self.agent.snapshot().borrow().clone();
-        if matching(&first, &caller.selectors).is_empty() {
+        if caller.matching(&first).is_empty() {
             return Err(no_identity());
         }
         // The entries this stream serves are never evicted from the agent's
@@ -396,7 +430,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let stream_demand = std::sync::Mutex::new(StreamDemand::new(demand.clone()));
         Ok(Response::new(stream_from(&self.agent, move |s| {
             caller.still_connected()?;
-            let entries = matching(s, &caller.selectors);
+            let entries = caller.matching(s);
             let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
             let missing = entries.iter().any(|e| !s.svids.contains_key(&e.id));
             stream_demand
@@ -413,12 +447,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.caller(&req).await?;
-        if matching(&self.agent.snapshot().borrow(), &caller.selectors).is_empty() {
+        if caller.matching(&self.agent.snapshot().borrow()).is_empty() {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
             caller.still_connected()?;
-            bundles_by_trust_domain(s, &caller.selectors, |b| der_concat(b.x509_authorities())).map(
+            bundles_by_trust_domain(s, &caller, |b| der_concat(b.x509_authorities())).map(
                 |bundles| {
                     Some(X509BundlesResponse {
                         crl: Vec::new(),
@@ -507,12 +541,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let caller = self.caller(&req).await?;
-        if matching(&self.agent.snapshot().borrow(), &caller.selectors).is_empty() {
+        if caller.matching(&self.agent.snapshot().borrow()).is_empty() {
             return Err(no_identity());
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
             caller.still_connected()?;
-            bundles_by_trust_domain(s, &caller.selectors, |b| {
+            bundles_by_trust_domain(s, &caller, |b| {
                 b.jwks_json().to_string().into_bytes()
             })
             .map(|bundles| Some(JwtBundlesResponse { bundles }))

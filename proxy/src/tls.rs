@@ -501,14 +501,14 @@ mod tests {
 
         fn pair() -> Pair {
             let (issuer, ca_pem) = ca();
+            pair_over(&issuer, &ca_pem)
+        }
+
+        fn pair_over(issuer: &TestCa, ca_pem: &str) -> Pair {
             let server = Identity::new();
-            server
-                .set(&svid(&issuer, SERVER), bundles(&ca_pem))
-                .unwrap();
+            server.set(&svid(issuer, SERVER), bundles(ca_pem)).unwrap();
             let client = Identity::new();
-            client
-                .set(&svid(&issuer, CLIENT), bundles(&ca_pem))
-                .unwrap();
+            client.set(&svid(issuer, CLIENT), bundles(ca_pem)).unwrap();
             let (server_cfg, client_verifier) =
                 server_config(&server, allow_list(&[], &[]), false, &[]).unwrap();
             let (client_cfg, server_verifier) = client_config(
@@ -543,6 +543,47 @@ mod tests {
             pair.client.bundles().set(bundles(&other_ca));
             let third = pair.connect().await;
             assert_eq!(third, (Some(rustls::HandshakeKind::Resumed), false, false));
+        }
+
+        /// A session made before a rotation carries the certificates of
+        /// then: after either side's SVID changes, the next connection is
+        /// a full handshake with what is current, and resumes after that.
+        #[tokio::test]
+        async fn no_session_outlives_a_rotation() {
+            let (issuer, ca_pem) = ca();
+            let pair = pair_over(&issuer, &ca_pem);
+            let kind = |c: (Option<rustls::HandshakeKind>, bool, bool)| c.0;
+            pair.connect().await;
+            assert_eq!(
+                kind(pair.connect().await),
+                Some(rustls::HandshakeKind::Resumed)
+            );
+
+            // The client's SVID rotates: its tickets are dropped.
+            pair.client
+                .set(&svid(&issuer, CLIENT), bundles(&ca_pem))
+                .unwrap();
+            assert_eq!(
+                kind(pair.connect().await),
+                Some(rustls::HandshakeKind::Full)
+            );
+            assert_eq!(
+                kind(pair.connect().await),
+                Some(rustls::HandshakeKind::Resumed)
+            );
+
+            // The server's rotates: tickets it issued before no longer open.
+            pair.server
+                .set(&svid(&issuer, SERVER), bundles(&ca_pem))
+                .unwrap();
+            assert_eq!(
+                kind(pair.connect().await),
+                Some(rustls::HandshakeKind::Full)
+            );
+            assert_eq!(
+                kind(pair.connect().await),
+                Some(rustls::HandshakeKind::Resumed)
+            );
         }
 
         /// More connections opening at once than rustls' default store

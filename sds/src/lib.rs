@@ -35,9 +35,9 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 };
 use envoy_types::pb::google::protobuf::Any;
 use signet_agent::attest::UnixAttestor;
-use signet_agent::workload_api::{Caller, attest_peer, matching, unix_peer};
+use signet_agent::workload_api::{Caller, attest_peer, unix_peer};
 use signet_agent::{AgentHandle, Snapshot, StreamDemand};
-use signet_identity::{Bundle, Selector, X509Svid};
+use signet_identity::{Bundle, X509Svid};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -162,10 +162,10 @@ impl SdsService {
     fn resolve(
         &self,
         snapshot: &Snapshot,
-        selectors: &[Selector],
+        caller: &Caller,
         names: &[String],
     ) -> BTreeMap<String, Secret> {
-        let entries = matching(snapshot, selectors);
+        let entries = caller.matching(snapshot);
         let svids: Vec<&X509Svid> = entries
             .iter()
             .filter_map(|e| snapshot.svids.get(&e.id).map(|s| s.as_ref()))
@@ -283,9 +283,9 @@ fn register_demand(
     demand: &mut StreamDemand,
     agent: &AgentHandle,
     snapshot: &Snapshot,
-    selectors: &[Selector],
+    caller: &Caller,
 ) {
-    let entries = matching(snapshot, selectors);
+    let entries = caller.matching(snapshot);
     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
     let missing = entries.iter().any(|e| !snapshot.svids.contains_key(&e.id));
     demand.set(ids.clone());
@@ -352,8 +352,8 @@ impl SecretDiscoveryService for SdsService {
                     let _ = tx.send(Err(refused)).await;
                     return;
                 }
-                register_demand(&mut demand, &this.agent, &snapshot, &caller.selectors);
-                let secrets = this.resolve(&snapshot, &caller.selectors, wanted);
+                register_demand(&mut demand, &this.agent, &snapshot, &caller);
+                let secrets = this.resolve(&snapshot, &caller, wanted);
                 let version = version_of(&secrets);
                 if version == sent_version || version == rejected_version {
                     continue;
@@ -383,7 +383,7 @@ impl SecretDiscoveryService for SdsService {
         let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let snapshot = self.agent.snapshot().borrow().clone();
-        let secrets = self.resolve(&snapshot, &caller.selectors, &r.resource_names);
+        let secrets = self.resolve(&snapshot, &caller, &r.resource_names);
         Ok(Response::new(DiscoveryResponse {
             version_info: version_of(&secrets),
             resources: secrets.values().map(pack).collect(),
@@ -451,12 +451,12 @@ impl SecretDiscoveryService for SdsService {
                     let _ = tx.send(Err(refused)).await;
                     return;
                 }
-                register_demand(&mut demand, &this.agent, &snapshot, &caller.selectors);
+                register_demand(&mut demand, &this.agent, &snapshot, &caller);
                 let names: Vec<String> = subscribed
                     .as_ref()
                     .map(|s| s.iter().cloned().collect())
                     .unwrap_or_default();
-                let secrets = this.resolve(&snapshot, &caller.selectors, &names);
+                let secrets = this.resolve(&snapshot, &caller, &names);
                 let mut resources = Vec::new();
                 for (name, secret) in &secrets {
                     let version = version_of_one(secret);
