@@ -54,6 +54,13 @@ pub struct AdminOpts {
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// Reach the admin API over mTLS at a server's `--admin-listen`
+    /// address (`https://HOST:PORT` or `HOST:PORT`) instead of the admin
+    /// socket, as this workload: with its X509-SVID from the Workload API
+    /// (SPIFFE_ENDPOINT_SOCKET, else /run/signet/agent.sock), whose entry
+    /// needs the admin flag.
+    #[arg(long, global = true, conflicts_with = "admin_socket")]
+    server_url: Option<String>,
 }
 
 /// The admin socket this command talks to, for errors that name it.
@@ -62,6 +69,9 @@ static ADMIN_SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 async fn client(
     opts: &AdminOpts,
 ) -> anyhow::Result<admin_client::AdminClient<tonic::transport::Channel>> {
+    if let Some(url) = &opts.server_url {
+        return remote_client(url).await;
+    }
     let location = crate::sockets::locate(SocketRole::Admin, opts.admin_socket.clone(), None)?;
     let path = location.client_path();
     let _ = ADMIN_SOCKET.set(path.clone());
@@ -77,6 +87,51 @@ async fn client(
             location.origin()
         )
     })
+}
+
+/// An admin client over mTLS to `url` (a server's `--admin-listen`),
+/// presenting this workload's X509-SVID.
+async fn remote_client(url: &str) -> anyhow::Result<AdminClient> {
+    use signet_wire::workload::X509svidRequest;
+    let hostport = url
+        .strip_prefix("https://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    if hostport.contains("://") {
+        anyhow::bail!("--server-url {url:?}: give https://HOST:PORT or HOST:PORT");
+    }
+    let addr = tokio::net::lookup_host(hostport)
+        .await
+        .with_context(|| format!("--server-url {url:?}: cannot resolve {hostport}"))?
+        .next()
+        .with_context(|| format!("--server-url {url:?}: no address for {hostport}"))?;
+    let location = crate::sockets::locate(SocketRole::Agent, None, None)?;
+    let (mut workload, path) = signet_workload::connect_to(&location)
+        .await
+        .with_context(|| {
+            format!(
+                "--server-url needs this workload's X509-SVID ({})",
+                location.origin()
+            )
+        })?;
+    let first = workload
+        .fetch_x509svid(signet_workload::with_header(X509svidRequest {}))
+        .await
+        .map_err(|e| signet_workload::status_error(&path, e))?
+        .into_inner()
+        .message()
+        .await
+        .map_err(|e| signet_workload::status_error(&path, e))?
+        .context("the Workload API sent no X509-SVID")?;
+    let ctx = signet_workload::X509Context::from_response(&first)?;
+    let bundle = ctx
+        .own_bundle()
+        .cloned()
+        .context("the Workload API sent no bundle for this workload's trust domain")?;
+    let channel = signet_agent::node_client::server_channel(addr, bundle, ctx.default_svid())
+        .await
+        .with_context(|| format!("cannot reach the admin API at {url}"))?;
+    Ok(admin_client::AdminClient::new(channel))
 }
 
 /// Turns a gRPC status into an error that names the problem; Unimplemented

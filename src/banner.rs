@@ -43,6 +43,9 @@ pub fn print_banner(
     println!("  datastore      {}", redact_url(datastore));
     println!("  admin socket   {sock} (mode 0600)");
     println!("  agent API      {node_addr} (mTLS)");
+    if let Some(addr) = running.admin_listen_addr {
+        println!("  admin API      {addr} (mTLS, for entries with the admin flag; --server-url)");
+    }
     if let (Some(addr), Some(profile)) = (running.federation_addr, &running.federation_profile) {
         let presents = match profile {
             EndpointProfile::HttpsSpiffe => format!("presents {td}'s server SVID"),

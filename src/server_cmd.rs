@@ -60,6 +60,11 @@ pub struct ServerSettings {
     /// Address of the server-agent API (mTLS) [default: 127.0.0.1:8081; port 0 picks one].
     #[arg(long, env = "SIGNET_BIND_ADDRESS")]
     bind_address: Option<String>,
+    /// Also serve the admin API over mTLS on this address, to workloads
+    /// whose entry has the admin flag (`signet entry create --admin`); the
+    /// CLI reaches it with `--server-url` [default: off].
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// CA bundle (PEM) that x509pop node certificates must chain to; enables x509pop.
     #[arg(long)]
     x509pop_ca_bundle: Option<PathBuf>,
@@ -251,6 +256,21 @@ impl ServerSettings {
             .parse::<std::net::SocketAddr>()
             .map_err(|e| problems.push(format!("bind_address {bind:?}: {e} (expected IP:PORT)")))
             .ok();
+        let admin_listen = match s
+            .admin_listen
+            .as_deref()
+            .map(str::parse::<std::net::SocketAddr>)
+        {
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(e)) => {
+                problems.push(format!(
+                    "admin_listen {:?}: {e} (expected IP:PORT)",
+                    s.admin_listen.as_deref().unwrap_or_default()
+                ));
+                None
+            }
+            None => None,
+        };
         let (Some(td), Some(bind_address), true) = (td, bind_address, problems.is_empty()) else {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         };
@@ -279,6 +299,7 @@ impl ServerSettings {
                 data_dir,
                 datastore,
                 admin_socket,
+                admin_listen,
                 upstream,
                 federation,
                 oidc,

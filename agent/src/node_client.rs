@@ -69,17 +69,7 @@ impl NodeClient {
         bundle: Bundle,
         svid: Option<&X509Svid>,
     ) -> Result<Self, ClientError> {
-        let td = bundle.trust_domain().clone();
-        let mut set = BundleSet::new();
-        set.insert(bundle);
-        let bundles = SharedBundles::new(set);
-        let expected = td
-            .id_with_path(SERVER_ID_PATH)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let verifier = Arc::new(SpiffeVerifier::new(
-            bundles.clone(),
-            Arc::new(move |id: &SpiffeId| *id == expected),
-        ));
+        let (bundles, verifier) = server_verifier(bundle)?;
         Self::connect_with(addr, bundles, verifier, svid).await
     }
 
@@ -102,27 +92,7 @@ impl NodeClient {
             cert.set(svid)
                 .map_err(|e| ClientError::Key(e.to_string()))?;
         }
-        let tls = signet_tls::client_config(cert.clone(), verifier)
-            .map_err(|e| ClientError::Key(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-        let err = |reason: String| ClientError::Connect { addr, reason };
-        // The connector below does TLS itself; tonic must not try to.
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| err(e.to_string()))?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let connector = connector.clone();
-                async move {
-                    let tcp = TcpStream::connect(addr).await?;
-                    // No Nagle delay on gRPC's small frames (see the server).
-                    tcp.set_nodelay(true)?;
-                    let name = rustls_pki_types::ServerName::try_from("signet-server")
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-                }
-            }))
-            .await
-            .map_err(|e| err(format!("{e:?}")))?;
+        let channel = mtls_channel(addr, verifier, cert.clone()).await?;
         Ok(Self {
             // The server sends batches up to the node API's limit; tonic's
             // default would refuse those over 4 MiB.
@@ -334,4 +304,65 @@ fn svid_from_wire(svid: Option<types::X509Svid>, key: &KeyPair) -> Result<X509Sv
         .collect();
     X509Svid::new(chain, PrivateKey::from_pkcs8_der(key.serialize_der()))
         .map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// The bundle as a verifier of the server's SVID: it must chain to
+/// `bundle` and name `spiffe://<td>/signet/server`.
+fn server_verifier(bundle: Bundle) -> Result<(SharedBundles, Arc<SpiffeVerifier>), ClientError> {
+    let td = bundle.trust_domain().clone();
+    let mut set = BundleSet::new();
+    set.insert(bundle);
+    let bundles = SharedBundles::new(set);
+    let expected = td
+        .id_with_path(SERVER_ID_PATH)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let verifier = Arc::new(SpiffeVerifier::new(
+        bundles.clone(),
+        Arc::new(move |id: &SpiffeId| *id == expected),
+    ));
+    Ok((bundles, verifier))
+}
+
+/// A gRPC channel to a server's mTLS API at `addr` (the node API, or the
+/// admin API on `--admin-listen`), presenting `svid` and accepting only
+/// the server's SVID under `bundle`.
+pub async fn server_channel(
+    addr: SocketAddr,
+    bundle: Bundle,
+    svid: &X509Svid,
+) -> Result<Channel, ClientError> {
+    let (_, verifier) = server_verifier(bundle)?;
+    let cert = Arc::new(RotatingCert::new());
+    cert.set(svid)
+        .map_err(|e| ClientError::Key(e.to_string()))?;
+    mtls_channel(addr, verifier, cert).await
+}
+
+async fn mtls_channel(
+    addr: SocketAddr,
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    cert: Arc<RotatingCert>,
+) -> Result<Channel, ClientError> {
+    let tls =
+        signet_tls::client_config(cert, verifier).map_err(|e| ClientError::Key(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let err = |reason: String| ClientError::Connect { addr, reason };
+    // The connector below does TLS itself; tonic must not try to.
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| err(e.to_string()))?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = TcpStream::connect(addr).await?;
+                // No Nagle delay on gRPC's small frames (see the server).
+                tcp.set_nodelay(true)?;
+                let name = rustls_pki_types::ServerName::try_from("signet-server")
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| err(format!("{e:?}")))?;
+    Ok(channel)
 }

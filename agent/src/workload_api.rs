@@ -546,10 +546,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         Ok(Response::new(stream_from(&self.agent, move |s| {
             caller.still_connected()?;
-            bundles_by_trust_domain(s, &caller, |b| {
-                b.jwks_json().to_string().into_bytes()
-            })
-            .map(|bundles| Some(JwtBundlesResponse { bundles }))
+            bundles_by_trust_domain(s, &caller, |b| b.jwks_json().to_string().into_bytes())
+                .map(|bundles| Some(JwtBundlesResponse { bundles }))
         })))
     }
 

@@ -735,6 +735,116 @@ pub async fn serve_admin(
         .await
 }
 
+/// Serves the admin API over mTLS on `listener` (`--admin-listen`) until
+/// `stop` resolves: the server presents its SVID; a caller must present an
+/// X509-SVID of this trust domain that an entry with the `admin` flag
+/// names (checked on every call, so clearing the flag takes effect at
+/// once). Everyone else is refused with PermissionDenied.
+pub async fn serve_admin_tls(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let td = server.trust_domain().clone();
+    let (incoming, accept) = crate::node::accept_tls(
+        server.clone(),
+        listener,
+        Arc::new(move |id: &SpiffeId| id.is_member_of(&td) && !id.is_reserved()),
+        true,
+    )
+    .await?;
+    let result = tonic::transport::Server::builder()
+        .layer(crate::telemetry::ApiMetricsLayer::new("admin_tls"))
+        .add_service(AdminIds {
+            inner: AdminService::new(server.clone()).into_service(),
+            server,
+        })
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    accept.finish().await;
+    result.map_err(|e| ServerError::InvalidArgument(format!("admin API over TLS: {e}")))
+}
+
+/// The admin service behind a check that the caller's SVID names an admin.
+#[derive(Clone)]
+struct AdminIds {
+    inner: AdminServer<AdminService>,
+    server: Arc<Server>,
+}
+
+impl tonic::server::NamedService for AdminIds {
+    const NAME: &'static str = <AdminServer<AdminService> as tonic::server::NamedService>::NAME;
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl tower::Service<HttpRequest> for AdminIds {
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<HttpRequest>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
+        let server = self.server.clone();
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let leaf = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|certs| certs.first().cloned());
+        let call = req.uri().path().to_owned();
+        Box::pin(async move {
+            match admin_caller(&server, leaf, &call).await {
+                Ok(id) => {
+                    tracing::info!(caller = %id, call, "admin call over TLS");
+                    inner.call(req).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The SPIFFE ID of a TLS admin caller (its X509-SVID `leaf`) whose entry
+/// has the `admin` flag.
+async fn admin_caller(
+    server: &Server,
+    leaf: Option<rustls_pki_types::CertificateDer<'static>>,
+    call: &str,
+) -> Result<SpiffeId, Status> {
+    let leaf = leaf.ok_or_else(|| Status::unauthenticated("no client X509-SVID was presented"))?;
+    let id = signet_identity::x509_svid::inspect_leaf(&leaf)
+        .map_err(|e| Status::unauthenticated(format!("client X509-SVID: {e}")))?
+        .id;
+    let filter = EntryFilter {
+        spiffe_id: Some(id.clone()),
+        ..EntryFilter::default()
+    };
+    let entries = server
+        .store()
+        .list_entries(&filter)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot check admin entries: {e}")))?;
+    if entries.iter().any(|e| e.admin) {
+        return Ok(id);
+    }
+    tracing::warn!(caller = %id, call, "admin call over TLS refused: no admin entry names the caller");
+    Err(Status::permission_denied(format!(
+        "{id} may not use the admin API: no entry for it has the admin flag (signet entry update ... --admin)"
+    )))
+}
+
 /// Connects an admin client to the socket at `path`.
 pub async fn connect_admin(
     path: PathBuf,

@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub datastore: String,
     /// The admin API's socket, created 0600.
     pub admin_socket: PathBuf,
+    /// Where the admin API also listens over mTLS for workloads whose
+    /// entry has the `admin` flag; off unless set.
+    pub admin_listen: Option<SocketAddr>,
     pub upstream: Option<Upstream>,
     /// The SPIFFE bundle endpoint, if this server serves one.
     pub federation: Option<BundleEndpoint>,
@@ -67,6 +70,7 @@ impl RunConfig {
             data_dir: dir.to_path_buf(),
             datastore: format!("sqlite://{}", dir.join("datastore.sqlite3").display()),
             admin_socket: dir.join("admin.sock"),
+            admin_listen: None,
             upstream: None,
             federation: None,
             oidc: None,
@@ -118,6 +122,8 @@ pub struct Running {
     pub server: Arc<Server>,
     /// Where the node API listens (the port picked, for port 0).
     pub node_addr: SocketAddr,
+    /// Where the admin API listens over mTLS, if it does.
+    pub admin_listen_addr: Option<SocketAddr>,
     /// Where the bundle endpoint listens, if it runs (the port picked).
     pub federation_addr: Option<SocketAddr>,
     /// What the bundle endpoint presents, if it runs.
@@ -227,6 +233,19 @@ pub async fn start(
     let node_addr = node_listener
         .local_addr()
         .doing(|| "the agent API's address".into())?;
+    let admin_tls = match config.admin_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .doing(|| format!("cannot listen on {addr} for the admin API (--admin-listen)"))?;
+            let bound = listener
+                .local_addr()
+                .doing(|| "the TLS admin API's address".into())?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    let admin_listen_addr = admin_tls.as_ref().map(|(_, addr)| *addr);
 
     let federation = match &config.federation {
         Some(endpoint) => {
@@ -283,6 +302,15 @@ pub async fn start(
                 .doing(|| "admin API".into())
         }
     });
+    if let Some((listener, _)) = admin_tls {
+        let server = server.clone();
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            crate::admin::serve_admin_tls(server, listener, stop)
+                .await
+                .doing(|| "admin API over TLS".into())
+        });
+    }
     tasks.spawn({
         let server = server.clone();
         let stop = stopped(stop.clone());
@@ -320,6 +348,7 @@ pub async fn start(
     Ok(Running {
         server,
         node_addr,
+        admin_listen_addr,
         federation_addr,
         federation_profile,
         oidc,

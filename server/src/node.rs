@@ -627,6 +627,64 @@ pub async fn serve_node(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let td = server.trust_domain().clone();
+    // Anonymous clients may connect: attestation happens over this API.
+    // An agent's ID: under the agent prefix, or any ID outside Signet's
+    // reserved path that a join token gave it (as `create_join_token`
+    // allows). Every call then checks the peer is an attested node
+    // presenting its current SVID.
+    let (incoming, accept) = accept_tls(
+        server.clone(),
+        listener,
+        Arc::new(move |id: &SpiffeId| {
+            id.is_member_of(&td) && (id.path().starts_with(AGENT_ID_PREFIX) || !id.is_reserved())
+        }),
+        false,
+    )
+    .await?;
+    let service = NodeServer::new(NodeService::new(server, attestors))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let result = tonic::transport::Server::builder()
+        .layer(crate::telemetry::ApiMetricsLayer::new("node"))
+        .layer(tower::util::MapRequestLayer::new(limit_attest_body))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    accept.finish().await;
+    result.map_err(|e| ServerError::InvalidArgument(format!("agent API: {e}")))
+}
+
+/// TLS connections accepted by [`accept_tls`], handshakes done.
+pub(crate) type TlsIncoming =
+    ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>;
+
+/// The task accepting connections for a [`TlsIncoming`].
+pub(crate) struct AcceptTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AcceptTask {
+    /// Stops accepting and waits for the task to end.
+    pub(crate) async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Accepts TLS connections on `listener` for a gRPC server of this
+/// server: it presents the server SVID (`spiffe://<td>/signet/server`,
+/// renewed on schedule) and verifies client X509-SVIDs against the own
+/// bundle (refreshed on every change), admitting the IDs `authorize`
+/// allows; a client without a certificate gets in only when
+/// `client_auth_required` is false. Handshakes are bounded in number and
+/// time; failures are logged.
+pub(crate) async fn accept_tls(
+    server: Arc<Server>,
+    listener: TcpListener,
+    authorize: signet_tls::Authorizer,
+    client_auth_required: bool,
+) -> Result<(TlsIncoming, AcceptTask), ServerError> {
     let svid = ServerSvid::issue(&server)?;
     let bundles = SharedBundles::new(BundleSet::new());
     let refresh_bundles = |bundles: &SharedBundles, own: Bundle| {
@@ -635,20 +693,8 @@ pub async fn serve_node(
         bundles.set(set);
     };
     refresh_bundles(&bundles, server.own_bundle().await?);
-    // Anonymous clients may connect: attestation happens over this API.
     let verifier = Arc::new(
-        SpiffeVerifier::new(
-            bundles.clone(),
-            // An agent's ID: under the agent prefix, or any ID outside
-            // Signet's reserved path that a join token gave it (as
-            // `create_join_token` allows). Every call then checks the peer
-            // is an attested node presenting its current SVID.
-            Arc::new(move |id: &SpiffeId| {
-                id.is_member_of(&td)
-                    && (id.path().starts_with(AGENT_ID_PREFIX) || !id.is_reserved())
-            }),
-        )
-        .client_auth_required(false),
+        SpiffeVerifier::new(bundles.clone(), authorize).client_auth_required(client_auth_required),
     );
     let tls = signet_tls::server_config(svid.cert(), verifier)
         .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
@@ -658,7 +704,7 @@ pub async fn serve_node(
         mpsc::channel::<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>(64);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
-    let accept = {
+    let task = {
         let server = server.clone();
         tokio::spawn(async move {
             let mut revisions = server.watch_revision();
@@ -699,18 +745,13 @@ pub async fn serve_node(
             }
         })
     };
-    let service = NodeServer::new(NodeService::new(server, attestors))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let result = tonic::transport::Server::builder()
-        .layer(crate::telemetry::ApiMetricsLayer::new("node"))
-        .layer(tower::util::MapRequestLayer::new(limit_attest_body))
-        .add_service(service)
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop)
-        .await;
-    let _ = stop_tx.send(true);
-    let _ = accept.await;
-    result.map_err(|e| ServerError::InvalidArgument(format!("agent API: {e}")))
+    Ok((
+        ReceiverStream::new(conn_rx),
+        AcceptTask {
+            stop: stop_tx,
+            task,
+        },
+    ))
 }
 
 /// Whether a change can alter what `agent` is authorized for, computed from
