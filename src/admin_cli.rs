@@ -65,6 +65,8 @@ pub struct AdminOpts {
 
 /// The admin socket this command talks to, for errors that name it.
 static ADMIN_SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// With --server-url: the URL and the SPIFFE ID presented, for errors.
+static REMOTE: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
 
 async fn client(
     opts: &AdminOpts,
@@ -124,13 +126,12 @@ async fn remote_client(url: &str) -> anyhow::Result<AdminClient> {
         .map_err(|e| signet_workload::status_error(&path, e))?
         .context("the Workload API sent no X509-SVID")?;
     let ctx = signet_workload::X509Context::from_response(&first)?;
-    let bundle = ctx
-        .own_bundle()
-        .cloned()
-        .context("the Workload API sent no bundle for this workload's trust domain")?;
-    let channel = signet_agent::node_client::server_channel(addr, bundle, ctx.default_svid())
-        .await
-        .with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let _ = REMOTE.set((url.to_owned(), ctx.default_svid().spiffe_id().to_string()));
+    // The server may be of a federated trust domain (an admin ID there).
+    let channel =
+        signet_agent::node_client::server_channel(addr, ctx.bundles.clone(), ctx.default_svid())
+            .await
+            .with_context(|| format!("cannot reach the admin API at {url}"))?;
     Ok(admin_client::AdminClient::new(channel))
 }
 
@@ -144,6 +145,16 @@ fn status(e: tonic::Status) -> anyhow::Error {
             .unwrap_or_else(|| "the socket".into());
         return anyhow::anyhow!(
             "{path} does not serve the admin API (it answered Unimplemented): is it an agent socket? Give the server's admin socket, the one `signet run` or `signet server` prints as \"admin socket\" (--admin-socket)"
+        );
+    }
+    if let Some((url, id)) = REMOTE.get()
+        && e.code() == tonic::Code::Unknown
+        && e.message().contains("transport error")
+    {
+        // TLS 1.3: a server that refuses our certificate says so after the
+        // client's side of the handshake, as the first call fails.
+        return anyhow::anyhow!(
+            "the admin API at {url} closed the connection: it refused this workload's X509-SVID ({id}: not of its trust domain nor one of its admin IDs), or it is unreachable"
         );
     }
     if e.message().is_empty() {

@@ -65,6 +65,11 @@ pub struct ServerSettings {
     /// CLI reaches it with `--server-url` [default: off].
     #[arg(long)]
     admin_listen: Option<String>,
+    /// With --admin-listen: a SPIFFE ID that may use the admin API without
+    /// an admin entry, also of a federated trust domain (repeatable).
+    #[arg(long = "admin-id")]
+    #[serde(default)]
+    admin_ids: Vec<String>,
     /// CA bundle (PEM) that x509pop node certificates must chain to; enables x509pop.
     #[arg(long)]
     x509pop_ca_bundle: Option<PathBuf>,
@@ -271,6 +276,13 @@ impl ServerSettings {
             }
             None => None,
         };
+        let mut admin_ids = Vec::new();
+        for id in &s.admin_ids {
+            match signet_identity::SpiffeId::parse(id) {
+                Ok(id) => admin_ids.push(id),
+                Err(e) => problems.push(format!("admin_ids {id:?}: {e}")),
+            }
+        }
         let (Some(td), Some(bind_address), true) = (td, bind_address, problems.is_empty()) else {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         };
@@ -300,6 +312,7 @@ impl ServerSettings {
                 datastore,
                 admin_socket,
                 admin_listen,
+                admin_ids,
                 upstream,
                 federation,
                 oidc,

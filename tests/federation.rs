@@ -149,13 +149,25 @@ fn federated_pair(
     b_dir: &std::path::Path,
     b_args: &[&str],
 ) -> (Combined, Combined) {
+    federated_pair_with(a_dir, &[], b_dir, b_args)
+}
+
+/// [`federated_pair`] with more arguments for example.org too.
+fn federated_pair_with(
+    a_dir: &std::path::Path,
+    a_args: &[&str],
+    b_dir: &std::path::Path,
+    b_args: &[&str],
+) -> (Combined, Combined) {
     let endpoint = [
         "--federation-listen",
         "127.0.0.1:0",
         "--federation-refresh-hint",
         "2s",
     ];
-    let a = Combined::start(a_dir, &endpoint);
+    let mut all = a_args.to_vec();
+    all.extend(endpoint);
+    let a = Combined::start(a_dir, &all);
     let mut all = vec!["--trust-domain", "partner.test"];
     all.extend(b_args);
     all.extend(endpoint);
@@ -544,5 +556,74 @@ fn relationships_are_created_in_batch_from_a_file() {
     assert!(
         err.contains("2 of 2 relationships were not created"),
         "{err}"
+    );
+}
+
+/// SPIRE's admin IDs: a workload of a federated trust domain that
+/// `--admin-id` names uses example.org's admin API over mTLS with its own
+/// SVID, verified against partner.test's bundle; one it does not name is
+/// refused before any call.
+#[test]
+fn a_federated_admin_id_uses_the_admin_api() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, b) = federated_pair_with(
+        a_dir.path(),
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-id",
+            "spiffe://partner.test/ops",
+        ],
+        b_dir.path(),
+        &[],
+    );
+    let url = format!("https://{}", a.proc.reported_addr("admin API"));
+    b.entry_for_uid_with(
+        "spiffe://partner.test/ops",
+        uid(),
+        &["--federates-with", "example.org"],
+    );
+    b.x509_json("the partner.test workload's SVID");
+    let endpoint = format!("unix://{}", b.agent);
+    let remote = || {
+        signet()
+            .args(["entry", "show", "--output", "json", "--server-url", &url])
+            .env("SPIFFE_ENDPOINT_SOCKET", &endpoint)
+            .output()
+            .unwrap()
+    };
+    // Once example.org holds partner.test's bundle, the call goes through.
+    let shown = eventually("the federated admin's call", || stdout_if_ok(remote()));
+    assert!(shown.contains("\"entries\""), "{shown}");
+
+    // Named no more (another ID for this uid in partner.test): refused.
+    let out = b.admin(&[
+        "entry",
+        "show",
+        "--spiffe-id",
+        "spiffe://partner.test/ops",
+        "--output",
+        "json",
+    ]);
+    let id = json_stdout(&out)["entries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(b.admin(&["entry", "delete", "--id", &id]).status.success());
+    b.entry_for_uid_with(
+        "spiffe://partner.test/intruder",
+        uid(),
+        &["--federates-with", "example.org"],
+    );
+    let refused = eventually("the unnamed partner.test workload's refusal", || {
+        let out = remote();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (!out.status.success() && !err.contains("no identity")).then_some(err)
+    });
+    // Its SVID is refused in the handshake: no ID of partner.test but the
+    // one named is an admin of example.org.
+    assert!(
+        refused.contains("refused this workload's X509-SVID (spiffe://partner.test/intruder"),
+        "{refused}"
     );
 }

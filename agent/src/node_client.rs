@@ -323,15 +323,20 @@ fn server_verifier(bundle: Bundle) -> Result<(SharedBundles, Arc<SpiffeVerifier>
     Ok((bundles, verifier))
 }
 
-/// A gRPC channel to a server's mTLS API at `addr` (the node API, or the
-/// admin API on `--admin-listen`), presenting `svid` and accepting only
-/// the server's SVID under `bundle`.
+/// A gRPC channel to a server's mTLS API at `addr` (the admin API on
+/// `--admin-listen`), presenting `svid` and accepting only a Signet
+/// server's SVID (`spiffe://<td>/signet/server`) of a trust domain in
+/// `bundles`, verified against that domain's bundle: a workload of a
+/// federated trust domain reaches the other domain's server this way.
 pub async fn server_channel(
     addr: SocketAddr,
-    bundle: Bundle,
+    bundles: BundleSet,
     svid: &X509Svid,
 ) -> Result<Channel, ClientError> {
-    let (_, verifier) = server_verifier(bundle)?;
+    let verifier = Arc::new(SpiffeVerifier::new(
+        SharedBundles::new(bundles),
+        Arc::new(|id: &SpiffeId| id.path() == SERVER_ID_PATH),
+    ));
     let cert = Arc::new(RotatingCert::new());
     cert.set(svid)
         .map_err(|e| ClientError::Key(e.to_string()))?;

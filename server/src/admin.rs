@@ -739,18 +739,27 @@ pub async fn serve_admin(
 /// `stop` resolves: the server presents its SVID; a caller must present an
 /// X509-SVID of this trust domain that an entry with the `admin` flag
 /// names (checked on every call, so clearing the flag takes effect at
-/// once). Everyone else is refused with PermissionDenied.
+/// once), or one of `admin_ids` (SPIRE's admin IDs; those of a federated
+/// trust domain verify against its bundle). Everyone else is refused with
+/// PermissionDenied.
 pub async fn serve_admin_tls(
     server: Arc<Server>,
     listener: tokio::net::TcpListener,
+    admin_ids: Vec<SpiffeId>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let td = server.trust_domain().clone();
+    let admin_ids = Arc::new(admin_ids);
+    let federated = admin_ids.iter().any(|id| !id.is_member_of(&td));
+    let listed = admin_ids.clone();
     let (incoming, accept) = crate::node::accept_tls(
         server.clone(),
         listener,
-        Arc::new(move |id: &SpiffeId| id.is_member_of(&td) && !id.is_reserved()),
+        Arc::new(move |id: &SpiffeId| {
+            (id.is_member_of(&td) && !id.is_reserved()) || listed.contains(id)
+        }),
         true,
+        federated,
     )
     .await?;
     let result = tonic::transport::Server::builder()
@@ -758,6 +767,7 @@ pub async fn serve_admin_tls(
         .add_service(AdminIds {
             inner: AdminService::new(server.clone()).into_service(),
             server,
+            admin_ids,
         })
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
@@ -770,6 +780,8 @@ pub async fn serve_admin_tls(
 struct AdminIds {
     inner: AdminServer<AdminService>,
     server: Arc<Server>,
+    /// Configured admin IDs, allowed without an entry.
+    admin_ids: Arc<Vec<SpiffeId>>,
 }
 
 impl tonic::server::NamedService for AdminIds {
@@ -797,6 +809,7 @@ impl tower::Service<HttpRequest> for AdminIds {
         let mut inner = self.inner.clone();
         std::mem::swap(&mut self.inner, &mut inner);
         let server = self.server.clone();
+        let admin_ids = self.admin_ids.clone();
         use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
         let leaf = req
             .extensions()
@@ -805,7 +818,7 @@ impl tower::Service<HttpRequest> for AdminIds {
             .and_then(|certs| certs.first().cloned());
         let call = req.uri().path().to_owned();
         Box::pin(async move {
-            match admin_caller(&server, leaf, &call).await {
+            match admin_caller(&server, &admin_ids, leaf, &call).await {
                 Ok(id) => {
                     tracing::info!(caller = %id, call, "admin call over TLS");
                     inner.call(req).await
@@ -820,6 +833,7 @@ impl tower::Service<HttpRequest> for AdminIds {
 /// has the `admin` flag.
 async fn admin_caller(
     server: &Server,
+    admin_ids: &[SpiffeId],
     leaf: Option<rustls_pki_types::CertificateDer<'static>>,
     call: &str,
 ) -> Result<SpiffeId, Status> {
@@ -827,6 +841,9 @@ async fn admin_caller(
     let id = signet_identity::x509_svid::inspect_leaf(&leaf)
         .map_err(|e| Status::unauthenticated(format!("client X509-SVID: {e}")))?
         .id;
+    if admin_ids.contains(&id) {
+        return Ok(id);
+    }
     let filter = EntryFilter {
         spiffe_id: Some(id.clone()),
         ..EntryFilter::default()

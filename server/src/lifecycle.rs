@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use signet_identity::TrustDomain;
+use signet_identity::{SpiffeId, TrustDomain};
 use signet_workload::tasks::{Service, Tasks, run_until, stopped};
 use tokio::sync::watch;
 
@@ -51,6 +51,9 @@ pub struct RunConfig {
     /// Where the admin API also listens over mTLS for workloads whose
     /// entry has the `admin` flag; off unless set.
     pub admin_listen: Option<SocketAddr>,
+    /// IDs allowed to use the admin API over mTLS without an admin entry
+    /// (of this or a federated trust domain).
+    pub admin_ids: Vec<SpiffeId>,
     pub upstream: Option<Upstream>,
     /// The SPIFFE bundle endpoint, if this server serves one.
     pub federation: Option<BundleEndpoint>,
@@ -71,6 +74,7 @@ impl RunConfig {
             datastore: format!("sqlite://{}", dir.join("datastore.sqlite3").display()),
             admin_socket: dir.join("admin.sock"),
             admin_listen: None,
+            admin_ids: Vec::new(),
             upstream: None,
             federation: None,
             oidc: None,
@@ -304,9 +308,10 @@ pub async fn start(
     });
     if let Some((listener, _)) = admin_tls {
         let server = server.clone();
+        let admin_ids = config.admin_ids.clone();
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
-            crate::admin::serve_admin_tls(server, listener, stop)
+            crate::admin::serve_admin_tls(server, listener, admin_ids, stop)
                 .await
                 .doing(|| "admin API over TLS".into())
         });

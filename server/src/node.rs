@@ -639,6 +639,7 @@ pub async fn serve_node(
             id.is_member_of(&td) && (id.path().starts_with(AGENT_ID_PREFIX) || !id.is_reserved())
         }),
         false,
+        false,
     )
     .await?;
     let service = NodeServer::new(NodeService::new(server, attestors))
@@ -675,24 +676,19 @@ impl AcceptTask {
 /// Accepts TLS connections on `listener` for a gRPC server of this
 /// server: it presents the server SVID (`spiffe://<td>/signet/server`,
 /// renewed on schedule) and verifies client X509-SVIDs against the own
-/// bundle (refreshed on every change), admitting the IDs `authorize`
-/// allows; a client without a certificate gets in only when
-/// `client_auth_required` is false. Handshakes are bounded in number and
-/// time; failures are logged.
+/// bundle, and the federated ones when `federated` (refreshed on every
+/// change), admitting the IDs `authorize` allows; a client without a
+/// certificate gets in only when `client_auth_required` is false.
+/// Handshakes are bounded in number and time; failures are logged.
 pub(crate) async fn accept_tls(
     server: Arc<Server>,
     listener: TcpListener,
     authorize: signet_tls::Authorizer,
     client_auth_required: bool,
+    federated: bool,
 ) -> Result<(TlsIncoming, AcceptTask), ServerError> {
     let svid = ServerSvid::issue(&server)?;
-    let bundles = SharedBundles::new(BundleSet::new());
-    let refresh_bundles = |bundles: &SharedBundles, own: Bundle| {
-        let mut set = BundleSet::new();
-        set.insert(own);
-        bundles.set(set);
-    };
-    refresh_bundles(&bundles, server.own_bundle().await?);
+    let bundles = SharedBundles::new(trusted_bundles(&server, federated).await?);
     let verifier = Arc::new(
         SpiffeVerifier::new(bundles.clone(), authorize).client_auth_required(client_auth_required),
     );
@@ -713,9 +709,9 @@ pub(crate) async fn accept_tls(
                 tokio::select! {
                     _ = stop_rx.changed() => return,
                     _ = revisions.changed() => {
-                        match server.own_bundle().await {
-                            Ok(own) => refresh_bundles(&bundles, own),
-                            Err(e) => tracing::warn!(error = %e, "cannot refresh the bundle for agent TLS"),
+                        match trusted_bundles(&server, federated).await {
+                            Ok(set) => bundles.set(set),
+                            Err(e) => tracing::warn!(error = %e, "cannot refresh the bundles for TLS clients"),
                         }
                     }
                     _ = renew.tick() => svid.renew_if_due(&server),
@@ -752,6 +748,18 @@ pub(crate) async fn accept_tls(
             task,
         },
     ))
+}
+
+/// The own bundle, and every federated one when `federated`.
+async fn trusted_bundles(server: &Server, federated: bool) -> Result<BundleSet, ServerError> {
+    let mut set = BundleSet::new();
+    if federated {
+        for b in server.store().list_bundles().await? {
+            set.insert(b);
+        }
+    }
+    set.insert(server.own_bundle().await?);
+    Ok(set)
 }
 
 /// Whether a change can alter what `agent` is authorized for, computed from
