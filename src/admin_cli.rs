@@ -148,13 +148,17 @@ fn status(e: tonic::Status) -> anyhow::Error {
         );
     }
     if let Some((url, id)) = REMOTE.get()
-        && e.code() == tonic::Code::Unknown
-        && e.message().contains("transport error")
+        && matches!(
+            e.code(),
+            tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+        )
     {
         // TLS 1.3: a server that refuses our certificate says so after the
-        // client's side of the handshake, as the first call fails.
+        // client's side of the handshake, as the first call fails (as a
+        // transport error or a canceled call, depending on timing).
         return anyhow::anyhow!(
-            "the admin API at {url} closed the connection: it refused this workload's X509-SVID ({id}: not of its trust domain nor one of its admin IDs), or it is unreachable"
+            "the admin API at {url} closed the connection ({}): it refused this workload's X509-SVID ({id}: not of its trust domain nor one of its admin IDs), or it is unreachable",
+            e.message()
         );
     }
     if e.message().is_empty() {

@@ -833,7 +833,7 @@ fn limit_attest_body(
 }
 
 fn log_handshake_failure(peer: SocketAddr, why: &str) {
-    tracing::warn!(%peer, reason = why, "agent TLS handshake failed");
+    tracing::warn!(%peer, reason = why, "TLS handshake failed (agent or admin API)");
 }
 
 #[cfg(test)]
