@@ -552,38 +552,22 @@ mod tests {
         async fn no_session_outlives_a_rotation() {
             let (issuer, ca_pem) = ca();
             let pair = pair_over(&issuer, &ca_pem);
-            let kind = |c: (Option<rustls::HandshakeKind>, bool, bool)| c.0;
-            pair.connect().await;
-            assert_eq!(
-                kind(pair.connect().await),
-                Some(rustls::HandshakeKind::Resumed)
-            );
+            use rustls::HandshakeKind::{Full, Resumed};
+            // The handshake kinds of the next two connections.
+            let next_two = async || [pair.connect().await.0, pair.connect().await.0];
+            assert_eq!(next_two().await, [Some(Full), Some(Resumed)]);
 
             // The client's SVID rotates: its tickets are dropped.
             pair.client
                 .set(&svid(&issuer, CLIENT), bundles(&ca_pem))
                 .unwrap();
-            assert_eq!(
-                kind(pair.connect().await),
-                Some(rustls::HandshakeKind::Full)
-            );
-            assert_eq!(
-                kind(pair.connect().await),
-                Some(rustls::HandshakeKind::Resumed)
-            );
+            assert_eq!(next_two().await, [Some(Full), Some(Resumed)]);
 
             // The server's rotates: tickets it issued before no longer open.
             pair.server
                 .set(&svid(&issuer, SERVER), bundles(&ca_pem))
                 .unwrap();
-            assert_eq!(
-                kind(pair.connect().await),
-                Some(rustls::HandshakeKind::Full)
-            );
-            assert_eq!(
-                kind(pair.connect().await),
-                Some(rustls::HandshakeKind::Resumed)
-            );
+            assert_eq!(next_two().await, [Some(Full), Some(Resumed)]);
         }
 
         /// More connections opening at once than rustls' default store

@@ -10,6 +10,7 @@
 //! `upstreamauthority`), once the upstream CA files were replaced and a
 //! new authority chaining to the new upstream is active.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
@@ -242,6 +243,11 @@ impl Ca {
             }
         }
         out
+    }
+
+    /// Ids of the upstream authorities an operator revoked.
+    pub fn revoked(&self) -> BTreeSet<String> {
+        self.state().revoked.clone()
     }
 
     /// Prepares a new authority of `kind` now and publishes it in the
