@@ -168,11 +168,22 @@ pub fn server_probe(server: Arc<Server>) -> Probe {
             tokio::time::sleep(DATASTORE_CHECK).await;
         }
     });
+    let probed = server.clone();
     let ready = Box::new(move || {
-        state
+        let mut ready = state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .clone();
+        // Still ready: the active authority signs until it expires.
+        if let (Ok(message), Some((since, why))) = (&mut ready, probed.upstream_failing()) {
+            let expires = probed.ca().x509_authority().not_after();
+            message.push_str(&format!(
+                "; the upstream CA fails since {} ({why}); the active authority signs until {}",
+                humantime::format_rfc3339_seconds(since),
+                humantime::format_rfc3339_seconds(expires)
+            ));
+        }
+        ready
     });
     let update = Box::new(move || {
         let ca = server.ca();

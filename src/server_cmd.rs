@@ -3,6 +3,7 @@
 
 mod federation;
 mod oidc;
+mod vault;
 
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ use federation::FederationSettings;
 pub use oidc::OidcSettings;
 use signet_workload::tasks::{Service, run_until};
 use tokio::sync::watch;
+use vault::VaultSettings;
 
 use crate::banner::print_banner;
 use crate::sockets::locate;
@@ -107,6 +109,12 @@ pub struct ServerSettings {
     /// parties know [default with --oidc-listen: the provider's own URL].
     #[arg(long)]
     jwt_issuer: Option<String>,
+    /// Upstream CA signing our CA as its intermediate: `disk` (the
+    /// --upstream-cert and --upstream-key files) or `vault` (an
+    /// OpenBao/Vault PKI secrets engine; see the --vault-* flags)
+    /// [default: disk with --upstream-cert, else none: self-signed].
+    #[arg(long)]
+    upstream: Option<String>,
     /// Upstream CA certificate (PEM): our CA becomes its intermediate.
     #[arg(long)]
     upstream_cert: Option<PathBuf>,
@@ -131,6 +139,9 @@ pub struct ServerSettings {
     #[command(flatten)]
     #[serde(default)]
     oidc: OidcSettings,
+    #[command(flatten)]
+    #[serde(default)]
+    vault: VaultSettings,
 }
 
 /// Settings checked and defaulted.
@@ -227,20 +238,53 @@ impl ServerSettings {
                 "x509_svid_ttl is longer than ca_ttl; SVIDs would be cut at the CA's expiry".into(),
             );
         }
-        let upstream = match (s.upstream_cert.take(), s.upstream_key.take()) {
-            (Some(cert), Some(key)) => Some(Upstream {
+        let kind = s.upstream.take();
+        let vault_wanted = kind.as_deref() == Some("vault");
+        let vault = std::mem::take(&mut s.vault).resolve(vault_wanted, &mut problems);
+        let upstream = match (
+            kind.as_deref(),
+            s.upstream_cert.take(),
+            s.upstream_key.take(),
+        ) {
+            (None | Some("disk"), Some(cert), Some(key)) => Some(Upstream::Files {
                 cert,
                 key,
                 bundle: s.upstream_bundle.take(),
             }),
-            (None, None) => {
+            (None, None, None) => {
                 if s.upstream_bundle.is_some() {
                     problems.push("upstream_bundle needs upstream_cert and upstream_key".into());
                 }
                 None
             }
-            _ => {
+            (Some("vault"), None, None) => {
+                if s.upstream_bundle.is_some() {
+                    problems.push(
+                        "upstream_bundle is for upstream \"disk\": with \"vault\" the PKI gives its root"
+                            .into(),
+                    );
+                }
+                vault.map(Upstream::Vault)
+            }
+            (Some("vault"), _, _) => {
+                problems.push(
+                    "upstream_cert and upstream_key are for upstream \"disk\", not \"vault\""
+                        .into(),
+                );
+                None
+            }
+            (Some("disk"), None, None) => {
+                problems.push("upstream \"disk\" needs upstream_cert and upstream_key".into());
+                None
+            }
+            (None | Some("disk"), _, _) => {
                 problems.push("upstream_cert and upstream_key go together".into());
+                None
+            }
+            (Some(other), _, _) => {
+                problems.push(format!(
+                    "upstream {other:?}: expected \"disk\" or \"vault\""
+                ));
                 None
             }
         };

@@ -601,10 +601,7 @@ impl Admin for AdminService {
         req: Request<AuthorityRequest>,
     ) -> Result<Response<Authorities>, Status> {
         let kind = authority_kind(req.get_ref());
-        let prepared = self
-            .server
-            .change_authorities(|ca| ca.prepare(kind))
-            .await?;
+        let prepared = self.server.prepare_authority(kind).await?;
         tracing::warn!(%kind, authority_id = %prepared.id, "authority prepared through the admin API");
         self.authorities(kind).await
     }

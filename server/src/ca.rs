@@ -26,6 +26,7 @@ use crate::key_manager::{KeyError, KeyManager, KeyType};
 use authority::{new_jwt_key, new_x509_authority};
 pub use journal::{CaJournal, JournalJwt, JournalX509};
 pub use operations::{AuthorityError, AuthorityInfo, AuthorityKind, AuthorityState};
+pub use remote::{MintedCa, RemoteAuthority, RemoteUpstream};
 pub use upstream::UpstreamAuthority;
 
 pub use signet_identity::x509_svid::BACKDATE;
@@ -91,8 +92,19 @@ pub enum CaError {
     Journal(String),
     #[error("upstream CA {path}: {reason}")]
     Upstream { path: PathBuf, reason: String },
+    #[error("upstream CA {upstream}: {reason}")]
+    Remote { upstream: String, reason: String },
     #[error(transparent)]
     Authority(#[from] AuthorityError),
+}
+
+/// What signs this CA's X.509 authorities, when not the CA itself.
+#[derive(Debug)]
+pub enum UpstreamCa {
+    /// A CA whose certificate and key are files on this machine.
+    Files(Box<UpstreamAuthority>),
+    /// A CA that signs our CSRs over the network (OpenBao/Vault PKI).
+    Remote(Arc<dyn RemoteUpstream>),
 }
 
 /// One X.509 signing authority.
@@ -199,6 +211,10 @@ pub struct Ca {
     clock: Arc<dyn Clock>,
     keys: Arc<dyn KeyManager>,
     state: RwLock<Arc<CaState>>,
+    /// An upstream that signs our CSRs over the network: the rotation
+    /// schedule then prepares X.509 authorities through
+    /// [`Ca::mint_remote`] and [`Ca::install_remote`], not in `rotate`.
+    remote: Option<Arc<dyn RemoteUpstream>>,
 }
 
 impl fmt::Debug for Ca {
@@ -258,7 +274,42 @@ impl Ca {
             clock,
             keys,
             state: RwLock::new(Arc::new(state)),
+            remote: None,
         })
+    }
+
+    /// Creates a CA whose first X.509 authority is signed by `remote`
+    /// (which must answer now), with a fresh JWT key.
+    pub async fn new_remote(
+        config: CaConfig,
+        clock: Arc<dyn Clock>,
+        keys: Arc<dyn KeyManager>,
+        remote: Arc<dyn RemoteUpstream>,
+    ) -> Result<Self, CaError> {
+        // A self-signed placeholder, replaced before anyone sees it: the
+        // minting path needs a CA to check the upstream's answer against.
+        let mut ca = Self::new(config, clock, keys, None)?;
+        ca.remote = Some(remote);
+        let minted = ca.mint_remote().await?;
+        let placeholder = {
+            let mut guard = ca.state.write().unwrap_or_else(PoisonError::into_inner);
+            let mut s = CaState::clone(&guard);
+            let authority = Arc::new(minted.authority);
+            let placeholder = std::mem::replace(&mut s.x509_current, authority);
+            s.bundle.remove_x509_authorities(|c| *c == placeholder.cert);
+            for root in minted.roots {
+                s.bundle.add_x509_authority(root);
+            }
+            *guard = Arc::new(s);
+            placeholder.key_id.clone()
+        };
+        ca.forget_keys(vec![placeholder]);
+        Ok(ca)
+    }
+
+    /// Whether an upstream CA (files or remote) signs our authorities.
+    fn has_upstream(&self, s: &CaState) -> bool {
+        s.upstream.is_some() || self.remote.is_some()
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -307,7 +358,10 @@ impl Ca {
         let mut retired = Vec::new();
 
         // X.509 authorities.
-        if s.x509_next.is_none()
+        // A remote upstream's authorities are prepared by the caller
+        // (`mint_remote`, then `install_remote`), with no lock held.
+        if self.remote.is_none()
+            && s.x509_next.is_none()
             && due(
                 s.x509_current.not_before,
                 s.x509_current.not_after,
@@ -507,6 +561,7 @@ mod authority;
 mod issue;
 mod journal;
 mod operations;
+mod remote;
 mod upstream;
 
 #[cfg(test)]

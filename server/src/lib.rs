@@ -32,8 +32,9 @@ pub mod logger;
 pub mod node;
 pub mod oidc;
 pub mod telemetry;
+pub mod vault;
 
-pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority};
+pub use ca::{Ca, CaConfig, CaError, SvidOptions, UpstreamAuthority, UpstreamCa};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use key_manager::{KeyManager, KeyType};
 pub use lifecycle::{OidcInfo, RunConfig, RunError, Running, Upstream, run, start};
@@ -109,6 +110,9 @@ pub enum ServerError {
     Journal(String),
 }
 
+/// Longest wait between two attempts to reach a remote upstream CA.
+const REMOTE_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Changes read per change-feed query.
 const FOLLOW_BATCH: u32 = 1000;
 /// Changes kept for subscriptions; a subscription further behind
@@ -152,6 +156,17 @@ pub struct Server {
     pub(crate) federation_poke: Notify,
     /// The CA came from the datastore's journal (false: created at start).
     resumed: bool,
+    /// With a remote upstream CA: when to ask it again, and its last error.
+    remote: std::sync::Mutex<RemoteStatus>,
+}
+
+/// How asking a remote upstream CA for the next authority goes.
+#[derive(Debug)]
+struct RemoteStatus {
+    retry_at: std::time::Instant,
+    backoff: signet_workload::backoff::Backoff,
+    /// Since when, and why, it fails (cleared by a success).
+    failing: Option<(SystemTime, String)>,
 }
 
 impl fmt::Debug for Server {
@@ -171,17 +186,27 @@ impl Server {
         store: Arc<dyn Datastore>,
         clock: Arc<dyn Clock>,
         keys: Arc<dyn KeyManager>,
-        upstream: Option<UpstreamAuthority>,
+        upstream: Option<UpstreamCa>,
     ) -> Result<Arc<Self>, ServerError> {
         let journal = store.get_ca_journal(&config.server_id).await?;
         let resumed = journal.is_some();
-        let ca = match journal {
-            Some(json) => {
+        let (cfg, ca_clock) = (config.ca.clone(), clock.clone());
+        let (files, remote) = match upstream {
+            Some(UpstreamCa::Files(files)) => (Some(*files), None),
+            Some(UpstreamCa::Remote(remote)) => (None, Some(remote)),
+            None => (None, None),
+        };
+        let ca = match (journal, remote) {
+            (Some(json), remote) => {
                 let journal: CaJournal =
                     serde_json::from_str(&json).map_err(|e| ServerError::Journal(e.to_string()))?;
-                Ca::restore(config.ca.clone(), clock.clone(), keys, upstream, journal)?
+                match remote {
+                    Some(remote) => Ca::restore_remote(cfg, ca_clock, keys, remote, journal)?,
+                    None => Ca::restore(cfg, ca_clock, keys, files, journal)?,
+                }
             }
-            None => Ca::new(config.ca.clone(), clock.clone(), keys, upstream)?,
+            (None, Some(remote)) => Ca::new_remote(cfg, ca_clock, keys, remote).await?,
+            (None, None) => Ca::new(cfg, ca_clock, keys, files)?,
         };
         let revision = store.current_revision().await?;
         let server = Arc::new(Self {
@@ -197,6 +222,14 @@ impl Server {
             wrote: Notify::new(),
             federation_poke: Notify::new(),
             resumed,
+            remote: std::sync::Mutex::new(RemoteStatus {
+                retry_at: std::time::Instant::now(),
+                backoff: signet_workload::backoff::Backoff::new(
+                    Duration::from_secs(1),
+                    REMOTE_RETRY_MAX,
+                ),
+                failing: None,
+            }),
         });
         server.persist_ca().await?;
         Ok(server)
@@ -265,6 +298,91 @@ impl Server {
         let out = op(&self.ca)?;
         self.persist_ca().await?;
         Ok(out)
+    }
+
+    /// An operator's `prepare`. With a remote upstream CA the X.509
+    /// authority is signed there first, with no lock held.
+    pub async fn prepare_authority(
+        &self,
+        kind: ca::AuthorityKind,
+    ) -> Result<ca::AuthorityInfo, ServerError> {
+        if kind == ca::AuthorityKind::X509 && self.ca.remote_upstream().is_some() {
+            let minted = self.ca.mint_remote().await?;
+            return self
+                .change_authorities(|ca| {
+                    ca.install_remote(minted, true)?;
+                    ca.find(kind, ca::AuthorityState::Prepared)
+                })
+                .await;
+        }
+        self.change_authorities(|ca| ca.prepare(kind)).await
+    }
+
+    /// With a remote upstream CA: `None` while it answers (or there is
+    /// none), else since when and why asking it for the next authority
+    /// fails. The active authority signs meanwhile, until it expires.
+    pub fn upstream_failing(&self) -> Option<(SystemTime, String)> {
+        self.remote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .failing
+            .clone()
+    }
+
+    /// With a remote upstream CA, asks it for the next X.509 authority
+    /// when the rotation schedule wants one; a failure is logged and
+    /// retried with backoff (the active authority signs meanwhile).
+    /// True when an authority was installed.
+    async fn prepare_from_remote(&self) -> bool {
+        if !self.ca.remote_prepare_due() {
+            return false;
+        }
+        let lock = || {
+            self.remote
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if lock().retry_at > std::time::Instant::now() {
+            return false;
+        }
+        let result = match self.ca.mint_remote().await {
+            Ok(minted) => self.ca.install_remote(minted, false),
+            Err(e) => Err(e),
+        };
+        let mut status = lock();
+        match result {
+            Ok(installed) => {
+                status.backoff.reset();
+                if let Some((since, _)) = status.failing.take() {
+                    tracing::info!(
+                        failing_since = %humantime::format_rfc3339_seconds(since),
+                        "the upstream CA answers again"
+                    );
+                }
+                metrics::counter!("signet_server_upstream_mints_total", "result" => "ok")
+                    .increment(1);
+                metrics::gauge!("signet_server_upstream_up").set(1.0);
+                installed
+            }
+            Err(e) => {
+                let delay = status.backoff.next_delay();
+                status.retry_at = std::time::Instant::now() + delay;
+                let since = status.failing.as_ref().map_or(self.now(), |f| f.0);
+                status.failing = Some((since, e.to_string()));
+                let active_until = self.ca.x509_authority().not_after();
+                tracing::warn!(
+                    error = %e,
+                    retry_in = ?delay,
+                    failing_since = %humantime::format_rfc3339_seconds(since),
+                    active_authority_expires = %humantime::format_rfc3339_seconds(active_until),
+                    "cannot get the next X.509 authority from the upstream CA; the active one signs until it expires"
+                );
+                metrics::counter!("signet_server_upstream_mints_total", "result" => "error")
+                    .increment(1);
+                metrics::gauge!("signet_server_upstream_up").set(0.0);
+                false
+            }
+        }
     }
 
     /// Refuses to taint the upstream authority `id` while another server
@@ -381,8 +499,9 @@ impl Server {
     /// tokens, changes older than [`CHANGE_RETENTION`]. Run it every few
     /// seconds.
     pub async fn tick(&self) -> Result<(), ServerError> {
+        let prepared = self.prepare_from_remote().await;
         let r = self.ca.rotate()?;
-        if r != crate::ca::Rotation::default() {
+        if prepared || r != crate::ca::Rotation::default() {
             self.persist_ca().await?;
         } else {
             self.publish_bundle().await?;

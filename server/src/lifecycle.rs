@@ -25,7 +25,8 @@ use crate::federation::BundleEndpoint;
 use crate::key_manager::disk::DiskKeyManager;
 use crate::node::serve_node;
 use crate::oidc::{OidcProvider, PreparedProvider};
-use crate::{Server, ServerConfig, SystemClock, UpstreamAuthority};
+use crate::vault::VaultUpstream;
+use crate::{Server, ServerConfig, SystemClock, UpstreamAuthority, UpstreamCa};
 
 /// How often the server rotates its CA and publishes its bundle.
 const TICK: Duration = Duration::from_secs(5);
@@ -84,11 +85,16 @@ impl RunConfig {
 
 /// An upstream CA our CA becomes the intermediate of.
 #[derive(Debug, Clone)]
-pub struct Upstream {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// The upstream's roots, when its certificate is not one.
-    pub bundle: Option<PathBuf>,
+pub enum Upstream {
+    /// Its certificate and key in files here.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        /// The upstream's roots, when its certificate is not one.
+        bundle: Option<PathBuf>,
+    },
+    /// An OpenBao/Vault PKI secrets engine.
+    Vault(crate::vault::VaultConfig),
 }
 
 /// Why a server could not start, or stopped on its own.
@@ -201,11 +207,18 @@ pub async fn start(
         DiskKeyManager::new(keys_dir.clone())
             .doing(|| format!("cannot use the key directory {}", keys_dir.display()))?,
     );
-    let upstream = match &config.upstream {
-        Some(u) => Some(
-            UpstreamAuthority::load(&u.cert, &u.key, u.bundle.as_deref())
-                .doing(|| format!("upstream CA {}", u.cert.display()))?,
-        ),
+    let upstream = match config.upstream {
+        Some(Upstream::Files { cert, key, bundle }) => Some(UpstreamCa::Files(Box::new(
+            UpstreamAuthority::load(&cert, &key, bundle.as_deref())
+                .doing(|| format!("upstream CA {}", cert.display()))?,
+        ))),
+        Some(Upstream::Vault(vault)) => {
+            let addr = vault.addr.clone();
+            let td = config.server.trust_domain().clone();
+            Some(UpstreamCa::Remote(Arc::new(
+                VaultUpstream::new(vault, td).doing(|| format!("upstream CA {addr}"))?,
+            )))
+        }
         None => None,
     };
     let clock = Arc::new(SystemClock);

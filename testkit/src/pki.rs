@@ -36,6 +36,8 @@ pub struct Leaf<'a> {
     pub uris: &'a [&'a str],
     /// DNS name SANs (a web server's certificate).
     pub dns: &'a [&'a str],
+    /// The subject's common name (none by default).
+    pub common_name: Option<&'a str>,
     /// Also flag the leaf as a CA (which an X509-SVID must not be).
     pub ca: bool,
     /// Valid from two hours ago to one hour ago.
@@ -109,6 +111,9 @@ impl TestCa {
                     .map(|d| SanType::DnsName((*d).try_into().unwrap())),
             )
             .collect();
+        if let Some(cn) = leaf.common_name {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ClientAuth,

@@ -30,31 +30,8 @@ pub(super) fn new_x509_authority(
     if let Some(up) = &upstream {
         not_after = not_after.min(up.not_after);
     }
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CountryName, "US");
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, ORGANIZATION);
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("{} CA {}", config.trust_domain, random_hex(4)?),
-    );
+    let mut params = authority_params(config)?;
     params.serial_number = Some(random_serial()?);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.subject_alt_names = vec![SanType::URI(
-        config
-            .trust_domain
-            .id()
-            .as_str()
-            .try_into()
-            .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
-    )];
     params.use_authority_key_identifier_extension = upstream.is_some();
     params.not_before = to_offset(now - BACKDATE);
     params.not_after = to_offset(not_after);
@@ -77,6 +54,37 @@ pub(super) fn new_x509_authority(
         }
     };
     x509_authority_from(cert, intermediates, key, key_id)
+}
+
+/// What every signing authority's certificate (or CSR) says: the
+/// organization, a fresh common name, CA constraints and key usages, and
+/// the trust domain's SPIFFE ID.
+pub(super) fn authority_params(config: &CaConfig) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CountryName, "US");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, ORGANIZATION);
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("{} CA {}", config.trust_domain, random_hex(4)?),
+    );
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.subject_alt_names = vec![SanType::URI(
+        config
+            .trust_domain
+            .id()
+            .as_str()
+            .try_into()
+            .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
+    )];
+    Ok(params)
 }
 
 /// Wraps a signing certificate and its key; validity comes from the cert.

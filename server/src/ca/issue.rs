@@ -113,6 +113,14 @@ impl Ca {
 
         let authority = self.x509_authority();
         let now = self.clock.now();
+        if authority.not_after <= now {
+            // It was not replaced in time (an upstream CA out of reach):
+            // what it signed now would be expired at birth.
+            return Err(CaError::Sign(format!(
+                "the active X.509 authority expired at {}; no successor could be made",
+                humantime::format_rfc3339_seconds(authority.not_after)
+            )));
+        }
         let ttl = opts.ttl.unwrap_or(self.config.x509_svid_ttl);
         // A TTL past the authority's end (or past what SystemTime can
         // hold) is capped at the authority's NotAfter.

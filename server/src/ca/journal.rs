@@ -11,7 +11,9 @@ use signet_identity::Bundle;
 use signet_identity::bundle::{certificates_from_pem, certificates_to_pem};
 
 use super::authority::{jwt_key_from, x509_authority_from};
-use super::{Ca, CaConfig, CaError, CaState, UpstreamAuthority, secs_to_time, unix_secs};
+use super::{
+    Ca, CaConfig, CaError, CaState, RemoteUpstream, UpstreamAuthority, secs_to_time, unix_secs,
+};
 use crate::clock::Clock;
 use crate::key_manager::KeyManager;
 
@@ -106,6 +108,28 @@ impl Ca {
         upstream: Option<UpstreamAuthority>,
         journal: CaJournal,
     ) -> Result<Self, CaError> {
+        Self::restore_with(config, clock, keys, upstream, None, journal)
+    }
+
+    /// [`Ca::restore`] for a CA whose authorities `remote` signs.
+    pub fn restore_remote(
+        config: CaConfig,
+        clock: Arc<dyn Clock>,
+        keys: Arc<dyn KeyManager>,
+        remote: Arc<dyn RemoteUpstream>,
+        journal: CaJournal,
+    ) -> Result<Self, CaError> {
+        Self::restore_with(config, clock, keys, None, Some(remote), journal)
+    }
+
+    fn restore_with(
+        config: CaConfig,
+        clock: Arc<dyn Clock>,
+        keys: Arc<dyn KeyManager>,
+        upstream: Option<UpstreamAuthority>,
+        remote: Option<Arc<dyn RemoteUpstream>>,
+        journal: CaJournal,
+    ) -> Result<Self, CaError> {
         let bad = |m: String| CaError::Journal(m);
         if journal.version != JOURNAL_VERSION {
             return Err(bad(format!("unsupported version {}", journal.version)));
@@ -181,6 +205,7 @@ impl Ca {
             clock,
             keys,
             state: RwLock::new(Arc::new(state)),
+            remote,
         };
         ca.rotate()?;
         Ok(ca)

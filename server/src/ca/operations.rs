@@ -115,6 +115,10 @@ pub enum AuthorityError {
     )]
     UpstreamInUseElsewhere { id: String, server_id: String },
     #[error(
+        "this CA's X.509 authorities are signed by a remote upstream: prepare them through the server (`signet authority x509 prepare`)"
+    )]
+    RemotePrepare,
+    #[error(
         "upstream authorities are prepared by replacing the upstream CA files; then `signet authority x509 prepare` makes an authority that chains to the new one"
     )]
     UpstreamPrepare,
@@ -160,7 +164,7 @@ impl Ca {
                         not_after: a.not_after,
                     });
                 }
-                if s.upstream.is_none() {
+                if !self.has_upstream(&s) {
                     for cert in s.bundle.x509_authorities() {
                         let Some(id) = authority_id(cert) else {
                             continue;
@@ -181,7 +185,7 @@ impl Ca {
                 }
             }
             AuthorityKind::UpstreamX509 => {
-                if s.upstream.is_none() {
+                if !self.has_upstream(&s) {
                     return out;
                 }
                 let names = |a: Option<&Arc<X509Authority>>, id: &str| {
@@ -374,7 +378,7 @@ impl Ca {
 
     /// Refuses anything but an old authority of this CA.
     fn check_old(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
-        let upstream = self.state().upstream.is_some();
+        let upstream = self.has_upstream(&self.state());
         match kind {
             AuthorityKind::X509 if upstream => return Err(AuthorityError::Upstream.into()),
             AuthorityKind::UpstreamX509 if !upstream => {
@@ -409,7 +413,11 @@ impl Ca {
         Err(err.into())
     }
 
-    fn find(&self, kind: AuthorityKind, state: AuthorityState) -> Result<AuthorityInfo, CaError> {
+    pub(crate) fn find(
+        &self,
+        kind: AuthorityKind,
+        state: AuthorityState,
+    ) -> Result<AuthorityInfo, CaError> {
         self.authorities(kind)
             .into_iter()
             .find(|a| a.state == state)
@@ -439,6 +447,10 @@ impl Ca {
         s: &mut CaState,
         now: SystemTime,
     ) -> Result<X509Authority, CaError> {
+        if self.remote.is_some() {
+            // Only the async path (`mint_remote`) reaches a remote upstream.
+            return Err(AuthorityError::RemotePrepare.into());
+        }
         let upstream = signing_upstream(s)?;
         let next = new_x509_authority(&self.config, self.keys.as_ref(), upstream.as_deref(), now)?;
         if upstream.is_none() {
@@ -447,13 +459,30 @@ impl Ca {
         Ok(next)
     }
 
-    fn forget_keys(&self, key_ids: Vec<String>) {
+    pub(super) fn forget_keys(&self, key_ids: Vec<String>) {
         for key_id in key_ids {
             if let Err(e) = self.keys.delete(&key_id) {
                 tracing::warn!(key_id, error = %e, "cannot delete a retired CA key");
             }
         }
     }
+}
+
+/// The first of `ids` an operator revoked or tainted, and which it was.
+pub(super) fn compromised(
+    s: &CaState,
+    ids: impl IntoIterator<Item = String>,
+) -> Option<(String, &'static str)> {
+    ids.into_iter().find_map(|id| {
+        let why = if s.revoked.contains(&id) {
+            "revoked"
+        } else if s.bundle.is_tainted(&id) {
+            "tainted"
+        } else {
+            return None;
+        };
+        Some((id, why))
+    })
 }
 
 /// The upstream CA to sign a new authority with, read again from its
@@ -476,14 +505,7 @@ fn signing_upstream(s: &mut CaState) -> Result<Option<Arc<UpstreamAuthority>>, C
         s.upstream = Some(fresh.clone());
         fresh
     };
-    for id in up.authority_ids() {
-        let why = if s.revoked.contains(&id) {
-            "revoked"
-        } else if s.bundle.is_tainted(&id) {
-            "tainted"
-        } else {
-            continue;
-        };
+    if let Some((id, why)) = compromised(s, up.authority_ids()) {
         return Err(AuthorityError::UpstreamCompromised {
             id,
             why,

@@ -917,3 +917,196 @@ fn an_upstream_root_is_tainted_and_revoked_once_replaced() {
         AuthorityError::NoUpstream
     ));
 }
+
+/// How the fake remote upstream answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    Good,
+    /// Signed, but sent with another CA's root.
+    OtherRoot,
+    /// A CA certificate for a key that is not ours.
+    OtherKey,
+    /// Not a CA.
+    Leaf,
+    Down,
+}
+
+/// An upstream PKI that signs CSRs with a root of its own.
+#[derive(Debug)]
+struct FakeRemote {
+    root: signet_testkit::pki::TestCa,
+    answer: std::sync::Mutex<Answer>,
+    clock: ManualClock,
+}
+
+impl FakeRemote {
+    fn new(clock: &ManualClock) -> Arc<Self> {
+        Arc::new(Self {
+            root: signet_testkit::pki::TestCa::new("enterprise root"),
+            answer: std::sync::Mutex::new(Answer::Good),
+            clock: clock.clone(),
+        })
+    }
+    fn answer(&self, a: Answer) {
+        *self.answer.lock().unwrap() = a;
+    }
+}
+
+#[async_trait::async_trait]
+impl RemoteUpstream for FakeRemote {
+    async fn mint_x509_ca(&self, csr_pem: &str, ttl: Duration) -> Result<MintedCa, String> {
+        let answer = *self.answer.lock().unwrap();
+        if answer == Answer::Down {
+            return Err("connection refused".into());
+        }
+        let other_pem;
+        let csr_pem = if answer == Answer::OtherKey {
+            let other = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            other_pem = params.serialize_request(&other).unwrap().pem().unwrap();
+            &other_pem
+        } else {
+            csr_pem
+        };
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+        let now = self.clock.now();
+        csr.params.not_before = to_offset(now - BACKDATE);
+        csr.params.not_after = to_offset(now + ttl);
+        if answer == Answer::Leaf {
+            csr.params.is_ca = IsCa::NoCa;
+        }
+        let cert = csr.signed_by(self.root.issuer()).unwrap();
+        let root = if answer == Answer::OtherRoot {
+            signet_testkit::pki::TestCa::new("someone else").der
+        } else {
+            self.root.der.clone()
+        };
+        Ok(MintedCa {
+            cert: cert.der().clone(),
+            chain: Vec::new(),
+            roots: vec![root],
+        })
+    }
+    fn describe(&self) -> String {
+        "fake PKI".into()
+    }
+}
+
+fn key_count(keys: &Arc<dyn KeyManager>) -> String {
+    let debug = format!("{keys:?}");
+    debug
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A CA under a [`FakeRemote`], the key manager it keeps its keys in, and
+/// the upstream.
+async fn remote_ca(clock: &ManualClock) -> (Ca, Arc<dyn KeyManager>, Arc<FakeRemote>) {
+    let keys: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let remote = FakeRemote::new(clock);
+    let ca = Ca::new_remote(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        keys.clone(),
+        remote.clone(),
+    )
+    .await
+    .unwrap();
+    (ca, keys, remote)
+}
+
+#[tokio::test]
+async fn a_remote_upstream_signs_every_authority_off_the_lock() {
+    let clock = ManualClock::new(start());
+    let (ca, keys, remote) = remote_ca(&clock).await;
+    // The bundle holds the upstream's root alone; SVIDs chain to it.
+    assert_eq!(
+        ca.bundle().x509_authorities(),
+        std::slice::from_ref(&remote.root.der)
+    );
+    let chain = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap();
+    assert_eq!(chain.len(), 2);
+    verify_x509_svid(&chain, &ca.bundle(), start()).unwrap();
+    // The placeholder's key is gone: one X.509 and one JWT key remain.
+    assert_eq!(key_count(&keys), "MemoryKeyManager(2");
+
+    // Past half-life `rotate` prepares nothing by itself: the caller asks
+    // the upstream with no lock held, then installs.
+    clock.advance(HOUR * 13);
+    assert!(ca.remote_prepare_due());
+    assert!(!ca.rotate().unwrap().x509_prepared);
+    let minted = ca.mint_remote().await.unwrap();
+    let second = ca.mint_remote().await.unwrap();
+    assert!(ca.install_remote(minted, false).unwrap());
+    assert!(!ca.remote_prepare_due());
+    // One prepared meanwhile wins; the other's key is dropped.
+    assert!(!ca.install_remote(second, false).unwrap());
+    assert_eq!(key_count(&keys), "MemoryKeyManager(4");
+    let prepared = ca.next_x509_authority().unwrap();
+    clock.advance(HOUR * 8);
+    assert!(ca.rotate().unwrap().x509_activated);
+    assert_eq!(ca.x509_authority().cert(), prepared.cert());
+    assert_eq!(
+        ca.bundle().x509_authorities(),
+        std::slice::from_ref(&remote.root.der)
+    );
+    // The operator's synchronous prepare cannot reach the upstream.
+    let err = ca.prepare(AuthorityKind::X509).unwrap_err().to_string();
+    assert!(err.contains("remote upstream"), "{err}");
+}
+
+#[tokio::test]
+async fn a_remote_answer_that_is_not_a_ca_for_our_key_under_its_root_is_refused() {
+    let clock = ManualClock::new(start());
+    let (ca, keys, remote) = remote_ca(&clock).await;
+    let before = key_count(&keys);
+    for (answer, says) in [
+        (Answer::OtherRoot, "does not lead to any of its roots"),
+        (Answer::OtherKey, "does not match"),
+        (Answer::Leaf, "is not a CA"),
+        (Answer::Down, "connection refused"),
+    ] {
+        remote.answer(answer);
+        let err = ca.mint_remote().await.unwrap_err().to_string();
+        assert!(err.contains("upstream CA fake PKI"), "{answer:?}: {err}");
+        assert!(err.contains(says), "{answer:?}: {err}");
+        // The key made for the refused authority is not kept.
+        assert_eq!(key_count(&keys), before, "{answer:?}");
+    }
+    // Nothing changed: the same authority signs, the same root is trusted.
+    assert!(ca.next_x509_authority().is_none());
+    assert_eq!(
+        ca.bundle().x509_authorities(),
+        std::slice::from_ref(&remote.root.der)
+    );
+
+    // Down until the active authority expires: nothing more is signed
+    // (an SVID would be expired at birth), and the error says why.
+    clock.advance(HOUR * 25);
+    ca.rotate().unwrap();
+    let err = ca
+        .sign_x509_svid(&spki(), &workload(), &SvidOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the active X.509 authority expired at"),
+        "{err}"
+    );
+
+    // A CA that cannot reach its upstream at first start does not start.
+    let err = Ca::new_remote(
+        CaConfig::new(td()),
+        Arc::new(clock.clone()),
+        Arc::new(MemoryKeyManager::default()),
+        remote,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("connection refused"), "{err}");
+}
