@@ -16,6 +16,7 @@ mod banner;
 mod demo_cmd;
 mod health;
 mod logging;
+mod nested;
 mod policy_cli;
 mod proxy_cmd;
 mod server_cmd;

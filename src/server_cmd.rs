@@ -110,11 +110,23 @@ pub struct ServerSettings {
     #[arg(long)]
     jwt_issuer: Option<String>,
     /// Upstream CA signing our CA as its intermediate: `disk` (the
-    /// --upstream-cert and --upstream-key files) or `vault` (an
-    /// OpenBao/Vault PKI secrets engine; see the --vault-* flags)
-    /// [default: disk with --upstream-cert, else none: self-signed].
+    /// --upstream-cert and --upstream-key files), `vault` (an
+    /// OpenBao/Vault PKI secrets engine; see the --vault-* flags) or
+    /// `signet` (nesting: an upstream Signet server of the same trust
+    /// domain, --upstream-server-address) [default: disk with
+    /// --upstream-cert, else none: self-signed].
     #[arg(long)]
     upstream: Option<String>,
+    /// With --upstream signet: HOST:PORT of the upstream server's
+    /// server-agent API.
+    #[arg(long)]
+    upstream_server_address: Option<String>,
+    /// With --upstream signet: the Workload API socket of an agent of the
+    /// upstream, where this server gets its X509-SVID (its entry needs
+    /// --downstream) [default: SPIFFE_ENDPOINT_SOCKET, else the default
+    /// agent socket].
+    #[arg(long)]
+    upstream_workload_socket: Option<PathBuf>,
     /// Upstream CA certificate (PEM): our CA becomes its intermediate.
     #[arg(long)]
     upstream_cert: Option<PathBuf>,
@@ -239,6 +251,30 @@ impl ServerSettings {
             );
         }
         let kind = s.upstream.take();
+        let nested = match (kind.as_deref(), s.upstream_server_address.take()) {
+            (Some("signet"), Some(addr)) => {
+                locate(SocketRole::Agent, s.upstream_workload_socket.take(), None)
+                    .map_err(|e| problems.push(format!("upstream_workload_socket: {e}")))
+                    .ok()
+                    .map(|socket| crate::nested::UpstreamServer::new(addr, socket))
+            }
+            (Some("signet"), None) => {
+                problems.push(
+                    "upstream \"signet\" needs upstream_server_address (the upstream server's HOST:PORT)"
+                        .into(),
+                );
+                None
+            }
+            (_, addr) => {
+                if addr.is_some() || s.upstream_workload_socket.is_some() {
+                    problems.push(
+                        "upstream_server_address and upstream_workload_socket are for upstream \"signet\""
+                            .into(),
+                    );
+                }
+                None
+            }
+        };
         let vault_wanted = kind.as_deref() == Some("vault");
         let vault = std::mem::take(&mut s.vault).resolve(vault_wanted, &mut problems);
         let upstream = match (
@@ -266,11 +302,12 @@ impl ServerSettings {
                 }
                 vault.map(Upstream::Vault)
             }
-            (Some("vault"), _, _) => {
-                problems.push(
-                    "upstream_cert and upstream_key are for upstream \"disk\", not \"vault\""
-                        .into(),
-                );
+            (Some("signet"), None, None) => {
+                nested.map(|n| Upstream::Remote(std::sync::Arc::new(n) as std::sync::Arc<_>))
+            }
+            (Some("vault" | "signet"), _, _) => {
+                problems
+                    .push("upstream_cert and upstream_key are for upstream \"disk\" only".into());
                 None
             }
             (Some("disk"), None, None) => {
@@ -283,7 +320,7 @@ impl ServerSettings {
             }
             (Some(other), _, _) => {
                 problems.push(format!(
-                    "upstream {other:?}: expected \"disk\" or \"vault\""
+                    "upstream {other:?}: expected \"disk\", \"vault\" or \"signet\""
                 ));
                 None
             }

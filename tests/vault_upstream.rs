@@ -61,24 +61,7 @@ fn verified_svid(c: &Combined, out: &Path, root_pem: &str) -> String {
         "the bundle holds OpenBao's root alone"
     );
     std::fs::write(out.join("root.pem"), root_pem).unwrap();
-    let verify = std::process::Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            "svid.pem",
-            "svid.pem",
-        ])
-        .current_dir(out)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "openssl verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    openssl_verifies(out, &out.join("root.pem"));
     let chain = signet_identity::bundle::certificates_from_pem(
         &std::fs::read(out.join("svid.pem")).unwrap(),
     )
@@ -287,7 +270,7 @@ fn vault_settings_are_checked() {
             "--upstream-key",
             "k.pem",
         ],
-        "upstream_cert and upstream_key are for upstream \"disk\"",
+        "upstream_cert and upstream_key are for upstream \"disk\" only",
     );
     check(&["--upstream", "hsm"], "upstream \"hsm\": expected");
 }

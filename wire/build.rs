@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/signet/types.proto",
         "proto/signet/node.proto",
         "proto/signet/admin.proto",
+        "proto/signet/downstream.proto",
         "proto/workload.proto",
     ];
     for p in protos {

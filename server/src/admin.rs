@@ -841,13 +841,8 @@ async fn admin_caller(
     if admin_ids.contains(&id) {
         return Ok(id);
     }
-    let filter = EntryFilter {
-        spiffe_id: Some(id.clone()),
-        ..EntryFilter::default()
-    };
     let entries = server
-        .store()
-        .list_entries(&filter)
+        .entries_named(&id)
         .await
         .map_err(|e| Status::unavailable(format!("cannot check admin entries: {e}")))?;
     if entries.iter().any(|e| e.admin) {

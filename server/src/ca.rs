@@ -146,6 +146,8 @@ pub struct JwtKey {
     encoding: EncodingKey,
     algorithm: jsonwebtoken::Algorithm,
     authority: JwtAuthority,
+    /// The public key, DER SubjectPublicKeyInfo.
+    spki: Vec<u8>,
     key_id: String,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -163,6 +165,10 @@ impl fmt::Debug for JwtKey {
 impl JwtKey {
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+    /// The public key, DER SubjectPublicKeyInfo.
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
     }
     pub fn not_after(&self) -> SystemTime {
         self.not_after
@@ -345,6 +351,15 @@ impl Ca {
     /// The active JWT signing key.
     pub fn jwt_key(&self) -> Arc<JwtKey> {
         self.state().jwt_current.clone()
+    }
+
+    /// Our own JWT keys that sign or will: the active one and the
+    /// prepared one, if any.
+    pub fn own_jwt_keys(&self) -> Vec<Arc<JwtKey>> {
+        let s = self.state();
+        std::iter::once(s.jwt_current.clone())
+            .chain(s.jwt_next.clone())
+            .collect()
     }
 
     /// Applies the rotation schedule at the clock's current time. Call it
@@ -558,6 +573,7 @@ pub(crate) fn to_offset(t: SystemTime) -> OffsetDateTime {
 }
 
 mod authority;
+mod downstream;
 mod issue;
 mod journal;
 mod operations;

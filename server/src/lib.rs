@@ -24,6 +24,7 @@ pub mod authz;
 pub mod ca;
 pub mod clock;
 pub mod datastore;
+pub mod downstream;
 pub mod federation;
 mod https;
 pub mod key_manager;
@@ -110,6 +111,27 @@ pub enum ServerError {
     Journal(String),
 }
 
+/// Adds every X.509 authority and JWT key of `from` to `into`, with their
+/// taint marks.
+fn merge_keys(into: &mut Bundle, from: &Bundle) {
+    for cert in from.x509_authorities() {
+        into.add_x509_authority(cert.clone());
+        if let Some(id) = signet_identity::x509_svid::authority_id(cert)
+            && from.is_tainted(&id)
+        {
+            into.set_tainted(&id, true);
+        }
+    }
+    for key in from.jwt_authorities() {
+        if into.jwt_authority(key.kid()).is_none() {
+            into.add_jwt_authority(key.clone());
+            if from.is_tainted(key.kid()) {
+                into.set_tainted(key.kid(), true);
+            }
+        }
+    }
+}
+
 /// Longest wait between two attempts to reach a remote upstream CA.
 const REMOTE_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -158,6 +180,11 @@ pub struct Server {
     resumed: bool,
     /// With a remote upstream CA: when to ask it again, and its last error.
     remote: std::sync::Mutex<RemoteStatus>,
+    /// A nested server's upstream's bundle, as last fetched: published
+    /// with ours.
+    upstream_bundle: std::sync::RwLock<Option<Bundle>>,
+    /// Our JWT keys the upstream holds (by kid).
+    published_jwt: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// How asking a remote upstream CA for the next authority goes.
@@ -230,6 +257,8 @@ impl Server {
                 ),
                 failing: None,
             }),
+            upstream_bundle: std::sync::RwLock::new(None),
+            published_jwt: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         });
         server.persist_ca().await?;
         Ok(server)
@@ -385,6 +414,71 @@ impl Server {
         }
     }
 
+    /// A nested server: fetches the upstream's bundle (its roots, its JWT
+    /// keys and those of every downstream) to publish with ours. A failure
+    /// keeps the last one.
+    async fn follow_upstream(&self) {
+        let Some(remote) = self.ca.remote_upstream() else {
+            return;
+        };
+        match remote.fetch_bundle().await {
+            None => {}
+            Some(Ok(bundle)) => {
+                if bundle.trust_domain() != self.trust_domain() {
+                    tracing::warn!(upstream = remote.describe(), trust_domain = %bundle.trust_domain(), "the upstream's bundle is of another trust domain; ignored");
+                    return;
+                }
+                *self
+                    .upstream_bundle
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bundle);
+            }
+            Some(Err(e)) => {
+                tracing::debug!(upstream = remote.describe(), error = %e, "cannot fetch the upstream's bundle; the last one stays");
+            }
+        }
+    }
+
+    /// A nested server: publishes our JWT keys (active and prepared) in
+    /// the upstream's bundle, each once, so JWT-SVIDs we sign verify with
+    /// the root trust domain's keys. Retried at every tick until it works.
+    async fn publish_jwt_keys_upstream(&self) {
+        let Some(remote) = self.ca.remote_upstream() else {
+            return;
+        };
+        for key in self.ca.own_jwt_keys() {
+            let done = self
+                .published_jwt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(key.kid());
+            if done {
+                continue;
+            }
+            match remote
+                .publish_jwt_key(key.kid(), key.spki(), key.not_after())
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(
+                        kid = key.kid(),
+                        upstream = remote.describe(),
+                        "JWT key published upstream"
+                    );
+                    self.published_jwt
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(key.kid().to_owned());
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(kid = key.kid(), upstream = remote.describe(), error = %e, "cannot publish a JWT key upstream; retrying");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Refuses to taint the upstream authority `id` while another server
     /// on this datastore signs under it: its agents would replace their
     /// SVIDs with ones that are tainted again, over and over.
@@ -481,6 +575,16 @@ impl Server {
                 }
             }
         }
+        // A nested server publishes its upstream's keys too (its roots,
+        // the JWT keys of every level).
+        let upstream = self
+            .upstream_bundle
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(up) = upstream {
+            merge_keys(&mut bundle, &up);
+        }
         bundle.remove_x509_authorities(|c| {
             signet_identity::x509_svid::authority_id(c).is_some_and(|id| revoked.contains(&id))
         });
@@ -499,8 +603,10 @@ impl Server {
     /// tokens, changes older than [`CHANGE_RETENTION`]. Run it every few
     /// seconds.
     pub async fn tick(&self) -> Result<(), ServerError> {
+        self.follow_upstream().await;
         let prepared = self.prepare_from_remote().await;
         let r = self.ca.rotate()?;
+        self.publish_jwt_keys_upstream().await;
         if prepared || r != crate::ca::Rotation::default() {
             self.persist_ca().await?;
         } else {
@@ -631,6 +737,16 @@ impl Server {
             .get_bundle(self.trust_domain())
             .await?
             .unwrap_or_else(|| self.ca.bundle()))
+    }
+
+    /// Every entry whose SPIFFE ID is `id` (to check the flags a caller
+    /// presenting that ID has: admin, downstream).
+    pub async fn entries_named(&self, id: &SpiffeId) -> Result<Vec<Entry>, ServerError> {
+        let filter = datastore::EntryFilter {
+            spiffe_id: Some(id.clone()),
+            ..datastore::EntryFilter::default()
+        };
+        Ok(self.store.list_entries(&filter).await?)
     }
 
     /// Validates and stores a new entry.

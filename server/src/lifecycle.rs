@@ -95,6 +95,9 @@ pub enum Upstream {
     },
     /// An OpenBao/Vault PKI secrets engine.
     Vault(crate::vault::VaultConfig),
+    /// Any other upstream reached over the network (an upstream Signet
+    /// server, for a nested one).
+    Remote(Arc<dyn crate::ca::RemoteUpstream>),
 }
 
 /// Why a server could not start, or stopped on its own.
@@ -219,6 +222,7 @@ pub async fn start(
                 VaultUpstream::new(vault, td).doing(|| format!("upstream CA {addr}"))?,
             )))
         }
+        Some(Upstream::Remote(remote)) => Some(UpstreamCa::Remote(remote)),
         None => None,
     };
     let clock = Arc::new(SystemClock);

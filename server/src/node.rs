@@ -642,6 +642,7 @@ pub async fn serve_node(
         false,
     )
     .await?;
+    let server_for_downstream = server.clone();
     let service = NodeServer::new(NodeService::new(server, attestors))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -649,6 +650,9 @@ pub async fn serve_node(
         .layer(crate::telemetry::ApiMetricsLayer::new("node"))
         .layer(tower::util::MapRequestLayer::new(limit_attest_body))
         .add_service(service)
+        .add_service(crate::downstream::DownstreamServer::new(
+            crate::downstream::DownstreamService::new(server_for_downstream),
+        ))
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     accept.finish().await;

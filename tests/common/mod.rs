@@ -127,6 +127,12 @@ impl Combined {
     }
 
     pub fn start(dir: &Path, extra: &[&str]) -> Combined {
+        Self::start_bound(dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`Combined::start`] with its server-agent API on `bind` (to come
+    /// back on the same port after a restart).
+    pub fn start_bound(dir: &Path, bind: &str, extra: &[&str]) -> Combined {
         let admin = dir.join("admin.sock").display().to_string();
         let agent = dir.join("agent.sock").display().to_string();
         let mut cmd = signet();
@@ -138,7 +144,7 @@ impl Combined {
                 "--agent-socket",
                 &agent,
                 "--bind-address",
-                "127.0.0.1:0",
+                bind,
             ])
             .args(extra);
         let mut proc = Proc::spawn("signet-run", cmd, dir);
@@ -332,4 +338,23 @@ pub fn start_sidecar(
         (curl(&format!("http://127.0.0.1:{admin}/ready")).0 == 200).then_some(())
     });
     (p, port)
+}
+
+/// `openssl verify` of the SVID chain `svid.pem` in `dir` (its
+/// intermediates taken from the same file) against `ca_file` alone.
+pub fn openssl_verifies(dir: &Path, ca_file: &Path) {
+    let verify = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca_file)
+        .args(["-untrusted", "svid.pem", "svid.pem"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }

@@ -42,6 +42,11 @@ pub mod node {
 }
 
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod downstream {
+    tonic::include_proto!("signet.downstream");
+}
+
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod admin {
     tonic::include_proto!("signet.admin");
 }

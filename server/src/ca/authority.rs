@@ -151,6 +151,7 @@ pub(super) fn jwt_key_from(
         encoding,
         algorithm: kt.jwt_algorithm(),
         authority,
+        spki: spki.to_vec(),
         key_id,
         not_before,
         not_after,

@@ -17,6 +17,19 @@ use super::{
     BACKDATE, Ca, CaError, ORGANIZATION, SvidOptions, random_serial, to_offset, unix_secs,
 };
 
+/// The public key (DER SubjectPublicKeyInfo) of a DER PKCS#10 request
+/// whose self-signature verifies.
+pub(super) fn csr_key(csr_der: &[u8]) -> Result<&[u8], CaError> {
+    let csr = match X509CertificationRequest::from_der(csr_der) {
+        Ok((&[], csr)) => csr,
+        Ok(_) => return Err(CaError::Csr("trailing bytes after the request".into())),
+        Err(e) => return Err(CaError::Csr(e.to_string())),
+    };
+    csr.verify_signature()
+        .map_err(|e| CaError::Csr(format!("signature does not verify: {e}")))?;
+    Ok(csr.certification_request_info.subject_pki.raw)
+}
+
 impl Ca {
     /// Issues an X509-SVID for `id` over a public key (DER
     /// SubjectPublicKeyInfo) whose holder is already authenticated. Returns
@@ -41,14 +54,7 @@ impl Ca {
         id: &SpiffeId,
         opts: &SvidOptions,
     ) -> Result<Vec<CertificateDer<'static>>, CaError> {
-        let csr = match X509CertificationRequest::from_der(csr_der) {
-            Ok((&[], csr)) => csr,
-            Ok(_) => return Err(CaError::Csr("trailing bytes after the request".into())),
-            Err(e) => return Err(CaError::Csr(e.to_string())),
-        };
-        csr.verify_signature()
-            .map_err(|e| CaError::Csr(format!("signature does not verify: {e}")))?;
-        self.sign_x509_svid(csr.certification_request_info.subject_pki.raw, id, opts)
+        self.sign_x509_svid(csr_key(csr_der)?, id, opts)
     }
 
     fn sign_leaf(

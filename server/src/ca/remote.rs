@@ -21,6 +21,22 @@ pub trait RemoteUpstream: Send + Sync + fmt::Debug {
     async fn mint_x509_ca(&self, csr_pem: &str, ttl: Duration) -> Result<MintedCa, String>;
     /// Where it is, for logs and errors.
     fn describe(&self) -> String;
+    /// The upstream's own trust bundle, when it has one for us to follow
+    /// (a nested server's upstream): its authorities and JWT keys are
+    /// published with ours. `None`: nothing to follow.
+    async fn fetch_bundle(&self) -> Option<Result<signet_identity::Bundle, String>> {
+        None
+    }
+    /// Publishes one of our JWT keys (`spki`: DER SubjectPublicKeyInfo) in
+    /// the upstream's bundle; false when this upstream takes none.
+    async fn publish_jwt_key(
+        &self,
+        _kid: &str,
+        _spki: &[u8],
+        _not_after: SystemTime,
+    ) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// What an upstream returned for our CSR.
