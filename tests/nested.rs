@@ -72,6 +72,65 @@ fn verified(agent: &str, out: &Path, root_bundle: &Path) -> (String, String, Str
     )
 }
 
+/// Every downstream call, made with the X509-SVID written in `svid_dir`
+/// (`api fetch x509 --write`), is refused with PermissionDenied: a
+/// workload without the flag can neither get a CA nor slip a JWT key into
+/// the root's bundle nor read it this way.
+fn refused_as(root_addr: &str, svid_dir: &Path) {
+    use rcgen::PublicKeyData;
+    use signet_wire::downstream::downstream_client::DownstreamClient;
+    use signet_wire::downstream::{FetchBundleRequest, MintX509CaRequest, PublishJwtKeyRequest};
+    let read = |name: &str| std::fs::read(svid_dir.join(name)).unwrap();
+    let svid =
+        signet_identity::X509Svid::from_pem(&read("svid.pem"), &read("svid_key.pem")).unwrap();
+    let td = signet_identity::TrustDomain::parse("example.org").unwrap();
+    let mut bundles = signet_identity::BundleSet::new();
+    bundles.insert(signet_identity::Bundle::from_x509_pem(td, &read("bundle.pem")).unwrap());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let addr = root_addr.parse().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = signet_agent::node_client::server_channel(addr, bundles, &svid)
+            .await
+            .unwrap();
+        let mut client = DownstreamClient::new(channel);
+        let denied = |r: Result<_, tonic::Status>, call: &str| {
+            let e = r.err().unwrap_or_else(|| panic!("{call} was allowed"));
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{call}: {e:?}");
+            assert!(e.message().contains("downstream flag"), "{call}: {e:?}");
+        };
+        denied(
+            client
+                .mint_x509_ca(MintX509CaRequest {
+                    csr,
+                    ttl_seconds: 3600,
+                })
+                .await
+                .map(|_| ()),
+            "MintX509Ca",
+        );
+        denied(
+            client
+                .publish_jwt_key(PublishJwtKeyRequest {
+                    kid: "forged".into(),
+                    public_key: key.subject_public_key_info(),
+                    expires_at: i64::MAX,
+                })
+                .await
+                .map(|_| ()),
+            "PublishJwtKey",
+        );
+        denied(
+            client.fetch_bundle(FetchBundleRequest {}).await.map(|_| ()),
+            "FetchBundle",
+        );
+    });
+}
+
 fn start_agent(dir: &Path, addr: &str, token: &str) -> Proc {
     let sock = dir.join("dc2-agent.sock").display().to_string();
     let mut cmd = signet();
@@ -111,6 +170,10 @@ fn a_nested_server_chains_to_the_root_and_outlives_its_outages() {
         "json",
     ]));
     root.x509_json("the downstream's SVID");
+    let plain = dir.path().join("plain-svid");
+    std::fs::create_dir(&plain).unwrap();
+    root.api(&["fetch", "x509", "--write", plain.to_str().unwrap()]);
+    refused_as(&root_addr, &plain);
     let dc2 = dir.path().join("dc2");
     std::fs::create_dir(&dc2).unwrap();
     let args = downstream_args(&root_addr, &root.agent);
@@ -244,6 +307,21 @@ fn a_nested_server_chains_to_the_root_and_outlives_its_outages() {
     assert_ne!(later_int, first_int);
     let (_, body) = curl(&format!("http://{health}/ready"));
     assert!(!body.contains("fails since"), "{body}");
+
+    // The flag cleared: the next intermediate is refused at once.
+    ok(&[
+        "entry",
+        "update",
+        "--id",
+        entry["id"].as_str().unwrap(),
+        "--downstream=false",
+        "--admin-socket",
+        &root.admin,
+    ]);
+    fails_saying(
+        &["authority", "x509", "prepare", "--admin-socket", &ds_admin],
+        "may not act as a downstream server",
+    );
     drop(root);
     ds.signal_and_wait("TERM");
 }

@@ -1110,3 +1110,78 @@ async fn a_remote_answer_that_is_not_a_ca_for_our_key_under_its_root_is_refused(
     .to_string();
     assert!(err.contains("connection refused"), "{err}");
 }
+
+#[test]
+fn a_downstream_ca_is_an_intermediate_that_never_outlives_its_signer() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let csr = params.serialize_request(&key).unwrap();
+
+    // Asked for a week: capped at our CA TTL and our authority's end.
+    let (cert, chain) = ca.sign_downstream_ca(csr.der(), HOUR * 24 * 7).unwrap();
+    assert!(chain.is_empty(), "our self-signed authority is a root");
+    let parsed = parse(&cert);
+    assert!(parsed.is_ca());
+    assert_eq!(
+        parsed.public_key().raw,
+        key.subject_public_key_info().as_slice()
+    );
+    assert!(
+        parsed
+            .verify_signature(Some(parse(ca.x509_authority().cert()).public_key()))
+            .is_ok()
+    );
+    assert_eq!(
+        parsed.validity().not_after.timestamp(),
+        parse(ca.x509_authority().cert())
+            .validity()
+            .not_after
+            .timestamp()
+    );
+    // Short: as asked.
+    let (short, _) = ca.sign_downstream_ca(csr.der(), HOUR).unwrap();
+    assert_eq!(
+        parse(&short).validity().not_after.timestamp(),
+        unix_secs(start() + HOUR)
+    );
+
+    // A request whose signature does not verify is refused.
+    let mut bad = csr.der().to_vec();
+    let at = bad.len() - 40;
+    bad[at] ^= 1;
+    let err = ca.sign_downstream_ca(&bad, HOUR).unwrap_err().to_string();
+    assert!(err.contains("request"), "{err}");
+}
+
+#[test]
+fn downstream_jwt_keys_join_the_bundle_until_they_expire() {
+    let clock = ManualClock::new(start());
+    let ca = ca(&clock);
+    let spki = KeyPair::generate().unwrap().subject_public_key_info();
+    let key = JwtAuthority::from_spki("downstream-key", &spki).unwrap();
+    let ours = ca.jwt_key().kid().to_owned();
+    let seq = ca.bundle().sequence();
+    assert!(
+        ca.add_downstream_jwt_key(key.clone(), start() + HOUR)
+            .unwrap()
+    );
+    assert!(ca.bundle().jwt_authority("downstream-key").is_some());
+    assert!(ca.bundle().sequence() > seq);
+    // Once only; and never over a kid the bundle holds (ours included).
+    assert!(!ca.add_downstream_jwt_key(key, start() + HOUR).unwrap());
+    let impostor = JwtAuthority::from_spki(&ours, &spki).unwrap();
+    assert!(!ca.add_downstream_jwt_key(impostor, start() + HOUR).unwrap());
+    assert_ne!(
+        ca.bundle().jwt_authority(&ours).unwrap().jwk(),
+        JwtAuthority::from_spki(&ours, &spki).unwrap().jwk()
+    );
+    // An expired key is refused; a published one leaves at its expiry.
+    let old = JwtAuthority::from_spki("old", &spki).unwrap();
+    assert!(ca.add_downstream_jwt_key(old, start()).is_err());
+    clock.advance(HOUR * 2);
+    ca.rotate().unwrap();
+    assert!(ca.bundle().jwt_authority("downstream-key").is_none());
+}
