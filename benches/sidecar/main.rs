@@ -20,7 +20,9 @@
 //! descriptors), SIGNET_BENCH_BULK_MIB (default 1024), SIGNET_BENCH_ONLY
 //! (`idle`: idle memory only; `bulk`: idle memory and bulk only; `conns`:
 //! idle memory and the open-connections measure only; `ext_authz`: Envoy
-//! with ext_authz by `signet authz` against Envoy alone, nothing else),
+//! with ext_authz by `signet authz` against Envoy alone, nothing else;
+//! `breakdown`: each proxy's CPU time, system calls and context switches
+//! per keep-alive request, and where the CPU goes, by `perf`),
 //! SIGNET_BENCH_HOLD (seconds to keep the processes up after `idle`, to
 //! look at them), SIGNET_BENCH_FLEET (how many inbound proxies of each kind
 //! run at once for the shared-memory measure, default 10).
@@ -32,6 +34,8 @@
 //! again with SIGNET_BENCH_FLEET inbound proxies of each kind running.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod breakdown;
 
 use signet_testkit::envoy::{self, Envoy, bootstrap};
 use signet_testkit::http::get as http_get;
@@ -202,6 +206,97 @@ async fn rps(port: u16, conns: usize, secs: u64) -> f64 {
         t.await.unwrap();
     }
     n as f64 / elapsed
+}
+
+/// `SIGNET_BENCH_ONLY=breakdown`: for each contender, its two proxies'
+/// CPU time, system calls and context switches per keep-alive request
+/// (`perf stat`), then where that CPU time goes (`perf record`, by bucket).
+fn run_breakdown(rt: &tokio::runtime::Runtime, paths: &[Path3], secs: u64, dir: &Path) {
+    let sides = ["inbound", "outbound"];
+    let mut labels = Vec::new();
+    let mut rates = Vec::new();
+    let mut counts = Vec::new();
+    let mut shares = Vec::new();
+    for p in paths {
+        let files: Vec<PathBuf> = sides
+            .iter()
+            .map(|side| dir.join(format!("{}-{side}.stat", p.name)))
+            .collect();
+        let before: Vec<(f64, f64)> = p.pids.iter().map(|pid| breakdown::user_sys(*pid)).collect();
+        let mut perf: Vec<_> = p
+            .pids
+            .iter()
+            .zip(&files)
+            .map(|(pid, f)| breakdown::start_stat(*pid, secs, f))
+            .collect();
+        let rate = rt.block_on(rps(p.http, 16, secs));
+        for c in &mut perf {
+            c.wait().unwrap();
+        }
+        for (i, side) in sides.iter().enumerate() {
+            let (u1, s1) = breakdown::user_sys(p.pids[i]);
+            let (u0, s0) = before[i];
+            labels.push(format!("{} {side}", p.name));
+            rates.push(rate);
+            counts.push(breakdown::counts(
+                &files[i],
+                u1 - u0,
+                s1 - s0,
+                rate * secs as f64,
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let files: Vec<PathBuf> = sides
+            .iter()
+            .map(|side| dir.join(format!("{}-{side}.perf", p.name)))
+            .collect();
+        let mut perf: Vec<_> = p
+            .pids
+            .iter()
+            .zip(&files)
+            .map(|(pid, f)| breakdown::start_record(*pid, secs, f))
+            .collect();
+        rt.block_on(rps(p.http, 16, secs));
+        for c in &mut perf {
+            c.wait().unwrap();
+        }
+        for f in &files {
+            shares.push(breakdown::buckets(f));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!(
+        "## Keep-alive 1 KiB requests: cost per request in each proxy (16 connections, {secs} s; TCP proxying with per-connection authz)\n"
+    );
+    println!("| Per request | {} |", labels.join(" | "));
+    println!("|---|{}", "---|".repeat(labels.len()));
+    let row = |name: &str, f: &dyn Fn(usize) -> String| {
+        let cells: Vec<String> = (0..labels.len()).map(f).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    row("requests/s (the pair)", &|i| format!("{:.0}", rates[i]));
+    row("CPU µs, user + system", &|i| {
+        format!(
+            "{:.1} + {:.1} = **{:.1}**",
+            counts[i].cpu_user_us,
+            counts[i].cpu_sys_us,
+            counts[i].cpu_user_us + counts[i].cpu_sys_us
+        )
+    });
+    row("system calls", &|i| format!("{:.1}", counts[i].syscalls));
+    row("context switches", &|i| {
+        format!("{:.2}", counts[i].context_switches)
+    });
+    println!("\nWhere the CPU time goes, µs per request (share of samples):\n");
+    println!("| Bucket | {} |", labels.join(" | "));
+    println!("|---|{}", "---|".repeat(labels.len()));
+    for bucket in breakdown::bucket_names() {
+        row(bucket, &|i| {
+            let pct = shares[i].get(bucket).copied().unwrap_or(0.0);
+            let total = counts[i].cpu_user_us + counts[i].cpu_sys_us;
+            format!("{:.1} ({pct:.0} %)", total * pct / 100.0)
+        });
+    }
 }
 
 /// p50/p99 of sequential requests on one keep-alive connection, in ms.
@@ -661,6 +756,10 @@ fn main() {
         },
     ];
 
+    if only == "breakdown" {
+        run_breakdown(&rt, &paths[1..], secs, dir);
+        return;
+    }
     println!(
         "## Sidecar vs Envoy (2 cores, {secs} s per measure, TLS 1.3 AES-128-GCM, ECDSA P-256 SVIDs)\n"
     );
