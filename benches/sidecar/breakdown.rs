@@ -1,9 +1,10 @@
-//! `SIGNET_BENCH_ONLY=breakdown`: where a keep-alive 1 KiB request's cost
-//! goes in each proxy. Two passes per contender under the same load (16
-//! keep-alive connections): one with `perf stat` counting each proxy's
-//! CPU time, system calls and context switches (divided by the requests
-//! served), one with `perf record` sampling where the CPU time goes,
-//! summed into buckets by symbol and library. Needs `perf`.
+//! `SIGNET_BENCH_ONLY=breakdown`: where the cost of a keep-alive 1 KiB
+//! request, and of a new mTLS connection, goes in each proxy. Two passes
+//! per contender under the same load: one with `perf stat` counting each
+//! proxy's system calls and context switches and `/proc` its CPU time
+//! (divided by the units served), one with `perf record` sampling where
+//! the CPU time goes, summed into buckets by symbol and library. Needs
+//! `perf`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +18,10 @@ const BUCKETS: &[(&str, &[&str])] = &[
             "aes", "gcm", "ghash", "gfmul", "sha", "chacha", "poly1305", "aws_lc", "bssl", "ecp_",
             "p256",
         ],
+    ),
+    (
+        "authorization (policy)",
+        &["regorus", "signet_policy", "rbac", "RBAC"],
     ),
     (
         "TLS records and state",

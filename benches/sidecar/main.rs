@@ -209,94 +209,120 @@ async fn rps(port: u16, conns: usize, secs: u64) -> f64 {
 }
 
 /// `SIGNET_BENCH_ONLY=breakdown`: for each contender, its two proxies'
-/// CPU time, system calls and context switches per keep-alive request
-/// (`perf stat`), then where that CPU time goes (`perf record`, by bucket).
+/// CPU time, system calls and context switches per keep-alive request and
+/// per new mTLS connection (`perf stat`), then where that CPU time goes
+/// (`perf record`, by bucket).
 fn run_breakdown(rt: &tokio::runtime::Runtime, paths: &[Path3], secs: u64, dir: &Path) {
-    let sides = ["inbound", "outbound"];
-    let mut labels = Vec::new();
-    let mut rates = Vec::new();
-    let mut counts = Vec::new();
-    let mut shares = Vec::new();
-    for p in paths {
-        let files: Vec<PathBuf> = sides
-            .iter()
-            .map(|side| dir.join(format!("{}-{side}.stat", p.name)))
-            .collect();
-        let before: Vec<(f64, f64)> = p.pids.iter().map(|pid| breakdown::user_sys(*pid)).collect();
-        let mut perf: Vec<_> = p
-            .pids
-            .iter()
-            .zip(&files)
-            .map(|(pid, f)| breakdown::start_stat(*pid, secs, f))
-            .collect();
-        let rate = rt.block_on(rps(p.http, 16, secs));
-        for c in &mut perf {
-            c.wait().unwrap();
+    let keep_alive = |p: &Path3| rt.block_on(rps(p.http, 16, secs));
+    let connections = |p: &Path3| rt.block_on(new_conns(p.echo, 32, secs)).0;
+    for (what, load) in [
+        (
+            "Keep-alive 1 KiB requests: cost per request in each proxy (16 connections",
+            &keep_alive as &dyn Fn(&Path3) -> f64,
+        ),
+        (
+            "New mTLS connections, one echoed byte each, per-connection authz: cost per connection in each proxy (32 workers",
+            &connections,
+        ),
+    ] {
+        let mut labels = Vec::new();
+        let mut rates = Vec::new();
+        let mut counts = Vec::new();
+        let mut shares = Vec::new();
+        for p in paths {
+            let (rate, c, b) = profile_pass(p, secs, dir, || load(p));
+            for (side, (c, b)) in ["inbound", "outbound"].iter().zip(c.into_iter().zip(b)) {
+                labels.push(format!("{} {side}", p.name));
+                rates.push(rate);
+                counts.push(c);
+                shares.push(b);
+            }
         }
-        for (i, side) in sides.iter().enumerate() {
-            let (u1, s1) = breakdown::user_sys(p.pids[i]);
-            let (u0, s0) = before[i];
-            labels.push(format!("{} {side}", p.name));
-            rates.push(rate);
-            counts.push(breakdown::counts(
-                &files[i],
-                u1 - u0,
-                s1 - s0,
-                rate * secs as f64,
-            ));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        let files: Vec<PathBuf> = sides
-            .iter()
-            .map(|side| dir.join(format!("{}-{side}.perf", p.name)))
-            .collect();
-        let mut perf: Vec<_> = p
-            .pids
-            .iter()
-            .zip(&files)
-            .map(|(pid, f)| breakdown::start_record(*pid, secs, f))
-            .collect();
-        rt.block_on(rps(p.http, 16, secs));
-        for c in &mut perf {
-            c.wait().unwrap();
-        }
-        for f in &files {
-            shares.push(breakdown::buckets(f));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    println!(
-        "## Keep-alive 1 KiB requests: cost per request in each proxy (16 connections, {secs} s; TCP proxying with per-connection authz)\n"
-    );
-    println!("| Per request | {} |", labels.join(" | "));
-    println!("|---|{}", "---|".repeat(labels.len()));
-    let row = |name: &str, f: &dyn Fn(usize) -> String| {
-        let cells: Vec<String> = (0..labels.len()).map(f).collect();
-        println!("| {name} | {} |", cells.join(" | "));
-    };
-    row("requests/s (the pair)", &|i| format!("{:.0}", rates[i]));
-    row("CPU µs, user + system", &|i| {
-        format!(
-            "{:.1} + {:.1} = **{:.1}**",
-            counts[i].cpu_user_us,
-            counts[i].cpu_sys_us,
-            counts[i].cpu_user_us + counts[i].cpu_sys_us
-        )
-    });
-    row("system calls", &|i| format!("{:.1}", counts[i].syscalls));
-    row("context switches", &|i| {
-        format!("{:.2}", counts[i].context_switches)
-    });
-    println!("\nWhere the CPU time goes, µs per request (share of samples):\n");
-    println!("| Bucket | {} |", labels.join(" | "));
-    println!("|---|{}", "---|".repeat(labels.len()));
-    for bucket in breakdown::bucket_names() {
-        row(bucket, &|i| {
-            let pct = shares[i].get(bucket).copied().unwrap_or(0.0);
-            let total = counts[i].cpu_user_us + counts[i].cpu_sys_us;
-            format!("{:.1} ({pct:.0} %)", total * pct / 100.0)
+        println!("## {what}, {secs} s)\n");
+        println!("| Per unit | {} |", labels.join(" | "));
+        println!("|---|{}", "---|".repeat(labels.len()));
+        let row = |name: &str, f: &dyn Fn(usize) -> String| {
+            let cells: Vec<String> = (0..labels.len()).map(f).collect();
+            println!("| {name} | {} |", cells.join(" | "));
+        };
+        row("per second (the pair)", &|i| format!("{:.0}", rates[i]));
+        row("CPU µs, user + system", &|i| {
+            format!(
+                "{:.1} + {:.1} = **{:.1}**",
+                counts[i].cpu_user_us,
+                counts[i].cpu_sys_us,
+                counts[i].cpu_user_us + counts[i].cpu_sys_us
+            )
         });
+        row("system calls", &|i| format!("{:.1}", counts[i].syscalls));
+        row("context switches", &|i| {
+            format!("{:.2}", counts[i].context_switches)
+        });
+        println!("\nWhere the CPU time goes, µs per unit (share of samples):\n");
+        println!("| Bucket | {} |", labels.join(" | "));
+        println!("|---|{}", "---|".repeat(labels.len()));
+        for bucket in breakdown::bucket_names() {
+            row(bucket, &|i| {
+                let pct = shares[i].get(bucket).copied().unwrap_or(0.0);
+                let total = counts[i].cpu_user_us + counts[i].cpu_sys_us;
+                format!("{:.1} ({pct:.0} %)", total * pct / 100.0)
+            });
+        }
+        println!();
     }
+}
+
+/// Runs `load` (returning units per second over `secs`) twice on the
+/// proxies of `p`: under `perf stat` for the counts per unit of each
+/// proxy, then under `perf record` for where their CPU goes.
+fn profile_pass(
+    p: &Path3,
+    secs: u64,
+    dir: &Path,
+    load: impl Fn() -> f64,
+) -> (
+    f64,
+    Vec<breakdown::Counts>,
+    Vec<std::collections::BTreeMap<&'static str, f64>>,
+) {
+    let file = |i: usize, ext: &str| dir.join(format!("{}-{i}.{ext}", p.name));
+    let before: Vec<(f64, f64)> = p.pids.iter().map(|pid| breakdown::user_sys(*pid)).collect();
+    let mut perf: Vec<_> = p
+        .pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| breakdown::start_stat(*pid, secs, &file(i, "stat")))
+        .collect();
+    let rate = load();
+    for c in &mut perf {
+        c.wait().unwrap();
+    }
+    let counts = p
+        .pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| {
+            let (u1, s1) = breakdown::user_sys(*pid);
+            let (u0, s0) = before[i];
+            breakdown::counts(&file(i, "stat"), u1 - u0, s1 - s0, rate * secs as f64)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut perf: Vec<_> = p
+        .pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| breakdown::start_record(*pid, secs, &file(i, "perf")))
+        .collect();
+    load();
+    for c in &mut perf {
+        c.wait().unwrap();
+    }
+    let shares = (0..p.pids.len())
+        .map(|i| breakdown::buckets(&file(i, "perf")))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    (rate, counts, shares)
 }
 
 /// p50/p99 of sequential requests on one keep-alive connection, in ms.

@@ -337,6 +337,7 @@ impl Server {
     ) -> Result<ca::AuthorityInfo, ServerError> {
         if kind == ca::AuthorityKind::X509 && self.ca.remote_upstream().is_some() {
             let minted = self.ca.mint_remote().await?;
+            self.remote_answered();
             return self
                 .change_authorities(|ca| {
                     ca.install_remote(minted, true)?;
@@ -345,6 +346,25 @@ impl Server {
                 .await;
         }
         self.change_authorities(|ca| ca.prepare(kind)).await
+    }
+
+    /// The remote upstream CA signed: attempts start again from the
+    /// shortest backoff, and a failure it was in is over.
+    fn remote_answered(&self) {
+        let mut status = self
+            .remote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        status.backoff.reset();
+        status.retry_at = std::time::Instant::now();
+        if let Some((since, _)) = status.failing.take() {
+            tracing::info!(
+                failing_since = %humantime::format_rfc3339_seconds(since),
+                "the upstream CA answers again"
+            );
+        }
+        metrics::counter!("signet_server_upstream_mints_total", "result" => "ok").increment(1);
+        metrics::gauge!("signet_server_upstream_up").set(1.0);
     }
 
     /// With a remote upstream CA: `None` while it answers (or there is
@@ -378,40 +398,29 @@ impl Server {
             Ok(minted) => self.ca.install_remote(minted, false),
             Err(e) => Err(e),
         };
-        let mut status = lock();
-        match result {
+        let e = match result {
             Ok(installed) => {
-                status.backoff.reset();
-                if let Some((since, _)) = status.failing.take() {
-                    tracing::info!(
-                        failing_since = %humantime::format_rfc3339_seconds(since),
-                        "the upstream CA answers again"
-                    );
-                }
-                metrics::counter!("signet_server_upstream_mints_total", "result" => "ok")
-                    .increment(1);
-                metrics::gauge!("signet_server_upstream_up").set(1.0);
-                installed
+                self.remote_answered();
+                return installed;
             }
-            Err(e) => {
-                let delay = status.backoff.next_delay();
-                status.retry_at = std::time::Instant::now() + delay;
-                let since = status.failing.as_ref().map_or(self.now(), |f| f.0);
-                status.failing = Some((since, e.to_string()));
-                let active_until = self.ca.x509_authority().not_after();
-                tracing::warn!(
-                    error = %e,
-                    retry_in = ?delay,
-                    failing_since = %humantime::format_rfc3339_seconds(since),
-                    active_authority_expires = %humantime::format_rfc3339_seconds(active_until),
-                    "cannot get the next X.509 authority from the upstream CA; the active one signs until it expires"
-                );
-                metrics::counter!("signet_server_upstream_mints_total", "result" => "error")
-                    .increment(1);
-                metrics::gauge!("signet_server_upstream_up").set(0.0);
-                false
-            }
-        }
+            Err(e) => e,
+        };
+        let mut status = lock();
+        let delay = status.backoff.next_delay();
+        status.retry_at = std::time::Instant::now() + delay;
+        let since = status.failing.as_ref().map_or(self.now(), |f| f.0);
+        status.failing = Some((since, e.to_string()));
+        let active_until = self.ca.x509_authority().not_after();
+        tracing::warn!(
+            error = %e,
+            retry_in = ?delay,
+            failing_since = %humantime::format_rfc3339_seconds(since),
+            active_authority_expires = %humantime::format_rfc3339_seconds(active_until),
+            "cannot get the next X.509 authority from the upstream CA; the active one signs until it expires"
+        );
+        metrics::counter!("signet_server_upstream_mints_total", "result" => "error").increment(1);
+        metrics::gauge!("signet_server_upstream_up").set(0.0);
+        false
     }
 
     /// A nested server: fetches the upstream's bundle (its roots, its JWT
