@@ -513,10 +513,19 @@ fn signing_upstream(s: &mut CaState) -> Result<Option<Arc<UpstreamAuthority>>, C
         }
         .into());
     }
-    for root in &up.roots {
+    add_upstream_roots(s, &up.roots);
+    Ok(Some(up))
+}
+
+/// Puts an upstream's `roots` in the bundle, but never one an operator
+/// revoked.
+pub(super) fn add_upstream_roots(
+    s: &mut CaState,
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+) {
+    for root in roots {
         if authority_id(root).is_none_or(|id| !s.revoked.contains(&id)) {
             s.bundle.add_x509_authority(root.clone());
         }
     }
-    Ok(Some(up))
 }

@@ -57,12 +57,6 @@ pub struct RemoteAuthority {
     pub(super) roots: Vec<CertificateDer<'static>>,
 }
 
-impl RemoteAuthority {
-    pub fn not_after(&self) -> SystemTime {
-        self.authority.not_after
-    }
-}
-
 impl Ca {
     /// The remote upstream, if this CA has one.
     pub fn remote_upstream(&self) -> Option<&Arc<dyn RemoteUpstream>> {
@@ -161,11 +155,7 @@ impl Ca {
         if let Some(old) = s.x509_next.take() {
             retired = Some(old.key_id.clone());
         }
-        for root in &minted.roots {
-            if authority_id(root).is_none_or(|id| !s.revoked.contains(&id)) {
-                s.bundle.add_x509_authority(root.clone());
-            }
-        }
+        super::operations::add_upstream_roots(&mut s, &minted.roots);
         s.x509_next = Some(Arc::new(minted.authority));
         s.bundle.set_sequence(guard.bundle.sequence() + 1);
         tracing::info!(
