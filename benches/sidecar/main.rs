@@ -27,6 +27,13 @@
 //! look at them), SIGNET_BENCH_FLEET (how many inbound proxies of each kind
 //! run at once for the shared-memory measure, default 10).
 //!
+//! Beside the two contenders runs a floor: the same two hops through bare
+//! plaintext TCP relays (`--serve-relay`: one thread, no TLS, no
+//! authorization), what any user-space proxy pair costs on this machine
+//! before doing any work of its own; `SIGNET_BENCH_RELAY=io_uring` runs that
+//! pair on io_uring instead of epoll. Its requests/s and connections/s bound
+//! what a lead over Envoy can be here.
+//!
 //! Memory is reported as a cgroup counts it: private (anonymous) memory,
 //! which each process pays alone, and PSS, which splits the pages of the
 //! one binary among the processes that map it; RSS counts shared pages once
@@ -36,6 +43,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod breakdown;
+mod uring_relay;
 
 use signet_testkit::envoy::{self, Envoy, bootstrap};
 use signet_testkit::http::get as http_get;
@@ -182,30 +190,47 @@ async fn one_request(send: &mut hyper::client::conn::http1::SendRequest<Empty<By
     assert_eq!(body.len(), 1024);
 }
 
-/// Requests/s over `conns` keep-alive connections for `secs`.
-async fn rps(port: u16, conns: usize, secs: u64) -> f64 {
+/// What a keep-alive load measured: requests/s, and the p50 / p99 latency
+/// of its requests (ms), i.e. latency under that load.
+struct Load {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// Requests/s over `conns` keep-alive connections for `secs`, with every
+/// request's latency.
+async fn rps(port: u16, conns: usize, secs: u64) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (stop, count) = (stop.clone(), count.clone());
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut send = http_conn(port).await;
+            let mut times = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
                 one_request(&mut send).await;
-                count.fetch_add(1, Ordering::Relaxed);
+                times.push(t.elapsed());
             }
+            times
         }));
     }
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
-    let n = count.load(Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let mut times = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        times.extend(t.await.unwrap());
     }
-    n as f64 / elapsed
+    times.sort();
+    let ms = |q: usize| times.get(q).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    Load {
+        rate: times.len() as f64 / elapsed,
+        p50: ms(times.len() / 2),
+        p99: ms(times.len() * 99 / 100),
+    }
 }
 
 /// `SIGNET_BENCH_ONLY=breakdown`: for each contender, its two proxies'
@@ -213,7 +238,7 @@ async fn rps(port: u16, conns: usize, secs: u64) -> f64 {
 /// per new mTLS connection (`perf stat`), then where that CPU time goes
 /// (`perf record`, by bucket).
 fn run_breakdown(rt: &tokio::runtime::Runtime, paths: &[Path3], secs: u64, dir: &Path) {
-    let keep_alive = |p: &Path3| rt.block_on(rps(p.http, 16, secs));
+    let keep_alive = |p: &Path3| rt.block_on(rps(p.http, 16, secs)).rate;
     let connections = |p: &Path3| rt.block_on(new_conns(p.echo, 32, secs)).0;
     for (what, load) in [
         (
@@ -448,7 +473,7 @@ async fn ext_authz_vs_none(dir: &Path, bin: &Path, envoy_bin: &Path, backend: u1
     println!("Envoy (one worker) + ext_authz by signet authz, against the same Envoy alone:");
     for (name, port) in [("alone", none_port), ("+ ext_authz", with_port)] {
         let cpu = cpu_secs(authz.pid());
-        let rate = rps(port, 16, secs).await;
+        let rate = rps(port, 16, secs).await.rate;
         let authz_cpu = (cpu_secs(authz.pid()) - cpu) / secs as f64;
         let (p50, p99) = latency(port, 2000).await;
         println!(
@@ -458,6 +483,62 @@ async fn ext_authz_vs_none(dir: &Path, bin: &Path, envoy_bin: &Path, backend: u1
             authz_cpu * 100.0
         );
     }
+}
+
+/// Argument that makes this binary a plaintext TCP relay (`--serve-relay
+/// ECHO_PORT HTTP_PORT`): the floor contender. No TLS, no authorization,
+/// one thread, tokio's `copy_bidirectional`: what any user-space proxy hop
+/// costs on this machine before it does any work of its own.
+const SERVE_RELAY: &str = "--serve-relay";
+
+/// The floor path's name in the tables.
+const FLOOR: &str = "bare relay";
+
+fn serve_relay(echo_to: u16, http_to: u16) {
+    if std::env::var("SIGNET_BENCH_RELAY").as_deref() == Ok("io_uring") {
+        return uring_relay::serve(&[("echo", echo_to), ("http", http_to)]);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bind = |name: &'static str| async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!("{name} {}", l.local_addr().unwrap());
+            l
+        };
+        let (e, h) = (bind("echo").await, bind("http").await);
+        tokio::join!(relay_to(e, echo_to), relay_to(h, http_to));
+    });
+}
+
+/// Relays every connection `listener` accepts to `to`, forever.
+async fn relay_to(listener: TcpListener, to: u16) {
+    loop {
+        let Ok((mut a, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(mut b) = TcpStream::connect(("127.0.0.1", to)).await else {
+                return;
+            };
+            let _ = a.set_nodelay(true);
+            let _ = b.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        });
+    }
+}
+
+/// Starts a floor relay in front of `echo` and `http`; returns it and its
+/// (echo, http) ports.
+fn start_relay(name: &str, echo: u16, http: u16, dir: &Path) -> (Proc, u16, u16) {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([SERVE_RELAY, &echo.to_string(), &http.to_string()]);
+    let mut p = Proc::spawn(name, c, dir);
+    let e = p.reported_addr("echo ").port();
+    let h = p.reported_addr("http ").port();
+    (p, e, h)
 }
 
 fn serve_backends() {
@@ -475,15 +556,28 @@ fn serve_backends() {
     });
 }
 
+fn raise_nofile() {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == SERVE_RELAY) {
+        let port = |i: usize| {
+            args[at + i]
+                .parse()
+                .expect("--serve-relay ECHO_PORT HTTP_PORT")
+        };
+        raise_nofile();
+        return serve_relay(port(1), port(2));
+    }
     if std::env::args().any(|a| a == SERVE_BACKENDS) {
-        let (_, hard) =
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
-            .unwrap();
+        raise_nofile();
         return serve_backends();
     }
     let root = std::fs::read_to_string("/proc/self/status")
@@ -757,10 +851,18 @@ fn main() {
         let hold = env_num("SIGNET_BENCH_HOLD", 0);
         if hold > 0 {
             println!("signet inbound pid {s_in_pid}, outbound pid {s_out_pid}");
+            println!("Envoy inbound pid {e_in_pid}, outbound pid {e_out_pid}");
+            println!(
+                "HTTP (1 KiB answers) at 127.0.0.1: direct {http}, through signet {s_out_h}, through Envoy {e_out_h}; \
+                 echo: direct {echo}, through signet {s_out_e}, through Envoy {e_out_e}"
+            );
             std::thread::sleep(Duration::from_secs(hold));
         }
         return;
     }
+    // The floor: the same two hops through bare TCP relays.
+    let (r_in, r_in_e, r_in_h) = start_relay("relay-inbound", echo, http, dir);
+    let (r_out, r_out_e, r_out_h) = start_relay("relay-outbound", r_in_e, r_in_h, dir);
     let paths = [
         Path3 {
             name: "direct",
@@ -780,6 +882,12 @@ fn main() {
             http: e_out_h,
             pids: vec![e_in_pid, e_out_pid],
         },
+        Path3 {
+            name: FLOOR,
+            echo: r_out_e,
+            http: r_out_h,
+            pids: vec![r_in.pid(), r_out.pid()],
+        },
     ];
 
     if only == "breakdown" {
@@ -790,9 +898,9 @@ fn main() {
         "## Sidecar vs Envoy (2 cores, {secs} s per measure, TLS 1.3 AES-128-GCM, ECDSA P-256 SVIDs)\n"
     );
     println!(
-        "| Path | bulk Gbit/s (1 stream, {mib} MiB, median of 5 interleaved rounds; proxies' CPU s per GiB) | 1 KiB req/s (16 conns) | latency p50 / p99 ms (1 conn) | new conns/s (32 workers, per-connection authz) | RSS with {conns} open conns (in + out, MiB) |"
+        "| Path | bulk Gbit/s (1 stream, {mib} MiB, median of 5 interleaved rounds; proxies' CPU s per GiB) | 1 KiB req/s (16 conns) | latency under that load, p50 / p99 ms | latency p50 / p99 ms (1 conn) | new conns/s (32 workers, per-connection authz) | RSS with {conns} open conns (in + out, MiB) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     // Bulk varies from minute to minute on a shared 2-core machine: the
     // paths take turns, five rounds, and each reports its median.
     // Also the CPU time the two proxies of a path spend per GiB moved: less
@@ -827,7 +935,7 @@ fn main() {
         .collect();
     if only == "bulk" {
         for ((p, gbps), cpu) in paths.iter().zip(&bulk_median).zip(&cpu_per_gib) {
-            println!("| {} | {gbps:.2} ({cpu} CPU s/GiB) | | | | |", p.name);
+            println!("| {} | {gbps:.2} ({cpu} CPU s/GiB) | | | | | |", p.name);
         }
         return;
     }
@@ -836,8 +944,12 @@ fn main() {
         let gbps = bulk_median[i];
         let cpu = &cpu_per_gib[i];
         let conns_only = only == "conns";
-        let rps = if conns_only {
-            0.0
+        let load = if conns_only {
+            Load {
+                rate: 0.0,
+                p50: 0.0,
+                p99: 0.0,
+            }
         } else {
             rt.block_on(rps(p.http, 16, secs))
         };
@@ -854,7 +966,7 @@ fn main() {
         } else {
             rt.block_on(new_conns(p.echo, 32, secs))
         };
-        let rss = if p.pids.is_empty() {
+        let rss = if p.pids.is_empty() || p.name == FLOOR {
             "-".to_string()
         } else {
             let before: u64 = p.pids.iter().map(|pid| mem_kib(*pid).anonymous).sum();
@@ -899,8 +1011,8 @@ fn main() {
             )
         };
         println!(
-            "| {} | {gbps:.2} ({cpu}) | {rps:.0} | {:.3} / {:.3}{added} | {cps} | {rss} |",
-            p.name, lat.0, lat.1
+            "| {} | {gbps:.2} ({cpu}) | {:.0} | {:.3} / {:.3} | {:.3} / {:.3}{added} | {cps} | {rss} |",
+            p.name, load.rate, load.p50, load.p99, lat.0, lat.1
         );
         // Let closed connections leave TIME_WAIT pressure behind before the next path.
         std::thread::sleep(Duration::from_secs(2));
