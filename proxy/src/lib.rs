@@ -109,7 +109,13 @@ impl Proxy {
         let count = config
             .workers
             .unwrap_or_else(workers::Workers::default_count);
-        let workers = workers::Workers::start(count).map_err(|e| ProxyError::Setup {
+        let tick = config
+            .listeners
+            .iter()
+            .flat_map(|l| [l.limits.connect_timeout, l.limits.handshake_timeout])
+            .min()
+            .unwrap_or(workers::MIN_TICK);
+        let workers = workers::Workers::start(count, tick).map_err(|e| ProxyError::Setup {
             name: "proxy".into(),
             message: format!("cannot start {count} connection workers: {e}"),
         })?;

@@ -12,9 +12,13 @@
 //! one thread, and no connection is handed between threads.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+/// The shortest period of a worker's tick (see [`Workers::start`]).
+pub(crate) const MIN_TICK: Duration = Duration::from_secs(1);
 
 /// The workers of one proxy; dropping it stops them (connections still
 /// open on them are closed).
@@ -26,8 +30,20 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` workers (at least one).
-    pub(crate) fn start(n: usize) -> std::io::Result<Workers> {
+    /// Starts `n` workers (at least one), each with a timer that fires
+    /// every `tick` (at least [`MIN_TICK`]).
+    ///
+    /// The tick is what keeps a new connection's timers (its handshake and
+    /// connect deadlines) from costing system calls. Tokio's timer wakes
+    /// its own driver (a write to an eventfd, then one more round of
+    /// `epoll_wait`) whenever a timer is set to fire before every timer
+    /// the driver last went to sleep with; on a worker whose connections
+    /// finish their handshakes quickly, none is left when it sleeps, so
+    /// every new connection paid that. With a timer always due within
+    /// `tick`, a deadline at least `tick` away never comes first. Pass the
+    /// shortest of the listeners' per-connection timeouts.
+    pub(crate) fn start(n: usize, tick: Duration) -> std::io::Result<Workers> {
+        let tick = tick.max(MIN_TICK);
         let mut handles = Vec::new();
         let mut stop = Vec::new();
         for i in 0..n.max(1) {
@@ -41,7 +57,15 @@ impl Workers {
                 .name(format!("signet-conn-{i}"))
                 .spawn(move || {
                     runtime.block_on(async {
-                        let _ = rx.await;
+                        let ticking = async {
+                            loop {
+                                tokio::time::sleep(tick).await;
+                            }
+                        };
+                        tokio::select! {
+                            _ = rx => {}
+                            () = ticking => {}
+                        }
                     });
                 })?;
         }
@@ -108,7 +132,7 @@ mod tests {
     /// accepts there, and every connection is served by one of them.
     #[tokio::test]
     async fn every_worker_socket_accepts_on_the_shared_port() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, MIN_TICK).unwrap();
         assert_eq!(workers.len(), 2);
         let group = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let addr = group[0].local_addr().unwrap();
@@ -142,6 +166,40 @@ mod tests {
         }
     }
 
+    /// Write system calls this thread has made.
+    fn writes_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscw: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A connection's deadlines (seconds away) are set without a system
+    /// call: without the tick, each woke the worker's driver through its
+    /// eventfd (one `write`, then a wasted `epoll_wait`).
+    #[test]
+    fn a_new_deadline_does_not_wake_the_worker() {
+        let workers = Workers::start(1, MIN_TICK).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.handles[0].spawn(async move {
+            // Let the worker sleep and wake once, as between connections.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let before = writes_by_this_thread();
+            let deadline = tokio::time::sleep(Duration::from_secs(5));
+            tokio::pin!(deadline);
+            // Polling registers the timer.
+            std::future::poll_fn(|cx| {
+                assert!(deadline.as_mut().poll(cx).is_pending());
+                std::task::Poll::Ready(())
+            })
+            .await;
+            tx.send(writes_by_this_thread() - before).unwrap();
+        });
+        let writes = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(writes, 0, "setting a 5 s deadline made {writes} write(s)");
+    }
+
     #[test]
     fn a_port_taken_by_another_socket_is_refused() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -151,7 +209,7 @@ mod tests {
 
     #[test]
     fn dropping_the_workers_ends_their_threads() {
-        let workers = Workers::start(1).unwrap();
+        let workers = Workers::start(1, MIN_TICK).unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let handle = workers.handles[0].clone();
         handle.spawn(async move {
