@@ -23,6 +23,8 @@
 //! with ext_authz by `signet authz` against Envoy alone, nothing else;
 //! `breakdown`: each proxy's CPU time, system calls and context switches
 //! per keep-alive request, and where the CPU goes, by `perf`),
+//! SIGNET_BENCH_PROXY_WORKERS (worker threads of every proxy, ours and
+//! Envoy's `--concurrency`; default one per core),
 //! SIGNET_BENCH_HOLD (seconds to keep the processes up after `idle`, to
 //! look at them), SIGNET_BENCH_FLEET (how many inbound proxies of each kind
 //! run at once for the shared-memory measure, default 10).
@@ -740,10 +742,13 @@ fn main() {
     let s_out_h = s_out.reported_addr("listener http:").port();
     procs.push(s_out);
 
-    // Envoy, with as many worker threads as it takes by default.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .to_string();
+    // Envoy, with as many worker threads as it takes by default, or as
+    // many as ours are given.
+    let workers = std::env::var("SIGNET_BENCH_PROXY_WORKERS").unwrap_or_else(|_| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string()
+    });
     let start_envoy = |name: &str, cfg: &Path, uid: u32| -> Envoy {
         envoy::start(
             name,
