@@ -83,36 +83,29 @@ pub struct Counts {
     pub context_switches: f64,
 }
 
-/// `perf stat` on `pid` for `secs` seconds, started now.
-pub fn start_stat(pid: u32, secs: u64, out: &Path) -> Child {
-    Command::new("perf")
-        .args([
-            "stat",
-            "-x,",
-            "-e",
-            "raw_syscalls:sys_enter,context-switches",
-            "-p",
-            &pid.to_string(),
-            "-o",
-        ])
-        .arg(out)
-        .args(["--", "sleep", &secs.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("perf stat (install perf)")
-}
+/// `perf stat` counting what [`counts`] reads.
+pub const STAT: &[&str] = &[
+    "stat",
+    "-x,",
+    "-e",
+    "raw_syscalls:sys_enter,context-switches",
+];
 
-/// `perf record` on `pid` for `secs` seconds, started now.
-pub fn start_record(pid: u32, secs: u64, out: &Path) -> Child {
+/// `perf record` sampling what [`buckets`] sums.
+pub const RECORD: &[&str] = &["record", "-F", "997"];
+
+/// `perf` with `command` ([`STAT`] or [`RECORD`]) on `pid` for `secs`
+/// seconds, started now, writing `out`.
+pub fn start(command: &[&str], pid: u32, secs: u64, out: &Path) -> Child {
     Command::new("perf")
-        .args(["record", "-F", "997", "-p", &pid.to_string(), "-o"])
+        .args(command)
+        .args(["-p", &pid.to_string(), "-o"])
         .arg(out)
         .args(["--", "sleep", &secs.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("perf record (install perf)")
+        .unwrap_or_else(|e| panic!("perf {} (install perf): {e}", command[0]))
 }
 
 /// utime and stime of `pid` and its threads, in seconds.

@@ -313,17 +313,22 @@ fn profile_pass(
     Vec<std::collections::BTreeMap<&'static str, f64>>,
 ) {
     let file = |i: usize, ext: &str| dir.join(format!("{}-{i}.{ext}", p.name));
+    // `load` with `perf command` on each proxy, writing files `ext`.
+    let under_perf = |command: &[&str], ext: &str| {
+        let mut perf: Vec<_> = p
+            .pids
+            .iter()
+            .enumerate()
+            .map(|(i, pid)| breakdown::start(command, *pid, secs, &file(i, ext)))
+            .collect();
+        let rate = load();
+        for c in &mut perf {
+            c.wait().unwrap();
+        }
+        rate
+    };
     let before: Vec<(f64, f64)> = p.pids.iter().map(|pid| breakdown::user_sys(*pid)).collect();
-    let mut perf: Vec<_> = p
-        .pids
-        .iter()
-        .enumerate()
-        .map(|(i, pid)| breakdown::start_stat(*pid, secs, &file(i, "stat")))
-        .collect();
-    let rate = load();
-    for c in &mut perf {
-        c.wait().unwrap();
-    }
+    let rate = under_perf(breakdown::STAT, "stat");
     let counts = p
         .pids
         .iter()
@@ -335,16 +340,7 @@ fn profile_pass(
         })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
-    let mut perf: Vec<_> = p
-        .pids
-        .iter()
-        .enumerate()
-        .map(|(i, pid)| breakdown::start_record(*pid, secs, &file(i, "perf")))
-        .collect();
-    load();
-    for c in &mut perf {
-        c.wait().unwrap();
-    }
+    under_perf(breakdown::RECORD, "perf");
     let shares = (0..p.pids.len())
         .map(|i| breakdown::buckets(&file(i, "perf")))
         .collect();
@@ -565,10 +561,10 @@ fn raise_nofile() {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
     }
-    let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == SERVE_RELAY) {
         let port = |i: usize| {
             args[at + i]
@@ -578,7 +574,7 @@ fn main() {
         raise_nofile();
         return serve_relay(port(1), port(2));
     }
-    if std::env::args().any(|a| a == SERVE_BACKENDS) {
+    if args.iter().any(|a| a == SERVE_BACKENDS) {
         raise_nofile();
         return serve_backends();
     }
